@@ -1,0 +1,1 @@
+//! fdm-benches: latency and scale benchmarks (being built, issue 8).

@@ -1,0 +1,175 @@
+//! Typed events out of the core: everything an operator wants to know, with the subject and the reason.
+//! The emitting host is implicit (the driver that polled it knows); the runtime logs each as one line,
+//! the simulator records them in its trace, the management plane stores them.
+
+use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
+use serde::{Deserialize, Serialize};
+
+/// The agent's role in its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Just started: reading the datastores and the hypervisor inventory.
+    Starting,
+    /// No master heard: standing in an election.
+    Candidate,
+    Slave {
+        master: HostId,
+    },
+    Master,
+    /// Heard nobody and cannot reach any isolation address.
+    Isolated,
+}
+
+impl Role {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Candidate => "candidate",
+            Role::Slave { .. } => "slave",
+            Role::Master => "master",
+            Role::Isolated => "isolated",
+        }
+    }
+}
+
+/// The master's verdict on another host (DESIGN.md section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Verdict {
+    /// Network heartbeats arrive.
+    Alive,
+    /// Network heartbeats stopped; the datastores are being checked.
+    Unreachable,
+    /// Network lost, datastore heartbeat advancing, not isolated: alive in another partition.
+    Partitioned,
+    /// Network lost, datastore heartbeat advancing with the isolated flag.
+    Isolated,
+    /// Network lost, both its leases expired on every shared datastore, no answer to the probe.
+    Dead,
+}
+
+impl Verdict {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Alive => "alive",
+            Verdict::Unreachable => "unreachable",
+            Verdict::Partitioned => "partitioned",
+            Verdict::Isolated => "isolated",
+            Verdict::Dead => "dead",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    RoleChanged {
+        from: Role,
+        to: Role,
+        reason: String,
+    },
+    ElectionWon {
+        reachable_datastores: u32,
+        candidates: u32,
+    },
+    /// This master met a better one and steps down to it.
+    Yielded {
+        to: HostId,
+    },
+    VerdictChanged {
+        subject: HostId,
+        from: Verdict,
+        to: Verdict,
+        reason: String,
+    },
+    IsolationDeclared,
+    IsolationEnded,
+    IsolationResponseApplied {
+        vm: VmId,
+        response: heartbeat_fs::records::IsolationResponse,
+    },
+    SelfFenced {
+        datastore: DatastoreId,
+        vms: Vec<VmId>,
+    },
+    DatastoreLost {
+        datastore: DatastoreId,
+        error: String,
+    },
+    DatastoreRestored {
+        datastore: DatastoreId,
+    },
+    ClaimAcquired {
+        datastore: DatastoreId,
+        epoch: Epoch,
+    },
+    ClaimLost {
+        datastore: DatastoreId,
+        epoch: Epoch,
+        reason: String,
+    },
+    /// Master: this VM needs a restart.
+    RestartNeeded {
+        vm: VmId,
+        from: Option<HostId>,
+        reason: String,
+    },
+    /// Master: intent written to the datastore, command sent.
+    RestartIssued {
+        vm: VmId,
+        target: HostId,
+        epoch: Epoch,
+        attempt: u32,
+    },
+    /// Master: the VM runs again.
+    VmRestarted {
+        vm: VmId,
+        on: HostId,
+        attempt: u32,
+    },
+    RestartFailed {
+        vm: VmId,
+        target: HostId,
+        attempt: u32,
+        error: String,
+    },
+    /// Every retry used: reported, kept in the list, tried again when capacity or config changes.
+    RestartGaveUp {
+        vm: VmId,
+        attempts: u32,
+    },
+    /// No host can take it now; it waits.
+    NoCapacity {
+        vm: VmId,
+    },
+    /// A placement had to break an anti-affinity rule.
+    AntiAffinityBroken {
+        vm: VmId,
+        host: HostId,
+        group: String,
+    },
+    /// Target host: a power-on command did not match the datastore's claim or intent.
+    PowerOnRefused {
+        vm: VmId,
+        from: HostId,
+        reason: String,
+    },
+    /// Target host: started a VM on a master's command.
+    PoweredOn {
+        vm: VmId,
+        attempt: u32,
+    },
+    /// Host adopted a VM found running at start (agent restart, upgrade).
+    Adopted {
+        vm: VmId,
+    },
+    ConfigApplied {
+        generation: u64,
+    },
+    ConfigRejected {
+        generation: u64,
+        reason: String,
+    },
+    /// HA is paused: this action was not taken.
+    ActionSuppressed {
+        what: String,
+    },
+}

@@ -1,0 +1,85 @@
+//! The protocol's messages: the bodies carried inside the authenticated envelope (`crate::wire`),
+//! encoded with postcard. Each must encode to at most `wire::MAX_BODY` bytes; lists that can grow
+//! (a host's VMs) travel in numbered parts.
+
+use heartbeat_fs::{DatastoreId, Epoch, VmId};
+use serde::{Deserialize, Serialize};
+
+use super::io::VmRunState;
+
+/// One VM as a host reports it to its master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub vm: VmId,
+    pub state: VmRunState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// A host without a master stands for election (sent to every configured host).
+    Candidacy {
+        reachable_datastores: u32,
+        incumbent: bool,
+    },
+    /// Master -> every configured host, each heartbeat interval. `echo_seq` is the sequence of the last
+    /// `SlaveHeartbeat` received from the recipient (0: none): the recipient's network lease runs from
+    /// the moment it sent that heartbeat, and covers VMs on the datastores in `claims` only.
+    MasterHeartbeat {
+        echo_seq: u64,
+        reachable_datastores: u32,
+        claims: Vec<(DatastoreId, Epoch)>,
+        /// Ask the recipient for its full VM report (its generation differs from what the master has).
+        want_vm_report: bool,
+        config_generation: u64,
+    },
+    /// Slave -> its master, each heartbeat interval.
+    SlaveHeartbeat {
+        seq: u64,
+        /// Datastores this host wrote its heartbeat to within the lease time.
+        reachable: Vec<DatastoreId>,
+        vm_generation: u64,
+        maintenance: bool,
+        config_generation: u64,
+    },
+    /// Slave -> master: the full list of VMs it runs, in parts of at most `VM_REPORT_PART` entries.
+    VmReport {
+        generation: u64,
+        part: u16,
+        parts: u16,
+        vms: Vec<VmStatus>,
+    },
+    /// Master -> target host: start `vm` (its home datastore `datastore`) under claim `epoch`.
+    PowerOn {
+        vm: VmId,
+        datastore: DatastoreId,
+        epoch: Epoch,
+        attempt: u32,
+    },
+    /// Target -> master: how that went. `running` is true when the VM runs (now or already did).
+    PowerOnResult {
+        vm: VmId,
+        attempt: u32,
+        running: bool,
+        error: Option<String>,
+    },
+    /// A master that steps down tells every host whom to follow.
+    Yield { to: heartbeat_fs::HostId },
+}
+
+/// VMs per `VmReport` part: keeps each part well under the datagram budget.
+pub const VM_REPORT_PART: usize = 100;
+
+impl Message {
+    /// The envelope's kind byte; pinned by golden tests, never reuse a number.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::Candidacy { .. } => 1,
+            Message::MasterHeartbeat { .. } => 2,
+            Message::SlaveHeartbeat { .. } => 3,
+            Message::VmReport { .. } => 4,
+            Message::PowerOn { .. } => 5,
+            Message::PowerOnResult { .. } => 6,
+            Message::Yield { .. } => 7,
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The sans-IO agent core (DESIGN.md section 2).
+//!
+//! One [`Agent`] per host. It is fed inputs, each with the current [`Time`] (`handle_*`), and drained of
+//! outputs (`poll_output`, `poll_timeout`). It owns no socket, file, thread, clock or RNG, so the tokio
+//! runtime, the simulator and unit tests all drive the very same code.
+
+mod agent;
+pub mod config;
+pub mod events;
+pub mod io;
+pub mod messages;
+pub mod placement;
+mod time;
+
+pub use agent::{Agent, AgentStats, HostView, StatusSnapshot, VmView};
+pub use config::{AgentSettings, FaultKnobs, Timings};
+pub use events::{Event, Role, Verdict};
+pub use io::{
+    HypervisorAction, HypervisorEvent, OperatorCommand, Output, StopCause, Transmit, VmRunState,
+};
+pub use time::Time;

@@ -1,0 +1,333 @@
+//! Every record fdm keeps on a shared datastore, as plain values.
+//!
+//! The byte layout of each is in `codec` and in `docs/formats.md`. Fixed-size records (host heartbeat,
+//! datastore claim) are hand-laid little-endian blocks because many hosts rewrite them every second and
+//! a reader must be able to reject a torn one by its CRC alone. Variable records (power-on lists, the
+//! protected-VM list, the cluster configuration) are a fixed header plus a postcard body and are
+//! replaced atomically (write temp, fsync, rename, fsync dir).
+
+use crate::ids::{ClusterId, DatastoreId, Epoch, HostId, VmId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Size of every fixed-size record: one 512-byte sector, so that a single aligned write is as close to
+/// atomic as the storage offers and a torn write is caught by the CRC.
+pub const SECTOR: usize = 512;
+
+/// State flags a host publishes in its datastore heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HostFlags(pub u32);
+
+impl HostFlags {
+    /// The host has declared itself network-isolated.
+    pub const ISOLATED: u32 = 1 << 0;
+    /// The agent is stopping cleanly (SIGTERM); its VMs are not being abandoned.
+    pub const SHUTTING_DOWN: u32 = 1 << 1;
+    /// The host is in maintenance mode: no VM is placed on it.
+    pub const MAINTENANCE: u32 = 1 << 2;
+    /// The host believes it is the master of its partition.
+    pub const MASTER: u32 = 1 << 3;
+    /// The host has self-fenced its VMs on this datastore.
+    pub const FENCED: u32 = 1 << 4;
+
+    pub fn contains(self, bit: u32) -> bool {
+        self.0 & bit != 0
+    }
+    pub fn with(self, bit: u32, on: bool) -> Self {
+        if on {
+            Self(self.0 | bit)
+        } else {
+            Self(self.0 & !bit)
+        }
+    }
+}
+
+/// A host's datastore heartbeat: one sector per host per datastore, rewritten every heartbeat interval.
+/// Liveness is judged by `sequence` advancing as seen on the reader's own clock, never by a timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatRecord {
+    pub cluster: ClusterId,
+    pub host: HostId,
+    /// Changes on every agent start, so that a restarted host's sequence restarting is not "stopped".
+    pub incarnation: u64,
+    /// Strictly increases with every write within one incarnation.
+    pub sequence: u64,
+    pub flags: HostFlags,
+    /// Generation of this host's power-on list on the same datastore; a reader re-reads the list
+    /// only when it changes.
+    pub power_on_generation: u64,
+    /// The master this host currently follows (itself when master), `HostId::NONE` when none.
+    pub master: HostId,
+}
+
+/// Why a VM appears in a host's power-on list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PowerOnState {
+    /// The host has taken the VM's lease and is starting it.
+    PoweringOn,
+    /// Running on this host.
+    Running,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerOnEntry {
+    pub vm: VmId,
+    pub state: PowerOnState,
+}
+
+/// The VMs one host runs from one datastore. Writing it is the host taking the lease on those VMs; it
+/// is written before a power-on and after a power-off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerOnList {
+    pub cluster: ClusterId,
+    pub host: HostId,
+    pub incarnation: u64,
+    /// Increases with every rewrite by this host (across incarnations).
+    pub generation: u64,
+    /// Set while the host is isolated; `isolation_powered_off` then lists what its isolation response
+    /// stopped, which the master may restart.
+    pub isolated: bool,
+    pub entries: Vec<PowerOnEntry>,
+    pub isolation_powered_off: Vec<VmId>,
+}
+
+/// The master's exclusive claim on a datastore: a lease renewed by bumping `renewal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatastoreClaim {
+    pub cluster: ClusterId,
+    pub datastore: DatastoreId,
+    /// `HostId::NONE` when nobody holds it (never claimed, or released).
+    pub owner: HostId,
+    pub owner_incarnation: u64,
+    pub epoch: Epoch,
+    /// Bumped by every renewal; readers judge the lease by watching it advance.
+    pub renewal: u64,
+    /// Set by a master that stepped down cleanly: the next master need not wait for the lease.
+    pub released: bool,
+}
+
+/// Restart priority levels (FDM's), lowest to highest. `Disabled` means "never restart".
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub enum RestartPriority {
+    Disabled,
+    Lowest,
+    Low,
+    #[default]
+    Medium,
+    High,
+    Highest,
+}
+
+/// What an isolated host does with a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum IsolationResponse {
+    /// Hard power-off, so the master can restart it elsewhere at once.
+    #[default]
+    PowerOff,
+    /// Clean guest shutdown, then power-off when the shutdown timeout passes.
+    Shutdown,
+    /// Keep it running (the datastore lease still protects against a second copy).
+    LeaveRunning,
+}
+
+/// When the master restarts a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum RestartPolicy {
+    /// Restart after host failure and after the VM itself crashed.
+    #[default]
+    Always,
+    /// Restart only when its host failed or isolated, not when the VM crashed on a live host.
+    HostFailureOnly,
+    /// Never restart (monitored only).
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Resources {
+    pub cpu_mhz: u32,
+    pub memory_mb: u64,
+}
+
+/// A VM's HA settings, kept with it in the protected list so a new master needs nothing else to resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct VmHaSettings {
+    pub priority: RestartPriority,
+    pub isolation_response: IsolationResponse,
+    pub restart_policy: RestartPolicy,
+}
+
+/// What the operator wants the VM to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum DesiredPower {
+    #[default]
+    On,
+    /// Powered off by an operator (or never started): never restarted.
+    Off,
+}
+
+/// Where a protected VM stands in the failover machinery. Written before any power-on is issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum RestartState {
+    /// Running where `last_host` says, or stopped on purpose.
+    #[default]
+    Idle,
+    /// Needs a restart and waits (for a lease to expire, capacity, higher priorities, or a retry time).
+    Pending { attempts: u32 },
+    /// A restart was decided and is being issued: target host, claim epoch of the deciding master,
+    /// attempt number. A new master resumes from here and never picks a second target while the
+    /// first one may still start it.
+    Intent {
+        target: HostId,
+        epoch: Epoch,
+        attempt: u32,
+    },
+    /// Every attempt failed; reported, kept, retried when something changes (capacity, config).
+    Failed { attempts: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtectedVm {
+    pub vm: VmId,
+    pub home: DatastoreId,
+    pub last_host: Option<HostId>,
+    pub desired: DesiredPower,
+    pub settings: VmHaSettings,
+    pub restart: RestartState,
+}
+
+/// The master's protected-VM list for one datastore (the VMs whose home it is), written under its claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtectedVmList {
+    pub cluster: ClusterId,
+    pub datastore: DatastoreId,
+    pub master: HostId,
+    pub epoch: Epoch,
+    pub generation: u64,
+    pub vms: Vec<ProtectedVm>,
+}
+
+/// Cluster-wide admission control policy (computed by the management plane).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum AdmissionPolicy {
+    #[default]
+    Disabled,
+    HostFailuresTolerated(u32),
+    /// Percent of cluster CPU and memory kept free for failover.
+    PercentReserved {
+        cpu: u8,
+        memory: u8,
+    },
+    DedicatedFailoverHosts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaSettings {
+    /// HA paused: agents heartbeat and report but take no restart, isolation or fence action.
+    pub paused: bool,
+    /// Timing overrides by field name of the agent's `Timings`, in milliseconds.
+    pub timings_ms: BTreeMap<String, u64>,
+    /// Addresses a host pings to tell isolation from a partition of one.
+    pub isolation_addresses: Vec<String>,
+    pub default_isolation_response: IsolationResponse,
+    /// Delays before each restart retry, in milliseconds; its length is the number of retries.
+    pub restart_retry_ms: Vec<u64>,
+    /// Restarts of a crashed VM on its own host before trying another host.
+    pub same_host_restart_attempts: u32,
+    /// Standby hosts tried first for restarts.
+    pub failover_hosts: Vec<HostId>,
+    pub admission: AdmissionPolicy,
+    /// Wait for the higher priority group to be running before starting the next one, up to this long.
+    pub orchestrated_wait_ms: Option<u64>,
+    pub max_concurrent_power_ons_per_host: u32,
+    /// Move VMs back to a returning host (off by default).
+    pub failback: bool,
+}
+
+impl Default for HaSettings {
+    fn default() -> Self {
+        Self {
+            paused: false,
+            timings_ms: BTreeMap::new(),
+            isolation_addresses: Vec::new(),
+            default_isolation_response: IsolationResponse::PowerOff,
+            restart_retry_ms: vec![0, 2_000, 10_000, 30_000, 120_000],
+            same_host_restart_attempts: 1,
+            failover_hosts: Vec::new(),
+            admission: AdmissionPolicy::Disabled,
+            orchestrated_wait_ms: None,
+            max_concurrent_power_ons_per_host: 8,
+            failback: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostConfig {
+    pub id: HostId,
+    pub name: String,
+    /// `ip:port` of the agent's heartbeat socket.
+    pub address: String,
+    pub capacity: Resources,
+    pub maintenance: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatastoreMount {
+    pub host: HostId,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatastoreConfig {
+    pub id: DatastoreId,
+    pub name: String,
+    pub mounts: Vec<DatastoreMount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmConfig {
+    pub id: VmId,
+    pub name: String,
+    pub home: DatastoreId,
+    /// Hypervisor definition: libvirt domain XML, or the process driver's command spec.
+    pub definition: String,
+    pub reservation: Resources,
+    pub ha: VmHaSettings,
+    /// Start only after these are running (when ordering allows).
+    pub depends_on: Vec<VmId>,
+    /// VMs in the same group are kept on different hosts where possible.
+    pub anti_affinity_group: Option<String>,
+    /// Protected by HA (written to the protected list). Unprotected VMs are only reported.
+    pub protected: bool,
+}
+
+/// The cluster configuration the management plane writes to every datastore. Agents use the valid copy
+/// with the highest generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    pub cluster: ClusterId,
+    pub generation: u64,
+    pub ha: HaSettings,
+    pub hosts: Vec<HostConfig>,
+    pub datastores: Vec<DatastoreConfig>,
+    pub vms: Vec<VmConfig>,
+}
+
+impl ClusterConfig {
+    pub fn host(&self, id: HostId) -> Option<&HostConfig> {
+        self.hosts.iter().find(|h| h.id == id)
+    }
+    pub fn vm(&self, id: VmId) -> Option<&VmConfig> {
+        self.vms.iter().find(|v| v.id == id)
+    }
+    pub fn datastore(&self, id: DatastoreId) -> Option<&DatastoreConfig> {
+        self.datastores.iter().find(|d| d.id == id)
+    }
+    /// Whether `host` mounts `ds` according to the configuration.
+    pub fn mounts(&self, host: HostId, ds: DatastoreId) -> bool {
+        self.datastore(ds)
+            .is_some_and(|d| d.mounts.iter().any(|m| m.host == host))
+    }
+}

@@ -1,0 +1,1 @@
+//! fdm-sim: deterministic simulation harness (being built, issue 4).

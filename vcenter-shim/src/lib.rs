@@ -1,0 +1,1 @@
+//! vcenter-shim: the management plane (not built yet, issue 7).
