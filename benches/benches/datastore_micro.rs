@@ -1,0 +1,2 @@
+//! Placeholder: filled in by the datastore_micro work.
+fn main() {}

@@ -1,0 +1,2 @@
+//! Placeholder: filled in by the wire_micro work.
+fn main() {}
