@@ -2,8 +2,11 @@
 //!
 //! `core` is the protocol as a pure state machine (election, heartbeats, verdicts, isolation,
 //! self-fencing, claims and failover); `wire` is the authenticated datagram envelope it speaks.
-//! The runtime, the hypervisor drivers and the `fdm-agent` binary drive that core on real hosts; the
-//! simulator (`fdm-sim`) drives the same core in virtual time.
+//! `runtime` drives that core on a real host with tokio (UDP, datastore IO off-thread with deadlines,
+//! timers, signals), and `driver` holds the hypervisor drivers it acts through. The simulator
+//! (`fdm-sim`) drives the same core in virtual time.
 
 pub mod core;
+pub mod driver;
+pub mod runtime;
 pub mod wire;
