@@ -10,6 +10,7 @@
 pub mod codec;
 pub mod fs;
 pub mod ids;
+pub mod mem;
 pub mod ops;
 pub mod records;
 

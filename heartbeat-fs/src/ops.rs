@@ -25,8 +25,15 @@ pub struct DsRequest {
 /// How a claim write relates to the current holder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimWrite {
-    /// Take the claim: take the claim file's lock (fast path; fails with `Contended` if another
-    /// process holds it), check the record on disk still equals `expect`, write the new record.
+    /// Take the claim: take the claim file's lock, check the record on disk still equals `expect`,
+    /// write the new record, keep the lock for the tenure.
+    ///
+    /// The lock is only the fast path. When another process holds it: if `expect` names another
+    /// owner that has not released (the caller watched that owner's lease lapse: it may be hung or
+    /// partitioned but still holding the lock), proceed with the compare-and-write without the lock;
+    /// otherwise (claim free, released, or ours) answer `Contended`: a live rival is acquiring.
+    /// A compare-and-write is not atomic across hosts; the core therefore acts on a new claim only
+    /// after a later `Renew` (which re-checks owner and epoch on disk) succeeded.
     Acquire { expect: Option<DatastoreClaim> },
     /// Renew a claim we hold: the record on disk must still name us with the same epoch.
     Renew,

@@ -1,20 +1,36 @@
-//! The agent state machine. (API fixed; internals being written.)
+//! The agent state machine: one entry point per kind of input, all state changes in this module tree.
+//!
+//! `mod.rs` holds the state, the input dispatch, timers, the network and datastore heartbeats and the
+//! election; `local.rs` the duties every host has for its own VMs (power-on on command, isolation
+//! response, self-fencing, adoption); `master.rs` the master's duties (claims, verdicts, protected
+//! lists, failover).
 
-use super::config::AgentSettings;
-use super::events::{Role, Verdict};
-use super::io::{HypervisorEvent, OperatorCommand, Output, VmRunState};
+mod local;
+mod master;
+
+use super::config::{AgentSettings, Timings};
+use super::events::{Event, Role, Verdict};
+use super::io::{HypervisorEvent, OperatorCommand, Output, Transmit, VmRunState};
+use super::messages::Message;
 use super::time::Time;
-use heartbeat_fs::ops::DsCompletion;
-use heartbeat_fs::records::ClusterConfig;
-use heartbeat_fs::{DatastoreId, HostId, VmId};
-use std::collections::VecDeque;
+use crate::wire::{self, DropCounters, Header, Key, ReplayGuard};
+use election::Candidacy;
+use heartbeat_fs::ops::{DsCompletion, DsError, DsOp, DsReply, DsRequest, RequestId};
+use heartbeat_fs::records::{ClusterConfig, HaSettings, HeartbeatRecord, HostFlags};
+use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
+use local::LocalVms;
+use master::MasterState;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
 
 /// Counters for metrics.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct AgentStats {
     pub datagrams_sent: u64,
     pub datagrams_received: u64,
-    pub drops: crate::wire::DropCounters,
+    pub drops: DropCounters,
+    /// Authenticated datagrams from a host that is not in the cluster configuration.
+    pub unknown_sender: u64,
     pub ds_ops_issued: u64,
     pub ds_ops_failed: u64,
     pub restarts_issued: u64,
@@ -50,60 +66,345 @@ pub struct StatusSnapshot {
     pub config_generation: u64,
 }
 
+/// What the datastore request in flight was for.
+#[derive(Debug, Clone, PartialEq)]
+enum DsPurpose {
+    HeartbeatWrite {
+        started: Time,
+    },
+    HeartbeatRead,
+    PowerOnListWrite {
+        generation: u64,
+    },
+    PowerOnListRead {
+        host: HostId,
+    },
+    ClaimRead,
+    ClaimWrite {
+        started: Time,
+        mode: master::ClaimWriteKind,
+        record: heartbeat_fs::records::DatastoreClaim,
+    },
+    ProtectedRead,
+    ProtectedWrite {
+        generation: u64,
+    },
+    ConfigRead,
+    CheckIntent {
+        vm: VmId,
+        attempt: u32,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Inflight {
+    datastore: DatastoreId,
+    purpose: DsPurpose,
+    issued: Time,
+}
+
+/// This host's own use of one mounted datastore.
+#[derive(Debug, Clone, Default)]
+struct MountedDs {
+    hb_sequence: u64,
+    /// Start time of the last heartbeat write that succeeded: the datastore lease runs from here.
+    last_ok_write_start: Option<Time>,
+    /// Last write failed (or none succeeded yet).
+    failing: bool,
+    reported_lost: bool,
+}
+
+/// An election in progress.
+#[derive(Debug, Clone)]
+struct ElectionRound {
+    started: Time,
+    /// Candidacies heard since the round started (own one is added at the end).
+    heard: BTreeMap<HostId, Candidacy<HostId>>,
+    /// The winner we wait for, when it is not us.
+    awaiting: Option<(HostId, Time)>,
+}
+
+/// Deadlines of the periodic duties. Timers are data: `poll_timeout` is their minimum, and a duty runs
+/// only when its own deadline has passed, so a spurious `handle_timeout` does nothing.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    net_heartbeat: Time,
+    ds_heartbeat: Time,
+    evaluate: Time,
+    config_poll: Time,
+    /// Master only.
+    ds_read: Time,
+    claim_renew: Time,
+}
+
 #[derive(Debug)]
 pub struct Agent {
     settings: AgentSettings,
+    t: Timings,
+    key: Key,
+    config: ClusterConfig,
     role: Role,
+    started_at: Time,
+    now: Time,
     outputs: VecDeque<Output>,
+    /// Messages this host sends to itself (the master is also a host that can be a restart target).
+    loopback: VecDeque<Message>,
     stats: AgentStats,
-    config: Option<ClusterConfig>,
+    wire_seq: u64,
+    replay: ReplayGuard,
+    next_request: RequestId,
+    next_op: u64,
+    inflight: HashMap<RequestId, Inflight>,
+    deadlines: Deadlines,
+    mounted: BTreeMap<DatastoreId, MountedDs>,
+    /// Send times of our recent `SlaveHeartbeat`s, for the network lease (seq, time).
+    hb_sent: VecDeque<(u64, Time)>,
+    hb_seq: u64,
+    /// Network lease per datastore: until when a master's acknowledgement covers our VMs there.
+    net_lease: BTreeMap<DatastoreId, Time>,
+    master_heard: Option<Time>,
+    last_heard_anyone: Time,
+    want_vm_report: bool,
+    election: Option<ElectionRound>,
+    isolation: local::IsolationState,
+    vms: LocalVms,
+    maintenance: bool,
+    shutting_down: bool,
+    master: Option<MasterState>,
+    /// Config generation the timings were derived from.
+    inventory_requested: bool,
+}
+
+fn empty_config(cluster: ClusterId) -> ClusterConfig {
+    ClusterConfig {
+        cluster,
+        generation: 0,
+        ha: HaSettings::default(),
+        hosts: Vec::new(),
+        datastores: Vec::new(),
+        vms: Vec::new(),
+    }
 }
 
 impl Agent {
     /// A fresh agent. `config` is the bootstrap cluster configuration (from the local config file's
-    /// seed or a previous datastore read); the newest valid copy on the datastores replaces it.
+    /// seed list or a previous datastore read); the newest valid copy on the datastores replaces it.
     pub fn new(settings: AgentSettings, config: Option<ClusterConfig>, now: Time) -> Self {
-        let _ = now;
-        Agent {
+        let config = config.unwrap_or_else(|| empty_config(settings.cluster));
+        let t = settings
+            .timings
+            .clone()
+            .with_overrides(&config.ha.timings_ms)
+            .unwrap_or_else(|_| settings.timings.clone());
+        let mounted = settings
+            .datastores
+            .iter()
+            .map(|&d| (d, MountedDs::default()))
+            .collect();
+        let key = Key::new(settings.secret);
+        let mut agent = Agent {
+            deadlines: Deadlines {
+                net_heartbeat: now,
+                ds_heartbeat: now,
+                evaluate: now,
+                config_poll: now,
+                ds_read: now,
+                claim_renew: now,
+            },
             settings,
-            role: Role::Starting,
-            outputs: VecDeque::new(),
-            stats: AgentStats::default(),
+            t,
+            key,
             config,
-        }
+            role: Role::Starting,
+            started_at: now,
+            now,
+            outputs: VecDeque::new(),
+            loopback: VecDeque::new(),
+            stats: AgentStats::default(),
+            wire_seq: 0,
+            replay: ReplayGuard::new(),
+            next_request: 1,
+            next_op: 1,
+            inflight: HashMap::new(),
+            mounted,
+            hb_sent: VecDeque::new(),
+            hb_seq: 0,
+            net_lease: BTreeMap::new(),
+            master_heard: None,
+            last_heard_anyone: now,
+            want_vm_report: true,
+            election: None,
+            isolation: local::IsolationState::default(),
+            vms: LocalVms::default(),
+            maintenance: false,
+            shutting_down: false,
+            master: None,
+            inventory_requested: false,
+        };
+        agent.vms.rebuild_homes(&agent.config);
+        agent.start(now);
+        agent
     }
 
+    fn start(&mut self, now: Time) {
+        // Adopt whatever runs already (agent restart, upgrade): never restart it.
+        let op = self.op();
+        self.inventory_requested = true;
+        self.outputs
+            .push_back(Output::Hypervisor(super::io::HypervisorAction::List { op }));
+        self.vms.inventory_op = Some(op);
+        self.write_ds_heartbeats(now);
+        self.read_config(now);
+    }
+
+    // ----- inputs -------------------------------------------------------------------------------
+
     pub fn handle_datagram(&mut self, now: Time, payload: &[u8]) {
-        let _ = (now, payload);
+        self.now = now;
+        self.stats.datagrams_received += 1;
+        let (header, body) = match wire::open(&self.key, self.settings.cluster, payload) {
+            Ok(x) => x,
+            Err(e) => {
+                self.stats.drops.count(e);
+                return;
+            }
+        };
+        if header.sender == self.settings.host || self.config.host(header.sender).is_none() {
+            self.stats.unknown_sender += 1;
+            return;
+        }
+        let msg: Message = match postcard::from_bytes(body) {
+            Ok(m) => m,
+            Err(_) => {
+                self.stats.drops.count(wire::WireError::MalformedBody);
+                return;
+            }
+        };
+        if msg.kind() != header.kind {
+            self.stats.drops.count(wire::WireError::MalformedBody);
+            return;
+        }
+        // Replay is checked last so that garbage cannot advance a sender's window.
+        if let Err(e) = self.replay.check(&header) {
+            self.stats.drops.count(e);
+            return;
+        }
+        self.on_message(now, header.sender, msg);
+        self.after_input(now);
     }
+
     pub fn handle_datastore(&mut self, now: Time, completion: DsCompletion) {
-        let _ = (now, completion);
+        self.now = now;
+        let Some(inflight) = self.inflight.remove(&completion.id) else {
+            // Unknown or already abandoned request: nothing to learn from it.
+            return;
+        };
+        if completion.result.is_err() {
+            self.stats.ds_ops_failed += 1;
+        }
+        self.on_ds_completion(now, inflight, completion.result);
+        self.after_input(now);
     }
+
     pub fn handle_hypervisor(&mut self, now: Time, event: HypervisorEvent) {
-        let _ = (now, event);
+        self.now = now;
+        self.on_hypervisor(now, event);
+        self.after_input(now);
     }
+
     /// Answer to `Output::CheckIsolation`: whether any isolation address answered.
     pub fn handle_isolation_check(&mut self, now: Time, reachable: bool) {
-        let _ = (now, reachable);
+        self.now = now;
+        self.on_isolation_check(now, reachable);
+        self.after_input(now);
     }
+
     /// Answer to `Output::Probe`.
     pub fn handle_probe(&mut self, now: Time, host: HostId, answered: bool) {
-        let _ = (now, host, answered);
+        self.now = now;
+        if let Some(m) = self.master.as_mut() {
+            m.on_probe(now, host, answered);
+        }
+        self.after_input(now);
     }
+
     pub fn handle_command(&mut self, now: Time, command: OperatorCommand) {
-        let _ = (now, command);
+        self.now = now;
+        match command {
+            OperatorCommand::Maintenance(on) => {
+                self.maintenance = on;
+            }
+            OperatorCommand::Shutdown => {
+                self.shutting_down = true;
+                if self.role == Role::Master {
+                    let successor = self
+                        .master
+                        .as_ref()
+                        .and_then(|m| m.best_successor(self.settings.host));
+                    self.step_down(now, successor, "agent shutting down");
+                }
+                self.write_ds_heartbeats(now);
+            }
+        }
+        self.after_input(now);
     }
+
     /// A timer fired (or the driver is not sure: spurious calls are no-ops).
     pub fn handle_timeout(&mut self, now: Time) {
-        let _ = now;
+        self.now = now;
+        if self.shutting_down {
+            return;
+        }
+        if now >= self.deadlines.ds_heartbeat {
+            self.deadlines.ds_heartbeat = now + self.t.ds_heartbeat_interval;
+            self.write_ds_heartbeats(now);
+        }
+        if now >= self.deadlines.net_heartbeat {
+            self.deadlines.net_heartbeat = now + self.t.heartbeat_interval;
+            self.send_net_heartbeat(now);
+        }
+        if now >= self.deadlines.config_poll {
+            self.deadlines.config_poll = now + self.t.config_poll_interval;
+            self.read_config(now);
+        }
+        if self.master.is_some() {
+            if now >= self.deadlines.ds_read {
+                self.deadlines.ds_read = now + self.t.ds_read_interval;
+                self.master_read_datastores(now);
+            }
+            if now >= self.deadlines.claim_renew {
+                self.deadlines.claim_renew = now + self.t.claim_renew_interval;
+                self.master_renew_claims(now);
+            }
+        }
+        if now >= self.deadlines.evaluate {
+            self.deadlines.evaluate = now + self.evaluate_interval();
+            self.evaluate(now);
+        }
+        self.after_input(now);
     }
+
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
+
     /// The earliest time `handle_timeout` must be called.
     pub fn poll_timeout(&self) -> Option<Time> {
-        None
+        if self.shutting_down {
+            return None;
+        }
+        let d = &self.deadlines;
+        let mut t = d
+            .net_heartbeat
+            .min(d.ds_heartbeat)
+            .min(d.evaluate)
+            .min(d.config_poll);
+        if self.master.is_some() {
+            t = t.min(d.ds_read).min(d.claim_renew);
+        }
+        Some(t)
     }
+
     pub fn role(&self) -> Role {
         self.role
     }
@@ -113,15 +414,667 @@ impl Agent {
     pub fn stats(&self) -> &AgentStats {
         &self.stats
     }
+    pub fn timings(&self) -> &Timings {
+        &self.t
+    }
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+    /// The master this host follows (itself when master).
+    pub fn current_master(&self) -> Option<HostId> {
+        match self.role {
+            Role::Master => Some(self.settings.host),
+            Role::Slave { master } => Some(master),
+            _ => None,
+        }
+    }
+    /// The master's verdict on `host`, when this agent is master.
+    pub fn verdict_of(&self, host: HostId) -> Option<Verdict> {
+        self.master.as_ref().and_then(|m| m.verdict(host))
+    }
+
     pub fn status(&self, now: Time) -> StatusSnapshot {
-        let _ = now;
+        let (hosts, vms) = match &self.master {
+            Some(m) => (m.host_views(now), m.vm_views()),
+            None => (Vec::new(), self.vms.views()),
+        };
         StatusSnapshot {
             host: self.settings.host,
             role: self.role,
-            master: None,
-            hosts: Vec::new(),
-            vms: Vec::new(),
-            config_generation: self.config.as_ref().map_or(0, |c| c.generation),
+            master: self.current_master(),
+            hosts,
+            vms,
+            config_generation: self.config.generation,
+        }
+    }
+
+    // ----- plumbing -----------------------------------------------------------------------------
+
+    fn evaluate_interval(&self) -> Duration {
+        (self.t.heartbeat_interval / 2).max(Duration::from_millis(10))
+    }
+
+    fn emit(&mut self, e: Event) {
+        self.outputs.push_back(Output::Event(e));
+    }
+
+    fn op(&mut self) -> u64 {
+        let op = self.next_op;
+        self.next_op += 1;
+        op
+    }
+
+    fn paused(&self) -> bool {
+        self.config.ha.paused
+    }
+
+    fn ds_request(
+        &mut self,
+        now: Time,
+        datastore: DatastoreId,
+        op: DsOp,
+        purpose: DsPurpose,
+    ) -> RequestId {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.stats.ds_ops_issued += 1;
+        self.inflight.insert(
+            id,
+            Inflight {
+                datastore,
+                purpose,
+                issued: now,
+            },
+        );
+        self.outputs
+            .push_back(Output::Datastore(DsRequest { id, datastore, op }));
+        id
+    }
+
+    /// Whether a request of this kind is in flight for the datastore. A request the driver never
+    /// answered is forgotten after twice the call deadline so that one lost completion cannot stop a
+    /// duty for good.
+    fn has_inflight(&mut self, ds: DatastoreId, pred: impl Fn(&DsPurpose) -> bool) -> bool {
+        let limit = self.t.datastore_call_deadline * 2;
+        let now = self.now;
+        self.inflight.retain(|_, f| now.since(f.issued) <= limit);
+        self.inflight
+            .values()
+            .any(|f| f.datastore == ds && pred(&f.purpose))
+    }
+
+    fn send(&mut self, to: HostId, msg: &Message) {
+        if to == self.settings.host {
+            self.loopback.push_back(msg.clone());
+            return;
+        }
+        let body = match postcard::to_stdvec(msg) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "message does not encode");
+                return;
+            }
+        };
+        self.wire_seq += 1;
+        let header = Header {
+            kind: msg.kind(),
+            cluster: self.settings.cluster,
+            sender: self.settings.host,
+            incarnation: self.settings.incarnation,
+            sequence: self.wire_seq,
+        };
+        match wire::seal(&self.key, &header, &body) {
+            Ok(payload) => {
+                self.stats.datagrams_sent += 1;
+                self.outputs
+                    .push_back(Output::Transmit(Transmit { to, payload }));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, kind = msg.kind(), "message too large for a datagram")
+            }
+        }
+    }
+
+    fn other_hosts(&self) -> Vec<HostId> {
+        let me = self.settings.host;
+        self.config
+            .hosts
+            .iter()
+            .map(|h| h.id)
+            .filter(|&h| h != me)
+            .collect()
+    }
+
+    fn after_input(&mut self, now: Time) {
+        // Messages to ourselves are handled after the input that produced them, never recursively.
+        let mut guard = 0;
+        while let Some(msg) = self.loopback.pop_front() {
+            let me = self.settings.host;
+            self.on_message(now, me, msg);
+            guard += 1;
+            if guard > 10_000 {
+                break;
+            }
+        }
+    }
+
+    fn set_role(&mut self, to: Role, reason: &str) {
+        if self.role == to {
+            return;
+        }
+        let from = self.role;
+        self.role = to;
+        self.emit(Event::RoleChanged {
+            from,
+            to,
+            reason: reason.to_string(),
+        });
+    }
+
+    // ----- datastore heartbeats ------------------------------------------------------------------
+
+    /// Datastores this host wrote its heartbeat to within the lease time.
+    fn reachable_datastores(&self, now: Time) -> Vec<DatastoreId> {
+        let lease = self.t.shrink(self.t.ds_lease);
+        self.mounted
+            .iter()
+            .filter(|(_, m)| {
+                m.last_ok_write_start.is_some_and(|t| now.since(t) < lease) && !m.failing
+            })
+            .map(|(&d, _)| d)
+            .collect()
+    }
+
+    fn host_flags(&self) -> HostFlags {
+        HostFlags::default()
+            .with(HostFlags::ISOLATED, self.role == Role::Isolated)
+            .with(HostFlags::SHUTTING_DOWN, self.shutting_down)
+            .with(HostFlags::MAINTENANCE, self.maintenance)
+            .with(HostFlags::MASTER, self.role == Role::Master)
+    }
+
+    fn write_ds_heartbeats(&mut self, now: Time) {
+        let ds: Vec<DatastoreId> = self.mounted.keys().copied().collect();
+        let master = self.current_master().unwrap_or(HostId::NONE);
+        for d in ds {
+            if self.has_inflight(d, |p| matches!(p, DsPurpose::HeartbeatWrite { .. })) {
+                continue;
+            }
+            let fenced = self.vms.fenced.contains(&d);
+            let flags = self.host_flags().with(HostFlags::FENCED, fenced);
+            let power_on_generation = self.vms.list_generation(d);
+            let m = self.mounted.get_mut(&d).expect("listed above");
+            m.hb_sequence += 1;
+            let record = HeartbeatRecord {
+                cluster: self.settings.cluster,
+                host: self.settings.host,
+                incarnation: self.settings.incarnation,
+                sequence: m.hb_sequence,
+                flags,
+                power_on_generation,
+                master,
+            };
+            self.ds_request(
+                now,
+                d,
+                DsOp::WriteHeartbeat(record),
+                DsPurpose::HeartbeatWrite { started: now },
+            );
+        }
+    }
+
+    fn read_config(&mut self, now: Time) {
+        // One datastore per poll, round robin by generation parity is enough: any valid newest copy wins.
+        let ds: Vec<DatastoreId> = self.reachable_datastores(now);
+        let pick = if ds.is_empty() {
+            self.mounted.keys().next().copied()
+        } else {
+            Some(ds[(now.0 / 1000) as usize % ds.len()])
+        };
+        if let Some(d) = pick
+            && !self.has_inflight(d, |p| matches!(p, DsPurpose::ConfigRead))
+        {
+            self.ds_request(now, d, DsOp::ReadConfig, DsPurpose::ConfigRead);
+        }
+    }
+
+    fn on_ds_completion(&mut self, now: Time, f: Inflight, result: Result<DsReply, DsError>) {
+        let d = f.datastore;
+        match f.purpose {
+            DsPurpose::HeartbeatWrite { started } => {
+                let Some(m) = self.mounted.get_mut(&d) else {
+                    return;
+                };
+                match result {
+                    Ok(_) => {
+                        if m.last_ok_write_start.is_none_or(|t| t < started) {
+                            m.last_ok_write_start = Some(started);
+                        }
+                        m.failing = false;
+                        if m.reported_lost {
+                            m.reported_lost = false;
+                            self.emit(Event::DatastoreRestored { datastore: d });
+                        }
+                    }
+                    Err(e) => {
+                        m.failing = true;
+                        if !m.reported_lost {
+                            m.reported_lost = true;
+                            self.emit(Event::DatastoreLost {
+                                datastore: d,
+                                error: e.to_string(),
+                            });
+                        }
+                    }
+                }
+                if self.role == Role::Starting {
+                    self.maybe_leave_starting(now);
+                }
+            }
+            DsPurpose::ConfigRead => {
+                if let Ok(DsReply::Config(Some(cfg))) = result {
+                    self.apply_config(now, cfg);
+                }
+            }
+            DsPurpose::PowerOnListWrite { generation } => {
+                self.on_power_on_list_written(now, d, generation, result)
+            }
+            DsPurpose::CheckIntent { vm, attempt } => {
+                self.on_intent_checked(now, d, vm, attempt, result)
+            }
+            DsPurpose::HeartbeatRead
+            | DsPurpose::PowerOnListRead { .. }
+            | DsPurpose::ClaimRead
+            | DsPurpose::ClaimWrite { .. }
+            | DsPurpose::ProtectedRead
+            | DsPurpose::ProtectedWrite { .. } => {
+                self.master_ds_completion(now, d, f.purpose, result)
+            }
+        }
+    }
+
+    fn apply_config(&mut self, now: Time, cfg: ClusterConfig) {
+        if cfg.cluster != self.settings.cluster || cfg.generation <= self.config.generation {
+            return;
+        }
+        match self
+            .settings
+            .timings
+            .clone()
+            .with_overrides(&cfg.ha.timings_ms)
+        {
+            Ok(t) => self.t = t,
+            Err(e) => {
+                self.emit(Event::ConfigRejected {
+                    generation: cfg.generation,
+                    reason: e.to_string(),
+                });
+                return;
+            }
+        }
+        let generation = cfg.generation;
+        self.config = cfg;
+        self.vms.rebuild_homes(&self.config);
+        self.emit(Event::ConfigApplied { generation });
+        if let Some(m) = self.master.as_mut() {
+            m.config_changed(now);
+        }
+    }
+
+    // ----- network heartbeats and election -------------------------------------------------------
+
+    fn maybe_leave_starting(&mut self, now: Time) {
+        // Stand for election once every datastore answered once (or the deadline passed), so that
+        // our candidacy carries a true datastore count.
+        let all_answered = self
+            .mounted
+            .values()
+            .all(|m| m.last_ok_write_start.is_some() || m.failing);
+        if all_answered || now.since(self.started_at) >= self.t.datastore_call_deadline {
+            self.become_candidate(now, "started");
+        }
+    }
+
+    fn my_candidacy(&self, now: Time) -> Candidacy<HostId> {
+        Candidacy {
+            host: self.settings.host,
+            reachable_datastores: self.reachable_datastores(now).len() as u32,
+            incumbent: self.role == Role::Master,
+        }
+    }
+
+    fn become_candidate(&mut self, now: Time, reason: &str) {
+        if self.role == Role::Isolated {
+            return;
+        }
+        self.election = Some(ElectionRound {
+            started: now,
+            heard: BTreeMap::new(),
+            awaiting: None,
+        });
+        self.set_role(Role::Candidate, reason);
+        self.send_candidacy(now);
+    }
+
+    fn send_candidacy(&mut self, now: Time) {
+        let c = self.my_candidacy(now);
+        let msg = Message::Candidacy {
+            reachable_datastores: c.reachable_datastores,
+            incumbent: false,
+        };
+        for h in self.other_hosts() {
+            self.send(h, &msg);
+        }
+    }
+
+    fn send_net_heartbeat(&mut self, now: Time) {
+        match self.role {
+            Role::Starting => {}
+            Role::Candidate => self.send_candidacy(now),
+            Role::Isolated => {
+                // Keep knocking: the network may be back.
+                self.send_candidacy(now);
+            }
+            Role::Slave { master } => {
+                self.hb_seq += 1;
+                self.hb_sent.push_back((self.hb_seq, now));
+                while self.hb_sent.len() > 64 {
+                    self.hb_sent.pop_front();
+                }
+                let msg = Message::SlaveHeartbeat {
+                    seq: self.hb_seq,
+                    reachable: self.reachable_datastores(now),
+                    vm_generation: self.vms.generation,
+                    maintenance: self.maintenance,
+                    config_generation: self.config.generation,
+                };
+                self.send(master, &msg);
+                if self.want_vm_report {
+                    self.want_vm_report = false;
+                    self.send_vm_report(master);
+                }
+            }
+            Role::Master => self.master_send_heartbeats(now),
+        }
+    }
+
+    fn send_vm_report(&mut self, to: HostId) {
+        let all = self.vms.statuses();
+        let chunks: Vec<Vec<_>> = if all.is_empty() {
+            vec![Vec::new()]
+        } else {
+            all.chunks(super::messages::VM_REPORT_PART)
+                .map(|c| c.to_vec())
+                .collect()
+        };
+        let parts = chunks.len() as u16;
+        for (i, vms) in chunks.into_iter().enumerate() {
+            let msg = Message::VmReport {
+                generation: self.vms.generation,
+                part: i as u16,
+                parts,
+                vms,
+            };
+            self.send(to, &msg);
+        }
+    }
+
+    fn on_message(&mut self, now: Time, from: HostId, msg: Message) {
+        if from != self.settings.host {
+            self.last_heard_anyone = now;
+            if self.role == Role::Isolated {
+                self.end_isolation(now);
+            }
+        }
+        match msg {
+            Message::Candidacy {
+                reachable_datastores,
+                incumbent,
+            } => {
+                let c = Candidacy {
+                    host: from,
+                    reachable_datastores,
+                    incumbent,
+                };
+                match self.role {
+                    Role::Master => {
+                        // A host without a master: tell it at once who is master.
+                        self.master_send_heartbeat_to(now, from);
+                    }
+                    Role::Candidate => {
+                        if let Some(r) = self.election.as_mut() {
+                            r.heard.insert(from, c);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Message::MasterHeartbeat {
+                echo_seq,
+                reachable_datastores,
+                claims,
+                want_vm_report,
+                config_generation,
+            } => {
+                self.on_master_heartbeat(
+                    now,
+                    from,
+                    echo_seq,
+                    reachable_datastores,
+                    claims,
+                    want_vm_report,
+                    config_generation,
+                );
+            }
+            Message::SlaveHeartbeat {
+                seq,
+                reachable,
+                vm_generation,
+                maintenance,
+                config_generation,
+            } => {
+                if self.role == Role::Master {
+                    self.master_on_slave_heartbeat(
+                        now,
+                        from,
+                        seq,
+                        reachable,
+                        vm_generation,
+                        maintenance,
+                    );
+                    if config_generation > self.config.generation {
+                        self.read_config(now);
+                    }
+                }
+            }
+            Message::VmReport {
+                generation,
+                part,
+                parts,
+                vms,
+            } => {
+                if let Some(m) = self.master.as_mut() {
+                    m.on_vm_report(now, from, generation, part, parts, vms);
+                }
+            }
+            Message::PowerOn {
+                vm,
+                datastore,
+                epoch,
+                attempt,
+            } => {
+                self.on_power_on_command(now, from, vm, datastore, epoch, attempt);
+            }
+            Message::PowerOnResult {
+                vm,
+                attempt,
+                running,
+                error,
+            } => {
+                if self.role == Role::Master {
+                    self.master_on_power_on_result(now, from, vm, attempt, running, error);
+                }
+            }
+            Message::Yield { to } => {
+                if to == self.settings.host {
+                    if self.role != Role::Master {
+                        self.become_master(now, "previous master handed over");
+                    }
+                } else if self.role != Role::Master && self.config.host(to).is_some() {
+                    self.follow(now, to, "previous master handed over");
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_master_heartbeat(
+        &mut self,
+        now: Time,
+        from: HostId,
+        echo_seq: u64,
+        reachable_datastores: u32,
+        claims: Vec<(DatastoreId, heartbeat_fs::Epoch)>,
+        want_vm_report: bool,
+        config_generation: u64,
+    ) {
+        if config_generation > self.config.generation {
+            self.read_config(now);
+        }
+        match self.role {
+            Role::Master => {
+                let me = self.my_candidacy(now);
+                let other = Candidacy {
+                    host: from,
+                    reachable_datastores,
+                    incumbent: true,
+                };
+                if election::should_yield(&me, &other) {
+                    self.emit(Event::Yielded { to: from });
+                    self.step_down(now, Some(from), "met a better master");
+                }
+                return;
+            }
+            Role::Slave { master } if master != from => {
+                // Two masters reach us; stay with ours until it is lost (the masters sort it out).
+                if self
+                    .master_heard
+                    .is_some_and(|t| now.since(t) < self.t.master_lost_after)
+                {
+                    return;
+                }
+                self.follow(now, from, "previous master lost");
+            }
+            Role::Slave { .. } => {}
+            Role::Starting | Role::Candidate => self.follow(now, from, "master found"),
+            Role::Isolated => return,
+        }
+        self.master_heard = Some(now);
+        if want_vm_report {
+            self.want_vm_report = true;
+        }
+        // The network lease runs from the moment we sent the heartbeat the master echoes.
+        if let Some(&(_, sent)) = self.hb_sent.iter().find(|(s, _)| *s == echo_seq) {
+            let until = sent + self.t.shrink(self.t.net_lease);
+            for (d, _) in claims {
+                let e = self.net_lease.entry(d).or_insert(until);
+                if *e < until {
+                    *e = until;
+                }
+            }
+        }
+    }
+
+    fn follow(&mut self, now: Time, master: HostId, reason: &str) {
+        self.election = None;
+        self.master_heard = Some(now);
+        self.want_vm_report = true;
+        if self.master.is_some() {
+            self.master = None;
+        }
+        self.set_role(Role::Slave { master }, reason);
+        // Tell the new master about us at once.
+        self.deadlines.net_heartbeat = now;
+    }
+
+    fn become_master(&mut self, now: Time, reason: &str) {
+        self.election = None;
+        self.master = Some(MasterState::new(now, &self.config, self.settings.host));
+        self.set_role(Role::Master, reason);
+        self.deadlines.ds_read = now;
+        self.deadlines.claim_renew = now;
+        self.deadlines.net_heartbeat = now;
+    }
+
+    /// Leave the master role: stop restarts at once, release claims, tell everyone whom to follow.
+    fn step_down(&mut self, now: Time, successor: Option<HostId>, reason: &str) {
+        if self.role != Role::Master {
+            return;
+        }
+        self.master_release_claims(now);
+        self.master = None;
+        if let Some(to) = successor {
+            for h in self.other_hosts() {
+                self.send(h, &Message::Yield { to });
+            }
+            if to != self.settings.host {
+                self.follow(now, to, reason);
+                return;
+            }
+        }
+        self.become_candidate(now, reason);
+    }
+
+    fn evaluate_election(&mut self, now: Time) {
+        let Some(round) = self.election.as_ref() else {
+            return;
+        };
+        if let Some((winner, since)) = round.awaiting {
+            // The winner never took the role (it died, or cannot reach us): stand again.
+            if now.since(since) >= self.t.master_lost_after {
+                tracing::debug!(%winner, "elected host did not become master; new round");
+                self.become_candidate(now, "elected master never appeared");
+            }
+            return;
+        }
+        if now.since(round.started) < self.t.election_window {
+            return;
+        }
+        let me = self.my_candidacy(now);
+        let mut all: Vec<Candidacy<HostId>> = round.heard.values().copied().collect();
+        all.push(me);
+        let winner = *election::winner(&all).expect("own candidacy present");
+        let candidates = all.len() as u32;
+        if winner.host == self.settings.host {
+            self.emit(Event::ElectionWon {
+                reachable_datastores: me.reachable_datastores,
+                candidates,
+            });
+            self.become_master(now, "won election");
+        } else if let Some(r) = self.election.as_mut() {
+            r.awaiting = Some((winner.host, now));
+        }
+    }
+
+    /// Periodic checks: election end, lost master, isolation, leases and fencing, the master's work.
+    fn evaluate(&mut self, now: Time) {
+        if self.role == Role::Starting {
+            self.maybe_leave_starting(now);
+        }
+        if let Role::Slave { .. } = self.role
+            && self
+                .master_heard
+                .is_none_or(|t| now.since(t) >= self.t.master_lost_after)
+        {
+            self.become_candidate(now, "master lost");
+        }
+        if self.role == Role::Candidate {
+            self.evaluate_election(now);
+        }
+        self.evaluate_isolation(now);
+        self.evaluate_leases(now);
+        if self.master.is_some() {
+            self.master_evaluate(now);
         }
     }
 }

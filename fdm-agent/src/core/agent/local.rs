@@ -1,0 +1,682 @@
+//! Every host's duties for its own VMs: adoption at start, power-on on a master's command (checked
+//! against the datastore first), the power-on lists that are its leases on those VMs, the isolation
+//! response, and self-fencing when both leases lapse.
+
+use super::super::events::{Event, Role};
+use super::super::io::{HypervisorAction, HypervisorEvent, Output, StopCause, VmRunState};
+use super::super::messages::{Message, VmStatus};
+use super::super::time::Time;
+use super::{Agent, DsPurpose, VmView};
+use heartbeat_fs::ops::{DsError, DsOp, DsReply};
+use heartbeat_fs::records::{
+    ClusterConfig, IsolationResponse, PowerOnEntry, PowerOnList, PowerOnState,
+};
+use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct IsolationState {
+    checking: bool,
+    last_check: Option<Time>,
+    declared_at: Option<Time>,
+    responded: bool,
+}
+
+/// Where a power-on commanded by a master stands on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PowerOnStage {
+    /// Asked the datastore whether the command's claim epoch and intent are current.
+    CheckingIntent,
+    /// Writing our power-on list with the VM in it (taking the VM's lease) before starting it.
+    TakingLease { generation: u64 },
+    /// The hypervisor is starting it.
+    Starting { op: u64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PendingPowerOn {
+    from: HostId,
+    datastore: DatastoreId,
+    attempt: u32,
+    stage: PowerOnStage,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LocalVm {
+    state: VmRunState,
+}
+
+/// One power-on list: the generation wanted (bumped on every change) and the one known on disk.
+#[derive(Debug, Clone, Default)]
+struct ListState {
+    wanted: u64,
+    durable: u64,
+    in_flight: Option<u64>,
+    isolation_powered_off: BTreeSet<VmId>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct LocalVms {
+    vms: BTreeMap<VmId, LocalVm>,
+    homes: HashMap<VmId, DatastoreId>,
+    /// Bumped on every change of `vms`, reported to the master.
+    pub(super) generation: u64,
+    pub(super) inventory_op: Option<u64>,
+    lists: BTreeMap<DatastoreId, ListState>,
+    pub(super) fenced: BTreeSet<DatastoreId>,
+    pending: BTreeMap<VmId, PendingPowerOn>,
+    /// Power-on attempts already answered with a failure (a late duplicate command gets the same).
+    failed_attempts: BTreeMap<VmId, u32>,
+    /// Stop operations in flight: op -> (vm, cause).
+    stops: HashMap<u64, (VmId, StopCause)>,
+}
+
+impl LocalVms {
+    pub(super) fn rebuild_homes(&mut self, cfg: &ClusterConfig) {
+        self.homes = cfg.vms.iter().map(|v| (v.id, v.home)).collect();
+    }
+
+    pub(super) fn home(&self, vm: VmId) -> Option<DatastoreId> {
+        self.homes.get(&vm).copied()
+    }
+
+    pub(super) fn list_generation(&self, d: DatastoreId) -> u64 {
+        self.lists.get(&d).map_or(0, |l| l.durable)
+    }
+
+    pub(super) fn statuses(&self) -> Vec<VmStatus> {
+        self.vms
+            .iter()
+            .map(|(&vm, v)| VmStatus { vm, state: v.state })
+            .collect()
+    }
+
+    pub(super) fn state(&self, vm: VmId) -> Option<VmRunState> {
+        self.vms.get(&vm).map(|v| v.state)
+    }
+
+    pub(super) fn is_active(&self, vm: VmId) -> bool {
+        matches!(
+            self.state(vm),
+            Some(VmRunState::Running | VmRunState::PoweringOn)
+        )
+    }
+
+    /// VMs running or starting here whose home is `d`.
+    fn active_on(&self, d: DatastoreId) -> Vec<VmId> {
+        self.vms
+            .iter()
+            .filter(|(vm, v)| {
+                matches!(v.state, VmRunState::Running | VmRunState::PoweringOn)
+                    && self.homes.get(vm) == Some(&d)
+            })
+            .map(|(&vm, _)| vm)
+            .collect()
+    }
+
+    /// Every VM this host runs, with state, for status when not master.
+    pub(super) fn views(&self) -> Vec<VmView> {
+        self.vms
+            .iter()
+            .map(|(&vm, v)| VmView {
+                vm,
+                host: None,
+                state: Some(v.state),
+                restart: String::new(),
+            })
+            .collect()
+    }
+
+    fn set(&mut self, vm: VmId, state: VmRunState) {
+        let changed = self.vms.get(&vm).is_none_or(|v| v.state != state);
+        self.vms.insert(vm, LocalVm { state });
+        if changed {
+            self.generation += 1;
+        }
+    }
+
+    fn touch_list(&mut self, d: Option<DatastoreId>) {
+        if let Some(d) = d {
+            self.lists.entry(d).or_default().wanted += 1;
+        }
+    }
+}
+
+impl Agent {
+    fn local_vm_changed(&mut self, vm: VmId) {
+        let home = self.vms.home(vm);
+        self.vms.touch_list(home);
+        self.want_vm_report = true;
+        self.deadlines.net_heartbeat = self.now;
+        self.flush_power_on_lists(self.now);
+    }
+
+    /// Write every power-on list whose wanted generation is ahead of the one on disk.
+    pub(super) fn flush_power_on_lists(&mut self, now: Time) {
+        let dirty: Vec<DatastoreId> = self
+            .vms
+            .lists
+            .iter()
+            .filter(|(_, l)| l.in_flight.is_none() && l.wanted > l.durable)
+            .map(|(&d, _)| d)
+            .collect();
+        for d in dirty {
+            if !self.mounted.contains_key(&d) {
+                continue;
+            }
+            let list = self.power_on_list(d);
+            let generation = list.generation;
+            if let Some(l) = self.vms.lists.get_mut(&d) {
+                l.in_flight = Some(generation);
+            }
+            self.ds_request(
+                now,
+                d,
+                DsOp::WritePowerOnList(list),
+                DsPurpose::PowerOnListWrite { generation },
+            );
+        }
+    }
+
+    fn power_on_list(&self, d: DatastoreId) -> PowerOnList {
+        let l = self.vms.lists.get(&d).cloned().unwrap_or_default();
+        let entries = self
+            .vms
+            .active_on(d)
+            .into_iter()
+            .map(|vm| PowerOnEntry {
+                vm,
+                state: if self.vms.state(vm) == Some(VmRunState::Running) {
+                    PowerOnState::Running
+                } else {
+                    PowerOnState::PoweringOn
+                },
+            })
+            .collect();
+        PowerOnList {
+            cluster: self.settings.cluster,
+            host: self.settings.host,
+            incarnation: self.settings.incarnation,
+            generation: l.wanted,
+            isolated: self.role == Role::Isolated,
+            entries,
+            isolation_powered_off: l.isolation_powered_off.iter().copied().collect(),
+        }
+    }
+
+    pub(super) fn on_power_on_list_written(
+        &mut self,
+        now: Time,
+        d: DatastoreId,
+        generation: u64,
+        result: Result<DsReply, DsError>,
+    ) {
+        let ok = result.is_ok();
+        if let Some(l) = self.vms.lists.get_mut(&d) {
+            l.in_flight = None;
+            if ok && generation > l.durable {
+                l.durable = generation;
+            }
+        }
+        let durable = self.vms.list_generation(d);
+        let waiting: Vec<(VmId, PendingPowerOn)> = self
+            .vms
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                p.datastore == d && matches!(p.stage, PowerOnStage::TakingLease { .. })
+            })
+            .map(|(&vm, &p)| (vm, p))
+            .collect();
+        for (vm, p) in waiting {
+            let PowerOnStage::TakingLease { generation: needed } = p.stage else {
+                continue;
+            };
+            if durable >= needed {
+                let definition = self
+                    .config
+                    .vm(vm)
+                    .map(|v| v.definition.clone())
+                    .unwrap_or_default();
+                let op = self.op();
+                if let Some(pp) = self.vms.pending.get_mut(&vm) {
+                    pp.stage = PowerOnStage::Starting { op };
+                }
+                self.outputs
+                    .push_back(Output::Hypervisor(HypervisorAction::PowerOn {
+                        op,
+                        vm,
+                        definition,
+                    }));
+            } else if !ok {
+                // We could not take the lease: the VM must not start here.
+                self.vms.vms.remove(&vm);
+                self.vms.generation += 1;
+                self.fail_power_on(vm, p, format!("cannot write power-on list on {d}"));
+            }
+        }
+        self.flush_power_on_lists(now);
+    }
+
+    fn fail_power_on(&mut self, vm: VmId, p: PendingPowerOn, error: String) {
+        self.vms.pending.remove(&vm);
+        self.vms.failed_attempts.insert(vm, p.attempt);
+        let home = self.vms.home(vm);
+        self.vms.touch_list(home);
+        let msg = Message::PowerOnResult {
+            vm,
+            attempt: p.attempt,
+            running: false,
+            error: Some(error),
+        };
+        self.send(p.from, &msg);
+    }
+
+    /// A master asks us to start a VM. Checked against the datastore before anything happens.
+    pub(super) fn on_power_on_command(
+        &mut self,
+        now: Time,
+        from: HostId,
+        vm: VmId,
+        datastore: DatastoreId,
+        epoch: Epoch,
+        attempt: u32,
+    ) {
+        if let Some(state) = self.vms.state(vm)
+            && matches!(state, VmRunState::Running | VmRunState::PoweringOn)
+        {
+            if state == VmRunState::Running {
+                self.send(
+                    from,
+                    &Message::PowerOnResult {
+                        vm,
+                        attempt,
+                        running: true,
+                        error: None,
+                    },
+                );
+            }
+            return;
+        }
+        if self.vms.pending.contains_key(&vm) {
+            return;
+        }
+        if self.vms.failed_attempts.get(&vm) == Some(&attempt) {
+            let msg = Message::PowerOnResult {
+                vm,
+                attempt,
+                running: false,
+                error: Some("attempt already failed".into()),
+            };
+            self.send(from, &msg);
+            return;
+        }
+        let reject = if self.config.vm(vm).is_none() {
+            Some("unknown VM".to_string())
+        } else if self.vms.home(vm) != Some(datastore) {
+            Some(format!("{vm} does not live on {datastore}"))
+        } else if !self.reachable_datastores(now).contains(&datastore) {
+            Some(format!("{datastore} is not reachable from this host"))
+        } else if self.role == Role::Isolated || self.maintenance || self.shutting_down {
+            Some("host cannot take VMs now".to_string())
+        } else {
+            None
+        };
+        let p = PendingPowerOn {
+            from,
+            datastore,
+            attempt,
+            stage: PowerOnStage::CheckingIntent,
+        };
+        if let Some(error) = reject {
+            self.fail_power_on(vm, p, error);
+            return;
+        }
+        self.vms.pending.insert(vm, p);
+        if self.settings.fault_knobs.skip_intent_check {
+            self.on_intent_checked(now, datastore, vm, attempt, Ok(DsReply::IntentConfirmed));
+            return;
+        }
+        let op = DsOp::CheckIntent {
+            owner: from,
+            epoch,
+            vm,
+            target: self.settings.host,
+            attempt,
+        };
+        self.ds_request(now, datastore, op, DsPurpose::CheckIntent { vm, attempt });
+    }
+
+    pub(super) fn on_intent_checked(
+        &mut self,
+        now: Time,
+        d: DatastoreId,
+        vm: VmId,
+        attempt: u32,
+        result: Result<DsReply, DsError>,
+    ) {
+        let Some(&p) = self.vms.pending.get(&vm) else {
+            return;
+        };
+        if p.attempt != attempt || p.stage != PowerOnStage::CheckingIntent {
+            return;
+        }
+        match result {
+            Ok(DsReply::IntentConfirmed) => {
+                // Take the lease: the VM goes into our power-on list on disk before it starts.
+                self.vms.set(vm, VmRunState::PoweringOn);
+                self.vms.touch_list(Some(d));
+                let generation = self.vms.lists.get(&d).map_or(0, |l| l.wanted);
+                if let Some(pp) = self.vms.pending.get_mut(&vm) {
+                    pp.stage = PowerOnStage::TakingLease { generation };
+                }
+                self.want_vm_report = true;
+                self.flush_power_on_lists(now);
+            }
+            Ok(DsReply::IntentRefused { reason }) => {
+                self.emit(Event::PowerOnRefused {
+                    vm,
+                    from: p.from,
+                    reason: reason.clone(),
+                });
+                self.fail_power_on(vm, p, format!("refused: {reason}"));
+            }
+            Ok(other) => self.fail_power_on(vm, p, format!("unexpected datastore reply {other:?}")),
+            Err(e) => self.fail_power_on(vm, p, format!("intent check failed: {e}")),
+        }
+    }
+
+    pub(super) fn on_hypervisor(&mut self, now: Time, event: HypervisorEvent) {
+        match event {
+            HypervisorEvent::Inventory { op, running } => {
+                if self.vms.inventory_op != Some(op) {
+                    return;
+                }
+                self.vms.inventory_op = None;
+                for vm in running {
+                    if !self.vms.is_active(vm) {
+                        self.vms.set(vm, VmRunState::Running);
+                        self.emit(Event::Adopted { vm });
+                        self.local_vm_changed(vm);
+                    }
+                }
+            }
+            HypervisorEvent::PowerOnResult { op, vm, result } => {
+                let Some(&p) = self.vms.pending.get(&vm) else {
+                    return;
+                };
+                if p.stage != (PowerOnStage::Starting { op }) {
+                    return;
+                }
+                match result {
+                    Ok(()) => {
+                        self.vms.pending.remove(&vm);
+                        self.vms.set(vm, VmRunState::Running);
+                        self.emit(Event::PoweredOn {
+                            vm,
+                            attempt: p.attempt,
+                        });
+                        self.local_vm_changed(vm);
+                        let msg = Message::PowerOnResult {
+                            vm,
+                            attempt: p.attempt,
+                            running: true,
+                            error: None,
+                        };
+                        self.send(p.from, &msg);
+                    }
+                    Err(e) => {
+                        self.vms.vms.remove(&vm);
+                        self.vms.generation += 1;
+                        self.fail_power_on(vm, p, e);
+                        self.local_vm_changed(vm);
+                    }
+                }
+            }
+            HypervisorEvent::PowerOffResult { op, vm, result } => {
+                let Some((_, cause)) = self.vms.stops.remove(&op) else {
+                    return;
+                };
+                match result {
+                    Ok(()) => {
+                        self.vms.set(vm, VmRunState::StoppedByAgent);
+                        if cause == StopCause::Isolation
+                            && let Some(d) = self.vms.home(vm)
+                        {
+                            self.vms
+                                .lists
+                                .entry(d)
+                                .or_default()
+                                .isolation_powered_off
+                                .insert(vm);
+                        }
+                        self.local_vm_changed(vm);
+                    }
+                    Err(e) => {
+                        // Still running: when fencing, the watchdog is no longer kicked (see
+                        // evaluate_leases), so the host is reset before any lease can expire.
+                        tracing::error!(%vm, error = %e, ?cause, "stopping VM failed");
+                    }
+                }
+            }
+            HypervisorEvent::VmStopped { vm, state } => {
+                if self.vms.state(vm).is_some() || self.vms.home(vm).is_some() {
+                    // A stop we asked for is recorded by its PowerOffResult.
+                    if self.vms.stops.values().any(|(v, _)| *v == vm) {
+                        return;
+                    }
+                    if let Some(p) = self.vms.pending.get(&vm).copied() {
+                        self.fail_power_on(vm, p, format!("VM stopped while starting ({state:?})"));
+                    }
+                    self.vms.set(vm, state);
+                    self.local_vm_changed(vm);
+                }
+            }
+            HypervisorEvent::VmStarted { vm } => {
+                if !self.vms.is_active(vm) {
+                    self.vms.set(vm, VmRunState::Running);
+                    self.local_vm_changed(vm);
+                }
+            }
+        }
+        let _ = now;
+    }
+
+    fn stop_vm(&mut self, vm: VmId, cause: StopCause, response: IsolationResponse) {
+        if self.vms.stops.values().any(|(v, _)| *v == vm) {
+            return;
+        }
+        let op = self.op();
+        self.vms.stops.insert(op, (vm, cause));
+        let action = match response {
+            IsolationResponse::Shutdown => HypervisorAction::Shutdown {
+                op,
+                vm,
+                timeout: self.t.shutdown_timeout,
+                cause,
+            },
+            _ => HypervisorAction::PowerOff { op, vm, cause },
+        };
+        self.outputs.push_back(Output::Hypervisor(action));
+    }
+
+    // ----- isolation -----------------------------------------------------------------------------
+
+    pub(super) fn evaluate_isolation(&mut self, now: Time) {
+        if self.role == Role::Starting || self.other_hosts().is_empty() {
+            return;
+        }
+        let silent = now.since(self.last_heard_anyone) >= self.t.isolation_detect_after;
+        let check_due = self
+            .isolation
+            .last_check
+            .is_none_or(|t| now.since(t) >= self.t.isolation_detect_after);
+        if (silent || self.role == Role::Isolated) && check_due && !self.isolation.checking {
+            self.isolation.checking = true;
+            self.isolation.last_check = Some(now);
+            self.outputs.push_back(Output::CheckIsolation);
+        }
+        if self.role == Role::Isolated
+            && !self.isolation.responded
+            && self
+                .isolation
+                .declared_at
+                .is_some_and(|t| now.since(t) >= self.t.isolation_response_delay)
+        {
+            self.isolation.responded = true;
+            self.apply_isolation_response();
+        }
+    }
+
+    pub(super) fn on_isolation_check(&mut self, now: Time, reachable: bool) {
+        self.isolation.checking = false;
+        let silent = now.since(self.last_heard_anyone) >= self.t.isolation_detect_after;
+        if reachable {
+            if self.role == Role::Isolated {
+                self.end_isolation(now);
+            }
+            return;
+        }
+        if !silent || self.role == Role::Isolated {
+            return;
+        }
+        if self.role == Role::Master {
+            // An isolated master protects nothing: release the claims for the other side's master.
+            self.step_down(now, None, "isolated");
+        }
+        self.election = None;
+        self.set_role(
+            Role::Isolated,
+            "no host heard and no isolation address answers",
+        );
+        self.isolation.declared_at = Some(now);
+        self.isolation.responded = false;
+        self.emit(Event::IsolationDeclared);
+        let ds: Vec<DatastoreId> = self.mounted.keys().copied().collect();
+        for d in ds {
+            self.vms.touch_list(Some(d));
+        }
+        self.deadlines.ds_heartbeat = now;
+        self.flush_power_on_lists(now);
+    }
+
+    pub(super) fn end_isolation(&mut self, now: Time) {
+        if self.role != Role::Isolated {
+            return;
+        }
+        self.emit(Event::IsolationEnded);
+        self.isolation = IsolationState::default();
+        // What the isolation response stopped is now reported over the network (StoppedByAgent).
+        let ds: Vec<DatastoreId> = self.vms.lists.keys().copied().collect();
+        for d in ds {
+            if let Some(l) = self.vms.lists.get_mut(&d) {
+                l.isolation_powered_off.clear();
+            }
+            self.vms.touch_list(Some(d));
+        }
+        self.role = Role::Candidate;
+        self.emit(Event::RoleChanged {
+            from: Role::Isolated,
+            to: Role::Candidate,
+            reason: "network back".into(),
+        });
+        self.become_candidate(now, "network back");
+        self.flush_power_on_lists(now);
+    }
+
+    fn apply_isolation_response(&mut self) {
+        let running: Vec<VmId> = self
+            .vms
+            .vms
+            .iter()
+            .filter(|(_, v)| v.state == VmRunState::Running)
+            .map(|(&vm, _)| vm)
+            .collect();
+        for vm in running {
+            let response = self
+                .config
+                .vm(vm)
+                .map(|c| c.ha.isolation_response)
+                .unwrap_or(self.config.ha.default_isolation_response);
+            if response == IsolationResponse::LeaveRunning {
+                continue;
+            }
+            if self.paused() {
+                self.emit(Event::ActionSuppressed {
+                    what: format!("isolation response {response:?} for {vm}"),
+                });
+                continue;
+            }
+            self.emit(Event::IsolationResponseApplied { vm, response });
+            self.stop_vm(vm, StopCause::Isolation, response);
+        }
+    }
+
+    // ----- leases and fencing --------------------------------------------------------------------
+
+    /// When our leases covering VMs on `d` end: the later of the datastore lease and the network
+    /// lease (for a master, its claim stands in for the network lease).
+    fn lease_expiry(&self, d: DatastoreId) -> Time {
+        let base = self
+            .mounted
+            .get(&d)
+            .and_then(|m| m.last_ok_write_start)
+            .unwrap_or(self.started_at);
+        let ds_expiry = base + self.t.shrink(self.t.ds_lease);
+        let net_expiry = self.net_lease.get(&d).copied().unwrap_or(Time::ZERO);
+        let claim_expiry = self
+            .master
+            .as_ref()
+            .and_then(|m| m.claim_valid_until(d, &self.t))
+            .unwrap_or(Time::ZERO);
+        ds_expiry.max(net_expiry).max(claim_expiry)
+    }
+
+    pub(super) fn evaluate_leases(&mut self, now: Time) {
+        let homes: BTreeSet<DatastoreId> = self
+            .vms
+            .vms
+            .iter()
+            .filter(|(vm, _)| self.vms.is_active(**vm))
+            .filter_map(|(&vm, _)| self.vms.home(vm))
+            .collect();
+        let mut unsafe_to_kick = false;
+        for d in homes {
+            let fence_at = self.lease_expiry(d) - self.t.fence_margin;
+            if now < fence_at {
+                self.vms.fenced.remove(&d);
+                continue;
+            }
+            if !self.settings.self_fence {
+                continue;
+            }
+            if self.paused() {
+                if !self.vms.fenced.contains(&d) {
+                    self.vms.fenced.insert(d);
+                    self.emit(Event::ActionSuppressed {
+                        what: format!("self-fence of VMs on {d}"),
+                    });
+                }
+                continue;
+            }
+            unsafe_to_kick = true;
+            let vms = self.vms.active_on(d);
+            if !self.vms.fenced.contains(&d) {
+                self.vms.fenced.insert(d);
+                self.emit(Event::SelfFenced {
+                    datastore: d,
+                    vms: vms.clone(),
+                });
+            }
+            for vm in vms {
+                if let Some(p) = self.vms.pending.get(&vm).copied() {
+                    self.fail_power_on(vm, p, "lease lost while starting".into());
+                }
+                self.stop_vm(vm, StopCause::Fence, IsolationResponse::PowerOff);
+            }
+        }
+        if !unsafe_to_kick {
+            self.outputs.push_back(Output::KickWatchdog);
+        }
+    }
+}

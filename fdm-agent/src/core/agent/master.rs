@@ -1,0 +1,1826 @@
+//! The master's duties: datastore claims, verdicts on every host, protected-VM lists, and failover
+//! (reconcile what should run against what runs, plan, write the intent, command, follow up).
+
+use super::super::config::Timings;
+use super::super::events::{Event, Role, Verdict};
+use super::super::io::{Output, VmRunState};
+use super::super::messages::{Message, VmStatus};
+use super::super::placement::{self, HostCandidate, PlanInput, RestartRequest, WaitReason};
+use super::super::time::Time;
+use super::{Agent, DsPurpose, HostView, VmView};
+use heartbeat_fs::ops::{ClaimWrite, DsError, DsOp, DsReply};
+use heartbeat_fs::records::{
+    ClusterConfig, DatastoreClaim, DesiredPower, HostFlags, PowerOnList, ProtectedVm,
+    ProtectedVmList, Resources, RestartPolicy, RestartPriority, RestartState,
+};
+use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ClaimWriteKind {
+    Acquire,
+    Renew,
+    Release,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HeldClaim {
+    epoch: Epoch,
+    renewal: u64,
+    last_renew_start: Time,
+    acquired_at: Time,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ClaimTrack {
+    /// The record as last read, and since when it has looked exactly like that.
+    seen: Option<DatastoreClaim>,
+    seen_since: Option<Time>,
+    read_once: bool,
+    held: Option<HeldClaim>,
+}
+
+/// What the master last saw of one host's heartbeat sector on one datastore.
+#[derive(Debug, Clone, Copy)]
+struct DsObs {
+    incarnation: u64,
+    sequence: u64,
+    last_advance: Time,
+    last_clean_read: Time,
+    flags: HostFlags,
+    power_on_generation: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Peer {
+    last_net: Option<Time>,
+    last_seq: u64,
+    reachable: Vec<DatastoreId>,
+    maintenance: bool,
+    vm_gen_reported: u64,
+    vm_gen_have: Option<u64>,
+    vms: BTreeMap<VmId, VmRunState>,
+    parts: Option<(u64, Vec<Option<Vec<VmStatus>>>)>,
+    verdict: Option<Verdict>,
+    ds: BTreeMap<DatastoreId, DsObs>,
+    probe_in_flight: bool,
+    probe: Option<(Time, bool)>,
+    power_on_lists: BTreeMap<DatastoreId, PowerOnList>,
+    lists_wanted: BTreeSet<DatastoreId>,
+}
+
+#[derive(Debug, Clone)]
+struct ProtectedDs {
+    list: ProtectedVmList,
+    loaded: bool,
+    dirty: bool,
+    write_in_flight: Option<u64>,
+    durable: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for its retry time, capacity, a lease, or ordering.
+    Waiting,
+    /// A previous master's intent to `target`: re-stamp it with our epoch once the target is alive.
+    Resume { target: HostId, attempt: u32 },
+    /// Intent written into list generation `generation`; the command goes out once that is durable.
+    IntentWriting {
+        target: HostId,
+        attempt: u32,
+        generation: u64,
+    },
+    /// Command sent.
+    Issued {
+        target: HostId,
+        attempt: u32,
+        sent_at: Time,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct RestartTrack {
+    home: DatastoreId,
+    attempts: u32,
+    next_try: Time,
+    /// The host it was lost from (for reports).
+    from: Option<HostId>,
+    preferred: Option<HostId>,
+    excluded: Vec<HostId>,
+    stage: Stage,
+    reported_waiting: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct MasterState {
+    me: HostId,
+    since: Time,
+    peers: BTreeMap<HostId, Peer>,
+    claims: BTreeMap<DatastoreId, ClaimTrack>,
+    /// Last time a heartbeat read of the datastore succeeded.
+    ds_read_ok: BTreeMap<DatastoreId, Time>,
+    protected: BTreeMap<DatastoreId, ProtectedDs>,
+    /// Where each VM is reported running or starting (by non-dead hosts).
+    running: HashMap<VmId, BTreeSet<HostId>>,
+    tracks: BTreeMap<VmId, RestartTrack>,
+    reconcile_due: bool,
+    last_reconcile: Time,
+}
+
+impl MasterState {
+    pub(super) fn new(now: Time, config: &ClusterConfig, me: HostId) -> Self {
+        let peers = config
+            .hosts
+            .iter()
+            .filter(|h| h.id != me)
+            .map(|h| (h.id, Peer::default()))
+            .collect();
+        MasterState {
+            me,
+            since: now,
+            peers,
+            claims: BTreeMap::new(),
+            ds_read_ok: BTreeMap::new(),
+            protected: BTreeMap::new(),
+            running: HashMap::new(),
+            tracks: BTreeMap::new(),
+            reconcile_due: true,
+            last_reconcile: now,
+        }
+    }
+
+    pub(super) fn verdict(&self, host: HostId) -> Option<Verdict> {
+        if host == self.me {
+            return Some(Verdict::Alive);
+        }
+        self.peers.get(&host).and_then(|p| p.verdict)
+    }
+
+    pub(super) fn config_changed(&mut self, _now: Time) {
+        self.reconcile_due = true;
+    }
+
+    pub(super) fn on_probe(&mut self, now: Time, host: HostId, answered: bool) {
+        if let Some(p) = self.peers.get_mut(&host) {
+            p.probe_in_flight = false;
+            p.probe = Some((now, answered));
+        }
+    }
+
+    /// The alive slave that would win an election without us.
+    pub(super) fn best_successor(&self, _me: HostId) -> Option<HostId> {
+        let cands: Vec<election::Candidacy<HostId>> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.verdict == Some(Verdict::Alive))
+            .map(|(&h, p)| election::Candidacy {
+                host: h,
+                reachable_datastores: p.reachable.len() as u32,
+                incumbent: false,
+            })
+            .collect();
+        election::winner(&cands).map(|c| c.host)
+    }
+
+    /// Until when our claim on `d` is ours to trust, if we hold it.
+    pub(super) fn claim_valid_until(&self, d: DatastoreId, t: &Timings) -> Option<Time> {
+        let h = self.claims.get(&d)?.held?;
+        Some(h.last_renew_start + t.shrink(t.claim_lease) - t.fence_margin)
+    }
+
+    fn held_valid(&self, d: DatastoreId, now: Time, t: &Timings) -> Option<Epoch> {
+        let h = self.claims.get(&d)?.held?;
+        (now < self.claim_valid_until(d, t)?).then_some(h.epoch)
+    }
+
+    /// Holding the claim long enough that every network lease granted by an earlier holder expired.
+    ///
+    /// Also requires a renewal that started after any rival's racing acquisition write must have
+    /// landed: a renewal re-checks owner and epoch on disk, so it confirms the compare-and-write.
+    fn settled(&self, d: DatastoreId, now: Time, t: &Timings) -> Option<Epoch> {
+        let epoch = self.held_valid(d, now, t)?;
+        let h = self.claims.get(&d)?.held?;
+        let confirmed = h.last_renew_start >= h.acquired_at + t.datastore_call_deadline;
+        (confirmed && now.since(h.acquired_at) >= t.stretch(t.net_lease)).then_some(epoch)
+    }
+
+    pub(super) fn on_vm_report(
+        &mut self,
+        _now: Time,
+        from: HostId,
+        generation: u64,
+        part: u16,
+        parts: u16,
+        vms: Vec<VmStatus>,
+    ) {
+        let Some(p) = self.peers.get_mut(&from) else {
+            return;
+        };
+        if parts == 0 || part >= parts || parts > 1024 {
+            return;
+        }
+        let fresh = match &p.parts {
+            Some((g, v)) => *g != generation || v.len() != parts as usize,
+            None => true,
+        };
+        if fresh {
+            p.parts = Some((generation, vec![None; parts as usize]));
+        }
+        let Some((_, buf)) = p.parts.as_mut() else {
+            return;
+        };
+        buf[part as usize] = Some(vms);
+        if buf.iter().all(Option::is_some) {
+            let all: BTreeMap<VmId, VmRunState> = buf
+                .drain(..)
+                .flatten()
+                .flatten()
+                .map(|s| (s.vm, s.state))
+                .collect();
+            p.parts = None;
+            p.vm_gen_have = Some(generation);
+            let old = std::mem::replace(&mut p.vms, all);
+            for vm in old.keys() {
+                if let Some(s) = self.running.get_mut(vm) {
+                    s.remove(&from);
+                }
+            }
+            let now_active: Vec<VmId> = p
+                .vms
+                .iter()
+                .filter(|(_, s)| matches!(s, VmRunState::Running | VmRunState::PoweringOn))
+                .map(|(&vm, _)| vm)
+                .collect();
+            for vm in now_active {
+                self.running.entry(vm).or_default().insert(from);
+            }
+            self.reconcile_due = true;
+        }
+    }
+
+    pub(super) fn host_views(&self, now: Time) -> Vec<HostView> {
+        let mut v: Vec<HostView> = vec![HostView {
+            host: self.me,
+            verdict: Verdict::Alive,
+            net_age: Some(0.0),
+            ds_age: Vec::new(),
+        }];
+        for (&h, p) in &self.peers {
+            v.push(HostView {
+                host: h,
+                verdict: p.verdict.unwrap_or(Verdict::Unreachable),
+                net_age: p.last_net.map(|t| now.since(t).as_secs_f64()),
+                ds_age: p
+                    .ds
+                    .iter()
+                    .map(|(&d, o)| (d, Some(now.since(o.last_advance).as_secs_f64())))
+                    .collect(),
+            });
+        }
+        v
+    }
+
+    pub(super) fn vm_views(&self) -> Vec<VmView> {
+        let mut out = Vec::new();
+        for pd in self.protected.values() {
+            for e in &pd.list.vms {
+                let host = self
+                    .running
+                    .get(&e.vm)
+                    .and_then(|s| s.iter().next().copied())
+                    .or(e.last_host);
+                let restart = match self.tracks.get(&e.vm) {
+                    Some(t) => {
+                        format!("{:?} (from {:?}, attempts {})", t.stage, t.from, t.attempts)
+                    }
+                    None => format!("{:?}", e.restart),
+                };
+                out.push(VmView {
+                    vm: e.vm,
+                    host,
+                    state: self
+                        .running
+                        .get(&e.vm)
+                        .filter(|s| !s.is_empty())
+                        .map(|_| VmRunState::Running),
+                    restart,
+                });
+            }
+        }
+        out
+    }
+}
+
+impl Agent {
+    fn m(&mut self) -> &mut MasterState {
+        self.master
+            .as_mut()
+            .expect("master duties run only as master")
+    }
+
+    // ----- network -------------------------------------------------------------------------------
+
+    pub(super) fn master_send_heartbeats(&mut self, now: Time) {
+        for h in self.other_hosts() {
+            self.master_send_heartbeat_to(now, h);
+        }
+    }
+
+    pub(super) fn master_send_heartbeat_to(&mut self, now: Time, to: HostId) {
+        let t = self.t.clone();
+        let reachable_datastores = self.reachable_datastores(now).len() as u32;
+        let config_generation = self.config.generation;
+        let Some(m) = self.master.as_mut() else {
+            return;
+        };
+        let claims: Vec<(DatastoreId, Epoch)> = m
+            .claims
+            .keys()
+            .copied()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|d| m.held_valid(d, now, &t).map(|e| (d, e)))
+            .collect();
+        let p = m.peers.entry(to).or_default();
+        // Echo only a heartbeat heard recently: an old echo would grant nothing anyway.
+        let echo_seq = if p
+            .last_net
+            .is_some_and(|t0| now.since(t0) < t.host_unreachable_after)
+        {
+            p.last_seq
+        } else {
+            0
+        };
+        let want_vm_report = p.vm_gen_have != Some(p.vm_gen_reported) && p.last_net.is_some();
+        let msg = Message::MasterHeartbeat {
+            echo_seq,
+            reachable_datastores,
+            claims,
+            want_vm_report,
+            config_generation,
+        };
+        self.send(to, &msg);
+    }
+
+    pub(super) fn master_on_slave_heartbeat(
+        &mut self,
+        now: Time,
+        from: HostId,
+        seq: u64,
+        reachable: Vec<DatastoreId>,
+        vm_generation: u64,
+        maintenance: bool,
+    ) {
+        let m = self.m();
+        let p = m.peers.entry(from).or_default();
+        p.last_net = Some(now);
+        if seq > p.last_seq {
+            p.last_seq = seq;
+        }
+        p.reachable = reachable;
+        p.maintenance = maintenance;
+        if p.vm_gen_reported != vm_generation {
+            p.vm_gen_reported = vm_generation;
+        }
+        if p.verdict != Some(Verdict::Alive) {
+            self.set_verdict(from, Verdict::Alive, "network heartbeat received");
+        }
+    }
+
+    fn set_verdict(&mut self, host: HostId, to: Verdict, reason: &str) {
+        let m = self.m();
+        let Some(p) = m.peers.get_mut(&host) else {
+            return;
+        };
+        let from = p.verdict.unwrap_or(Verdict::Unreachable);
+        if p.verdict == Some(to) {
+            return;
+        }
+        p.verdict = Some(to);
+        if to == Verdict::Dead {
+            // What a dead host reported running is not running any more.
+            let vms: Vec<VmId> = p.vms.keys().copied().collect();
+            for vm in vms {
+                if let Some(s) = m.running.get_mut(&vm) {
+                    s.remove(&host);
+                }
+            }
+        }
+        m.reconcile_due = true;
+        if p.verdict.is_some() {
+            self.emit(Event::VerdictChanged {
+                subject: host,
+                from,
+                to,
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    // ----- datastores ----------------------------------------------------------------------------
+
+    pub(super) fn master_read_datastores(&mut self, now: Time) {
+        let ds: Vec<DatastoreId> = self.mounted.keys().copied().collect();
+        for d in ds {
+            if !self.has_inflight(d, |p| matches!(p, DsPurpose::HeartbeatRead)) {
+                self.ds_request(now, d, DsOp::ReadHeartbeats, DsPurpose::HeartbeatRead);
+            }
+            let held = self
+                .master
+                .as_ref()
+                .and_then(|m| m.claims.get(&d))
+                .is_some_and(|c| c.held.is_some());
+            if !held
+                && !self.has_inflight(d, |p| {
+                    matches!(p, DsPurpose::ClaimRead | DsPurpose::ClaimWrite { .. })
+                })
+            {
+                self.ds_request(now, d, DsOp::ReadClaim, DsPurpose::ClaimRead);
+            }
+            let wanted: Vec<HostId> = self
+                .master
+                .as_ref()
+                .map(|m| {
+                    m.peers
+                        .iter()
+                        .filter(|(_, p)| p.lists_wanted.contains(&d))
+                        .map(|(&h, _)| h)
+                        .collect()
+                })
+                .unwrap_or_default();
+            for host in wanted {
+                if !self.has_inflight(d, |p| *p == DsPurpose::PowerOnListRead { host }) {
+                    self.ds_request(
+                        now,
+                        d,
+                        DsOp::ReadPowerOnList { host },
+                        DsPurpose::PowerOnListRead { host },
+                    );
+                }
+            }
+        }
+    }
+
+    pub(super) fn master_renew_claims(&mut self, now: Time) {
+        let held: Vec<(DatastoreId, HeldClaim)> = self
+            .master
+            .as_ref()
+            .map(|m| {
+                m.claims
+                    .iter()
+                    .filter_map(|(&d, c)| c.held.map(|h| (d, h)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (d, h) in held {
+            if self.has_inflight(d, |p| matches!(p, DsPurpose::ClaimWrite { .. })) {
+                continue;
+            }
+            let record = DatastoreClaim {
+                cluster: self.settings.cluster,
+                datastore: d,
+                owner: self.settings.host,
+                owner_incarnation: self.settings.incarnation,
+                epoch: h.epoch,
+                renewal: h.renewal + 1,
+                released: false,
+            };
+            self.ds_request(
+                now,
+                d,
+                DsOp::WriteClaim {
+                    record,
+                    mode: ClaimWrite::Renew,
+                },
+                DsPurpose::ClaimWrite {
+                    started: now,
+                    mode: ClaimWriteKind::Renew,
+                    record,
+                },
+            );
+        }
+    }
+
+    pub(super) fn master_release_claims(&mut self, now: Time) {
+        let held: Vec<(DatastoreId, HeldClaim)> = self
+            .master
+            .as_ref()
+            .map(|m| {
+                m.claims
+                    .iter()
+                    .filter_map(|(&d, c)| c.held.map(|h| (d, h)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (d, h) in held {
+            let record = DatastoreClaim {
+                cluster: self.settings.cluster,
+                datastore: d,
+                owner: self.settings.host,
+                owner_incarnation: self.settings.incarnation,
+                epoch: h.epoch,
+                renewal: h.renewal + 1,
+                released: true,
+            };
+            self.ds_request(
+                now,
+                d,
+                DsOp::WriteClaim {
+                    record,
+                    mode: ClaimWrite::Release,
+                },
+                DsPurpose::ClaimWrite {
+                    started: now,
+                    mode: ClaimWriteKind::Release,
+                    record,
+                },
+            );
+            self.emit(Event::ClaimLost {
+                datastore: d,
+                epoch: h.epoch,
+                reason: "stepping down".into(),
+            });
+        }
+    }
+
+    fn try_acquire(&mut self, now: Time, d: DatastoreId, current: Option<DatastoreClaim>) {
+        if self.role != Role::Master || self.shutting_down {
+            return;
+        }
+        let epoch = Epoch(current.map_or(0, |c| c.epoch.0) + 1);
+        let record = DatastoreClaim {
+            cluster: self.settings.cluster,
+            datastore: d,
+            owner: self.settings.host,
+            owner_incarnation: self.settings.incarnation,
+            epoch,
+            renewal: 0,
+            released: false,
+        };
+        self.ds_request(
+            now,
+            d,
+            DsOp::WriteClaim {
+                record,
+                mode: ClaimWrite::Acquire { expect: current },
+            },
+            DsPurpose::ClaimWrite {
+                started: now,
+                mode: ClaimWriteKind::Acquire,
+                record,
+            },
+        );
+    }
+
+    pub(super) fn master_ds_completion(
+        &mut self,
+        now: Time,
+        d: DatastoreId,
+        purpose: DsPurpose,
+        result: Result<DsReply, DsError>,
+    ) {
+        if self.master.is_none() {
+            return;
+        }
+        match (purpose, result) {
+            (DsPurpose::HeartbeatRead, Ok(DsReply::Heartbeats(slots))) => {
+                self.on_heartbeats_read(now, d, slots)
+            }
+            (DsPurpose::ClaimRead, Ok(DsReply::Claim(current))) => {
+                self.on_claim_read(now, d, current)
+            }
+            (
+                DsPurpose::ClaimWrite {
+                    started,
+                    mode,
+                    record,
+                },
+                result,
+            ) => self.on_claim_written(now, d, started, mode, record, result),
+            (DsPurpose::ProtectedRead, Ok(DsReply::ProtectedList(list))) => {
+                self.on_protected_read(now, d, list)
+            }
+            (DsPurpose::ProtectedRead, Err(_)) => {
+                // Retried by the next evaluation while the list is not loaded.
+            }
+            (DsPurpose::ProtectedWrite { generation }, result) => {
+                self.on_protected_written(now, d, generation, result)
+            }
+            (DsPurpose::PowerOnListRead { host }, Ok(DsReply::PowerOnList(list))) => {
+                let m = self.m();
+                if let Some(p) = m.peers.get_mut(&host) {
+                    p.lists_wanted.remove(&d);
+                    match list {
+                        Some(l) if l.host == host => {
+                            p.power_on_lists.insert(d, l);
+                        }
+                        _ => {
+                            p.power_on_lists.remove(&d);
+                        }
+                    }
+                    m.reconcile_due = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_heartbeats_read(
+        &mut self,
+        now: Time,
+        d: DatastoreId,
+        slots: Vec<heartbeat_fs::ops::HeartbeatSlot>,
+    ) {
+        let cluster = self.settings.cluster;
+        let mounts: BTreeSet<HostId> = self
+            .config
+            .datastore(d)
+            .map(|c| c.mounts.iter().map(|m| m.host).collect())
+            .unwrap_or_default();
+        let m = self.m();
+        m.ds_read_ok.insert(d, now);
+        let mut seen: BTreeSet<HostId> = BTreeSet::new();
+        for slot in slots {
+            if slot.host == m.me {
+                continue;
+            }
+            let Some(p) = m.peers.get_mut(&slot.host) else {
+                continue;
+            };
+            seen.insert(slot.host);
+            let Ok(rec) = slot.record else {
+                // Torn or corrupt: no new information, and certainly no evidence of death.
+                continue;
+            };
+            if rec.cluster != cluster || rec.host != slot.host {
+                continue;
+            }
+            observe(
+                p,
+                d,
+                now,
+                rec.incarnation,
+                rec.sequence,
+                rec.flags,
+                rec.power_on_generation,
+            );
+        }
+        // A host that mounts the datastore but never wrote there: a clean read of "nothing".
+        for h in mounts {
+            if h == m.me || seen.contains(&h) {
+                continue;
+            }
+            if let Some(p) = m.peers.get_mut(&h) {
+                observe(p, d, now, 0, 0, HostFlags::default(), 0);
+            }
+        }
+    }
+
+    fn on_claim_read(&mut self, now: Time, d: DatastoreId, current: Option<DatastoreClaim>) {
+        let me = self.settings.host;
+        let lease = self.t.stretch(self.t.claim_lease);
+        let m = self.m();
+        let c = m.claims.entry(d).or_default();
+        if c.held.is_some() {
+            return;
+        }
+        let same = c.seen.map(|s| (s.owner, s.epoch, s.renewal, s.released))
+            == current.map(|s| (s.owner, s.epoch, s.renewal, s.released));
+        if !same || !c.read_once {
+            c.seen = current;
+            c.seen_since = Some(now);
+            c.read_once = true;
+        }
+        let acquirable = match current {
+            None => true,
+            Some(rec) if rec.released || rec.owner == me || rec.owner.is_none() => true,
+            Some(_) => c.seen_since.is_some_and(|t0| now.since(t0) >= lease),
+        };
+        if acquirable {
+            self.try_acquire(now, d, current);
+        }
+    }
+
+    fn on_claim_written(
+        &mut self,
+        now: Time,
+        d: DatastoreId,
+        started: Time,
+        mode: ClaimWriteKind,
+        record: DatastoreClaim,
+        result: Result<DsReply, DsError>,
+    ) {
+        match (mode, result) {
+            (ClaimWriteKind::Acquire, Ok(_)) => {
+                let m = self.m();
+                let c = m.claims.entry(d).or_default();
+                c.held = Some(HeldClaim {
+                    epoch: record.epoch,
+                    renewal: record.renewal,
+                    last_renew_start: started,
+                    acquired_at: started,
+                });
+                self.emit(Event::ClaimAcquired {
+                    datastore: d,
+                    epoch: record.epoch,
+                });
+                self.ds_request(now, d, DsOp::ReadProtectedList, DsPurpose::ProtectedRead);
+            }
+            (ClaimWriteKind::Acquire, Err(DsError::ClaimMismatch { current })) => {
+                let m = self.m();
+                let c = m.claims.entry(d).or_default();
+                c.seen = current;
+                c.seen_since = Some(now);
+            }
+            (ClaimWriteKind::Acquire, Err(_)) => {}
+            (ClaimWriteKind::Renew, Ok(_)) => {
+                let m = self.m();
+                if let Some(h) = m.claims.get_mut(&d).and_then(|c| c.held.as_mut())
+                    && h.epoch == record.epoch
+                {
+                    h.renewal = h.renewal.max(record.renewal);
+                    if started > h.last_renew_start {
+                        h.last_renew_start = started;
+                    }
+                }
+            }
+            (ClaimWriteKind::Renew, Err(DsError::ClaimMismatch { current })) => {
+                self.lose_claim(d, "another master holds it now");
+                let m = self.m();
+                let c = m.claims.entry(d).or_default();
+                c.seen = current;
+                c.seen_since = Some(now);
+            }
+            (ClaimWriteKind::Renew, Err(_)) => {
+                // Keep trying: the claim is lost by time in master_evaluate if this goes on.
+            }
+            (ClaimWriteKind::Release, _) => {}
+        }
+    }
+
+    fn lose_claim(&mut self, d: DatastoreId, reason: &str) {
+        let m = self.m();
+        let Some(c) = m.claims.get_mut(&d) else {
+            return;
+        };
+        let Some(h) = c.held.take() else { return };
+        c.seen = None;
+        c.seen_since = None;
+        c.read_once = false;
+        if let Some(pd) = m.protected.get_mut(&d) {
+            pd.loaded = false;
+        }
+        // Stop issuing at once; in-flight commands fail the target's intent check or complete under
+        // the intent already written.
+        let vms: Vec<VmId> = m
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.home == d)
+            .map(|(&vm, _)| vm)
+            .collect();
+        for vm in vms {
+            m.tracks.remove(&vm);
+        }
+        self.emit(Event::ClaimLost {
+            datastore: d,
+            epoch: h.epoch,
+            reason: reason.to_string(),
+        });
+    }
+
+    fn on_protected_read(&mut self, now: Time, d: DatastoreId, list: Option<ProtectedVmList>) {
+        let me = self.settings.host;
+        let cluster = self.settings.cluster;
+        let config_vms: Vec<heartbeat_fs::records::VmConfig> = self
+            .config
+            .vms
+            .iter()
+            .filter(|v| v.home == d && v.protected)
+            .cloned()
+            .collect();
+        let m = self.m();
+        let Some(epoch) = m.claims.get(&d).and_then(|c| c.held).map(|h| h.epoch) else {
+            return;
+        };
+        let mut list = list
+            .filter(|l| l.cluster == cluster && l.datastore == d)
+            .unwrap_or(ProtectedVmList {
+                cluster,
+                datastore: d,
+                master: me,
+                epoch,
+                generation: 0,
+                vms: Vec::new(),
+            });
+        list.master = me;
+        list.epoch = epoch;
+        // Resume what a previous master left: intents go back to their target, never elsewhere
+        // while that target may still start them.
+        for e in &list.vms {
+            if let RestartState::Intent {
+                target, attempt, ..
+            } = e.restart
+            {
+                m.tracks.insert(
+                    e.vm,
+                    RestartTrack {
+                        home: d,
+                        attempts: attempt.saturating_sub(1),
+                        next_try: now,
+                        from: e.last_host,
+                        preferred: None,
+                        excluded: Vec::new(),
+                        stage: Stage::Resume { target, attempt },
+                        reported_waiting: false,
+                    },
+                );
+            }
+        }
+        let generation = list.generation;
+        m.protected.insert(
+            d,
+            ProtectedDs {
+                list,
+                loaded: true,
+                dirty: true,
+                write_in_flight: None,
+                durable: generation,
+            },
+        );
+        sync_protected_with_config(m.protected.get_mut(&d).expect("inserted"), &config_vms);
+        m.reconcile_due = true;
+    }
+
+    fn on_protected_written(
+        &mut self,
+        now: Time,
+        d: DatastoreId,
+        generation: u64,
+        result: Result<DsReply, DsError>,
+    ) {
+        let m = self.m();
+        let Some(pd) = m.protected.get_mut(&d) else {
+            return;
+        };
+        pd.write_in_flight = None;
+        match result {
+            Ok(_) => {
+                pd.durable = pd.durable.max(generation);
+            }
+            Err(DsError::ClaimMismatch { .. }) => {
+                self.lose_claim(d, "protected list write found another claim");
+                return;
+            }
+            Err(_) => {
+                pd.dirty = true;
+                return;
+            }
+        }
+        // Intents now on disk: their commands may go out.
+        let ready: Vec<(VmId, HostId, u32)> = m
+            .tracks
+            .iter()
+            .filter_map(|(&vm, t)| match t.stage {
+                Stage::IntentWriting {
+                    target,
+                    attempt,
+                    generation: g,
+                } if t.home == d && g <= generation => Some((vm, target, attempt)),
+                _ => None,
+            })
+            .collect();
+        let epoch = m.claims.get(&d).and_then(|c| c.held).map(|h| h.epoch);
+        let Some(epoch) = epoch else { return };
+        for (vm, target, attempt) in ready {
+            if let Some(t) = self.m().tracks.get_mut(&vm) {
+                t.stage = Stage::Issued {
+                    target,
+                    attempt,
+                    sent_at: now,
+                };
+            }
+            self.stats.restarts_issued += 1;
+            self.emit(Event::RestartIssued {
+                vm,
+                target,
+                epoch,
+                attempt,
+            });
+            self.send(
+                target,
+                &Message::PowerOn {
+                    vm,
+                    datastore: d,
+                    epoch,
+                    attempt,
+                },
+            );
+        }
+    }
+
+    fn flush_protected(&mut self, now: Time) {
+        let t = self.t.clone();
+        let Some(m) = self.master.as_mut() else {
+            return;
+        };
+        let mut writes = Vec::new();
+        for (&d, pd) in m.protected.iter_mut() {
+            if !pd.loaded || !pd.dirty || pd.write_in_flight.is_some() {
+                continue;
+            }
+            pd.dirty = false;
+            pd.list.generation += 1;
+            pd.write_in_flight = Some(pd.list.generation);
+            writes.push((d, pd.list.clone()));
+        }
+        for (d, list) in writes {
+            if self
+                .master
+                .as_ref()
+                .and_then(|m| m.held_valid(d, now, &t))
+                .is_none()
+            {
+                if let Some(pd) = self.m().protected.get_mut(&d) {
+                    pd.write_in_flight = None;
+                    pd.dirty = true;
+                }
+                continue;
+            }
+            let generation = list.generation;
+            self.ds_request(
+                now,
+                d,
+                DsOp::WriteProtectedList(list),
+                DsPurpose::ProtectedWrite { generation },
+            );
+        }
+    }
+
+    // ----- evaluation ----------------------------------------------------------------------------
+
+    pub(super) fn master_evaluate(&mut self, now: Time) {
+        self.expire_claims(now);
+        self.update_verdicts(now);
+        self.load_missing_lists(now);
+        let due = {
+            let m = self.m();
+            m.reconcile_due || now.since(m.last_reconcile) >= Duration::from_secs(2)
+        };
+        if due {
+            let m = self.m();
+            m.reconcile_due = false;
+            m.last_reconcile = now;
+            self.reconcile(now);
+        }
+        self.follow_up_restarts(now);
+        self.schedule_restarts(now);
+        self.flush_protected(now);
+    }
+
+    fn expire_claims(&mut self, now: Time) {
+        let t = self.t.clone();
+        let expired: Vec<DatastoreId> = self
+            .master
+            .as_ref()
+            .map(|m| {
+                m.claims
+                    .iter()
+                    .filter(|(d, c)| c.held.is_some() && m.held_valid(**d, now, &t).is_none())
+                    .map(|(&d, _)| d)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for d in expired {
+            self.lose_claim(d, "could not renew within the lease");
+        }
+    }
+
+    fn load_missing_lists(&mut self, now: Time) {
+        let need: Vec<DatastoreId> = self
+            .master
+            .as_ref()
+            .map(|m| {
+                m.claims
+                    .iter()
+                    .filter(|(d, c)| {
+                        c.held.is_some() && m.protected.get(d).is_none_or(|p| !p.loaded)
+                    })
+                    .map(|(&d, _)| d)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for d in need {
+            if !self.has_inflight(d, |p| matches!(p, DsPurpose::ProtectedRead)) {
+                self.ds_request(now, d, DsOp::ReadProtectedList, DsPurpose::ProtectedRead);
+            }
+        }
+    }
+
+    fn update_verdicts(&mut self, now: Time) {
+        let t = self.t.clone();
+        let knobs = self.settings.fault_knobs;
+        let mounted: BTreeSet<DatastoreId> = self.mounted.keys().copied().collect();
+        let read_fresh = t.ds_read_interval * 4 + t.datastore_call_deadline;
+        let mut changes: Vec<(HostId, Verdict, &'static str)> = Vec::new();
+        let mut probes: Vec<HostId> = Vec::new();
+        let config = &self.config;
+        let Some(m) = self.master.as_mut() else {
+            return;
+        };
+        for (&h, p) in m.peers.iter_mut() {
+            let (v, why) = judge(
+                h,
+                p,
+                now,
+                &t,
+                knobs,
+                config,
+                &mounted,
+                &m.ds_read_ok,
+                read_fresh,
+                m.since,
+            );
+            if v == Verdict::Unreachable && why == "probing" && !p.probe_in_flight {
+                p.probe_in_flight = true;
+                probes.push(h);
+            }
+            if p.verdict != Some(v) {
+                changes.push((h, v, why));
+            }
+            // Hosts we cannot hear: keep their power-on lists fresh, they tell isolation apart.
+            if v != Verdict::Alive {
+                for (&d, o) in &p.ds {
+                    let known = p.power_on_lists.get(&d).map(|l| l.generation);
+                    if known != Some(o.power_on_generation) {
+                        p.lists_wanted.insert(d);
+                    }
+                }
+            }
+        }
+        for h in probes {
+            self.outputs.push_back(Output::Probe { host: h });
+        }
+        for (h, v, why) in changes {
+            self.set_verdict(h, v, why);
+        }
+    }
+
+    /// Decide, for every protected VM, whether it must be restarted, and open a restart track.
+    fn reconcile(&mut self, now: Time) {
+        let t = self.t.clone();
+        let me = self.settings.host;
+        let local: BTreeMap<VmId, VmRunState> = self
+            .vms
+            .statuses()
+            .into_iter()
+            .map(|s| (s.vm, s.state))
+            .collect();
+        let retry0 = self
+            .config
+            .ha
+            .restart_retry_ms
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let same_host_attempts = self.config.ha.same_host_restart_attempts;
+        let config = self.config.clone();
+        let mut events = Vec::new();
+        let Some(m) = self.master.as_mut() else {
+            return;
+        };
+        // Our own VMs are reported directly.
+        for (vm, s) in &local {
+            let e = m.running.entry(*vm).or_default();
+            if matches!(s, VmRunState::Running | VmRunState::PoweringOn) {
+                e.insert(me);
+            } else {
+                e.remove(&me);
+            }
+        }
+        let ds_list: Vec<DatastoreId> = m.protected.keys().copied().collect();
+        for d in ds_list {
+            if m.settled(d, now, &t).is_none() || !m.protected[&d].loaded {
+                continue;
+            }
+            let n = m.protected[&d].list.vms.len();
+            for i in 0..n {
+                let e = m.protected[&d].list.vms[i].clone();
+                let Some(cfg) = config.vm(e.vm) else { continue };
+                let running_on: Vec<HostId> = m
+                    .running
+                    .get(&e.vm)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default();
+                let mut changed = None::<ProtectedVm>;
+                if let Some(&h) = running_on.first() {
+                    // Running (or starting) somewhere: that is where it lives now.
+                    let mut ne = e.clone();
+                    ne.last_host = Some(h);
+                    ne.desired = DesiredPower::On;
+                    if m.tracks.get(&e.vm).is_some_and(|tr| matches!(tr.stage, Stage::Issued { target, .. } | Stage::Resume { target, .. } if target == h)) {
+                        // The power-on result will close the track.
+                    } else if m.tracks.get(&e.vm).is_some_and(|tr| matches!(tr.stage, Stage::Waiting)) {
+                        m.tracks.remove(&e.vm);
+                        ne.restart = RestartState::Idle;
+                    } else if !m.tracks.contains_key(&e.vm) && e.restart != RestartState::Idle {
+                        ne.restart = RestartState::Idle;
+                    }
+                    if ne != e {
+                        changed = Some(ne);
+                    }
+                } else if m.tracks.contains_key(&e.vm) || e.desired == DesiredPower::Off {
+                    // In progress, or off on purpose.
+                } else if let Some(h) = e.last_host {
+                    let state = if h == me {
+                        Some(local.get(&e.vm).copied())
+                    } else {
+                        reported_state(m.peers.get(&h), e.vm)
+                    };
+                    let verdict = m.verdict(h);
+                    let decision = restart_decision(verdict, state, m.peers.get(&h), d, e.vm);
+                    match decision {
+                        Decision::Restart { reason, same_host } => {
+                            let policy = cfg.ha.restart_policy;
+                            let allowed = match policy {
+                                RestartPolicy::Never => false,
+                                RestartPolicy::HostFailureOnly => !same_host,
+                                RestartPolicy::Always => true,
+                            } && cfg.ha.priority != RestartPriority::Disabled;
+                            if allowed {
+                                m.tracks.insert(
+                                    e.vm,
+                                    RestartTrack {
+                                        home: d,
+                                        attempts: 0,
+                                        next_try: now + Duration::from_millis(retry0),
+                                        from: Some(h),
+                                        preferred: (same_host && same_host_attempts > 0)
+                                            .then_some(h),
+                                        excluded: Vec::new(),
+                                        stage: Stage::Waiting,
+                                        reported_waiting: false,
+                                    },
+                                );
+                                let mut ne = e.clone();
+                                ne.restart = RestartState::Pending { attempts: 0 };
+                                changed = Some(ne);
+                                events.push(Event::RestartNeeded {
+                                    vm: e.vm,
+                                    from: Some(h),
+                                    reason: reason.to_string(),
+                                });
+                            }
+                        }
+                        Decision::DesiredOff => {
+                            let mut ne = e.clone();
+                            ne.desired = DesiredPower::Off;
+                            changed = Some(ne);
+                        }
+                        Decision::Wait => {}
+                    }
+                }
+                if let Some(ne) = changed {
+                    let pd = m.protected.get_mut(&d).expect("listed");
+                    pd.list.vms[i] = ne;
+                    pd.dirty = true;
+                }
+            }
+        }
+        for e in events {
+            self.emit(e);
+        }
+    }
+
+    /// Power-on commands that went unanswered, targets that died, intents of a previous master.
+    fn follow_up_restarts(&mut self, now: Time) {
+        let t = self.t.clone();
+        let Some(m) = self.master.as_mut() else {
+            return;
+        };
+        let mut resend = Vec::new();
+        let mut restamp = Vec::new();
+        let mut abandon = Vec::new();
+        for (&vm, tr) in &m.tracks {
+            match tr.stage {
+                Stage::Issued {
+                    target,
+                    attempt,
+                    sent_at,
+                } => {
+                    let v = m.verdict(target);
+                    if v == Some(Verdict::Dead) {
+                        abandon.push((vm, target));
+                    } else if now.since(sent_at) >= t.power_on_timeout && v == Some(Verdict::Alive)
+                    {
+                        resend.push((vm, target, attempt, tr.home));
+                    }
+                }
+                Stage::Resume { target, attempt } => match m.verdict(target) {
+                    Some(Verdict::Dead) => abandon.push((vm, target)),
+                    Some(Verdict::Alive) => restamp.push((vm, target, attempt, tr.home)),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        let mut sends = Vec::new();
+        for (vm, target, attempt, d) in resend {
+            let Some(epoch) = m.held_valid(d, now, &t) else {
+                continue;
+            };
+            if let Some(tr) = m.tracks.get_mut(&vm) {
+                tr.stage = Stage::Issued {
+                    target,
+                    attempt,
+                    sent_at: now,
+                };
+            }
+            sends.push((
+                target,
+                Message::PowerOn {
+                    vm,
+                    datastore: d,
+                    epoch,
+                    attempt,
+                },
+            ));
+        }
+        for (vm, target, attempt, d) in restamp {
+            let Some(epoch) = m.held_valid(d, now, &t) else {
+                continue;
+            };
+            let Some(pd) = m.protected.get_mut(&d) else {
+                continue;
+            };
+            let generation = pd.list.generation + 1;
+            if let Some(e) = pd.list.vms.iter_mut().find(|e| e.vm == vm) {
+                e.restart = RestartState::Intent {
+                    target,
+                    epoch,
+                    attempt,
+                };
+                pd.dirty = true;
+            }
+            if let Some(tr) = m.tracks.get_mut(&vm) {
+                tr.stage = Stage::IntentWriting {
+                    target,
+                    attempt,
+                    generation,
+                };
+            }
+        }
+        for (vm, target) in abandon {
+            // The target died: its lease on the VM expired with it, so another host may start it.
+            if let Some(tr) = m.tracks.get_mut(&vm) {
+                tr.attempts += 1;
+                tr.excluded.push(target);
+                tr.stage = Stage::Waiting;
+                tr.next_try = now;
+                let d = tr.home;
+                let attempts = tr.attempts;
+                if let Some(e) = m
+                    .protected
+                    .get_mut(&d)
+                    .and_then(|pd| pd.list.vms.iter_mut().find(|e| e.vm == vm))
+                {
+                    e.restart = RestartState::Pending { attempts };
+                }
+                if let Some(pd) = m.protected.get_mut(&d) {
+                    pd.dirty = true;
+                }
+            }
+        }
+        for (target, msg) in sends {
+            self.send(target, &msg);
+        }
+    }
+
+    pub(super) fn master_on_power_on_result(
+        &mut self,
+        now: Time,
+        from: HostId,
+        vm: VmId,
+        attempt: u32,
+        running: bool,
+        error: Option<String>,
+    ) {
+        let retry = self.config.ha.restart_retry_ms.clone();
+        let Some(m) = self.master.as_mut() else {
+            return;
+        };
+        let Some(tr) = m.tracks.get(&vm).cloned() else {
+            return;
+        };
+        let Stage::Issued {
+            target, attempt: a, ..
+        } = tr.stage
+        else {
+            return;
+        };
+        if target != from || a != attempt {
+            return;
+        }
+        let d = tr.home;
+        if running {
+            m.tracks.remove(&vm);
+            m.running.entry(vm).or_default().insert(from);
+            if let Some(pd) = m.protected.get_mut(&d) {
+                if let Some(e) = pd.list.vms.iter_mut().find(|e| e.vm == vm) {
+                    e.restart = RestartState::Idle;
+                    e.last_host = Some(from);
+                    e.desired = DesiredPower::On;
+                }
+                pd.dirty = true;
+            }
+            self.emit(Event::VmRestarted {
+                vm,
+                on: from,
+                attempt,
+            });
+            return;
+        }
+        let error = error.unwrap_or_else(|| "unknown error".into());
+        let attempts = tr.attempts + 1;
+        let gave_up = attempts as usize >= retry.len().max(1);
+        let delay = if gave_up {
+            retry.last().copied().unwrap_or(60_000).max(60_000)
+        } else {
+            retry.get(attempts as usize).copied().unwrap_or(0)
+        };
+        if let Some(tr) = m.tracks.get_mut(&vm) {
+            tr.attempts = attempts;
+            tr.stage = Stage::Waiting;
+            tr.next_try = now + Duration::from_millis(delay);
+            tr.excluded.push(from);
+            tr.preferred = None;
+            tr.reported_waiting = false;
+            if gave_up {
+                // Start over with every host on the next round: the failure may have been theirs.
+                tr.excluded.clear();
+            }
+        }
+        if let Some(pd) = m.protected.get_mut(&d) {
+            if let Some(e) = pd.list.vms.iter_mut().find(|e| e.vm == vm) {
+                e.restart = if gave_up {
+                    RestartState::Failed { attempts }
+                } else {
+                    RestartState::Pending { attempts }
+                };
+            }
+            pd.dirty = true;
+        }
+        self.emit(Event::RestartFailed {
+            vm,
+            target: from,
+            attempt,
+            error,
+        });
+        if gave_up {
+            self.emit(Event::RestartGaveUp { vm, attempts });
+        }
+    }
+
+    /// Place the restarts that are due, write their intents.
+    fn schedule_restarts(&mut self, now: Time) {
+        if self.paused() {
+            let pending: Vec<VmId> = self
+                .master
+                .as_ref()
+                .map(|m| {
+                    m.tracks
+                        .iter()
+                        .filter(|(_, t)| t.stage == Stage::Waiting && !t.reported_waiting)
+                        .map(|(&v, _)| v)
+                        .collect()
+                })
+                .unwrap_or_default();
+            for vm in pending {
+                if let Some(tr) = self.m().tracks.get_mut(&vm) {
+                    tr.reported_waiting = true;
+                }
+                self.emit(Event::ActionSuppressed {
+                    what: format!("restart of {vm} (HA paused)"),
+                });
+            }
+            return;
+        }
+        let t = self.t.clone();
+        let me = self.settings.host;
+        let my_reachable: BTreeSet<DatastoreId> =
+            self.reachable_datastores(now).into_iter().collect();
+        let my_maintenance = self.maintenance || self.shutting_down;
+        let config = self.config.clone();
+        let Some(m) = self.master.as_mut() else {
+            return;
+        };
+        let due: Vec<VmId> = m
+            .tracks
+            .iter()
+            .filter(|(_, tr)| {
+                tr.stage == Stage::Waiting
+                    && tr.next_try <= now
+                    && m.settled(tr.home, now, &t).is_some()
+            })
+            .map(|(&vm, _)| vm)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        // Hosts that can take VMs now.
+        let mut hosts = Vec::new();
+        let mut in_flight: BTreeMap<HostId, (u32, Resources)> = BTreeMap::new();
+        for (vm, tr) in &m.tracks {
+            if let Stage::IntentWriting { target, .. }
+            | Stage::Issued { target, .. }
+            | Stage::Resume { target, .. } = tr.stage
+            {
+                let r = config.vm(*vm).map(|c| c.reservation).unwrap_or_default();
+                let e = in_flight.entry(target).or_default();
+                e.0 += 1;
+                e.1 = add(e.1, r);
+            }
+        }
+        let mut used: BTreeMap<HostId, (Resources, u32, Vec<String>)> = BTreeMap::new();
+        for (vm, on) in &m.running {
+            for h in on {
+                let cfg = config.vm(*vm);
+                let e = used.entry(*h).or_default();
+                e.0 = add(e.0, cfg.map(|c| c.reservation).unwrap_or_default());
+                e.1 += 1;
+                if let Some(g) = cfg.and_then(|c| c.anti_affinity_group.clone()) {
+                    e.2.push(g);
+                }
+            }
+        }
+        for hc in &config.hosts {
+            let (alive, maintenance, reachable) = if hc.id == me {
+                (true, my_maintenance, my_reachable.clone())
+            } else {
+                match m.peers.get(&hc.id) {
+                    Some(p) if p.verdict == Some(Verdict::Alive) => {
+                        (true, p.maintenance, p.reachable.iter().copied().collect())
+                    }
+                    _ => (false, true, BTreeSet::new()),
+                }
+            };
+            if !alive || maintenance || hc.maintenance {
+                continue;
+            }
+            let (u, count, groups) = used.get(&hc.id).cloned().unwrap_or_default();
+            let (pending, pr) = in_flight.get(&hc.id).copied().unwrap_or_default();
+            hosts.push(HostCandidate {
+                host: hc.id,
+                capacity: hc.capacity,
+                used: add(u, pr),
+                datastores: reachable,
+                failover_host: config.ha.failover_hosts.contains(&hc.id),
+                powering_on: pending,
+                groups,
+                vm_count: count,
+            });
+        }
+        let requests: Vec<RestartRequest> = due
+            .iter()
+            .filter_map(|vm| {
+                let c = config.vm(*vm)?;
+                let tr = &m.tracks[vm];
+                Some(RestartRequest {
+                    vm: *vm,
+                    home: tr.home,
+                    reservation: c.reservation,
+                    priority: c.ha.priority,
+                    depends_on: c.depends_on.clone(),
+                    anti_affinity_group: c.anti_affinity_group.clone(),
+                    preferred_host: tr.preferred,
+                    excluded_hosts: tr.excluded.clone(),
+                })
+            })
+            .collect();
+        let hold_below = config.ha.orchestrated_wait_ms.and_then(|wait| {
+            m.tracks
+                .iter()
+                .filter(|(_, tr)| match tr.stage {
+                    Stage::Issued { sent_at, .. } => {
+                        now.since(sent_at) < Duration::from_millis(wait)
+                    }
+                    Stage::IntentWriting { .. } => true,
+                    _ => false,
+                })
+                .filter_map(|(vm, _)| config.vm(*vm).map(|c| c.ha.priority))
+                .max()
+        });
+        let running: BTreeSet<VmId> = m
+            .running
+            .iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(&v, _)| v)
+            .collect();
+        let plan = placement::plan_restarts(&PlanInput {
+            hosts,
+            requests,
+            running,
+            max_concurrent_per_host: config.ha.max_concurrent_power_ons_per_host.max(1),
+            hold_below,
+        });
+        let mut events = Vec::new();
+        for p in plan.placements {
+            let Some(tr) = m.tracks.get(&p.vm) else {
+                continue;
+            };
+            let d = tr.home;
+            let Some(epoch) = m.settled(d, now, &t) else {
+                continue;
+            };
+            let attempt = tr.attempts + 1;
+            let Some(pd) = m.protected.get_mut(&d) else {
+                continue;
+            };
+            let generation = pd.list.generation + 1;
+            if let Some(e) = pd.list.vms.iter_mut().find(|e| e.vm == p.vm) {
+                e.restart = RestartState::Intent {
+                    target: p.host,
+                    epoch,
+                    attempt,
+                };
+            } else {
+                continue;
+            }
+            pd.dirty = true;
+            if let Some(tr) = m.tracks.get_mut(&p.vm) {
+                tr.stage = Stage::IntentWriting {
+                    target: p.host,
+                    attempt,
+                    generation,
+                };
+            }
+            if let Some(group) = p.broke_anti_affinity {
+                events.push(Event::AntiAffinityBroken {
+                    vm: p.vm,
+                    host: p.host,
+                    group,
+                });
+            }
+        }
+        for (vm, why) in plan.waiting {
+            if let Some(tr) = m.tracks.get_mut(&vm)
+                && !tr.reported_waiting
+            {
+                tr.reported_waiting = true;
+                if why == WaitReason::NoCapacity {
+                    events.push(Event::NoCapacity { vm });
+                }
+            }
+        }
+        for e in events {
+            self.emit(e);
+        }
+        // Generations above assume one write per pass: flush now so they line up.
+        self.flush_protected(now);
+    }
+}
+
+fn add(a: Resources, b: Resources) -> Resources {
+    Resources {
+        cpu_mhz: a.cpu_mhz.saturating_add(b.cpu_mhz),
+        memory_mb: a.memory_mb.saturating_add(b.memory_mb),
+    }
+}
+
+fn observe(
+    p: &mut Peer,
+    d: DatastoreId,
+    now: Time,
+    incarnation: u64,
+    sequence: u64,
+    flags: HostFlags,
+    power_on_generation: u64,
+) {
+    match p.ds.get_mut(&d) {
+        Some(o) => {
+            if (o.incarnation, o.sequence) != (incarnation, sequence) {
+                o.incarnation = incarnation;
+                o.sequence = sequence;
+                o.last_advance = now;
+            }
+            o.last_clean_read = now;
+            o.flags = flags;
+            o.power_on_generation = power_on_generation;
+        }
+        None => {
+            p.ds.insert(
+                d,
+                DsObs {
+                    incarnation,
+                    sequence,
+                    last_advance: now,
+                    last_clean_read: now,
+                    flags,
+                    power_on_generation,
+                },
+            );
+        }
+    }
+}
+
+/// The verdict on one host (DESIGN.md section 3) and the reason, from the master's observations.
+#[allow(clippy::too_many_arguments)]
+fn judge(
+    h: HostId,
+    p: &Peer,
+    now: Time,
+    t: &Timings,
+    knobs: super::super::config::FaultKnobs,
+    config: &ClusterConfig,
+    mounted: &BTreeSet<DatastoreId>,
+    ds_read_ok: &BTreeMap<DatastoreId, Time>,
+    read_fresh: Duration,
+    master_since: Time,
+) -> (Verdict, &'static str) {
+    if p.last_net
+        .is_some_and(|t0| now.since(t0) < t.host_unreachable_after)
+    {
+        return (Verdict::Alive, "network heartbeat received");
+    }
+    if p.last_net.is_none() && now.since(master_since) < t.host_unreachable_after {
+        return (p.verdict.unwrap_or(Verdict::Unreachable), "not heard yet");
+    }
+    // Datastores both of us use, that we read successfully of late.
+    let shared: Vec<DatastoreId> = config
+        .datastores
+        .iter()
+        .filter(|dc| mounted.contains(&dc.id) && dc.mounts.iter().any(|m| m.host == h))
+        .filter(|dc| {
+            ds_read_ok
+                .get(&dc.id)
+                .is_some_and(|t0| now.since(*t0) < read_fresh)
+        })
+        .map(|dc| dc.id)
+        .collect();
+    if shared.is_empty() {
+        return (Verdict::Unreachable, "no shared datastore to confirm");
+    }
+    let lease = t.stretch(t.ds_lease);
+    let mut advancing = false;
+    let mut isolated = false;
+    let mut all_stopped = true;
+    for d in &shared {
+        match p.ds.get(d) {
+            None => {
+                // Not read yet: no evidence either way.
+                all_stopped = false;
+            }
+            Some(o) => {
+                if now.since(o.last_advance) < lease && !knobs.skip_lease_wait {
+                    advancing = true;
+                    isolated |= o.flags.contains(HostFlags::ISOLATED);
+                }
+                // Stopped only on positive evidence: a clean read, a lease after the last advance.
+                if o.last_clean_read.since(o.last_advance) < lease && !knobs.skip_lease_wait {
+                    all_stopped = false;
+                }
+            }
+        }
+    }
+    if advancing {
+        return if isolated {
+            (
+                Verdict::Isolated,
+                "datastore heartbeat advancing, host reports isolation",
+            )
+        } else {
+            (Verdict::Partitioned, "datastore heartbeat advancing")
+        };
+    }
+    if !all_stopped {
+        return (
+            Verdict::Unreachable,
+            "datastore heartbeat not yet confirmed stopped",
+        );
+    }
+    // Its network lease from our acknowledgements ran from a heartbeat we received by last_net.
+    if !knobs.skip_lease_wait
+        && p.last_net
+            .is_some_and(|t0| now.since(t0) < t.stretch(t.net_lease))
+    {
+        return (Verdict::Unreachable, "network lease not yet expired");
+    }
+    match p.probe {
+        Some((at, answered)) if at >= p.last_net.unwrap_or(Time::ZERO) && now.since(at) < lease => {
+            if answered {
+                (
+                    Verdict::Unreachable,
+                    "host answers the liveness probe (agent down?)",
+                )
+            } else {
+                (
+                    Verdict::Dead,
+                    "network and datastore heartbeats stopped, leases expired, no probe answer",
+                )
+            }
+        }
+        _ => {
+            if p.verdict == Some(Verdict::Dead) {
+                (Verdict::Dead, "still dead")
+            } else {
+                (Verdict::Unreachable, "probing")
+            }
+        }
+    }
+}
+
+fn reported_state(p: Option<&Peer>, vm: VmId) -> Option<Option<VmRunState>> {
+    let p = p?;
+    // Only a complete, current report says what is NOT there.
+    if p.vm_gen_have != Some(p.vm_gen_reported) {
+        return None;
+    }
+    Some(p.vms.get(&vm).copied())
+}
+
+enum Decision {
+    Restart {
+        reason: &'static str,
+        same_host: bool,
+    },
+    DesiredOff,
+    Wait,
+}
+
+/// Whether a protected VM last seen on a host must be restarted, from the host's verdict and what it
+/// reports. `state`: None = no complete report; Some(None) = reported absent.
+fn restart_decision(
+    verdict: Option<Verdict>,
+    state: Option<Option<VmRunState>>,
+    peer: Option<&Peer>,
+    d: DatastoreId,
+    vm: VmId,
+) -> Decision {
+    match verdict {
+        Some(Verdict::Alive) => match state {
+            Some(Some(VmRunState::Crashed)) => Decision::Restart {
+                reason: "VM crashed",
+                same_host: true,
+            },
+            Some(Some(VmRunState::StoppedByUser)) => Decision::DesiredOff,
+            Some(Some(VmRunState::StoppedByAgent)) => Decision::Restart {
+                reason: "stopped by its host's agent (fence or isolation)",
+                same_host: false,
+            },
+            Some(None) => Decision::Restart {
+                reason: "host runs without it (host restarted)",
+                same_host: false,
+            },
+            _ => Decision::Wait,
+        },
+        Some(Verdict::Dead) => Decision::Restart {
+            reason: "host dead",
+            same_host: false,
+        },
+        Some(Verdict::Isolated) => {
+            let powered_off = peer
+                .and_then(|p| p.power_on_lists.get(&d))
+                .is_some_and(|l| l.isolated && l.isolation_powered_off.contains(&vm));
+            if powered_off {
+                Decision::Restart {
+                    reason: "powered off by its isolated host",
+                    same_host: false,
+                }
+            } else {
+                Decision::Wait
+            }
+        }
+        _ => Decision::Wait,
+    }
+}
+
+/// Bring a protected list in line with the configuration: add newly protected VMs, drop VMs no longer
+/// protected, refresh HA settings. Restart state and last host are kept.
+fn sync_protected_with_config(
+    pd: &mut ProtectedDs,
+    config_vms: &[heartbeat_fs::records::VmConfig],
+) {
+    let wanted: BTreeMap<VmId, &heartbeat_fs::records::VmConfig> =
+        config_vms.iter().map(|v| (v.id, v)).collect();
+    pd.list.vms.retain(|e| wanted.contains_key(&e.vm));
+    for e in pd.list.vms.iter_mut() {
+        let c = wanted[&e.vm];
+        e.settings = c.ha.clone();
+        e.home = c.home;
+    }
+    let have: BTreeSet<VmId> = pd.list.vms.iter().map(|e| e.vm).collect();
+    for (vm, c) in wanted {
+        if !have.contains(&vm) {
+            pd.list.vms.push(ProtectedVm {
+                vm,
+                home: c.home,
+                last_host: None,
+                desired: DesiredPower::On,
+                settings: c.ha.clone(),
+                restart: RestartState::Idle,
+            });
+        }
+    }
+    pd.list.vms.sort_by_key(|e| e.vm);
+    pd.dirty = true;
+}
