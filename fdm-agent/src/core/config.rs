@@ -58,7 +58,7 @@ impl Default for Timings {
             master_lost_after: ms(1_500),
             election_window: ms(1_000),
             ds_heartbeat_interval: ms(500),
-            ds_read_interval: ms(500),
+            ds_read_interval: ms(250),
             ds_lease: ms(3_000),
             net_lease: ms(3_000),
             claim_lease: ms(3_000),

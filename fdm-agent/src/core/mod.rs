@@ -12,6 +12,9 @@ pub mod messages;
 pub mod placement;
 mod time;
 
+#[cfg(test)]
+mod tests;
+
 pub use agent::{Agent, AgentStats, HostView, StatusSnapshot, VmView};
 pub use config::{AgentSettings, FaultKnobs, Timings};
 pub use events::{Event, Role, Verdict};

@@ -17,6 +17,9 @@ use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+/// How old a liveness-probe answer may be and still count.
+const PROBE_REFRESH: Duration = Duration::from_millis(1_000);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ClaimWriteKind {
     Acquire,
@@ -397,6 +400,7 @@ impl Agent {
         if p.verdict == Some(to) {
             return;
         }
+        let first = p.verdict.is_none();
         p.verdict = Some(to);
         if to == Verdict::Dead {
             // What a dead host reported running is not running any more.
@@ -408,7 +412,7 @@ impl Agent {
             }
         }
         m.reconcile_due = true;
-        if p.verdict.is_some() {
+        if !(first && to == Verdict::Unreachable) {
             self.emit(Event::VerdictChanged {
                 subject: host,
                 from,
@@ -585,7 +589,9 @@ impl Agent {
         }
         match (purpose, result) {
             (DsPurpose::HeartbeatRead, Ok(DsReply::Heartbeats(slots))) => {
-                self.on_heartbeats_read(now, d, slots)
+                self.on_heartbeats_read(now, d, slots);
+                // Judge at once: a death this read confirms should not wait for the next tick.
+                self.master_evaluate(now);
             }
             (DsPurpose::ClaimRead, Ok(DsReply::Claim(current))) => {
                 self.on_claim_read(now, d, current)
@@ -1041,7 +1047,13 @@ impl Agent {
                 read_fresh,
                 m.since,
             );
-            if v == Verdict::Unreachable && why == "probing" && !p.probe_in_flight {
+            // Probe a silent host early and keep the answer fresh, so that the probe never delays
+            // a dead verdict once the leases have run out.
+            let stale = p.probe.is_none_or(|(at, _)| now.since(at) >= PROBE_REFRESH);
+            let silent = p
+                .last_net
+                .is_none_or(|t0| now.since(t0) >= t.host_unreachable_after / 2);
+            if v != Verdict::Alive && silent && stale && !p.probe_in_flight {
                 p.probe_in_flight = true;
                 probes.push(h);
             }
@@ -1706,7 +1718,9 @@ fn judge(
         return (Verdict::Unreachable, "network lease not yet expired");
     }
     match p.probe {
-        Some((at, answered)) if at >= p.last_net.unwrap_or(Time::ZERO) && now.since(at) < lease => {
+        Some((at, answered))
+            if at >= p.last_net.unwrap_or(Time::ZERO) && now.since(at) < PROBE_REFRESH * 2 =>
+        {
             if answered {
                 (
                     Verdict::Unreachable,

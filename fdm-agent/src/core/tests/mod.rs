@@ -1,0 +1,6 @@
+//! Behaviour tests of the agent core, stepped by hand with a fake clock.
+
+mod behaviours;
+mod failover;
+mod harness;
+mod random;
