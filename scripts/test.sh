@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. Installs what the tests need when it is missing (apt packages for
+# network namespaces and libvirt; only as root, otherwise the multi-host tests skip and say why).
+#
+#   scripts/test.sh            # everything CI runs
+#   FDM_QUICK=1 scripts/test.sh  # skip the installs and the bounded sweep
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+if [ -z "${FDM_QUICK:-}" ] && [ -x scripts/install-test-deps.sh ]; then
+  step "test dependencies"
+  if [ "$(id -u)" = 0 ]; then
+    scripts/install-test-deps.sh
+  else
+    echo "not root: skipping apt installs; multi-host tests will skip"
+  fi
+fi
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "tests"
+cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
+status=${PIPESTATUS[0]}
+passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
+if [ "$status" != 0 ]; then
+  echo "cargo test failed"
+  exit "$status"
+fi
+
+if [ -z "${FDM_QUICK:-}" ] && [ -f sim/src/main.rs ]; then
+  step "bounded simulation sweep"
+  cargo run --release -q -p fdm-sim -- sweep --hosts 16 --seeds "${FDM_SWEEP_SEEDS:-300}"
+fi
+
+echo
+echo "${passed} passed, ${failed} failed"
