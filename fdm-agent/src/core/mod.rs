@@ -5,6 +5,7 @@
 //! runtime, the simulator and unit tests all drive the very same code.
 
 mod agent;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod io;

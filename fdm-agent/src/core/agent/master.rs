@@ -1,6 +1,7 @@
 //! The master's duties: datastore claims, verdicts on every host, protected-VM lists, and failover
 //! (reconcile what should run against what runs, plan, write the intent, command, follow up).
 
+use super::super::cluster::ClusterView;
 use super::super::config::Timings;
 use super::super::events::{Event, Role, Verdict};
 use super::super::io::{Output, VmRunState};
@@ -639,11 +640,7 @@ impl Agent {
         slots: Vec<heartbeat_fs::ops::HeartbeatSlot>,
     ) {
         let cluster = self.settings.cluster;
-        let mounts: BTreeSet<HostId> = self
-            .config
-            .datastore(d)
-            .map(|c| c.mounts.iter().map(|m| m.host).collect())
-            .unwrap_or_default();
+        let mounts: Vec<HostId> = self.config.hosts_of(d).to_vec();
         let m = self.m();
         m.ds_read_ok.insert(d, now);
         let mut seen: BTreeSet<HostId> = BTreeSet::new();
@@ -1119,10 +1116,23 @@ impl Agent {
             for i in 0..n {
                 let e = m.protected[&d].list.vms[i].clone();
                 let Some(cfg) = config.vm(e.vm) else { continue };
+                // Reports from hosts we cannot hear are stale; an isolated host's power-on list is
+                // the better authority for what its isolation response stopped.
                 let running_on: Vec<HostId> = m
                     .running
                     .get(&e.vm)
-                    .map(|s| s.iter().copied().collect())
+                    .map(|s| {
+                        s.iter()
+                            .copied()
+                            .filter(|&h| match m.verdict(h) {
+                                Some(Verdict::Dead) => false,
+                                Some(Verdict::Isolated) => {
+                                    !powered_off_by_isolation(m.peers.get(&h), d, e.vm)
+                                }
+                                _ => true,
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let mut changed = None::<ProtectedVm>;
                 if let Some(&h) = running_on.first() {
@@ -1643,7 +1653,7 @@ fn judge(
     now: Time,
     t: &Timings,
     knobs: super::super::config::FaultKnobs,
-    config: &ClusterConfig,
+    config: &ClusterView,
     mounted: &BTreeSet<DatastoreId>,
     ds_read_ok: &BTreeMap<DatastoreId, Time>,
     read_fresh: Duration,
@@ -1659,15 +1669,15 @@ fn judge(
     }
     // Datastores both of us use, that we read successfully of late.
     let shared: Vec<DatastoreId> = config
-        .datastores
+        .datastores_of(h)
         .iter()
-        .filter(|dc| mounted.contains(&dc.id) && dc.mounts.iter().any(|m| m.host == h))
-        .filter(|dc| {
+        .copied()
+        .filter(|d| mounted.contains(d))
+        .filter(|d| {
             ds_read_ok
-                .get(&dc.id)
+                .get(d)
                 .is_some_and(|t0| now.since(*t0) < read_fresh)
         })
-        .map(|dc| dc.id)
         .collect();
     if shared.is_empty() {
         return (Verdict::Unreachable, "no shared datastore to confirm");
@@ -1792,10 +1802,7 @@ fn restart_decision(
             same_host: false,
         },
         Some(Verdict::Isolated) => {
-            let powered_off = peer
-                .and_then(|p| p.power_on_lists.get(&d))
-                .is_some_and(|l| l.isolated && l.isolation_powered_off.contains(&vm));
-            if powered_off {
+            if powered_off_by_isolation(peer, d, vm) {
                 Decision::Restart {
                     reason: "powered off by its isolated host",
                     same_host: false,
@@ -1806,6 +1813,12 @@ fn restart_decision(
         }
         _ => Decision::Wait,
     }
+}
+
+/// The isolated host recorded, in its power-on list on `d`, that its isolation response stopped `vm`.
+fn powered_off_by_isolation(peer: Option<&Peer>, d: DatastoreId, vm: VmId) -> bool {
+    peer.and_then(|p| p.power_on_lists.get(&d))
+        .is_some_and(|l| l.isolated && l.isolation_powered_off.contains(&vm))
 }
 
 /// Bring a protected list in line with the configuration: add newly protected VMs, drop VMs no longer

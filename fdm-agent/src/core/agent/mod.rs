@@ -8,6 +8,7 @@
 mod local;
 mod master;
 
+use super::cluster::ClusterView;
 use super::config::{AgentSettings, Timings};
 use super::events::{Event, Role, Verdict};
 use super::io::{HypervisorEvent, OperatorCommand, Output, Transmit, VmRunState};
@@ -21,6 +22,7 @@ use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
 use local::LocalVms;
 use master::MasterState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Counters for metrics.
@@ -142,7 +144,7 @@ pub struct Agent {
     settings: AgentSettings,
     t: Timings,
     key: Key,
-    config: ClusterConfig,
+    config: Arc<ClusterView>,
     role: Role,
     started_at: Time,
     now: Time,
@@ -190,7 +192,9 @@ impl Agent {
     /// A fresh agent. `config` is the bootstrap cluster configuration (from the local config file's
     /// seed list or a previous datastore read); the newest valid copy on the datastores replaces it.
     pub fn new(settings: AgentSettings, config: Option<ClusterConfig>, now: Time) -> Self {
-        let config = config.unwrap_or_else(|| empty_config(settings.cluster));
+        let config = Arc::new(ClusterView::new(
+            config.unwrap_or_else(|| empty_config(settings.cluster)),
+        ));
         let t = settings
             .timings
             .clone()
@@ -713,7 +717,7 @@ impl Agent {
             }
         }
         let generation = cfg.generation;
-        self.config = cfg;
+        self.config = Arc::new(ClusterView::new(cfg));
         self.vms.rebuild_homes(&self.config);
         self.emit(Event::ConfigApplied { generation });
         if let Some(m) = self.master.as_mut() {
