@@ -881,7 +881,7 @@ impl Agent {
             }
         }
         // Intents now on disk: their commands may go out.
-        let ready: Vec<(VmId, HostId, u32)> = m
+        let mut ready: Vec<(VmId, HostId, u32)> = m
             .tracks
             .iter()
             .filter_map(|(&vm, t)| match t.stage {
@@ -893,6 +893,16 @@ impl Agent {
                 _ => None,
             })
             .collect();
+        // Commands go out in placement order: priority first, then VM id.
+        ready.sort_by_key(|(vm, _, _)| {
+            let prio = self
+                .config
+                .vm(*vm)
+                .map(|c| c.ha.priority)
+                .unwrap_or_default();
+            (std::cmp::Reverse(prio), *vm)
+        });
+        let m = self.master.as_mut().expect("master");
         let epoch = m.claims.get(&d).and_then(|c| c.held).map(|h| h.epoch);
         let Some(epoch) = epoch else { return };
         for (vm, target, attempt) in ready {

@@ -289,21 +289,3 @@ fn garbage_datagrams_are_counted_and_dropped() {
     assert_eq!(a.stats().drops.total(), 2);
     assert_eq!(a.role(), Role::Starting);
 }
-
-#[test]
-#[ignore]
-fn debug_fence() {
-    let mut c = cluster4();
-    settle(&mut c);
-    {
-        let h = c.hosts.get_mut(&HostId(4)).unwrap();
-        h.ds_lost.insert(DatastoreId(1));
-        h.ds_lost.insert(DatastoreId(2));
-    }
-    c.partition(&[&[1, 2, 3], &[4]]);
-    c.run_secs(8.0);
-    for (t, e) in c.events(4) {
-        println!("{t} {e:?}");
-    }
-    println!("{:?}", c.where_runs(4));
-}

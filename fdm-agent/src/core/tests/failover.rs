@@ -62,11 +62,12 @@ fn restart_order_follows_priority() {
         .enumerate()
         .map(|(i, &p)| vm(i as u32 + 1, 1, p, IsolationResponse::PowerOff))
         .collect();
-    let mut c = Cluster::new(config(3, &[&[1, 2, 3]], vms));
+    let mut cfg = config(3, &[&[1, 2, 3]], vms);
+    cfg.ha.max_concurrent_power_ons_per_host = 1;
+    let mut c = Cluster::new(cfg);
     for i in 1..=4 {
         c.place(HostId(3), i);
     }
-    c.config.ha.max_concurrent_power_ons_per_host = 1;
     settle(&mut c);
     c.crash_host(HostId(3));
     c.run_secs(25.0);

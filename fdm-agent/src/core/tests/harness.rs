@@ -358,17 +358,15 @@ impl Cluster {
                         from: h,
                         payload: t.payload,
                     };
-                    if self.duplicate_datagrams {
-                        if let Pending::Datagram { to, from, payload } = &p {
-                            self.queue.push_back((
-                                at,
-                                Pending::Datagram {
-                                    to: *to,
-                                    from: *from,
-                                    payload: payload.clone(),
-                                },
-                            ));
-                        }
+                    if self.duplicate_datagrams
+                        && let Pending::Datagram { to, from, payload } = &p
+                    {
+                        let copy = Pending::Datagram {
+                            to: *to,
+                            from: *from,
+                            payload: payload.clone(),
+                        };
+                        self.queue.push_back((at, copy));
                     }
                     if self.reorder_datagrams {
                         self.queue.push_back((at + Duration::from_millis(7), p));

@@ -29,7 +29,7 @@ fn fault() -> impl Strategy<Value = Fault> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
     fn never_twice_and_never_lost(faults in proptest::collection::vec(fault(), 1..6)) {
         let vms = (1..=8)
@@ -63,7 +63,9 @@ proptest! {
             hs.ds_lost.clear();
             if !hs.powered { c.boot_host(h); }
         }
-        let all_back = c.run_until(Duration::from_secs(90), |c| (1..=8).all(|v| c.where_runs(v).len() == 1));
+        let all_back = c.run_until(Duration::from_secs(90), |c| {
+            (1..=8).all(|v| c.where_runs(v).len() == 1) && c.masters().len() == 1
+        });
         prop_assert!(all_back.is_some(), "not every VM runs again after heal: {:?}",
             (1..=8).map(|v| (v, c.where_runs(v))).collect::<Vec<_>>());
         prop_assert_eq!(c.masters().len(), 1);
