@@ -1,5 +1,190 @@
-//! The `fdm-agent` binary.
-fn main() {
-    eprintln!("fdm-agent: the daemon is not built yet (see issue 6)");
-    std::process::exit(2);
+//! The `fdm-agent` binary: run the agent, check its configuration, ask a running agent for its status,
+//! or run the local demo cluster.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod demo;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fdm_agent::runtime::config::{AgentConfig, ConfigError};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "fdm-agent",
+    version,
+    about = "fdm: high availability for VMs on hosts with shared datastores"
+)]
+struct Cli {
+    /// Log format: `text` or `json`.
+    #[arg(long, global = true, default_value = "text", env = "FDM_LOG_FORMAT")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (until SIGTERM: a master hands its role over first).
+    Run {
+        #[arg(long, default_value = "/etc/fdm/agent.toml")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and report every error with its field.
+    CheckConfig {
+        #[arg(long, default_value = "/etc/fdm/agent.toml")]
+        config: PathBuf,
+    },
+    /// Show a running agent's role, master, host verdicts, VMs and last events.
+    Status {
+        /// The agent's status socket (`status_socket` in its configuration).
+        #[arg(long, default_value = "/run/fdm/agent.sock")]
+        socket: PathBuf,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a local 4-host cluster (loopback UDP, temporary datastores, process VMs), kill a host,
+    /// and narrate the failover with measured timings. Needs no root.
+    Demo {
+        /// Keep the temporary directory (logs, datastores) for inspection.
+        #[arg(long)]
+        keep: bool,
+        /// Kill the master instead of a slave.
+        #[arg(long)]
+        kill_master: bool,
+    },
+}
+
+fn init_logs(format: &str, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            init_logs(&cli.log_format, "info");
+            let cfg = match AgentConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("fdm-agent: {}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fdm-agent: tokio: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(fdm_agent::runtime::run(cfg, None)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fdm-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig { config } => match AgentConfig::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (host {}, {} datastores)",
+                    config.display(),
+                    c.host.0,
+                    c.datastores.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(ConfigError::Invalid(problems)) => {
+                for p in problems {
+                    println!("{}: {}: {}", config.display(), p.field, p.reason);
+                }
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                println!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Status { socket, json } => match status(&socket, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fdm-agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo { keep, kill_master } => {
+            init_logs(&cli.log_format, "warn");
+            match demo::run(keep, kill_master) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("fdm-agent demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let raw = fdm_agent::runtime::status::query(socket, "status")
+        .with_context(|| format!("is an agent running? cannot reach {}", socket.display()))?;
+    if json {
+        println!("{raw}");
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(&raw)?;
+    println!(
+        "host {}  role {}  master {}  config generation {}",
+        v["host"],
+        v["role"].as_str().unwrap_or("?"),
+        v["master"],
+        v["config_generation"]
+    );
+    if let Some(hosts) = v["hosts"].as_array().filter(|h| !h.is_empty()) {
+        println!("\nHOST  VERDICT       NET AGE");
+        for h in hosts {
+            println!(
+                "{:<5} {:<13} {}",
+                h["host"],
+                h["verdict"].as_str().unwrap_or("?"),
+                h["net_age_s"]
+            );
+        }
+    }
+    if let Some(vms) = v["vms"].as_array().filter(|v| !v.is_empty()) {
+        println!("\nVM    HOST  STATE     RESTART");
+        for vm in vms {
+            println!(
+                "{:<5} {:<5} {:<9} {}",
+                vm["vm"],
+                vm["host"],
+                vm["state"].as_str().unwrap_or("-"),
+                vm["restart"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if let Some(ev) = v["events"].as_array() {
+        println!("\nlast events:");
+        for e in ev {
+            println!("  {}", e.as_str().unwrap_or(""));
+        }
+    }
+    Ok(())
 }

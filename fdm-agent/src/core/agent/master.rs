@@ -1703,7 +1703,15 @@ fn judge(
                 all_stopped = false;
             }
             Some(o) => {
-                if now.since(o.last_advance) < lease && !knobs.skip_lease_wait {
+                // Advancing means alive elsewhere only if it advanced after the network went
+                // quiet, by more than one write and one read: a dead host's last write, read late,
+                // must not look like a partitioned host for a lease time.
+                let quiet_since =
+                    p.last_net.unwrap_or(Time::ZERO) + t.ds_heartbeat_interval + t.ds_read_interval;
+                if now.since(o.last_advance) < lease
+                    && o.last_advance > quiet_since
+                    && !knobs.skip_lease_wait
+                {
                     advancing = true;
                     isolated |= o.flags.contains(HostFlags::ISOLATED);
                 }

@@ -1,0 +1,307 @@
+//! The process driver: a VM is a supervised child process (`sh -c <definition>`) in its own process
+//! group. Pid files in the state directory let a restarted agent adopt what still runs. Used by the
+//! demo and the multi-host tests, where real VMs would cost too much.
+
+use super::{Driver, DriverError, Unsolicited};
+use crate::core::VmRunState;
+use heartbeat_fs::VmId;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Stops we asked for: their exits are not unsolicited.
+    stopping: BTreeSet<VmId>,
+    events: Vec<Unsolicited>,
+}
+
+#[derive(Debug)]
+pub struct ProcessDriver {
+    state_dir: PathBuf,
+    shared: Arc<Mutex<Shared>>,
+    /// Adopted or started pids being watched.
+    watched: Mutex<BTreeMap<VmId, i32>>,
+    /// Exported to VM processes as `FDM_HOST`, so that a VM can say where it runs.
+    host_label: String,
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0 && !is_zombie(pid)
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn signal_group(pid: i32, sig: i32) {
+    // SAFETY: signalling a process group we created; errors (already gone) are ignored.
+    unsafe {
+        libc::kill(-pid, sig);
+    }
+}
+
+impl ProcessDriver {
+    pub fn new(state_dir: impl Into<PathBuf>) -> Result<Self, DriverError> {
+        let state_dir = state_dir.into();
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            DriverError::Unavailable(format!("state dir {}: {e}", state_dir.display()))
+        })?;
+        let d = ProcessDriver {
+            state_dir,
+            shared: Arc::default(),
+            watched: Mutex::default(),
+            host_label: String::new(),
+        };
+        // Adopt what a previous agent left running.
+        for (vm, pid) in d.pid_files() {
+            if alive(pid) {
+                d.watch(vm, pid, None);
+            } else {
+                let _ = std::fs::remove_file(d.pid_path(vm));
+            }
+        }
+        Ok(d)
+    }
+
+    fn pid_path(&self, vm: VmId) -> PathBuf {
+        self.state_dir.join(format!("vm-{}.pid", vm.0))
+    }
+
+    fn pid_files(&self) -> Vec<(VmId, i32)> {
+        let Ok(rd) = std::fs::read_dir(&self.state_dir) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let id = name
+                    .strip_prefix("vm-")?
+                    .strip_suffix(".pid")?
+                    .parse()
+                    .ok()?;
+                let pid = std::fs::read_to_string(e.path())
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some((VmId(id), pid))
+            })
+            .collect()
+    }
+
+    /// Watch a VM's process until it exits; report the exit unless we caused it.
+    fn watch(&self, vm: VmId, pid: i32, child: Option<std::process::Child>) {
+        self.watched.lock().expect("watched").insert(vm, pid);
+        let shared = self.shared.clone();
+        let pid_path = self.pid_path(vm);
+        std::thread::spawn(move || {
+            let state = match child {
+                Some(mut c) => match c.wait() {
+                    Ok(s) if s.success() => VmRunState::StoppedByUser,
+                    Ok(s) if s.signal() == Some(libc::SIGTERM) => VmRunState::StoppedByUser,
+                    _ => VmRunState::Crashed,
+                },
+                None => {
+                    // Not our child (adopted): poll.
+                    while alive(pid) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    VmRunState::Crashed
+                }
+            };
+            let mut s = shared.lock().expect("shared");
+            if !s.stopping.remove(&vm) {
+                s.events.push(Unsolicited { vm, state });
+            }
+            if std::fs::read_to_string(&pid_path)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+                == Some(pid)
+            {
+                let _ = std::fs::remove_file(&pid_path);
+            }
+        });
+    }
+
+    fn running_pid(&self, vm: VmId) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.pid_path(vm))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        alive(pid).then_some(pid)
+    }
+
+    fn stop(&self, vm: VmId, grace: Option<Duration>) -> Result<(), DriverError> {
+        let Some(pid) = self.running_pid(vm) else {
+            return Ok(());
+        };
+        self.shared.lock().expect("shared").stopping.insert(vm);
+        if let Some(grace) = grace {
+            signal_group(pid, libc::SIGTERM);
+            let end = Instant::now() + grace;
+            while alive(pid) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        signal_group(pid, libc::SIGKILL);
+        let end = Instant::now() + Duration::from_secs(5);
+        while alive(pid) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if alive(pid) {
+            return Err(DriverError::Failed(format!(
+                "{vm} (pid {pid}) survived SIGKILL"
+            )));
+        }
+        let _ = std::fs::remove_file(self.pid_path(vm));
+        Ok(())
+    }
+
+    /// Set the `FDM_HOST` value VM processes see.
+    pub fn with_host_label(mut self, label: impl Into<String>) -> Self {
+        self.host_label = label.into();
+        self
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+}
+
+impl Driver for ProcessDriver {
+    fn power_on(&self, vm: VmId, definition: &str) -> Result<(), DriverError> {
+        if self.running_pid(vm).is_some() {
+            return Ok(());
+        }
+        if definition.trim().is_empty() {
+            return Err(DriverError::BadDefinition(format!("{vm}: empty command")));
+        }
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(definition)
+            .env("FDM_VM", vm.0.to_string())
+            .env("FDM_HOST", &self.host_label)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| DriverError::Failed(format!("{vm}: spawn: {e}")))?;
+        let pid = child.id() as i32;
+        std::fs::write(self.pid_path(vm), pid.to_string())
+            .map_err(|e| DriverError::Failed(format!("{vm}: pid file: {e}")))?;
+        self.watch(vm, pid, Some(child));
+        // A command that dies at once did not start.
+        std::thread::sleep(Duration::from_millis(20));
+        if !alive(pid) {
+            return Err(DriverError::Failed(format!(
+                "{vm}: exited right after start"
+            )));
+        }
+        Ok(())
+    }
+
+    fn power_off(&self, vm: VmId) -> Result<(), DriverError> {
+        self.stop(vm, None)
+    }
+
+    fn shutdown(&self, vm: VmId, timeout: Duration) -> Result<(), DriverError> {
+        self.stop(vm, Some(timeout))
+    }
+
+    fn list(&self) -> Result<Vec<VmId>, DriverError> {
+        let mut v: Vec<VmId> = self
+            .pid_files()
+            .into_iter()
+            .filter(|(_, pid)| alive(*pid))
+            .map(|(vm, _)| vm)
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    fn take_unsolicited(&self) -> Vec<Unsolicited> {
+        std::mem::take(&mut self.shared.lock().expect("shared").events)
+    }
+}
+
+/// Start a VM process the way the driver does, outside any agent (the demo's initial placement).
+pub fn start_detached(
+    state_dir: &Path,
+    host_label: &str,
+    vm: VmId,
+    definition: &str,
+) -> std::io::Result<i32> {
+    std::fs::create_dir_all(state_dir)?;
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(definition)
+        .env("FDM_VM", vm.0.to_string())
+        .env("FDM_HOST", host_label)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    let pid = child.id() as i32;
+    std::fs::write(state_dir.join(format!("vm-{}.pid", vm.0)), pid.to_string())?;
+    // Reap it in the background so that it never lingers as a zombie of ours.
+    std::thread::spawn(move || {
+        let mut c = child;
+        let _ = c.wait();
+    });
+    Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_lists_kills_and_reports_crashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = ProcessDriver::new(dir.path()).unwrap();
+        d.power_on(VmId(1), "sleep 30").unwrap();
+        d.power_on(VmId(2), "sleep 0.3; exit 3").unwrap();
+        assert_eq!(d.list().unwrap(), vec![VmId(1), VmId(2)]);
+        d.power_off(VmId(1)).unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(d.list().unwrap(), Vec::<VmId>::new());
+        let ev = d.take_unsolicited();
+        assert_eq!(
+            ev,
+            vec![Unsolicited {
+                vm: VmId(2),
+                state: VmRunState::Crashed
+            }],
+            "only the crash is unsolicited"
+        );
+        assert!(
+            d.power_on(VmId(3), "exit 1").is_err(),
+            "a command that dies at once did not start"
+        );
+        assert!(d.power_on(VmId(4), "   ").is_err());
+    }
+
+    #[test]
+    fn a_new_driver_adopts_running_vms() {
+        let dir = tempfile::tempdir().unwrap();
+        start_detached(dir.path(), "h", VmId(7), "sleep 30").unwrap();
+        let d = ProcessDriver::new(dir.path()).unwrap();
+        assert_eq!(d.list().unwrap(), vec![VmId(7)]);
+        d.shutdown(VmId(7), Duration::from_millis(200)).unwrap();
+        assert!(d.list().unwrap().is_empty());
+    }
+}

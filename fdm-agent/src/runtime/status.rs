@@ -1,0 +1,190 @@
+//! The local status socket (`fdm-agent status`, maintenance commands) and the Prometheus endpoint.
+
+use super::{Input, Shared};
+use crate::core::{Agent, OperatorCommand, Role, Time, Verdict};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc::UnboundedSender;
+
+fn role_name(r: Role) -> String {
+    match r {
+        Role::Slave { master } => format!("slave of {master}"),
+        r => r.name().to_string(),
+    }
+}
+
+/// Refresh what the status socket and `/metrics` serve.
+pub(super) fn publish(agent: &Agent, now: Time, shared: &Mutex<Shared>) {
+    let st = agent.status(now);
+    let hosts: Vec<serde_json::Value> = st
+        .hosts
+        .iter()
+        .map(|h| {
+            serde_json::json!({
+                "host": h.host.0, "verdict": h.verdict.name(), "net_age_s": h.net_age,
+                "ds_age_s": h.ds_age.iter().map(|(d, a)| serde_json::json!({"datastore": d.0, "age_s": a})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let vms: Vec<serde_json::Value> = st
+        .vms
+        .iter()
+        .map(|v| serde_json::json!({"vm": v.vm.0, "host": v.host.map(|h| h.0), "state": v.state.map(|s| format!("{s:?}")), "restart": v.restart}))
+        .collect();
+    let mut s = shared.lock().expect("shared");
+    let events: Vec<String> = s.events.iter().rev().take(20).rev().cloned().collect();
+    s.status = Some(serde_json::json!({
+        "host": st.host.0, "role": role_name(st.role), "master": st.master.map(|m| m.0),
+        "config_generation": st.config_generation, "hosts": hosts, "vms": vms, "events": events,
+    }));
+    let stats = agent.stats();
+    let mut m = String::new();
+    let role = ["starting", "candidate", "slave", "master", "isolated"];
+    m.push_str("# TYPE fdm_role gauge\n");
+    for r in role {
+        m.push_str(&format!(
+            "fdm_role{{role=\"{r}\"}} {}\n",
+            u8::from(st.role.name() == r)
+        ));
+    }
+    m.push_str("# TYPE fdm_host_verdict gauge\n");
+    for h in &st.hosts {
+        for v in [
+            Verdict::Alive,
+            Verdict::Unreachable,
+            Verdict::Partitioned,
+            Verdict::Isolated,
+            Verdict::Dead,
+        ] {
+            m.push_str(&format!(
+                "fdm_host_verdict{{host=\"{}\",verdict=\"{}\"}} {}\n",
+                h.host.0,
+                v.name(),
+                u8::from(h.verdict == v)
+            ));
+        }
+        if let Some(a) = h.net_age {
+            m.push_str(&format!(
+                "fdm_heartbeat_age_seconds{{host=\"{}\",channel=\"network\"}} {a:.3}\n",
+                h.host.0
+            ));
+        }
+        for (d, a) in &h.ds_age {
+            if let Some(a) = a {
+                m.push_str(&format!("fdm_heartbeat_age_seconds{{host=\"{}\",channel=\"datastore\",datastore=\"{}\"}} {a:.3}\n", h.host.0, d.0));
+            }
+        }
+    }
+    m.push_str(&format!(
+        "# TYPE fdm_restarts_issued_total counter\nfdm_restarts_issued_total {}\n",
+        stats.restarts_issued
+    ));
+    m.push_str(&format!(
+        "# TYPE fdm_datagrams_sent_total counter\nfdm_datagrams_sent_total {}\n",
+        stats.datagrams_sent
+    ));
+    m.push_str(&format!(
+        "# TYPE fdm_datagrams_received_total counter\nfdm_datagrams_received_total {}\n",
+        stats.datagrams_received
+    ));
+    m.push_str("# TYPE fdm_datagrams_dropped_total counter\n");
+    let mut drops: Vec<_> = stats.drops.by_reason.iter().collect();
+    drops.sort_by_key(|(k, _)| format!("{k:?}"));
+    for (reason, n) in drops {
+        m.push_str(&format!(
+            "fdm_datagrams_dropped_total{{reason=\"{reason:?}\"}} {n}\n"
+        ));
+    }
+    m.push_str(&format!(
+        "fdm_datagrams_dropped_total{{reason=\"UnknownSender\"}} {}\n",
+        stats.unknown_sender
+    ));
+    m.push_str(&format!(
+        "# TYPE fdm_datastore_ops_failed_total counter\nfdm_datastore_ops_failed_total {}\n",
+        stats.ds_ops_failed
+    ));
+    s.metrics = m;
+}
+
+/// Line protocol on a unix socket: `status` -> one JSON line; `maintenance on|off` -> `ok`.
+pub(super) fn serve_status(
+    path: PathBuf,
+    shared: Arc<Mutex<Shared>>,
+    tx: UnboundedSender<Input>,
+) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::thread::Builder::new()
+        .name("fdm-status".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut line = String::new();
+                let mut reader = BufReader::new(&conn);
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let reply = match line.trim() {
+                    "status" | "" => shared
+                        .lock()
+                        .expect("shared")
+                        .status
+                        .clone()
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "{}".into()),
+                    "maintenance on" => {
+                        let _ = tx.send(Input::Command(OperatorCommand::Maintenance(true)));
+                        "ok".into()
+                    }
+                    "maintenance off" => {
+                        let _ = tx.send(Input::Command(OperatorCommand::Maintenance(false)));
+                        "ok".into()
+                    }
+                    other => format!("error: unknown command `{other}`"),
+                };
+                let mut w = &conn;
+                let _ = writeln!(w, "{reply}");
+            }
+        })?;
+    Ok(())
+}
+
+pub(super) async fn serve_metrics(
+    addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let body = shared.lock().expect("shared").metrics.clone();
+            tokio::spawn(async move {
+                let mut req = [0u8; 1024];
+                let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut req).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Ask a running agent for its status (the `fdm-agent status` command).
+pub fn query(path: &std::path::Path, command: &str) -> std::io::Result<String> {
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    writeln!(s, "{command}")?;
+    let mut out = String::new();
+    BufReader::new(s).read_line(&mut out)?;
+    Ok(out.trim().to_string())
+}
