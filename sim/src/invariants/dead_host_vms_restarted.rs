@@ -1,0 +1,28 @@
+//! Every protected VM runs again (exactly once) within the bound after the heal, when capacity exists:
+//! a protected VM of a dead host is never lost. VMs an operator stopped, and VMs whose policy says
+//! never restart, are exempt.
+
+use crate::world::{Violation, World};
+use heartbeat_fs::records::{RestartPolicy, RestartPriority};
+
+pub fn check(w: &World) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for vm in &w.config.vms {
+        if !vm.protected
+            || w.operator_stopped.contains(&vm.id)
+            || vm.ha.restart_policy == RestartPolicy::Never
+            || vm.ha.priority == RestartPriority::Disabled
+        {
+            continue;
+        }
+        let on = w.where_runs(vm.id);
+        if on.len() != 1 {
+            out.push(Violation {
+                invariant: "dead_host_vms_restarted",
+                at: w.now,
+                detail: format!("{} runs on {on:?} after the heal bound", vm.id),
+            });
+        }
+    }
+    out
+}

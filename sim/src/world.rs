@@ -1,0 +1,1188 @@
+//! The simulated world: hosts running the real `Agent`, a network, shared datastores, hypervisors,
+//! and a discrete-event queue in virtual time. Every source of nondeterminism is the seeded `Rng`.
+
+use crate::rng::Rng;
+use fdm_agent::core::{
+    Agent, AgentSettings, Event, FaultKnobs, HypervisorAction, HypervisorEvent, Output, Role,
+    StopCause, Time, Timings, Verdict, VmRunState,
+};
+use heartbeat_fs::mem::{Caller, MemDatastore};
+use heartbeat_fs::ops::{DsCompletion, DsError, DsOp, IoKind};
+use heartbeat_fs::records::ClusterConfig;
+use heartbeat_fs::{DatastoreId, HostId, VmId};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::time::Duration;
+
+/// Microseconds of virtual time.
+pub type Micros = u64;
+
+pub fn us(d: Duration) -> Micros {
+    d.as_micros() as Micros
+}
+
+#[derive(Debug, Clone)]
+pub struct NetParams {
+    pub latency_us: Micros,
+    pub jitter_us: Micros,
+    pub loss: f64,
+    pub duplicate: f64,
+}
+
+impl Default for NetParams {
+    fn default() -> Self {
+        NetParams {
+            latency_us: 200,
+            jitter_us: 300,
+            loss: 0.0,
+            duplicate: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SimParams {
+    pub seed: u64,
+    pub timings: Timings,
+    pub knobs: FaultKnobs,
+    pub net: NetParams,
+    pub ds_latency_us: Micros,
+    pub power_on_us: Micros,
+    pub power_on_fail: f64,
+    pub reboot_us: Micros,
+    /// Per host clock-rate error, ppm (positive: runs fast).
+    pub drift_ppm: BTreeMap<HostId, i64>,
+    pub trace: bool,
+}
+
+impl Default for SimParams {
+    fn default() -> Self {
+        SimParams {
+            seed: 1,
+            timings: Timings::default(),
+            knobs: FaultKnobs::default(),
+            net: NetParams::default(),
+            ds_latency_us: 1_000,
+            power_on_us: 300_000,
+            power_on_fail: 0.0,
+            reboot_us: 20_000_000,
+            drift_ppm: BTreeMap::new(),
+            trace: false,
+        }
+    }
+}
+
+/// A fault injected at a point of the timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Power loss: agent and VMs gone. Reboots after `reboot_us` if `reboot` is set.
+    Crash {
+        host: HostId,
+        reboot: bool,
+    },
+    Boot {
+        host: HostId,
+    },
+    AgentRestart {
+        host: HostId,
+    },
+    /// The agent stops running (hung process): no input is processed, no watchdog kick.
+    AgentHang {
+        host: HostId,
+    },
+    AgentThaw {
+        host: HostId,
+    },
+    Partition {
+        groups: Vec<Vec<HostId>>,
+    },
+    CutOneWay {
+        from: HostId,
+        to: HostId,
+    },
+    Heal,
+    Isolate {
+        host: HostId,
+    },
+    Unisolate {
+        host: HostId,
+    },
+    DsLoss {
+        host: HostId,
+        ds: DatastoreId,
+    },
+    DsRestore {
+        host: HostId,
+        ds: DatastoreId,
+    },
+    DsHang {
+        host: HostId,
+        ds: DatastoreId,
+    },
+    DsUnhang {
+        host: HostId,
+        ds: DatastoreId,
+    },
+    /// The datastore fails for everyone.
+    DsDead {
+        ds: DatastoreId,
+    },
+    DsAlive {
+        ds: DatastoreId,
+    },
+    /// The next heartbeat write of the host on the datastore lands torn.
+    TornWrite {
+        host: HostId,
+        ds: DatastoreId,
+    },
+    Loss {
+        p: f64,
+    },
+    Delay {
+        latency_us: Micros,
+        jitter_us: Micros,
+    },
+    Duplicate {
+        p: f64,
+    },
+    VmCrash {
+        vm: VmId,
+    },
+    /// An operator stops the VM (it must stay stopped).
+    VmStop {
+        vm: VmId,
+    },
+    /// Crash whoever is master now.
+    CrashMaster {
+        reboot: bool,
+    },
+    /// Crash the master the moment it issues its next restart (middle of a failover).
+    CrashMasterOnRestart,
+    PowerOnFails {
+        host: HostId,
+        fails: bool,
+    },
+    PauseHa {
+        paused: bool,
+    },
+    /// Management plane down: nothing changes for the agents (they keep the last configuration).
+    ManagementDown,
+    /// Everything back to normal: network healed, storage back, hosts booted, agents thawed.
+    HealAll,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Datagram {
+        to: HostId,
+        payload: Vec<u8>,
+    },
+    Ds {
+        host: HostId,
+        inc: u64,
+        completion: DsCompletion,
+    },
+    Hv {
+        host: HostId,
+        inc: u64,
+        event: HypervisorEvent,
+    },
+    PowerOnDone {
+        host: HostId,
+        inc: u64,
+        op: u64,
+        vm: VmId,
+    },
+    Isolation {
+        host: HostId,
+        inc: u64,
+    },
+    Probe {
+        host: HostId,
+        inc: u64,
+        target: HostId,
+    },
+    Timer {
+        host: HostId,
+        inc: u64,
+    },
+    Watchdog {
+        host: HostId,
+        inc: u64,
+    },
+    Fault(Fault),
+    Boot {
+        host: HostId,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopKind {
+    HostCrash,
+    VmCrash,
+    Operator,
+    Agent(StopCause),
+}
+
+#[derive(Debug)]
+pub struct SimHost {
+    pub id: HostId,
+    pub agent: Option<Agent>,
+    pub incarnation: u64,
+    pub powered: bool,
+    pub hung: bool,
+    pub network_up: bool,
+    /// Sim time of the agent's start, and its clock rate.
+    pub agent_base: Micros,
+    drift_ppm: i64,
+    pub running: BTreeMap<VmId, Micros>,
+    pub ds_lost: BTreeSet<DatastoreId>,
+    pub ds_hung: BTreeSet<DatastoreId>,
+    /// Datastores whose executor worker is stuck in a hung call.
+    ds_stuck: BTreeSet<DatastoreId>,
+    torn_next: BTreeSet<DatastoreId>,
+    /// Last time each datastore was faulty for this host (lost, hung, dead).
+    pub ds_fault_at: BTreeMap<DatastoreId, Micros>,
+    timer_at: Option<Micros>,
+    last_kick: Option<Micros>,
+    watchdog_pending: bool,
+    pub power_on_fails: bool,
+}
+
+/// A record of the run, for the JSON-lines trace and the checks.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TraceLine {
+    pub t: f64,
+    pub host: Option<u32>,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub at: Micros,
+    pub detail: String,
+}
+
+pub struct World {
+    pub now: Micros,
+    pub params: SimParams,
+    rng: Rng,
+    queue: BinaryHeap<Reverse<(Micros, u64)>>,
+    slab: BTreeMap<u64, Ev>,
+    seq: u64,
+    pub hosts: Vec<SimHost>,
+    pub ds: BTreeMap<DatastoreId, MemDatastore>,
+    pub ds_dead: BTreeSet<DatastoreId>,
+    groups: BTreeMap<HostId, usize>,
+    oneway: BTreeSet<(HostId, HostId)>,
+    pub config: ClusterConfig,
+    pub trace: Vec<TraceLine>,
+    pub violations: Vec<Violation>,
+    pub events_processed: u64,
+    pub messages: u64,
+    /// Every completed power-on: (time, host, vm).
+    pub power_ons: Vec<(Micros, HostId, VmId)>,
+    /// How each VM last stopped, and when.
+    pub stops: BTreeMap<VmId, (Micros, HostId, StopKind)>,
+    /// Host crash times (for detection statistics).
+    pub crashes: Vec<(Micros, HostId)>,
+    /// First "dead" verdict per host after each crash: (crash time, verdict time).
+    pub detections: Vec<(HostId, Micros, Micros)>,
+    /// VMs the operator stopped: they must stay stopped.
+    pub operator_stopped: BTreeSet<VmId>,
+    crash_master_on_restart: bool,
+    /// Recent agent events (for violation reports).
+    pub recent: std::collections::VecDeque<TraceLine>,
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "World(t={}us, {} hosts)", self.now, self.hosts.len())
+    }
+}
+
+fn ppm(x: Micros, ppm: i64) -> Micros {
+    ((x as i128 * (1_000_000 + ppm as i128)) / 1_000_000) as Micros
+}
+
+/// The least sim-time span whose drifted length reaches `x`: the exact inverse of `ppm`, rounded up,
+/// so that a timer fires no earlier than the agent asked (rounding down would re-fire forever).
+fn unppm(x: Micros, ppm: i64) -> Micros {
+    let rate = 1_000_000 + ppm as i128;
+    ((x as i128 * 1_000_000 + rate - 1) / rate) as Micros
+}
+
+impl World {
+    /// A world with the configuration written to every datastore and the initial VMs running.
+    pub fn new(config: ClusterConfig, params: SimParams, placement: &[(HostId, VmId)]) -> Self {
+        let mut ds = BTreeMap::new();
+        for d in &config.datastores {
+            let mut m = MemDatastore::new(d.id);
+            m.config = Some(config.clone());
+            ds.insert(d.id, m);
+        }
+        let hosts = config
+            .hosts
+            .iter()
+            .map(|h| SimHost {
+                id: h.id,
+                agent: None,
+                incarnation: 0,
+                powered: true,
+                hung: false,
+                network_up: true,
+                agent_base: 0,
+                drift_ppm: params.drift_ppm.get(&h.id).copied().unwrap_or(0),
+                running: BTreeMap::new(),
+                ds_lost: BTreeSet::new(),
+                ds_hung: BTreeSet::new(),
+                ds_stuck: BTreeSet::new(),
+                torn_next: BTreeSet::new(),
+                ds_fault_at: BTreeMap::new(),
+                timer_at: None,
+                last_kick: None,
+                watchdog_pending: false,
+                power_on_fails: false,
+            })
+            .collect();
+        let mut w = World {
+            now: 0,
+            rng: Rng::new(params.seed),
+            params,
+            queue: BinaryHeap::new(),
+            slab: BTreeMap::new(),
+            seq: 0,
+            hosts,
+            ds,
+            ds_dead: BTreeSet::new(),
+            groups: BTreeMap::new(),
+            oneway: BTreeSet::new(),
+            config,
+            trace: Vec::new(),
+            violations: Vec::new(),
+            events_processed: 0,
+            messages: 0,
+            power_ons: Vec::new(),
+            stops: BTreeMap::new(),
+            crashes: Vec::new(),
+            detections: Vec::new(),
+            operator_stopped: BTreeSet::new(),
+            crash_master_on_restart: false,
+            recent: std::collections::VecDeque::new(),
+        };
+        for &(h, vm) in placement {
+            if let Some(i) = w.idx(h) {
+                w.hosts[i].running.insert(vm, 0);
+            }
+        }
+        let ids: Vec<HostId> = w.hosts.iter().map(|h| h.id).collect();
+        for h in ids {
+            w.start_agent(h);
+        }
+        w
+    }
+
+    fn idx(&self, h: HostId) -> Option<usize> {
+        let i = h.0.checked_sub(1)? as usize;
+        (i < self.hosts.len() && self.hosts[i].id == h)
+            .then_some(i)
+            .or_else(|| self.hosts.iter().position(|x| x.id == h))
+    }
+
+    fn push(&mut self, at: Micros, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq)));
+        self.slab.insert(self.seq, ev);
+    }
+
+    pub fn schedule_fault(&mut self, at: Micros, f: Fault) {
+        self.push(at, Ev::Fault(f));
+    }
+
+    fn log(&mut self, host: Option<HostId>, what: String) {
+        let line = TraceLine {
+            t: self.now as f64 / 1e6,
+            host: host.map(|h| h.0),
+            what,
+        };
+        self.recent.push_back(line.clone());
+        if self.recent.len() > 40 {
+            self.recent.pop_front();
+        }
+        if self.params.trace {
+            self.trace.push(line);
+        }
+    }
+
+    fn violate(&mut self, invariant: &'static str, detail: String) {
+        self.log(None, format!("VIOLATION {invariant}: {detail}"));
+        self.violations.push(Violation {
+            invariant,
+            at: self.now,
+            detail,
+        });
+    }
+
+    fn agent_now(&self, i: usize) -> Time {
+        let h = &self.hosts[i];
+        Time::from_micros(h.agent_base + ppm(self.now - h.agent_base, h.drift_ppm))
+    }
+
+    fn start_agent(&mut self, h: HostId) {
+        let Some(i) = self.idx(h) else { return };
+        let datastores: Vec<DatastoreId> = self
+            .config
+            .datastores
+            .iter()
+            .filter(|d| d.mounts.iter().any(|m| m.host == h))
+            .map(|d| d.id)
+            .collect();
+        let host = &mut self.hosts[i];
+        host.incarnation += 1;
+        host.agent_base = self.now;
+        host.timer_at = None;
+        host.last_kick = None;
+        host.watchdog_pending = false;
+        host.hung = false;
+        host.ds_stuck.clear();
+        let settings = AgentSettings {
+            host: h,
+            incarnation: host.incarnation,
+            cluster: self.config.cluster,
+            secret: [0x5a; 32],
+            datastores,
+            timings: self.params.timings.clone(),
+            self_fence: true,
+            fault_knobs: self.params.knobs,
+        };
+        let now = Time::from_micros(self.now);
+        host.agent = Some(Agent::new(settings, Some(self.config.clone()), now));
+        self.log(
+            Some(h),
+            format!("agent started (incarnation {})", self.hosts[i].incarnation),
+        );
+        self.drain(i);
+    }
+
+    fn release_locks(&mut self, i: usize) {
+        let caller = Caller {
+            host: self.hosts[i].id,
+            incarnation: self.hosts[i].incarnation,
+        };
+        for d in self.ds.values_mut() {
+            d.release_locks_of(caller);
+        }
+    }
+
+    fn crash(&mut self, h: HostId, reboot: bool) {
+        let Some(i) = self.idx(h) else { return };
+        if !self.hosts[i].powered {
+            return;
+        }
+        self.release_locks(i);
+        let host = &mut self.hosts[i];
+        host.powered = false;
+        host.agent = None;
+        host.hung = false;
+        let vms: Vec<VmId> = host.running.keys().copied().collect();
+        host.running.clear();
+        for vm in vms {
+            self.stops.insert(vm, (self.now, h, StopKind::HostCrash));
+        }
+        self.crashes.push((self.now, h));
+        self.log(Some(h), "host crashed".into());
+        if reboot {
+            let at = self.now + self.params.reboot_us;
+            self.push(at, Ev::Boot { host: h });
+        }
+    }
+
+    fn boot(&mut self, h: HostId) {
+        let Some(i) = self.idx(h) else { return };
+        if self.hosts[i].powered {
+            return;
+        }
+        self.hosts[i].powered = true;
+        self.log(Some(h), "host booted".into());
+        self.start_agent(h);
+    }
+
+    /// Can a datagram go from `a` to `b` now?
+    pub fn linked(&self, a: HostId, b: HostId) -> bool {
+        let (Some(ia), Some(ib)) = (self.idx(a), self.idx(b)) else {
+            return false;
+        };
+        let (ha, hb) = (&self.hosts[ia], &self.hosts[ib]);
+        ha.powered
+            && hb.powered
+            && ha.network_up
+            && hb.network_up
+            && self.groups.get(&a) == self.groups.get(&b)
+            && !self.oneway.contains(&(a, b))
+    }
+
+    fn drain(&mut self, i: usize) {
+        loop {
+            let Some(agent) = self.hosts[i].agent.as_mut() else {
+                return;
+            };
+            let Some(out) = agent.poll_output() else {
+                break;
+            };
+            self.output(i, out);
+        }
+        // Re-arm the timer when the core's next deadline moved.
+        let h = &self.hosts[i];
+        let Some(deadline) = h.agent.as_ref().and_then(|a| a.poll_timeout()) else {
+            return;
+        };
+        let rel = deadline.as_micros().saturating_sub(h.agent_base);
+        let at = (h.agent_base + unppm(rel, h.drift_ppm)).max(self.now);
+        if h.timer_at != Some(at) {
+            let (id, inc) = (h.id, h.incarnation);
+            self.hosts[i].timer_at = Some(at);
+            self.push(at, Ev::Timer { host: id, inc });
+        }
+    }
+
+    fn output(&mut self, i: usize, out: Output) {
+        let (h, inc) = (self.hosts[i].id, self.hosts[i].incarnation);
+        match out {
+            Output::Transmit(t) => {
+                self.messages += 1;
+                if !self.linked(h, t.to) || self.rng.chance(self.params.net.loss) {
+                    return;
+                }
+                let n = &self.params.net;
+                let (lat, jit) = (n.latency_us, n.jitter_us);
+                let dup = self.rng.chance(n.duplicate);
+                let d = lat + if jit > 0 { self.rng.below(jit) } else { 0 };
+                if dup {
+                    let d2 = lat + if jit > 0 { self.rng.below(jit) } else { 0 };
+                    self.push(
+                        self.now + d2,
+                        Ev::Datagram {
+                            to: t.to,
+                            payload: t.payload.clone(),
+                        },
+                    );
+                }
+                self.push(
+                    self.now + d,
+                    Ev::Datagram {
+                        to: t.to,
+                        payload: t.payload,
+                    },
+                );
+            }
+            Output::Datastore(req) => {
+                let d = req.datastore;
+                let deadline = us(self.params.timings.datastore_call_deadline);
+                let host = &mut self.hosts[i];
+                let hung = host.ds_hung.contains(&d);
+                if host.ds_stuck.contains(&d) {
+                    let c = DsCompletion {
+                        id: req.id,
+                        datastore: d,
+                        result: Err(DsError::Busy),
+                    };
+                    self.push(
+                        self.now + 50,
+                        Ev::Ds {
+                            host: h,
+                            inc,
+                            completion: c,
+                        },
+                    );
+                    return;
+                }
+                if hung {
+                    // The call never returns; the executor answers Timeout at the deadline and the
+                    // worker stays stuck until the storage comes back.
+                    host.ds_stuck.insert(d);
+                    let c = DsCompletion {
+                        id: req.id,
+                        datastore: d,
+                        result: Err(DsError::Timeout),
+                    };
+                    self.push(
+                        self.now + deadline,
+                        Ev::Ds {
+                            host: h,
+                            inc,
+                            completion: c,
+                        },
+                    );
+                    return;
+                }
+                let lost = host.ds_lost.contains(&d) || self.ds_dead.contains(&d);
+                let torn = matches!(req.op, DsOp::WriteHeartbeat(_)) && host.torn_next.remove(&d);
+                let result = if lost {
+                    Err(DsError::Io {
+                        kind: IoKind::Io,
+                        message: "EIO".into(),
+                    })
+                } else if let Some(store) = self.ds.get_mut(&d) {
+                    if torn {
+                        store.tear_heartbeat(h);
+                        Ok(heartbeat_fs::ops::DsReply::Written)
+                    } else {
+                        store.execute(
+                            Caller {
+                                host: h,
+                                incarnation: inc,
+                            },
+                            req.op,
+                        )
+                    }
+                } else {
+                    Err(DsError::NotMounted(d))
+                };
+                let lat =
+                    self.params.ds_latency_us + self.rng.below(self.params.ds_latency_us.max(1));
+                let c = DsCompletion {
+                    id: req.id,
+                    datastore: d,
+                    result,
+                };
+                self.push(
+                    self.now + lat,
+                    Ev::Ds {
+                        host: h,
+                        inc,
+                        completion: c,
+                    },
+                );
+            }
+            Output::Hypervisor(a) => match a {
+                HypervisorAction::PowerOn { op, vm, .. } => {
+                    let at = self.now + self.params.power_on_us;
+                    self.push(
+                        at,
+                        Ev::PowerOnDone {
+                            host: h,
+                            inc,
+                            op,
+                            vm,
+                        },
+                    );
+                }
+                HypervisorAction::PowerOff { op, vm, cause }
+                | HypervisorAction::Shutdown { op, vm, cause, .. } => {
+                    if self.hosts[i].running.remove(&vm).is_some() {
+                        self.stops.insert(vm, (self.now, h, StopKind::Agent(cause)));
+                        self.log(Some(h), format!("{vm} stopped by agent ({cause:?})"));
+                        if cause == StopCause::Fence {
+                            self.check_fence(i, vm);
+                        }
+                    }
+                    let e = HypervisorEvent::PowerOffResult {
+                        op,
+                        vm,
+                        result: Ok(()),
+                    };
+                    self.push(
+                        self.now + 50_000,
+                        Ev::Hv {
+                            host: h,
+                            inc,
+                            event: e,
+                        },
+                    );
+                }
+                HypervisorAction::List { op } => {
+                    // Answered at delivery with what runs then.
+                    let e = HypervisorEvent::Inventory {
+                        op,
+                        running: Vec::new(),
+                    };
+                    self.push(
+                        self.now + 10_000,
+                        Ev::Hv {
+                            host: h,
+                            inc,
+                            event: e,
+                        },
+                    );
+                }
+            },
+            Output::CheckIsolation => self.push(self.now + 1_000, Ev::Isolation { host: h, inc }),
+            Output::Probe { host: target } => self.push(
+                self.now + 1_000,
+                Ev::Probe {
+                    host: h,
+                    inc,
+                    target,
+                },
+            ),
+            Output::KickWatchdog => {
+                let now = self.now;
+                let host = &mut self.hosts[i];
+                host.last_kick = Some(now);
+                if !host.watchdog_pending {
+                    host.watchdog_pending = true;
+                    let at = now + us(self.params.timings.watchdog_timeout);
+                    self.push(at, Ev::Watchdog { host: h, inc });
+                }
+            }
+            Output::Event(e) => self.on_agent_event(i, e),
+        }
+    }
+
+    /// A fence while the host's storage for that VM was healthy for a whole lease is needless: a
+    /// live host's VM stopped (and then restarted elsewhere) for nothing.
+    fn check_fence(&mut self, i: usize, vm: VmId) {
+        let Some(home) = self.config.vms.iter().find(|v| v.id == vm).map(|v| v.home) else {
+            return;
+        };
+        let lease = us(self.params.timings.ds_lease);
+        if crate::invariants::no_false_restart::needless_fence(
+            &self.hosts[i],
+            home,
+            self.now,
+            lease,
+            &self.ds_dead,
+        ) {
+            let id = self.hosts[i].id;
+            self.violate(
+                "no_false_restart",
+                format!("{id} fenced {vm} although its storage for {home} was healthy"),
+            );
+        }
+    }
+
+    fn on_agent_event(&mut self, i: usize, e: Event) {
+        let h = self.hosts[i].id;
+        if let Event::VerdictChanged {
+            subject,
+            to: Verdict::Dead,
+            ..
+        } = &e
+            && let Some(&(t, _)) = self.crashes.iter().rev().find(|(_, c)| c == subject)
+            && !self
+                .detections
+                .iter()
+                .any(|(s, ct, _)| s == subject && *ct == t)
+        {
+            self.detections.push((*subject, t, self.now));
+        }
+        if matches!(e, Event::RestartIssued { .. }) && self.crash_master_on_restart {
+            self.crash_master_on_restart = false;
+            self.log(Some(h), format!("{e:?}"));
+            // The master dies right after its intent is on disk and the command left.
+            self.push(
+                self.now,
+                Ev::Fault(Fault::Crash {
+                    host: h,
+                    reboot: true,
+                }),
+            );
+            return;
+        }
+        let what = format!("{e:?}");
+        self.log(Some(h), what);
+    }
+
+    fn power_on_done(&mut self, i: usize, op: u64, vm: VmId) {
+        let h = self.hosts[i].id;
+        let inc = self.hosts[i].incarnation;
+        let fail = self.hosts[i].power_on_fails || self.rng.chance(self.params.power_on_fail);
+        let result = if fail {
+            Err("power-on failed".to_string())
+        } else {
+            let elsewhere: Vec<HostId> = self
+                .hosts
+                .iter()
+                .filter(|o| o.id != h && o.powered && o.running.contains_key(&vm))
+                .map(|o| o.id)
+                .collect();
+            if !elsewhere.is_empty() {
+                self.violate(
+                    "no_vm_on_two_hosts",
+                    format!("{vm} powered on at {h} while running on {elsewhere:?}"),
+                );
+            }
+            if self.operator_stopped.contains(&vm) {
+                self.violate(
+                    "operator_stop_respected",
+                    format!("{vm} restarted at {h} after an operator stopped it"),
+                );
+            }
+            self.hosts[i].running.insert(vm, self.now);
+            self.power_ons.push((self.now, h, vm));
+            self.log(Some(h), format!("{vm} powered on"));
+            Ok(())
+        };
+        let e = HypervisorEvent::PowerOnResult { op, vm, result };
+        self.deliver(i, inc, |a, now| a.handle_hypervisor(now, e));
+    }
+
+    /// Feed an input to host `i`'s agent if it runs, is not hung and has incarnation `inc`.
+    fn deliver(&mut self, i: usize, inc: u64, f: impl FnOnce(&mut Agent, Time)) {
+        let h = &self.hosts[i];
+        if !h.powered || h.hung || h.incarnation != inc {
+            return;
+        }
+        let now = self.agent_now(i);
+        let Some(agent) = self.hosts[i].agent.as_mut() else {
+            return;
+        };
+        f(agent, now);
+        self.drain(i);
+    }
+
+    fn apply(&mut self, f: Fault) {
+        self.log(None, format!("fault: {f:?}"));
+        match f {
+            Fault::Crash { host, reboot } => self.crash(host, reboot),
+            Fault::Boot { host } => self.boot(host),
+            Fault::AgentRestart { host } => {
+                if let Some(i) = self.idx(host)
+                    && self.hosts[i].powered
+                {
+                    self.release_locks(i);
+                    self.hosts[i].agent = None;
+                    self.start_agent(host);
+                }
+            }
+            Fault::AgentHang { host } => {
+                if let Some(i) = self.idx(host) {
+                    self.hosts[i].hung = true;
+                }
+            }
+            Fault::AgentThaw { host } => {
+                if let Some(i) = self.idx(host)
+                    && self.hosts[i].hung
+                {
+                    self.hosts[i].hung = false;
+                    let inc = self.hosts[i].incarnation;
+                    self.hosts[i].timer_at = None;
+                    self.deliver(i, inc, |a, now| a.handle_timeout(now));
+                }
+            }
+            Fault::Partition { groups } => {
+                self.groups.clear();
+                for (g, hs) in groups.iter().enumerate() {
+                    for h in hs {
+                        self.groups.insert(*h, g + 1);
+                    }
+                }
+            }
+            Fault::CutOneWay { from, to } => {
+                self.oneway.insert((from, to));
+            }
+            Fault::Heal => {
+                self.groups.clear();
+                self.oneway.clear();
+            }
+            Fault::Isolate { host } => self.set_host(host, |h| h.network_up = false),
+            Fault::Unisolate { host } => self.set_host(host, |h| h.network_up = true),
+            Fault::DsLoss { host, ds } => {
+                let now = self.now;
+                self.set_host(host, |h| {
+                    h.ds_lost.insert(ds);
+                    h.ds_fault_at.insert(ds, now);
+                })
+            }
+            Fault::DsRestore { host, ds } => {
+                let now = self.now;
+                self.set_host(host, |h| {
+                    h.ds_lost.remove(&ds);
+                    h.ds_fault_at.insert(ds, now);
+                })
+            }
+            Fault::DsHang { host, ds } => {
+                let now = self.now;
+                self.set_host(host, |h| {
+                    h.ds_hung.insert(ds);
+                    h.ds_fault_at.insert(ds, now);
+                })
+            }
+            Fault::DsUnhang { host, ds } => {
+                let now = self.now;
+                self.set_host(host, |h| {
+                    h.ds_hung.remove(&ds);
+                    h.ds_stuck.remove(&ds);
+                    h.ds_fault_at.insert(ds, now);
+                })
+            }
+            Fault::DsDead { ds } => {
+                self.ds_dead.insert(ds);
+                let now = self.now;
+                for h in &mut self.hosts {
+                    h.ds_fault_at.insert(ds, now);
+                }
+            }
+            Fault::DsAlive { ds } => {
+                self.ds_dead.remove(&ds);
+                let now = self.now;
+                for h in &mut self.hosts {
+                    h.ds_fault_at.insert(ds, now);
+                }
+            }
+            Fault::TornWrite { host, ds } => self.set_host(host, |h| {
+                h.torn_next.insert(ds);
+            }),
+            Fault::Loss { p } => self.params.net.loss = p,
+            Fault::Delay {
+                latency_us,
+                jitter_us,
+            } => {
+                self.params.net.latency_us = latency_us;
+                self.params.net.jitter_us = jitter_us;
+            }
+            Fault::Duplicate { p } => self.params.net.duplicate = p,
+            Fault::VmCrash { vm } | Fault::VmStop { vm } => {
+                let operator = matches!(f, Fault::VmStop { .. });
+                let Some(i) = self.hosts.iter().position(|h| h.running.contains_key(&vm)) else {
+                    return;
+                };
+                self.hosts[i].running.remove(&vm);
+                let h = self.hosts[i].id;
+                let (kind, state) = if operator {
+                    self.operator_stopped.insert(vm);
+                    (StopKind::Operator, VmRunState::StoppedByUser)
+                } else {
+                    (StopKind::VmCrash, VmRunState::Crashed)
+                };
+                self.stops.insert(vm, (self.now, h, kind));
+                let inc = self.hosts[i].incarnation;
+                self.push(
+                    self.now + 10_000,
+                    Ev::Hv {
+                        host: h,
+                        inc,
+                        event: HypervisorEvent::VmStopped { vm, state },
+                    },
+                );
+            }
+            Fault::CrashMaster { reboot } => {
+                let masters: Vec<HostId> = self.masters();
+                for m in masters {
+                    self.crash(m, reboot);
+                }
+            }
+            Fault::CrashMasterOnRestart => self.crash_master_on_restart = true,
+            Fault::PowerOnFails { host, fails } => {
+                self.set_host(host, |h| h.power_on_fails = fails)
+            }
+            Fault::PauseHa { paused } => {
+                self.config.generation += 1;
+                self.config.ha.paused = paused;
+                for d in self.ds.values_mut() {
+                    d.config = Some(self.config.clone());
+                }
+            }
+            Fault::ManagementDown => {}
+            Fault::HealAll => {
+                self.groups.clear();
+                self.oneway.clear();
+                self.ds_dead.clear();
+                self.params.net.loss = 0.0;
+                self.params.net.duplicate = 0.0;
+                let now = self.now;
+                let ids: Vec<HostId> = self.hosts.iter().map(|h| h.id).collect();
+                for h in &mut self.hosts {
+                    h.network_up = true;
+                    for d in h.ds_lost.iter().chain(h.ds_hung.iter()) {
+                        h.ds_fault_at.insert(*d, now);
+                    }
+                    h.ds_lost.clear();
+                    h.ds_hung.clear();
+                    h.ds_stuck.clear();
+                    h.power_on_fails = false;
+                }
+                for h in ids {
+                    let i = self.idx(h).expect("host");
+                    if !self.hosts[i].powered {
+                        self.boot(h);
+                    } else if self.hosts[i].hung {
+                        self.apply(Fault::AgentThaw { host: h });
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_host(&mut self, h: HostId, f: impl FnOnce(&mut SimHost)) {
+        if let Some(i) = self.idx(h) {
+            f(&mut self.hosts[i]);
+        }
+    }
+
+    /// Hosts whose running, unhung agent is master.
+    pub fn masters(&self) -> Vec<HostId> {
+        self.hosts
+            .iter()
+            .filter(|h| {
+                h.powered && !h.hung && h.agent.as_ref().is_some_and(|a| a.role() == Role::Master)
+            })
+            .map(|h| h.id)
+            .collect()
+    }
+
+    pub fn agent(&self, h: HostId) -> Option<&Agent> {
+        let i = self.idx(h)?;
+        let host = &self.hosts[i];
+        if host.powered && !host.hung {
+            host.agent.as_ref()
+        } else {
+            None
+        }
+    }
+
+    /// Where a VM runs now.
+    pub fn where_runs(&self, vm: VmId) -> Vec<HostId> {
+        self.hosts
+            .iter()
+            .filter(|h| h.powered && h.running.contains_key(&vm))
+            .map(|h| h.id)
+            .collect()
+    }
+
+    /// Connected groups of live agents (symmetric links only).
+    pub fn components(&self) -> Vec<Vec<HostId>> {
+        let live: Vec<HostId> = self
+            .hosts
+            .iter()
+            .filter(|h| h.powered && !h.hung && h.agent.is_some())
+            .map(|h| h.id)
+            .collect();
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for &s in &live {
+            if !seen.insert(s) {
+                continue;
+            }
+            let mut comp = vec![s];
+            let mut stack = vec![s];
+            while let Some(x) = stack.pop() {
+                for &y in &live {
+                    if !seen.contains(&y) && self.linked(x, y) && self.linked(y, x) {
+                        seen.insert(y);
+                        comp.push(y);
+                        stack.push(y);
+                    }
+                }
+            }
+            comp.sort();
+            out.push(comp);
+        }
+        out
+    }
+
+    pub fn has_oneway_cuts(&self) -> bool {
+        !self.oneway.is_empty()
+    }
+
+    /// Run until virtual time `end` (microseconds).
+    pub fn run_until(&mut self, end: Micros) {
+        let mut same_instant = 0u32;
+        while let Some(&Reverse((at, seq))) = self.queue.peek() {
+            if at > end {
+                break;
+            }
+            self.queue.pop();
+            let Some(ev) = self.slab.remove(&seq) else {
+                continue;
+            };
+            same_instant = if at == self.now { same_instant + 1 } else { 0 };
+            if same_instant > 200_000 {
+                // Virtual time no longer advances: some timer re-fires at the same instant forever.
+                // Report it instead of spinning.
+                self.violate(
+                    "time_advances",
+                    format!("{} events at one instant; last {ev:?}", same_instant),
+                );
+                self.queue.clear();
+                self.slab.clear();
+                break;
+            }
+            self.now = at;
+            self.events_processed += 1;
+            self.dispatch(ev);
+        }
+        self.now = self.now.max(end);
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Datagram { to, payload } => {
+                let Some(i) = self.idx(to) else { return };
+                let inc = self.hosts[i].incarnation;
+                self.deliver(i, inc, |a, now| a.handle_datagram(now, &payload));
+            }
+            Ev::Ds {
+                host,
+                inc,
+                completion,
+            } => {
+                let Some(i) = self.idx(host) else { return };
+                self.deliver(i, inc, |a, now| a.handle_datastore(now, completion));
+            }
+            Ev::Hv { host, inc, event } => {
+                let Some(i) = self.idx(host) else { return };
+                let event = match event {
+                    HypervisorEvent::Inventory { op, .. } => HypervisorEvent::Inventory {
+                        op,
+                        running: self.hosts[i].running.keys().copied().collect(),
+                    },
+                    e => e,
+                };
+                self.deliver(i, inc, |a, now| a.handle_hypervisor(now, event));
+            }
+            Ev::PowerOnDone { host, inc, op, vm } => {
+                let Some(i) = self.idx(host) else { return };
+                if self.hosts[i].powered && self.hosts[i].incarnation == inc {
+                    self.power_on_done(i, op, vm);
+                }
+            }
+            Ev::Isolation { host, inc } => {
+                let Some(i) = self.idx(host) else { return };
+                let reachable = self.hosts[i].network_up;
+                self.deliver(i, inc, |a, now| a.handle_isolation_check(now, reachable));
+            }
+            Ev::Probe { host, inc, target } => {
+                let Some(i) = self.idx(host) else { return };
+                let answered = self.linked(host, target) && self.linked(target, host);
+                self.deliver(i, inc, |a, now| a.handle_probe(now, target, answered));
+            }
+            Ev::Timer { host, inc } => {
+                let Some(i) = self.idx(host) else { return };
+                if self.hosts[i].timer_at != Some(self.now) || self.hosts[i].incarnation != inc {
+                    return; // superseded
+                }
+                self.hosts[i].timer_at = None;
+                self.deliver(i, inc, |a, now| a.handle_timeout(now));
+                if self.hosts[i].hung {
+                    // A thaw re-arms the timer.
+                    self.hosts[i].timer_at = None;
+                }
+            }
+            Ev::Watchdog { host, inc } => {
+                let Some(i) = self.idx(host) else { return };
+                let h = &mut self.hosts[i];
+                if h.incarnation != inc || !h.powered {
+                    return;
+                }
+                h.watchdog_pending = false;
+                let timeout = us(self.params.timings.watchdog_timeout);
+                let last = h.last_kick.unwrap_or(0);
+                if self.now.saturating_sub(last) >= timeout {
+                    self.log(Some(host), "watchdog fired: host reset".into());
+                    self.crash(host, true);
+                } else {
+                    h.watchdog_pending = true;
+                    self.push(last + timeout, Ev::Watchdog { host, inc });
+                }
+            }
+            Ev::Fault(f) => self.apply(f),
+            Ev::Boot { host } => self.boot(host),
+        }
+    }
+
+    pub fn verdict(&self, master: HostId, of: HostId) -> Option<Verdict> {
+        self.agent(master)?.verdict_of(of)
+    }
+}
