@@ -169,10 +169,9 @@ impl DatastoreDir {
     ) -> Result<(), DsError> {
         let current = self.read_claim_lenient()?;
         match mode {
-            ClaimWrite::Acquire { expect } => {
+            ClaimWrite::Acquire { expect, lapsed } => {
                 let lock_taken = self.take_lock()?;
-                let steal = expect
-                    .is_some_and(|e| e.owner != record.owner && !e.owner.is_none() && !e.released);
+                let steal = lapsed && expect.is_some_and(|e| e.owner != record.owner);
                 if !lock_taken && !steal {
                     return Err(DsError::Contended);
                 }

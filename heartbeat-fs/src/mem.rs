@@ -133,10 +133,9 @@ impl MemDatastore {
         mode: ClaimWrite,
     ) -> Result<DsReply, DsError> {
         match mode {
-            ClaimWrite::Acquire { expect } => {
+            ClaimWrite::Acquire { expect, lapsed } => {
                 let held_by_other = self.lock.is_some_and(|l| l != caller);
-                let steal = expect
-                    .is_some_and(|e| e.owner != caller.host && !e.owner.is_none() && !e.released);
+                let steal = lapsed && expect.is_some_and(|e| e.owner != caller.host);
                 if held_by_other && !steal {
                     return Err(DsError::Contended);
                 }

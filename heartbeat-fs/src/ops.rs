@@ -28,13 +28,17 @@ pub enum ClaimWrite {
     /// Take the claim: take the claim file's lock, check the record on disk still equals `expect`,
     /// write the new record, keep the lock for the tenure.
     ///
-    /// The lock is only the fast path. When another process holds it: if `expect` names another
-    /// owner that has not released (the caller watched that owner's lease lapse: it may be hung or
-    /// partitioned but still holding the lock), proceed with the compare-and-write without the lock;
-    /// otherwise (claim free, released, or ours) answer `Contended`: a live rival is acquiring.
+    /// The lock is only the fast path. When another process holds it: if `lapsed` (the caller
+    /// watched exactly `expect` on disk, unchanged, for the stretched claim lease) and `expect`
+    /// names another owner, whoever holds the lock is not using it (a hung or partitioned former
+    /// master, or one that lost its claim by time and still has the file open): proceed with the
+    /// compare-and-write without the lock. Otherwise answer `Contended`: a live rival is acquiring.
     /// A compare-and-write is not atomic across hosts; the core therefore acts on a new claim only
     /// after a later `Renew` (which re-checks owner and epoch on disk) succeeded.
-    Acquire { expect: Option<DatastoreClaim> },
+    Acquire {
+        expect: Option<DatastoreClaim>,
+        lapsed: bool,
+    },
     /// Renew a claim we hold: the record on disk must still name us with the same epoch.
     Renew,
     /// Step down: write the record with `released = true` and drop the lock.

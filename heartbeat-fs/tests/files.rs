@@ -165,12 +165,24 @@ fn claim_renew_and_takeover_follow_the_lease_rules() {
     let store = tempfile::tempdir().unwrap();
     let mut a = DatastoreDir::open(store.path()).unwrap();
     let mut b = DatastoreDir::open(store.path()).unwrap();
-    a.write_claim(&claim(1, 1, 0), ClaimWrite::Acquire { expect: None })
-        .unwrap();
+    a.write_claim(
+        &claim(1, 1, 0),
+        ClaimWrite::Acquire {
+            expect: None,
+            lapsed: false,
+        },
+    )
+    .unwrap();
     a.write_claim(&claim(1, 1, 1), ClaimWrite::Renew).unwrap();
     // b finds the lock held and the claim not stale from its point of view (expects nothing).
     assert_eq!(
-        b.write_claim(&claim(2, 2, 0), ClaimWrite::Acquire { expect: None }),
+        b.write_claim(
+            &claim(2, 2, 0),
+            ClaimWrite::Acquire {
+                expect: None,
+                lapsed: false,
+            }
+        ),
         Err(DsError::Contended)
     );
     // b watched the lease lapse (expects exactly what is on disk): it may take over despite the lock.
@@ -178,6 +190,7 @@ fn claim_renew_and_takeover_follow_the_lease_rules() {
         &claim(2, 2, 0),
         ClaimWrite::Acquire {
             expect: Some(claim(1, 1, 1)),
+            lapsed: true,
         },
     )
     .unwrap();
@@ -190,7 +203,8 @@ fn claim_renew_and_takeover_follow_the_lease_rules() {
         a.write_claim(
             &claim(1, 3, 0),
             ClaimWrite::Acquire {
-                expect: Some(claim(1, 1, 1))
+                expect: Some(claim(1, 1, 1)),
+                lapsed: true,
             }
         ),
         Err(DsError::ClaimMismatch { .. })
@@ -203,9 +217,36 @@ fn claim_renew_and_takeover_follow_the_lease_rules() {
         &claim(1, 3, 0),
         ClaimWrite::Acquire {
             expect: Some(released),
+            lapsed: false,
         },
     )
     .unwrap();
+}
+
+#[test]
+fn a_lock_left_by_a_former_master_gives_way_once_the_record_lapsed() {
+    let store = tempfile::tempdir().unwrap();
+    let mut a = DatastoreDir::open(store.path()).unwrap();
+    let mut b = DatastoreDir::open(store.path()).unwrap();
+    let mut c = DatastoreDir::open(store.path()).unwrap();
+    let acquire = |expect, lapsed| ClaimWrite::Acquire { expect, lapsed };
+    a.write_claim(&claim(1, 1, 0), acquire(None, false))
+        .unwrap();
+    // a's storage hung; c watched the lease lapse and took over without the lock, then released.
+    c.write_claim(&claim(3, 2, 0), acquire(Some(claim(1, 1, 0)), true))
+        .unwrap();
+    let mut released = claim(3, 2, 1);
+    released.released = true;
+    c.write_claim(&released, ClaimWrite::Release).unwrap();
+    // a still holds the lock. A fresh look at a released claim could be a rival mid-acquire: wait.
+    assert_eq!(
+        b.write_claim(&claim(2, 3, 0), acquire(Some(released), false)),
+        Err(DsError::Contended)
+    );
+    // The same released record for a whole lease: the lock is stale.
+    b.write_claim(&claim(2, 3, 0), acquire(Some(released), true))
+        .unwrap();
+    assert_eq!(b.read_claim().unwrap().map(|r| r.owner), Some(HostId(2)));
 }
 
 #[test]
@@ -217,8 +258,14 @@ fn protected_list_and_intent_check_respect_the_claim() {
         d.write_protected_list(&list),
         Err(DsError::ClaimMismatch { .. })
     ));
-    d.write_claim(&claim(3, 11, 0), ClaimWrite::Acquire { expect: None })
-        .unwrap();
+    d.write_claim(
+        &claim(3, 11, 0),
+        ClaimWrite::Acquire {
+            expect: None,
+            lapsed: false,
+        },
+    )
+    .unwrap();
     d.write_protected_list(&list).unwrap();
     assert_eq!(d.read_protected_list().unwrap(), Some(list));
     assert_eq!(

@@ -47,6 +47,9 @@ pub struct Timings {
     pub datastore_call_deadline: Duration,
     /// Hardware (or fake) watchdog timeout armed by the runtime; never longer than `fence_margin`.
     pub watchdog_timeout: Duration,
+    /// Master: an alive slave has reached strictly more datastores than the master for this long ->
+    /// hand the role over to it (otherwise the VMs on storage only the slave sees go unprotected).
+    pub better_master_handover: Duration,
 }
 
 impl Default for Timings {
@@ -72,6 +75,7 @@ impl Default for Timings {
             config_poll_interval: ms(5_000),
             datastore_call_deadline: ms(1_500),
             watchdog_timeout: ms(1_000),
+            better_master_handover: ms(5_000),
         }
     }
 }
@@ -95,7 +99,7 @@ impl Timings {
         d.saturating_sub(d * self.max_clock_drift_ppm / 1_000_000)
     }
 
-    fn fields_mut(&mut self) -> [(&'static str, &mut Duration); 18] {
+    fn fields_mut(&mut self) -> [(&'static str, &mut Duration); 19] {
         [
             ("heartbeat_interval", &mut self.heartbeat_interval),
             ("host_unreachable_after", &mut self.host_unreachable_after),
@@ -118,6 +122,7 @@ impl Timings {
             ("config_poll_interval", &mut self.config_poll_interval),
             ("datastore_call_deadline", &mut self.datastore_call_deadline),
             ("watchdog_timeout", &mut self.watchdog_timeout),
+            ("better_master_handover", &mut self.better_master_handover),
         ]
     }
 

@@ -123,7 +123,13 @@ fn acquire(mount: &str, host: u32, hold_ms: u64) -> ExitCode {
         renewal: 0,
         released: false,
     };
-    match d.write_claim(&record, ClaimWrite::Acquire { expect: current }) {
+    match d.write_claim(
+        &record,
+        ClaimWrite::Acquire {
+            expect: current,
+            lapsed: false,
+        },
+    ) {
         Ok(()) => println!("won {}", record.epoch.0),
         Err(e) => println!("lost {e}"),
     }

@@ -62,6 +62,9 @@ pub(super) struct LocalVms {
     /// Bumped on every change of `vms`, reported to the master.
     pub(super) generation: u64,
     pub(super) inventory_op: Option<u64>,
+    /// The hypervisor's list of running VMs has been read since the agent started; before that our
+    /// view of what runs here is incomplete and must not be reported as complete.
+    pub(super) inventoried: bool,
     lists: BTreeMap<DatastoreId, ListState>,
     pub(super) fenced: BTreeSet<DatastoreId>,
     pending: BTreeMap<VmId, PendingPowerOn>,
@@ -393,6 +396,8 @@ impl Agent {
                     return;
                 }
                 self.vms.inventory_op = None;
+                self.vms.inventoried = true;
+                self.vms.generation += 1;
                 for vm in running {
                     if !self.vms.is_active(vm) {
                         self.vms.set(vm, VmRunState::Running);

@@ -58,6 +58,8 @@ struct DsObs {
 
 #[derive(Debug, Clone, Default)]
 struct Peer {
+    /// Agent incarnation the reports below came from; a new one voids them.
+    incarnation: u64,
     last_net: Option<Time>,
     last_seq: u64,
     reachable: Vec<DatastoreId>,
@@ -72,6 +74,25 @@ struct Peer {
     probe: Option<(Time, bool)>,
     power_on_lists: BTreeMap<DatastoreId, PowerOnList>,
     lists_wanted: BTreeSet<DatastoreId>,
+}
+
+impl Peer {
+    /// False for a message of an older incarnation. A newer one voids the VM report we hold: the
+    /// restarted agent numbers its reports afresh, and until its own report arrives we keep taking
+    /// the VMs of the old report as running there (an agent restart leaves VMs running).
+    fn note_incarnation(&mut self, incarnation: u64) -> bool {
+        if incarnation < self.incarnation {
+            return false;
+        }
+        if incarnation > self.incarnation {
+            self.incarnation = incarnation;
+            self.vm_gen_have = None;
+            self.vm_gen_reported = 0;
+            self.parts = None;
+            self.last_seq = 0;
+        }
+        true
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +151,8 @@ pub(super) struct MasterState {
     tracks: BTreeMap<VmId, RestartTrack>,
     reconcile_due: bool,
     last_reconcile: Time,
+    /// A slave that has reached more datastores than us, and since when (for the handover).
+    better_since: Option<(HostId, Time)>,
 }
 
 impl MasterState {
@@ -151,6 +174,7 @@ impl MasterState {
             tracks: BTreeMap::new(),
             reconcile_due: true,
             last_reconcile: now,
+            better_since: None,
         }
     }
 
@@ -213,6 +237,7 @@ impl MasterState {
         &mut self,
         _now: Time,
         from: HostId,
+        incarnation: u64,
         generation: u64,
         part: u16,
         parts: u16,
@@ -221,6 +246,9 @@ impl MasterState {
         let Some(p) = self.peers.get_mut(&from) else {
             return;
         };
+        if !p.note_incarnation(incarnation) {
+            return;
+        }
         if parts == 0 || part >= parts || parts > 1024 {
             return;
         }
@@ -371,6 +399,7 @@ impl Agent {
         &mut self,
         now: Time,
         from: HostId,
+        incarnation: u64,
         seq: u64,
         reachable: Vec<DatastoreId>,
         vm_generation: u64,
@@ -378,6 +407,9 @@ impl Agent {
     ) {
         let m = self.m();
         let p = m.peers.entry(from).or_default();
+        if !p.note_incarnation(incarnation) {
+            return;
+        }
         p.last_net = Some(now);
         if seq > p.last_seq {
             p.last_seq = seq;
@@ -549,7 +581,13 @@ impl Agent {
         }
     }
 
-    fn try_acquire(&mut self, now: Time, d: DatastoreId, current: Option<DatastoreClaim>) {
+    fn try_acquire(
+        &mut self,
+        now: Time,
+        d: DatastoreId,
+        current: Option<DatastoreClaim>,
+        lapsed: bool,
+    ) {
         if self.role != Role::Master || self.shutting_down {
             return;
         }
@@ -568,7 +606,10 @@ impl Agent {
             d,
             DsOp::WriteClaim {
                 record,
-                mode: ClaimWrite::Acquire { expect: current },
+                mode: ClaimWrite::Acquire {
+                    expect: current,
+                    lapsed,
+                },
             },
             DsPurpose::ClaimWrite {
                 started: now,
@@ -695,13 +736,14 @@ impl Agent {
             c.seen_since = Some(now);
             c.read_once = true;
         }
+        let lapsed = c.seen_since.is_some_and(|t0| now.since(t0) >= lease);
         let acquirable = match current {
             None => true,
             Some(rec) if rec.released || rec.owner == me || rec.owner.is_none() => true,
-            Some(_) => c.seen_since.is_some_and(|t0| now.since(t0) >= lease),
+            Some(_) => lapsed,
         };
         if acquirable {
-            self.try_acquire(now, d, current);
+            self.try_acquire(now, d, current, lapsed);
         }
     }
 
@@ -973,6 +1015,9 @@ impl Agent {
     // ----- evaluation ----------------------------------------------------------------------------
 
     pub(super) fn master_evaluate(&mut self, now: Time) {
+        if self.hand_over_to_better_connected(now) {
+            return;
+        }
         self.expire_claims(now);
         self.update_verdicts(now);
         self.load_missing_lists(now);
@@ -989,6 +1034,41 @@ impl Agent {
         self.follow_up_restarts(now);
         self.schedule_restarts(now);
         self.flush_protected(now);
+    }
+
+    /// The election ranks hosts by the datastores they reach, but only when there is no master; a
+    /// master elected while storage was down would otherwise keep the role after the storage comes
+    /// back to others but not to it, and nobody would protect the VMs there. When an alive slave has
+    /// reached strictly more datastores for `better_master_handover`, hand over to the best one.
+    fn hand_over_to_better_connected(&mut self, now: Time) -> bool {
+        let mine = self.reachable_datastores(now).len() as u32;
+        let wait = self.t.better_master_handover;
+        let me = self.settings.host;
+        let Some(m) = self.master.as_mut() else {
+            return false;
+        };
+        let best = m.best_successor(me).filter(|h| {
+            m.peers
+                .get(h)
+                .is_some_and(|p| p.reachable.len() as u32 > mine)
+        });
+        let Some(best) = best else {
+            m.better_since = None;
+            return false;
+        };
+        let since = match m.better_since {
+            Some((h, t)) if h == best => t,
+            _ => {
+                m.better_since = Some((best, now));
+                now
+            }
+        };
+        if now.since(since) < wait {
+            return false;
+        }
+        self.emit(Event::Yielded { to: best });
+        self.step_down(now, Some(best), "a slave reaches more datastores");
+        true
     }
 
     fn expire_claims(&mut self, now: Time) {
@@ -1163,6 +1243,48 @@ impl Agent {
                     }
                 } else if m.tracks.contains_key(&e.vm) || e.desired == DesiredPower::Off {
                     // In progress, or off on purpose.
+                } else if e.last_host.is_none() {
+                    // Protected but never seen running (a new master's list, written before any
+                    // report came in). Start it only when every host that mounts its datastore is
+                    // dead or has reported, completely, that it does not run it.
+                    let nowhere = config.hosts_of(d).iter().all(|&h| {
+                        let active = |s: Option<VmRunState>| {
+                            matches!(s, Some(VmRunState::Running | VmRunState::PoweringOn))
+                        };
+                        if h == me {
+                            return !active(local.get(&e.vm).copied());
+                        }
+                        match m.verdict(h) {
+                            Some(Verdict::Dead) => true,
+                            Some(Verdict::Alive) => {
+                                reported_state(m.peers.get(&h), e.vm).is_some_and(|s| !active(s))
+                            }
+                            _ => false,
+                        }
+                    });
+                    if nowhere && cfg.ha.priority != RestartPriority::Disabled {
+                        m.tracks.insert(
+                            e.vm,
+                            RestartTrack {
+                                home: d,
+                                attempts: 0,
+                                next_try: now + Duration::from_millis(retry0),
+                                from: None,
+                                preferred: None,
+                                excluded: Vec::new(),
+                                stage: Stage::Waiting,
+                                reported_waiting: false,
+                            },
+                        );
+                        let mut ne = e.clone();
+                        ne.restart = RestartState::Pending { attempts: 0 };
+                        changed = Some(ne);
+                        events.push(Event::RestartNeeded {
+                            vm: e.vm,
+                            from: None,
+                            reason: "protected but running nowhere".to_string(),
+                        });
+                    }
                 } else if let Some(h) = e.last_host {
                     let state = if h == me {
                         Some(local.get(&e.vm).copied())
@@ -1773,8 +1895,8 @@ fn judge(
 
 fn reported_state(p: Option<&Peer>, vm: VmId) -> Option<Option<VmRunState>> {
     let p = p?;
-    // Only a complete, current report says what is NOT there.
-    if p.vm_gen_have != Some(p.vm_gen_reported) {
+    // Only a complete, current report says what is NOT there (generation 0: not inventoried yet).
+    if p.vm_gen_reported == 0 || p.vm_gen_have != Some(p.vm_gen_reported) {
         return None;
     }
     Some(p.vms.get(&vm).copied())

@@ -293,7 +293,7 @@ impl Agent {
             self.stats.drops.count(e);
             return;
         }
-        self.on_message(now, header.sender, msg);
+        self.on_message(now, header.sender, header.incarnation, msg);
         self.after_input(now);
     }
 
@@ -554,7 +554,7 @@ impl Agent {
         let mut guard = 0;
         while let Some(msg) = self.loopback.pop_front() {
             let me = self.settings.host;
-            self.on_message(now, me, msg);
+            self.on_message(now, me, self.settings.incarnation, msg);
             guard += 1;
             if guard > 10_000 {
                 break;
@@ -788,7 +788,13 @@ impl Agent {
                 let msg = Message::SlaveHeartbeat {
                     seq: self.hb_seq,
                     reachable: self.reachable_datastores(now),
-                    vm_generation: self.vms.generation,
+                    // 0 until the inventory is in: no report yet, so the master cannot take our
+                    // VMs for absent.
+                    vm_generation: if self.vms.inventoried {
+                        self.vms.generation
+                    } else {
+                        0
+                    },
                     maintenance: self.maintenance,
                     config_generation: self.config.generation,
                 };
@@ -803,6 +809,10 @@ impl Agent {
     }
 
     fn send_vm_report(&mut self, to: HostId) {
+        if !self.vms.inventoried {
+            // Sent once the inventory is in (the generation moves then and the master asks again).
+            return;
+        }
         let all = self.vms.statuses();
         let chunks: Vec<Vec<_>> = if all.is_empty() {
             vec![Vec::new()]
@@ -823,7 +833,7 @@ impl Agent {
         }
     }
 
-    fn on_message(&mut self, now: Time, from: HostId, msg: Message) {
+    fn on_message(&mut self, now: Time, from: HostId, incarnation: u64, msg: Message) {
         if from != self.settings.host {
             self.last_heard_anyone = now;
             if self.role == Role::Isolated {
@@ -881,6 +891,7 @@ impl Agent {
                     self.master_on_slave_heartbeat(
                         now,
                         from,
+                        incarnation,
                         seq,
                         reachable,
                         vm_generation,
@@ -898,7 +909,7 @@ impl Agent {
                 vms,
             } => {
                 if let Some(m) = self.master.as_mut() {
-                    m.on_vm_report(now, from, generation, part, parts, vms);
+                    m.on_vm_report(now, from, incarnation, generation, part, parts, vms);
                 }
             }
             Message::PowerOn {
