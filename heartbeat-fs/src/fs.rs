@@ -171,7 +171,7 @@ impl DatastoreDir {
         match mode {
             ClaimWrite::Acquire { expect, lapsed } => {
                 let lock_taken = self.take_lock()?;
-                let steal = lapsed && expect.is_some_and(|e| e.owner != record.owner);
+                let steal = lapsed && expect.is_some();
                 if !lock_taken && !steal {
                     return Err(DsError::Contended);
                 }

@@ -135,7 +135,7 @@ impl MemDatastore {
         match mode {
             ClaimWrite::Acquire { expect, lapsed } => {
                 let held_by_other = self.lock.is_some_and(|l| l != caller);
-                let steal = lapsed && expect.is_some_and(|e| e.owner != caller.host);
+                let steal = lapsed && expect.is_some();
                 if held_by_other && !steal {
                     return Err(DsError::Contended);
                 }

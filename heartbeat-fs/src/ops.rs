@@ -29,8 +29,8 @@ pub enum ClaimWrite {
     /// write the new record, keep the lock for the tenure.
     ///
     /// The lock is only the fast path. When another process holds it: if `lapsed` (the caller
-    /// watched exactly `expect` on disk, unchanged, for the stretched claim lease) and `expect`
-    /// names another owner, whoever holds the lock is not using it (a hung or partitioned former
+    /// watched exactly `expect` on disk, unchanged, for the stretched claim lease, whoever the record
+    /// names, itself included), whoever holds the lock is not using it (a hung or partitioned former
     /// master, or one that lost its claim by time and still has the file open): proceed with the
     /// compare-and-write without the lock. Otherwise answer `Contended`: a live rival is acquiring.
     /// A compare-and-write is not atomic across hosts; the core therefore acts on a new claim only

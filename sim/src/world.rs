@@ -247,6 +247,9 @@ pub struct SimHost {
     last_kick: Option<Micros>,
     watchdog_pending: bool,
     pub power_on_fails: bool,
+    /// Inputs that reached the agent while it was hung (a stopped process): delivered at the thaw,
+    /// like a socket buffer and the executor's completion queue. Datagrams beyond the buffer drop.
+    held: Vec<Ev>,
 }
 
 /// A record of the run, for the JSON-lines trace and the checks.
@@ -344,6 +347,7 @@ impl World {
                 last_kick: None,
                 watchdog_pending: false,
                 power_on_fails: false,
+                held: Vec::new(),
             })
             .collect();
         let mut w = World {
@@ -446,6 +450,7 @@ impl World {
         host.watchdog_pending = false;
         host.hung = false;
         host.ds_stuck.clear();
+        host.held.clear();
         let settings = AgentSettings {
             host: h,
             incarnation: host.incarnation,
@@ -485,6 +490,7 @@ impl World {
         host.powered = false;
         host.agent = None;
         host.hung = false;
+        host.held.clear();
         let vms: Vec<VmId> = host.running.keys().copied().collect();
         host.running.clear();
         for vm in vms {
@@ -814,8 +820,16 @@ impl World {
             self.log(Some(h), format!("{vm} powered on"));
             Ok(())
         };
-        let e = HypervisorEvent::PowerOnResult { op, vm, result };
-        self.deliver(i, inc, |a, now| a.handle_hypervisor(now, e));
+        // The VM's fate is settled by the hypervisor even if the agent is hung; the result waits.
+        let event = HypervisorEvent::PowerOnResult { op, vm, result };
+        self.push(
+            self.now,
+            Ev::Hv {
+                host: h,
+                inc,
+                event,
+            },
+        );
     }
 
     /// Feed an input to host `i`'s agent if it runs, is not hung and has incarnation `inc`.
@@ -858,6 +872,9 @@ impl World {
                     self.hosts[i].hung = false;
                     let inc = self.hosts[i].incarnation;
                     self.hosts[i].timer_at = None;
+                    for ev in std::mem::take(&mut self.hosts[i].held) {
+                        self.push(self.now, ev);
+                    }
                     self.deliver(i, inc, |a, now| a.handle_timeout(now));
                 }
             }
@@ -979,8 +996,7 @@ impl World {
                 self.groups.clear();
                 self.oneway.clear();
                 self.ds_dead.clear();
-                self.params.net.loss = 0.0;
-                self.params.net.duplicate = 0.0;
+                self.params.net = NetParams::default();
                 let now = self.now;
                 let ids: Vec<HostId> = self.hosts.iter().map(|h| h.id).collect();
                 for h in &mut self.hosts {
@@ -1106,7 +1122,38 @@ impl World {
         self.now = self.now.max(end);
     }
 
+    /// A hung agent's inputs wait for the thaw (datagrams up to a socket buffer's worth).
+    fn hold_if_hung(&mut self, ev: Ev) -> Option<Ev> {
+        let host = match &ev {
+            Ev::Datagram { to, .. } => *to,
+            Ev::Ds { host, .. }
+            | Ev::Hv { host, .. }
+            | Ev::Isolation { host, .. }
+            | Ev::Probe { host, .. } => *host,
+            _ => return Some(ev),
+        };
+        let Some(i) = self.idx(host) else {
+            return Some(ev);
+        };
+        let h = &mut self.hosts[i];
+        if !(h.powered && h.hung) {
+            return Some(ev);
+        }
+        let datagrams = h
+            .held
+            .iter()
+            .filter(|e| matches!(e, Ev::Datagram { .. }))
+            .count();
+        if !matches!(ev, Ev::Datagram { .. }) || datagrams < 256 {
+            h.held.push(ev);
+        }
+        None
+    }
+
     fn dispatch(&mut self, ev: Ev) {
+        let Some(ev) = self.hold_if_hung(ev) else {
+            return;
+        };
         match ev {
             Ev::Datagram { to, payload } => {
                 let Some(i) = self.idx(to) else { return };

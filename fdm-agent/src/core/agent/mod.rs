@@ -359,6 +359,7 @@ impl Agent {
         if self.shutting_down {
             return;
         }
+        self.abandon_unanswered_requests(now);
         if now >= self.deadlines.ds_heartbeat {
             self.deadlines.ds_heartbeat = now + self.t.ds_heartbeat_interval;
             self.write_ds_heartbeats(now);
@@ -495,13 +496,28 @@ impl Agent {
         id
     }
 
-    /// Whether a request of this kind is in flight for the datastore. A request the driver never
-    /// answered is forgotten after twice the call deadline so that one lost completion cannot stop a
-    /// duty for good.
-    fn has_inflight(&mut self, ds: DatastoreId, pred: impl Fn(&DsPurpose) -> bool) -> bool {
+    /// The driver answers every request by its deadline; one that did not (a driver bug, a lost
+    /// completion) is treated as a timeout after twice the deadline, through the same path as a real
+    /// one, so that whatever waited on it (a power-on's intent check, a claim write) moves on.
+    fn abandon_unanswered_requests(&mut self, now: Time) {
         let limit = self.t.datastore_call_deadline * 2;
-        let now = self.now;
-        self.inflight.retain(|_, f| now.since(f.issued) <= limit);
+        let mut late: Vec<RequestId> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| now.since(f.issued) > limit)
+            .map(|(&id, _)| id)
+            .collect();
+        late.sort_unstable();
+        for id in late {
+            if let Some(f) = self.inflight.remove(&id) {
+                self.stats.ds_ops_failed += 1;
+                self.on_ds_completion(now, f, Err(heartbeat_fs::ops::DsError::Timeout));
+            }
+        }
+    }
+
+    /// Whether a request of this kind is in flight for the datastore.
+    fn has_inflight(&mut self, ds: DatastoreId, pred: impl Fn(&DsPurpose) -> bool) -> bool {
         self.inflight
             .values()
             .any(|f| f.datastore == ds && pred(&f.purpose))
