@@ -137,8 +137,17 @@ fn real_main() -> anyhow::Result<bool> {
             files.sort();
             let mut failed = 0;
             for f in &files {
-                let sc = fdm_sim::scenario::parse(&std::fs::read_to_string(f)?)
-                    .with_context(|| f.display().to_string())?;
+                let sc = match std::fs::read_to_string(f)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|t| fdm_sim::scenario::parse(&t).map_err(anyhow::Error::from))
+                {
+                    Ok(sc) => sc,
+                    Err(e) => {
+                        println!("FAIL {}: {e}", f.display());
+                        failed += 1;
+                        continue;
+                    }
+                };
                 let r = run::run_scenario(&sc, false, FaultKnobs::default());
                 println!(
                     "{:<4} {}",

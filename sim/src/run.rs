@@ -98,6 +98,29 @@ fn check(w: &World, e: &Expect) -> (bool, String) {
             w.power_ons.len() == *count,
             format!("{} power-ons", w.power_ons.len()),
         ),
+        Expect::StartOrder { vms } => {
+            let first: Vec<Option<Micros>> = vms
+                .iter()
+                .map(|vm| {
+                    w.power_ons
+                        .iter()
+                        .find(|(_, _, v)| v == vm)
+                        .map(|(t, _, _)| *t)
+                })
+                .collect();
+            let ok = first.iter().all(Option::is_some) && first.windows(2).all(|p| p[0] <= p[1]);
+            let shown: Vec<String> = vms
+                .iter()
+                .zip(&first)
+                .map(|(vm, t)| {
+                    format!(
+                        "{vm}@{}",
+                        t.map_or("never".into(), |t| format!("{:.3}s", t as f64 / 1e6))
+                    )
+                })
+                .collect();
+            (ok, format!("first power-ons: {}", shown.join(" ")))
+        }
         Expect::Role { host, role } => {
             let r = w.agent(*host).map(|a| a.role());
             let name = r

@@ -177,6 +177,7 @@ pub struct ExpectSpec {
     pub verdict: Option<String>,
     pub count: Option<usize>,
     pub role: Option<String>,
+    pub vms: Option<Vec<u32>>,
 }
 
 /// An expectation, checked at its time.
@@ -211,6 +212,11 @@ pub enum Expect {
     Role {
         host: HostId,
         role: String,
+    },
+    /// Each of these VMs was powered on (after the start of the run) no later than the next one:
+    /// restart order by priority or dependency.
+    StartOrder {
+        vms: Vec<VmId>,
     },
 }
 
@@ -588,6 +594,16 @@ fn expect(e: &ExpectSpec) -> Result<Expect, String> {
         "role" => Expect::Role {
             host: host()?,
             role: e.role.clone().ok_or("`role` needs `role`")?,
+        },
+        "start-order" => Expect::StartOrder {
+            vms: e
+                .vms
+                .clone()
+                .filter(|v| v.len() >= 2)
+                .ok_or("`start-order` needs `vms` (two or more)")?
+                .into_iter()
+                .map(VmId)
+                .collect(),
         },
         other => return Err(format!("unknown expectation kind `{other}`")),
     })

@@ -1088,6 +1088,10 @@ impl World {
         out
     }
 
+    pub fn network_up(&self, h: HostId) -> bool {
+        self.idx(h).is_some_and(|i| self.hosts[i].network_up)
+    }
+
     pub fn has_oneway_cuts(&self) -> bool {
         !self.oneway.is_empty()
     }

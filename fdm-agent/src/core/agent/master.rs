@@ -235,7 +235,6 @@ impl MasterState {
 
     pub(super) fn on_vm_report(
         &mut self,
-        _now: Time,
         from: HostId,
         incarnation: u64,
         generation: u64,
@@ -395,11 +394,11 @@ impl Agent {
         self.send(to, &msg);
     }
 
+    /// A slave heartbeat (the message's fields, from `(host, incarnation)`).
     pub(super) fn master_on_slave_heartbeat(
         &mut self,
         now: Time,
-        from: HostId,
-        incarnation: u64,
+        (from, incarnation): (HostId, u64),
         seq: u64,
         reachable: Vec<DatastoreId>,
         vm_generation: u64,

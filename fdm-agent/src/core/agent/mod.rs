@@ -906,8 +906,7 @@ impl Agent {
                 if self.role == Role::Master {
                     self.master_on_slave_heartbeat(
                         now,
-                        from,
-                        incarnation,
+                        (from, incarnation),
                         seq,
                         reachable,
                         vm_generation,
@@ -925,7 +924,7 @@ impl Agent {
                 vms,
             } => {
                 if let Some(m) = self.master.as_mut() {
-                    m.on_vm_report(now, from, incarnation, generation, part, parts, vms);
+                    m.on_vm_report(from, incarnation, generation, part, parts, vms);
                 }
             }
             Message::PowerOn {
