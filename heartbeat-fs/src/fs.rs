@@ -316,7 +316,9 @@ impl DatastoreDir {
             }
             DsOp::WriteProtectedList(l) => self.write_protected_list(&l).map(|_| DsReply::Written),
             DsOp::ReadProtectedList => self.read_protected_list().map(DsReply::ProtectedList),
-            DsOp::ReadConfig => self.read_config().map(DsReply::Config),
+            DsOp::ReadConfig { newer_than } => self
+                .read_config()
+                .map(|c| DsReply::Config(c.filter(|c| c.generation > newer_than))),
             DsOp::WriteConfig(c) => self.write_config(&c).map(|_| DsReply::Written),
             DsOp::CheckIntent {
                 owner,

@@ -84,7 +84,12 @@ impl MemDatastore {
                 Ok(DsReply::Written)
             }
             DsOp::ReadProtectedList => Ok(DsReply::ProtectedList(self.protected.clone())),
-            DsOp::ReadConfig => Ok(DsReply::Config(self.config.clone())),
+            DsOp::ReadConfig { newer_than } => Ok(DsReply::Config(
+                self.config
+                    .as_ref()
+                    .filter(|c| c.generation > newer_than)
+                    .cloned(),
+            )),
             DsOp::WriteConfig(cfg) => {
                 self.config = Some(cfg);
                 Ok(DsReply::Written)

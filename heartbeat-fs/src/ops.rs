@@ -65,7 +65,12 @@ pub enum DsOp {
     /// names `record.master` with `record.epoch` first, so a deposed master cannot overwrite it.
     WriteProtectedList(ProtectedVmList),
     ReadProtectedList,
-    ReadConfig,
+    /// The cluster configuration, if its generation is above `newer_than` (`Config(None)`
+    /// otherwise, or when there is none): agents poll often and a large cluster's configuration is
+    /// big, so an unchanged one is not handed back.
+    ReadConfig {
+        newer_than: u64,
+    },
     /// Written by the management plane only.
     WriteConfig(ClusterConfig),
     /// The target host's check before a power-on: succeeds (`IntentConfirmed`) only when `owner` holds

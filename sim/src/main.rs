@@ -239,6 +239,7 @@ fn real_main() -> anyhow::Result<bool> {
                 "bench: {hosts} hosts x {vms_per_host} VMs, {seconds} s simulated in {wall:.2} s wall: {:.0} events/s",
                 r.summary.events as f64 / wall
             );
+            println!("queue at the end: {} events", r.world.queued());
             Ok(r.passed())
         }
     }

@@ -216,6 +216,32 @@ enum Ev {
     },
 }
 
+/// A queued event; ordered by time, then by the order it was scheduled (FIFO at one instant), which
+/// is what makes a run a pure function of its seed.
+#[derive(Debug)]
+struct Scheduled {
+    at: Micros,
+    seq: u64,
+    ev: Box<Ev>,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopKind {
     HostCrash,
@@ -271,8 +297,7 @@ pub struct World {
     pub now: Micros,
     pub params: SimParams,
     rng: Rng,
-    queue: BinaryHeap<Reverse<(Micros, u64)>>,
-    slab: BTreeMap<u64, Ev>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
     pub hosts: Vec<SimHost>,
     pub ds: BTreeMap<DatastoreId, MemDatastore>,
@@ -280,6 +305,8 @@ pub struct World {
     groups: BTreeMap<HostId, usize>,
     oneway: BTreeSet<(HostId, HostId)>,
     pub config: ClusterConfig,
+    /// The configuration every agent starts from, shared (one copy for thousands of agents).
+    view: std::sync::Arc<fdm_agent::core::cluster::ClusterView>,
     pub trace: Vec<TraceLine>,
     pub violations: Vec<Violation>,
     pub events_processed: u64,
@@ -355,13 +382,13 @@ impl World {
             rng: Rng::new(params.seed),
             params,
             queue: BinaryHeap::new(),
-            slab: BTreeMap::new(),
             seq: 0,
             hosts,
             ds,
             ds_dead: BTreeSet::new(),
             groups: BTreeMap::new(),
             oneway: BTreeSet::new(),
+            view: std::sync::Arc::new(fdm_agent::core::cluster::ClusterView::new(config.clone())),
             config,
             trace: Vec::new(),
             violations: Vec::new(),
@@ -396,8 +423,11 @@ impl World {
 
     fn push(&mut self, at: Micros, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse((at, self.seq)));
-        self.slab.insert(self.seq, ev);
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            ev: Box::new(ev),
+        }));
     }
 
     pub fn schedule_fault(&mut self, at: Micros, f: Fault) {
@@ -462,7 +492,7 @@ impl World {
             fault_knobs: self.params.knobs,
         };
         let now = Time::from_micros(self.now);
-        host.agent = Some(Agent::new(settings, Some(self.config.clone()), now));
+        host.agent = Some(Agent::with_shared_config(settings, self.view.clone(), now));
         self.log(
             Some(h),
             format!("agent started (incarnation {})", self.hosts[i].incarnation),
@@ -545,7 +575,9 @@ impl World {
         };
         let rel = deadline.as_micros().saturating_sub(h.agent_base);
         let at = (h.agent_base + unppm(rel, h.drift_ppm)).max(self.now);
-        if h.timer_at != Some(at) {
+        // A timer already due no later stays: when it fires early the core does nothing and the
+        // timer is re-armed; not queueing a new event per moved deadline keeps the queue small.
+        if h.timer_at.is_none_or(|t| t > at) {
             let (id, inc) = (h.id, h.incarnation);
             self.hosts[i].timer_at = Some(at);
             self.push(at, Ev::Timer { host: id, inc });
@@ -987,6 +1019,9 @@ impl World {
             Fault::PauseHa { paused } => {
                 self.config.generation += 1;
                 self.config.ha.paused = paused;
+                self.view = std::sync::Arc::new(fdm_agent::core::cluster::ClusterView::new(
+                    self.config.clone(),
+                ));
                 for d in self.ds.values_mut() {
                     d.config = Some(self.config.clone());
                 }
@@ -1096,17 +1131,22 @@ impl World {
         !self.oneway.is_empty()
     }
 
+    /// Events waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Run until virtual time `end` (microseconds).
     pub fn run_until(&mut self, end: Micros) {
         let mut same_instant = 0u32;
-        while let Some(&Reverse((at, seq))) = self.queue.peek() {
-            if at > end {
+        while let Some(Reverse(next)) = self.queue.peek() {
+            if next.at > end {
                 break;
             }
-            self.queue.pop();
-            let Some(ev) = self.slab.remove(&seq) else {
-                continue;
+            let Some(Reverse(Scheduled { at, ev, .. })) = self.queue.pop() else {
+                break;
             };
+            let ev = *ev;
             same_instant = if at == self.now { same_instant + 1 } else { 0 };
             if same_instant > 200_000 {
                 // Virtual time no longer advances: some timer re-fires at the same instant forever.
@@ -1116,7 +1156,6 @@ impl World {
                     format!("{} events at one instant; last {ev:?}", same_instant),
                 );
                 self.queue.clear();
-                self.slab.clear();
                 break;
             }
             self.now = at;

@@ -22,7 +22,7 @@ fn skipping_the_lease_wait_is_caught() {
         skip_lease_wait: true,
         ..FaultKnobs::default()
     };
-    let found = double_power_on_seeds(broken, 1..121);
+    let found = double_power_on_seeds(broken, 1..41);
     assert!(!found.is_empty(), "no seed caught the missing lease wait");
     let cmd = run::replay_command(8, found[0], broken);
     assert!(cmd.contains(&format!("--seed {}", found[0])) && cmd.contains("skip-lease-wait"));
@@ -36,7 +36,7 @@ fn skipping_the_lease_wait_is_caught() {
     );
     // The same seeds with the real core: nothing.
     assert_eq!(
-        double_power_on_seeds(FaultKnobs::default(), 1..121),
+        double_power_on_seeds(FaultKnobs::default(), 1..41),
         Vec::<u64>::new()
     );
 }

@@ -8,9 +8,7 @@ use super::super::messages::{Message, VmStatus};
 use super::super::time::Time;
 use super::{Agent, DsPurpose, VmView};
 use heartbeat_fs::ops::{DsError, DsOp, DsReply};
-use heartbeat_fs::records::{
-    ClusterConfig, IsolationResponse, PowerOnEntry, PowerOnList, PowerOnState,
-};
+use heartbeat_fs::records::{IsolationResponse, PowerOnEntry, PowerOnList, PowerOnState};
 use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -44,6 +42,9 @@ struct PendingPowerOn {
 #[derive(Debug, Clone, Copy)]
 struct LocalVm {
     state: VmRunState,
+    /// Home datastore per the configuration, cached: leases are evaluated several times a second
+    /// and a lookup in a large cluster's VM table is a cache miss.
+    home: Option<DatastoreId>,
 }
 
 /// One power-on list: the generation wanted (bumped on every change) and the one known on disk.
@@ -58,7 +59,9 @@ struct ListState {
 #[derive(Debug, Default)]
 pub(super) struct LocalVms {
     vms: BTreeMap<VmId, LocalVm>,
-    homes: HashMap<VmId, DatastoreId>,
+    /// The shared configuration, for VMs' home datastores (no per-agent copy: a simulator runs
+    /// thousands of agents on one configuration).
+    homes: Option<std::sync::Arc<crate::core::cluster::ClusterView>>,
     /// Bumped on every change of `vms`, reported to the master.
     pub(super) generation: u64,
     pub(super) inventory_op: Option<u64>,
@@ -75,12 +78,21 @@ pub(super) struct LocalVms {
 }
 
 impl LocalVms {
-    pub(super) fn rebuild_homes(&mut self, cfg: &ClusterConfig) {
-        self.homes = cfg.vms.iter().map(|v| (v.id, v.home)).collect();
+    pub(super) fn rebuild_homes(
+        &mut self,
+        cfg: &std::sync::Arc<crate::core::cluster::ClusterView>,
+    ) {
+        self.homes = Some(cfg.clone());
+        for (vm, v) in self.vms.iter_mut() {
+            v.home = cfg.vm(*vm).map(|c| c.home);
+        }
     }
 
     pub(super) fn home(&self, vm: VmId) -> Option<DatastoreId> {
-        self.homes.get(&vm).copied()
+        if let Some(v) = self.vms.get(&vm) {
+            return v.home;
+        }
+        self.homes.as_ref()?.vm(vm).map(|v| v.home)
     }
 
     pub(super) fn list_generation(&self, d: DatastoreId) -> u64 {
@@ -109,9 +121,8 @@ impl LocalVms {
     fn active_on(&self, d: DatastoreId) -> Vec<VmId> {
         self.vms
             .iter()
-            .filter(|(vm, v)| {
-                matches!(v.state, VmRunState::Running | VmRunState::PoweringOn)
-                    && self.homes.get(vm) == Some(&d)
+            .filter(|(_, v)| {
+                matches!(v.state, VmRunState::Running | VmRunState::PoweringOn) && v.home == Some(d)
             })
             .map(|(&vm, _)| vm)
             .collect()
@@ -132,7 +143,11 @@ impl LocalVms {
 
     fn set(&mut self, vm: VmId, state: VmRunState) {
         let changed = self.vms.get(&vm).is_none_or(|v| v.state != state);
-        self.vms.insert(vm, LocalVm { state });
+        let home = match self.vms.get(&vm) {
+            Some(v) => v.home,
+            None => self.homes.as_ref().and_then(|c| c.vm(vm)).map(|c| c.home),
+        };
+        self.vms.insert(vm, LocalVm { state, home });
         if changed {
             self.generation += 1;
         }
@@ -641,9 +656,9 @@ impl Agent {
         let homes: BTreeSet<DatastoreId> = self
             .vms
             .vms
-            .iter()
-            .filter(|(vm, _)| self.vms.is_active(**vm))
-            .filter_map(|(&vm, _)| self.vms.home(vm))
+            .values()
+            .filter(|v| matches!(v.state, VmRunState::Running | VmRunState::PoweringOn))
+            .filter_map(|v| v.home)
             .collect();
         let mut unsafe_to_kick = false;
         for d in homes {

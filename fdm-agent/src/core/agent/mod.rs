@@ -195,6 +195,16 @@ impl Agent {
         let config = Arc::new(ClusterView::new(
             config.unwrap_or_else(|| empty_config(settings.cluster)),
         ));
+        Self::with_shared_config(settings, config, now)
+    }
+
+    /// Like `new`, with a configuration view shared with other agents (the simulator runs thousands
+    /// of agents on one configuration; copying it per agent would dominate its memory and time).
+    pub fn with_shared_config(
+        settings: AgentSettings,
+        config: Arc<ClusterView>,
+        now: Time,
+    ) -> Self {
         let t = settings
             .timings
             .clone()
@@ -654,7 +664,13 @@ impl Agent {
         if let Some(d) = pick
             && !self.has_inflight(d, |p| matches!(p, DsPurpose::ConfigRead))
         {
-            self.ds_request(now, d, DsOp::ReadConfig, DsPurpose::ConfigRead);
+            let newer_than = self.config.generation;
+            self.ds_request(
+                now,
+                d,
+                DsOp::ReadConfig { newer_than },
+                DsPurpose::ConfigRead,
+            );
         }
     }
 
@@ -773,7 +789,25 @@ impl Agent {
             awaiting: None,
         });
         self.set_role(Role::Candidate, reason);
-        self.send_candidacy(now);
+        // Candidacies go out staggered by host rank over the first half heartbeat interval, and a
+        // candidate that has heard a better one stays quiet (see `send_net_heartbeat`): with every
+        // host broadcasting at once an election costs n^2 datagrams (a million at 1024 hosts); this
+        // way the best few speak and the rest listen. The winner is the same: the best candidacy is
+        // never suppressed.
+        let ids = &self.config.hosts;
+        let rank = ids.iter().filter(|h| h.id < self.settings.host).count() as u32;
+        let n = ids.len().max(1) as u32;
+        self.deadlines.net_heartbeat = now + self.t.heartbeat_interval / 2 * rank / n;
+    }
+
+    /// This round has heard a candidacy that beats ours: saying ours changes nothing.
+    fn heard_better(&self, now: Time) -> bool {
+        let me = self.my_candidacy(now);
+        self.election.as_ref().is_some_and(|r| {
+            r.heard
+                .values()
+                .any(|c| election::compare(c, &me) == std::cmp::Ordering::Greater)
+        })
     }
 
     fn send_candidacy(&mut self, now: Time) {
@@ -790,7 +824,11 @@ impl Agent {
     fn send_net_heartbeat(&mut self, now: Time) {
         match self.role {
             Role::Starting => {}
-            Role::Candidate => self.send_candidacy(now),
+            Role::Candidate => {
+                if !self.heard_better(now) {
+                    self.send_candidacy(now);
+                }
+            }
             Role::Isolated => {
                 // Keep knocking: the network may be back.
                 self.send_candidacy(now);
