@@ -4,7 +4,7 @@ use crate::invariants;
 use crate::rng::Rng;
 use crate::scenario::{Expect, Scenario};
 use crate::world::{Fault, Micros, SimParams, StopKind, Violation, World};
-use fdm_agent::core::{FaultKnobs, Role};
+use fdm_agent::core::FaultKnobs;
 use heartbeat_fs::records::*;
 use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
 
@@ -149,9 +149,6 @@ pub fn summarize(w: &World) -> Summary {
         sim_seconds: w.now as f64 / 1e6,
         ..Summary::default()
     };
-    for (&vm, _) in w.stops.iter() {
-        let _ = vm;
-    }
     // Crash -> running again, for every VM a crash took down.
     let mut lost: Vec<(VmId, Micros)> = Vec::new();
     for (t, h) in &w.crashes {
@@ -263,33 +260,8 @@ pub fn sweep_scenario(hosts: u32, seed: u64) -> Scenario {
             restart_retry_ms: vec![0, 2_000, 5_000, 10_000],
             ..HaSettings::default()
         },
-        hosts: (1..=hosts)
-            .map(|i| HostConfig {
-                id: HostId(i),
-                name: format!("h{i}"),
-                address: String::new(),
-                capacity: Resources {
-                    cpu_mhz: 64_000,
-                    memory_mb: 32_768,
-                },
-                maintenance: false,
-            })
-            .collect(),
-        datastores: datastores
-            .iter()
-            .enumerate()
-            .map(|(i, hs)| DatastoreConfig {
-                id: DatastoreId(i as u32 + 1),
-                name: format!("ds{}", i + 1),
-                mounts: hs
-                    .iter()
-                    .map(|&h| DatastoreMount {
-                        host: HostId(h),
-                        path: String::new(),
-                    })
-                    .collect(),
-            })
-            .collect(),
+        hosts: crate::scenario::host_configs(hosts, |_| 32_768),
+        datastores: crate::scenario::datastore_configs(&datastores),
         vms,
     };
     let kinds = [
@@ -428,26 +400,4 @@ pub fn pct(v: &[f64], p: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     s[((s.len() - 1) as f64 * p).round() as usize]
-}
-
-/// Master role changes in the trace, for the timeline picture.
-pub fn roles(w: &World) -> Vec<(f64, u32, String)> {
-    w.trace
-        .iter()
-        .filter_map(|l| {
-            let h = l.host?;
-            let to = l.what.split("to: ").nth(1)?;
-            l.what.starts_with("RoleChanged").then(|| {
-                (
-                    l.t,
-                    h,
-                    to.split([',', ' ']).next().unwrap_or("").to_string(),
-                )
-            })
-        })
-        .collect()
-}
-
-pub fn is_master(r: Role) -> bool {
-    r == Role::Master
 }

@@ -263,6 +263,41 @@ fn policy(s: &str) -> Result<RestartPolicy, String> {
     })
 }
 
+/// Hosts 1..=n, 64 GHz each, memory per host from `memory_mb`.
+pub fn host_configs(n: u32, memory_mb: impl Fn(u32) -> u64) -> Vec<HostConfig> {
+    (1..=n)
+        .map(|i| HostConfig {
+            id: HostId(i),
+            name: format!("h{i}"),
+            address: format!("10.0.{}.{}:7000", i / 250, i % 250),
+            capacity: Resources {
+                cpu_mhz: 64_000,
+                memory_mb: memory_mb(i),
+            },
+            maintenance: false,
+        })
+        .collect()
+}
+
+/// Datastores 1.., each mounted by the listed hosts.
+pub fn datastore_configs(mounts: &[Vec<u32>]) -> Vec<DatastoreConfig> {
+    mounts
+        .iter()
+        .enumerate()
+        .map(|(i, hs)| DatastoreConfig {
+            id: DatastoreId(i as u32 + 1),
+            name: format!("ds{}", i + 1),
+            mounts: hs
+                .iter()
+                .map(|&h| DatastoreMount {
+                    host: HostId(h),
+                    path: format!("/ds{}", i + 1),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
     let f: ScenarioFile = toml::from_str(text).map_err(|e| ScenarioError::Toml(e.to_string()))?;
     let c = &f.cluster;
@@ -284,34 +319,8 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
             .copied()
             .unwrap_or(c.host_memory_mb)
     };
-    let hosts = (1..=c.hosts)
-        .map(|i| HostConfig {
-            id: HostId(i),
-            name: format!("h{i}"),
-            address: format!("10.0.{}.{}:7000", i / 250, i % 250),
-            capacity: Resources {
-                cpu_mhz: 64_000,
-                memory_mb: mem_of(i),
-            },
-            maintenance: false,
-        })
-        .collect();
-    let datastores: Vec<DatastoreConfig> = c
-        .datastores
-        .iter()
-        .enumerate()
-        .map(|(i, hs)| DatastoreConfig {
-            id: DatastoreId(i as u32 + 1),
-            name: format!("ds{}", i + 1),
-            mounts: hs
-                .iter()
-                .map(|&h| DatastoreMount {
-                    host: HostId(h),
-                    path: format!("/ds{}", i + 1),
-                })
-                .collect(),
-        })
-        .collect();
+    let hosts = host_configs(c.hosts, mem_of);
+    let datastores = datastore_configs(&c.datastores);
     let mut vms = Vec::new();
     let mut placement = Vec::new();
     let nds = datastores.len() as u32;

@@ -137,6 +137,44 @@ struct RestartTrack {
     reported_waiting: bool,
 }
 
+impl RestartTrack {
+    /// A restart just decided on, waiting for placement from `next_try`.
+    fn waiting(
+        home: DatastoreId,
+        next_try: Time,
+        from: Option<HostId>,
+        preferred: Option<HostId>,
+    ) -> Self {
+        RestartTrack {
+            home,
+            attempts: 0,
+            next_try,
+            from,
+            preferred,
+            excluded: Vec::new(),
+            stage: Stage::Waiting,
+            reported_waiting: false,
+        }
+    }
+}
+
+/// The VM's policy lets HA restart it (`same_host`: a restart of a VM that failed on a live host).
+fn restart_allowed(cfg: &heartbeat_fs::records::VmConfig, same_host: bool) -> bool {
+    let by_policy = match cfg.ha.restart_policy {
+        RestartPolicy::Never => false,
+        RestartPolicy::HostFailureOnly => !same_host,
+        RestartPolicy::Always => true,
+    };
+    by_policy && cfg.ha.priority != RestartPriority::Disabled
+}
+
+/// The protected-list entry with a restart pending.
+fn pending(e: &ProtectedVm) -> ProtectedVm {
+    let mut ne = e.clone();
+    ne.restart = RestartState::Pending { attempts: 0 };
+    ne
+}
+
 #[derive(Debug)]
 pub(super) struct MasterState {
     me: HostId,
@@ -1261,23 +1299,11 @@ impl Agent {
                             _ => false,
                         }
                     });
-                    if nowhere && cfg.ha.priority != RestartPriority::Disabled {
-                        m.tracks.insert(
-                            e.vm,
-                            RestartTrack {
-                                home: d,
-                                attempts: 0,
-                                next_try: now + Duration::from_millis(retry0),
-                                from: None,
-                                preferred: None,
-                                excluded: Vec::new(),
-                                stage: Stage::Waiting,
-                                reported_waiting: false,
-                            },
-                        );
-                        let mut ne = e.clone();
-                        ne.restart = RestartState::Pending { attempts: 0 };
-                        changed = Some(ne);
+                    if nowhere && restart_allowed(cfg, false) {
+                        let next_try = now + Duration::from_millis(retry0);
+                        m.tracks
+                            .insert(e.vm, RestartTrack::waiting(d, next_try, None, None));
+                        changed = Some(pending(&e));
                         events.push(Event::RestartNeeded {
                             vm: e.vm,
                             from: None,
@@ -1294,30 +1320,14 @@ impl Agent {
                     let decision = restart_decision(verdict, state, m.peers.get(&h), d, e.vm);
                     match decision {
                         Decision::Restart { reason, same_host } => {
-                            let policy = cfg.ha.restart_policy;
-                            let allowed = match policy {
-                                RestartPolicy::Never => false,
-                                RestartPolicy::HostFailureOnly => !same_host,
-                                RestartPolicy::Always => true,
-                            } && cfg.ha.priority != RestartPriority::Disabled;
-                            if allowed {
+                            if restart_allowed(cfg, same_host) {
+                                let next_try = now + Duration::from_millis(retry0);
+                                let preferred = (same_host && same_host_attempts > 0).then_some(h);
                                 m.tracks.insert(
                                     e.vm,
-                                    RestartTrack {
-                                        home: d,
-                                        attempts: 0,
-                                        next_try: now + Duration::from_millis(retry0),
-                                        from: Some(h),
-                                        preferred: (same_host && same_host_attempts > 0)
-                                            .then_some(h),
-                                        excluded: Vec::new(),
-                                        stage: Stage::Waiting,
-                                        reported_waiting: false,
-                                    },
+                                    RestartTrack::waiting(d, next_try, Some(h), preferred),
                                 );
-                                let mut ne = e.clone();
-                                ne.restart = RestartState::Pending { attempts: 0 };
-                                changed = Some(ne);
+                                changed = Some(pending(&e));
                                 events.push(Event::RestartNeeded {
                                     vm: e.vm,
                                     from: Some(h),
