@@ -5,7 +5,8 @@
 
 use crate::ids::{ClusterId, DatastoreId, Epoch, HostId};
 use crate::records::{
-    ClusterConfig, DatastoreClaim, HeartbeatRecord, HostFlags, PowerOnList, ProtectedVmList, SECTOR,
+    ClusterConfig, ClusterReport, DatastoreClaim, HeartbeatRecord, HostFlags, PowerOnList,
+    ProtectedVmList, SECTOR,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -42,6 +43,7 @@ pub const KIND_CLAIM: u16 = 2;
 pub const KIND_POWER_ON_LIST: u16 = 3;
 pub const KIND_PROTECTED_LIST: u16 = 4;
 pub const KIND_CONFIG: u16 = 5;
+pub const KIND_REPORT: u16 = 6;
 /// Header of a variable record: magic, version, kind, body length, CRC32.
 pub const VARIABLE_HEADER: usize = 20;
 /// Largest variable record body accepted (a protected list of ~1M VMs fits).
@@ -266,4 +268,10 @@ pub fn encode_config(c: &ClusterConfig) -> Vec<u8> {
 }
 pub fn decode_config(b: &[u8]) -> Result<ClusterConfig, DecodeError> {
     decode_variable(KIND_CONFIG, b)
+}
+pub fn encode_report(r: &ClusterReport) -> Vec<u8> {
+    encode_variable(KIND_REPORT, r)
+}
+pub fn decode_report(b: &[u8]) -> Result<ClusterReport, DecodeError> {
+    decode_variable(KIND_REPORT, b)
 }

@@ -12,8 +12,8 @@ use crate::ops::{
     ClaimWrite, DsCompletion, DsError, DsOp, DsReply, DsRequest, HeartbeatSlot, IoKind,
 };
 use crate::records::{
-    ClusterConfig, DatastoreClaim, HeartbeatRecord, PowerOnList, ProtectedVmList, RestartState,
-    SECTOR,
+    ClusterConfig, ClusterReport, DatastoreClaim, HeartbeatRecord, PowerOnList, ProtectedVmList,
+    RestartState, SECTOR,
 };
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -266,6 +266,15 @@ impl DatastoreDir {
 
     pub fn write_config(&self, cfg: &ClusterConfig) -> Result<(), DsError> {
         replace_atomically(&self.root.join("config"), &codec::encode_config(cfg))
+    }
+
+    /// The master's cluster report for the management plane (not read by agents).
+    pub fn write_report(&self, report: &ClusterReport) -> Result<(), DsError> {
+        replace_atomically(&self.root.join("report"), &codec::encode_report(report))
+    }
+
+    pub fn read_report(&self) -> Result<Option<ClusterReport>, DsError> {
+        read_record(&self.root.join("report"), codec::decode_report)
     }
 
     /// The target's check before a power-on (see `DsOp::CheckIntent`).

@@ -331,3 +331,56 @@ impl ClusterConfig {
             .is_some_and(|d| d.mounts.iter().any(|m| m.host == host))
     }
 }
+
+/// One decision or observation of the master, as reported to the management plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportEvent {
+    /// Strictly increases within one (master, incarnation); the management plane keys on all three.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch on the master's clock (for display only; never compared).
+    pub unix_ms: u64,
+    /// Short machine-readable kind: `verdict`, `restart`, `isolation`, `role`, `suppressed`, ...
+    pub kind: String,
+    pub host: Option<HostId>,
+    pub vm: Option<VmId>,
+    pub message: String,
+}
+
+/// A host as the master sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedHost {
+    pub host: HostId,
+    /// `alive`, `unreachable`, `partitioned`, `isolated`, `dead`.
+    pub verdict: String,
+    pub network_age_ms: Option<u64>,
+}
+
+/// A VM as the master sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedVm {
+    pub vm: VmId,
+    pub host: Option<HostId>,
+    /// Power state as the host reported it (`running`, `stopped`, ...), `None` when nobody reports it.
+    pub state: Option<String>,
+    /// Where it stands in the restart pipeline (`idle`, `pending`, `intent`, `failed`).
+    pub restart: String,
+}
+
+/// The master's report of the cluster, written to `.fdm/report` on each datastore it claims, every few
+/// seconds. The management plane reads the newest one; the agents never read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    pub cluster: ClusterId,
+    pub master: HostId,
+    pub master_incarnation: u64,
+    pub epoch: Epoch,
+    /// Increases with every report written by this master incarnation.
+    pub sequence: u64,
+    pub unix_ms: u64,
+    pub config_generation: u64,
+    pub ha_paused: bool,
+    pub hosts: Vec<ReportedHost>,
+    pub vms: Vec<ReportedVm>,
+    /// The most recent events (bounded); the management plane de-duplicates by `seq`.
+    pub events: Vec<ReportEvent>,
+}

@@ -1,0 +1,842 @@
+//! A cluster of real `fdm-agent` processes on one machine, one network namespace per host.
+//!
+//! Hosts are joined by a bridge that lives in its own "switch" namespace; host addresses (10.77.0.x)
+//! exist only inside the namespaces. Datastores are shared directories (optionally seen by one host
+//! through its own bindfs view, so that one host alone can lose or hang a datastore). VMs are
+//! process-driver VMs: each one appends a start record to a shared ledger, and a monitor thread
+//! samples every host's pid files (the driver's own records) to catch any VM running twice.
+//!
+//! Needs root, `ip`, `nft` and `ping`; `Testbed::available` says why not when it cannot run.
+#![allow(
+    dead_code,
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    clippy::print_stdout
+)]
+
+use heartbeat_fs::fs::DatastoreDir;
+use heartbeat_fs::records::*;
+use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const SUBNET: &str = "10.77.0";
+pub const GATEWAY: &str = "10.77.0.254";
+const AGENT_PORT: u16 = 7001;
+
+/// Why the multi-host tests cannot run here, if they cannot.
+pub fn unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (network namespaces)".into());
+    }
+    for tool in ["ip", "nft", "ping"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!(
+                "`{tool}` missing: run scripts/install-test-deps.sh"
+            ));
+        }
+    }
+    None
+}
+
+/// Multi-host tests run one at a time: they share the machine's two cores and the protocol's
+/// timings are real time.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sh(cmd: &str) -> Result<String, String> {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn must(cmd: &str) -> String {
+    sh(cmd).unwrap_or_else(|e| panic!("testbed: {e}"))
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// `(vm, pid)` of every VM process alive in a process-driver state directory.
+pub fn running_in(vm_dir: &Path) -> Vec<(u32, i32)> {
+    let Ok(rd) = std::fs::read_dir(vm_dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(u32, i32)> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let id: u32 = name
+                .strip_prefix("vm-")?
+                .strip_suffix(".pid")?
+                .parse()
+                .ok()?;
+            let pid: i32 = std::fs::read_to_string(e.path())
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            alive(pid).then_some((id, pid))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Text generated per host (or per VM) from its id and a path.
+pub type PerHost = fn(u32, &Path) -> String;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub hosts: u32,
+    pub datastores: u32,
+    pub vms: u32,
+    /// Hosts that see every datastore through their own bindfs view (for per-host storage faults).
+    pub fuse_views: Vec<u32>,
+    /// Extra lines for every agent.toml.
+    pub agent_extra: String,
+    /// Hypervisor driver section for each host (default: the process driver).
+    pub driver: Option<PerHost>,
+    /// VM definition for each VM (default: a process VM that records its start and sleeps).
+    pub vm_definition: Option<PerHost>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            hosts: 4,
+            datastores: 2,
+            vms: 8,
+            fuse_views: Vec::new(),
+            agent_extra: String::new(),
+            driver: None,
+            vm_definition: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct TestHost {
+    pub id: u32,
+    pub ns: String,
+    /// The host's port on the switch.
+    pub port: String,
+    pub dir: PathBuf,
+    pub agent: Option<Child>,
+    /// bindfs daemons of this host's datastore views, by datastore id.
+    pub views: BTreeMap<u32, (PathBuf, i32)>,
+}
+
+impl TestHost {
+    pub fn addr(&self) -> String {
+        format!("{SUBNET}.{}", self.id)
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+    pub fn vm_dir(&self) -> PathBuf {
+        self.dir.join("state").join("vms")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+    pub fn running(&self) -> Vec<(u32, i32)> {
+        running_in(&self.vm_dir())
+    }
+    pub fn vms(&self) -> Vec<u32> {
+        self.running().into_iter().map(|(v, _)| v).collect()
+    }
+    pub fn status(&self) -> Option<serde_json::Value> {
+        fdm_agent::runtime::status::query(&self.socket(), "status")
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+    }
+}
+
+/// A VM seen on more than one host at the same sample.
+#[derive(Debug, Clone)]
+pub struct DoubleRun {
+    pub at: Duration,
+    pub vm: u32,
+    pub hosts: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct Monitor {
+    stop: Arc<AtomicBool>,
+    doubles: Arc<Mutex<Vec<DoubleRun>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+pub struct Testbed {
+    pub tag: String,
+    pub root: PathBuf,
+    _tmp: tempfile::TempDir,
+    pub switch: String,
+    pub hosts: Vec<TestHost>,
+    pub datastores: Vec<PathBuf>,
+    pub ledger: PathBuf,
+    pub config: ClusterConfig,
+    pub started: Instant,
+    exe: PathBuf,
+    monitor: Monitor,
+    partitioned: bool,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn default_vm_definition(_vm: u32, ledger: &Path) -> String {
+    format!(
+        "echo \"$(date +%s.%N) start vm=$FDM_VM host=$FDM_HOST pid=$$\" >> {}; exec sleep 100000",
+        ledger.display()
+    )
+}
+
+impl Testbed {
+    pub fn new(opts: Options) -> Testbed {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        // Interface names are limited to 15 bytes: keep the tag short.
+        let tag = format!(
+            "f{}{}",
+            std::process::id() % 10_000,
+            (b'a' + n as u8) as char
+        );
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("fdm-{tag}-"))
+            .tempdir()
+            .expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        let switch = format!("{tag}-sw");
+        must(&format!(
+            "ip netns add {switch} && ip -n {switch} link set lo up && \
+             ip -n {switch} link add br0 type bridge && \
+             ip -n {switch} addr add {GATEWAY}/24 dev br0 && ip -n {switch} link set br0 up"
+        ));
+        let mut tb = Testbed {
+            tag: tag.clone(),
+            root: root.clone(),
+            _tmp: tmp,
+            switch: switch.clone(),
+            hosts: Vec::new(),
+            datastores: Vec::new(),
+            ledger: root.join("vm-starts.log"),
+            config: ClusterConfig {
+                cluster: ClusterId(77),
+                generation: 1,
+                ha: HaSettings::default(),
+                hosts: vec![],
+                datastores: vec![],
+                vms: vec![],
+            },
+            started: Instant::now(),
+            exe: PathBuf::from(env!("CARGO_BIN_EXE_fdm-agent")),
+            monitor: Monitor {
+                stop: Arc::new(AtomicBool::new(false)),
+                doubles: Arc::default(),
+                thread: None,
+            },
+            partitioned: false,
+        };
+        for d in 1..=opts.datastores {
+            let p = root.join(format!("ds{d}"));
+            std::fs::create_dir_all(&p).expect("datastore dir");
+            tb.datastores.push(p);
+        }
+        std::fs::write(root.join("secret"), "3c".repeat(32)).expect("secret");
+        for id in 1..=opts.hosts {
+            let ns = format!("{tag}-h{id}");
+            let port = format!("{tag}p{id}");
+            must(&format!(
+                "ip netns add {ns} && ip -n {ns} link set lo up && \
+                 ip link add {port} netns {switch} type veth peer name eth0 netns {ns} && \
+                 ip -n {switch} link set {port} master br0 up && \
+                 ip -n {ns} addr add {SUBNET}.{id}/24 dev eth0 && ip -n {ns} link set eth0 up"
+            ));
+            let dir = root.join(format!("host{id}"));
+            std::fs::create_dir_all(dir.join("state").join("vms")).expect("host dir");
+            let mut views = BTreeMap::new();
+            if opts.fuse_views.contains(&id) {
+                for (i, shared) in tb.datastores.iter().enumerate() {
+                    let view = dir.join(format!("view-ds{}", i + 1));
+                    std::fs::create_dir_all(&view).expect("view dir");
+                    must(&format!(
+                        "bindfs -o attr_timeout=0,entry_timeout=0,negative_timeout=0 {} {}",
+                        shared.display(),
+                        view.display()
+                    ));
+                    let pid = bindfs_pid(&view).expect("bindfs pid");
+                    views.insert(i as u32 + 1, (view, pid));
+                }
+            }
+            tb.hosts.push(TestHost {
+                id,
+                ns,
+                port,
+                dir,
+                agent: None,
+                views,
+            });
+        }
+        tb.config = tb.cluster_config(&opts);
+        for d in &tb.datastores {
+            DatastoreDir::open(d)
+                .expect("datastore")
+                .write_config(&tb.config)
+                .expect("config");
+        }
+        for h in &tb.hosts {
+            let ds: String = (1..=opts.datastores)
+                .map(|d| {
+                    let path = h
+                        .views
+                        .get(&d)
+                        .map(|(p, _)| p.clone())
+                        .unwrap_or_else(|| tb.datastores[d as usize - 1].clone());
+                    format!("[[datastores]]\nid = {d}\npath = \"{}\"\n", path.display())
+                })
+                .collect();
+            let seeds: String = (1..=opts.hosts)
+                .map(|s| {
+                    format!("[[seed_hosts]]\nid = {s}\naddress = \"{SUBNET}.{s}:{AGENT_PORT}\"\n")
+                })
+                .collect();
+            let driver = match &opts.driver {
+                Some(f) => f(h.id, &h.dir),
+                None => "[driver]\nkind = \"process\"\n".to_string(),
+            };
+            let toml = format!(
+                "host_id = {}\ncluster_id = 77\nsecret_file = \"{}\"\nbind = \"{}:{AGENT_PORT}\"\n\
+                 state_dir = \"{}\"\nstatus_socket = \"{}\"\nprobe = \"icmp\"\n{}\n{driver}{ds}{seeds}",
+                h.id,
+                root.join("secret").display(),
+                h.addr(),
+                h.dir.join("state").display(),
+                h.socket().display(),
+                opts.agent_extra,
+            );
+            std::fs::write(h.dir.join("agent.toml"), toml).expect("agent.toml");
+        }
+        tb
+    }
+
+    fn cluster_config(&self, opts: &Options) -> ClusterConfig {
+        let prio = [
+            RestartPriority::Highest,
+            RestartPriority::High,
+            RestartPriority::Medium,
+            RestartPriority::Low,
+        ];
+        ClusterConfig {
+            cluster: ClusterId(77),
+            generation: 1,
+            ha: HaSettings {
+                isolation_addresses: vec![GATEWAY.to_string()],
+                restart_retry_ms: vec![0, 1_000, 3_000, 10_000],
+                ..HaSettings::default()
+            },
+            hosts: self
+                .hosts
+                .iter()
+                .map(|h| HostConfig {
+                    id: HostId(h.id),
+                    name: format!("host{}", h.id),
+                    address: format!("{}:{AGENT_PORT}", h.addr()),
+                    capacity: Resources {
+                        cpu_mhz: 16_000,
+                        memory_mb: 16_384,
+                    },
+                    maintenance: false,
+                })
+                .collect(),
+            datastores: self
+                .datastores
+                .iter()
+                .enumerate()
+                .map(|(i, p)| DatastoreConfig {
+                    id: DatastoreId(i as u32 + 1),
+                    name: format!("ds{}", i + 1),
+                    mounts: self
+                        .hosts
+                        .iter()
+                        .map(|h| DatastoreMount {
+                            host: HostId(h.id),
+                            path: p.display().to_string(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            vms: (1..=opts.vms)
+                .map(|v| VmConfig {
+                    id: VmId(v),
+                    name: format!("vm{v}"),
+                    home: DatastoreId(1 + (v % opts.datastores)),
+                    definition: match &opts.vm_definition {
+                        Some(f) => f(v, &self.ledger),
+                        None => default_vm_definition(v, &self.ledger),
+                    },
+                    reservation: Resources {
+                        cpu_mhz: 500,
+                        memory_mb: 512,
+                    },
+                    ha: VmHaSettings {
+                        priority: prio[(v as usize - 1) % prio.len()],
+                        ..VmHaSettings::default()
+                    },
+                    depends_on: vec![],
+                    anti_affinity_group: None,
+                    protected: true,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn host(&self, id: u32) -> &TestHost {
+        &self.hosts[id as usize - 1]
+    }
+
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Start a process VM on a host as if it had been running before the agents (the agent adopts
+    /// it from its pid file).
+    pub fn place_vm(&self, vm: u32, host: u32) {
+        let h = self.host(host);
+        let def = &self.config.vm(VmId(vm)).expect("configured VM").definition;
+        let pid_file = h.vm_dir().join(format!("vm-{vm}.pid"));
+        // setsid: the VM leads its own process group, as the driver's VMs do.
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &h.ns, "setsid", "sh", "-c"])
+            .arg(format!(
+                "echo $$ > {}; exec sh -c \"$0\"",
+                pid_file.display()
+            ))
+            .arg(def)
+            .env("FDM_VM", vm.to_string())
+            .env("FDM_HOST", host.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start VM");
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        assert!(
+            wait_for(Duration::from_secs(5), || {
+                running_in(&h.vm_dir()).iter().any(|(v, _)| *v == vm)
+            }),
+            "vm{vm} did not start on host{host}"
+        );
+    }
+
+    /// Two VMs per host, round robin, then every agent.
+    pub fn start(&mut self) {
+        let hosts = self.hosts.len() as u32;
+        for vm in 1..=self.config.vms.len() as u32 {
+            self.place_vm(vm, 1 + (vm - 1) % hosts);
+        }
+        for id in 1..=hosts {
+            self.start_agent(id);
+        }
+        self.start_monitor();
+    }
+
+    pub fn start_agent(&mut self, id: u32) {
+        let exe = self.exe.clone();
+        let h = &mut self.hosts[id as usize - 1];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(h.log())
+            .expect("log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &h.ns])
+            .arg(&exe)
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(h.dir.join("agent.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        h.agent = Some(child);
+    }
+
+    fn start_monitor(&mut self) {
+        let dirs: Vec<(u32, PathBuf)> = self.hosts.iter().map(|h| (h.id, h.vm_dir())).collect();
+        let (stop, doubles, t0) = (
+            self.monitor.stop.clone(),
+            self.monitor.doubles.clone(),
+            self.started,
+        );
+        self.monitor.thread = Some(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let mut on: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+                for (h, d) in &dirs {
+                    for (vm, _) in running_in(d) {
+                        on.entry(vm).or_default().push(*h);
+                    }
+                }
+                for (vm, hosts) in on {
+                    if hosts.len() > 1 {
+                        doubles.lock().expect("doubles").push(DoubleRun {
+                            at: t0.elapsed(),
+                            vm,
+                            hosts,
+                        });
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }));
+    }
+
+    /// VM -> hosts it runs on now.
+    pub fn placement(&self) -> BTreeMap<u32, Vec<u32>> {
+        let mut m: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for h in &self.hosts {
+            for vm in h.vms() {
+                m.entry(vm).or_default().push(h.id);
+            }
+        }
+        m
+    }
+
+    pub fn pids(&self) -> BTreeMap<u32, (u32, i32)> {
+        let mut m = BTreeMap::new();
+        for h in &self.hosts {
+            for (vm, pid) in h.running() {
+                m.insert(vm, (h.id, pid));
+            }
+        }
+        m
+    }
+
+    /// Start records per VM, from the ledger the VMs write themselves.
+    pub fn starts(&self) -> BTreeMap<u32, usize> {
+        let mut m = BTreeMap::new();
+        for line in std::fs::read_to_string(&self.ledger)
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Some(vm) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("vm="))
+                .and_then(|v| v.parse::<u32>().ok())
+            {
+                *m.entry(vm).or_default() += 1;
+            }
+        }
+        m
+    }
+
+    pub fn doubles(&self) -> Vec<DoubleRun> {
+        self.monitor.doubles.lock().expect("doubles").clone()
+    }
+
+    /// Hosts that call themselves master now (agents that answer).
+    pub fn masters(&self) -> Vec<u32> {
+        self.hosts
+            .iter()
+            .filter(|h| h.agent.is_some())
+            .filter(|h| h.status().is_some_and(|s| s["role"] == "master"))
+            .map(|h| h.id)
+            .collect()
+    }
+
+    /// Verdict the master `m` holds on `host`.
+    pub fn verdict(&self, m: u32, host: u32) -> Option<String> {
+        let s = self.host(m).status()?;
+        s["hosts"]
+            .as_array()?
+            .iter()
+            .find(|h| h["host"] == host)
+            .and_then(|h| h["verdict"].as_str().map(String::from))
+    }
+
+    /// Wait for one master with every running agent alive in its eyes and every VM reported; the
+    /// master then holds its claims (docs/timings.md).
+    pub fn wait_settled(&self) -> u32 {
+        let expect = self.hosts.iter().filter(|h| h.agent.is_some()).count();
+        let vms = self.config.vms.len();
+        let m = wait_until(Duration::from_secs(40), || {
+            let ms = self.masters();
+            let [m] = ms[..] else { return None };
+            let s = self.host(m).status()?;
+            let alive = s["hosts"]
+                .as_array()?
+                .iter()
+                .filter(|h| h["verdict"] == "alive")
+                .count();
+            let reported = s["vms"]
+                .as_array()?
+                .iter()
+                .filter(|v| v["state"].as_str() == Some("Running"))
+                .count();
+            (alive >= expect && reported == vms).then_some(m)
+        });
+        let m = m.unwrap_or_else(|| {
+            panic!(
+                "cluster did not settle in 40 s (masters {:?}); logs in {}",
+                self.masters(),
+                self.root.display()
+            )
+        });
+        // The claims and the protected lists are written within a claim lease of the election.
+        std::thread::sleep(Duration::from_secs(4));
+        m
+    }
+
+    /// Power the host off: every process in its namespace dies at once (agent, VMs) and its NIC
+    /// goes dark (the kernel of a namespace would otherwise go on answering pings).
+    pub fn kill_host(&mut self, id: u32) {
+        let h = &mut self.hosts[id as usize - 1];
+        let _ = sh(&format!("ip -n {} link set eth0 down", h.ns));
+        if let Ok(pids) = sh(&format!("ip netns pids {}", h.ns)) {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: SIGKILL to a pid of the test's own namespace.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        if let Some(mut a) = h.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+
+    /// Kill the agent process only (its VMs go on running).
+    pub fn kill_agent(&mut self, id: u32, signal: i32) {
+        let h = &mut self.hosts[id as usize - 1];
+        if let Some(mut a) = h.agent.take() {
+            // SAFETY: signalling our own child.
+            unsafe {
+                libc::kill(a.id() as i32, signal);
+            }
+            let _ = a.wait();
+        }
+    }
+
+    /// Cut a host's link to the switch (its NIC, cable or switch port failed).
+    pub fn link(&self, id: u32, up: bool) {
+        must(&format!(
+            "ip -n {} link set {} {}",
+            self.switch,
+            self.host(id).port,
+            if up { "up" } else { "down" }
+        ));
+    }
+
+    /// Split the network: hosts in different groups no longer reach each other (the gateway stays
+    /// reachable from every host: this is a partition, not isolation).
+    pub fn partition(&mut self, groups: &[&[u32]]) {
+        let mut rules = String::new();
+        for (i, a) in groups.iter().enumerate() {
+            for (j, b) in groups.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let ports = |g: &[u32]| {
+                    g.iter()
+                        .map(|h| self.host(*h).port.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                rules.push_str(&format!(
+                    "add rule bridge fdm cut iifname {{ {} }} oifname {{ {} }} drop\n",
+                    ports(a),
+                    ports(b)
+                ));
+            }
+        }
+        let script = format!(
+            "add table bridge fdm\nadd chain bridge fdm cut {{ type filter hook forward priority 0; }}\n{rules}"
+        );
+        let f = self.root.join("partition.nft");
+        std::fs::write(&f, script).expect("nft script");
+        must(&format!(
+            "ip netns exec {} nft -f {}",
+            self.switch,
+            f.display()
+        ));
+        self.partitioned = true;
+    }
+
+    pub fn heal(&mut self) {
+        if self.partitioned {
+            must(&format!(
+                "ip netns exec {} nft delete table bridge fdm",
+                self.switch
+            ));
+            self.partitioned = false;
+        }
+    }
+
+    /// Fault one host's view of a datastore: `lose` kills its bindfs (calls fail with ENOTCONN),
+    /// otherwise the view hangs (SIGSTOP) or resumes (SIGCONT).
+    pub fn view_signal(&self, host: u32, ds: u32, signal: i32) {
+        let (_, pid) = self.host(host).views[&ds];
+        // SAFETY: signalling the bindfs daemon this testbed started.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+
+    /// Lines of a host's agent log that contain `needle`.
+    pub fn log_lines(&self, host: u32, needle: &str) -> Vec<String> {
+        std::fs::read_to_string(self.host(host).log())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(String::from)
+            .collect()
+    }
+
+    /// The check after every case: no VM ever ran on two hosts at once, and every protected VM runs
+    /// exactly once now.
+    pub fn assert_every_vm_once(&self) {
+        let doubles = self.doubles();
+        assert!(
+            doubles.is_empty(),
+            "VMs ran on two hosts at once: {doubles:?} (logs in {})",
+            self.root.display()
+        );
+        let placement = self.placement();
+        for vm in 1..=self.config.vms.len() as u32 {
+            let on = placement.get(&vm).cloned().unwrap_or_default();
+            assert_eq!(
+                on.len(),
+                1,
+                "vm{vm} runs on {on:?}; placement {placement:?} (logs in {})",
+                self.root.display()
+            );
+        }
+    }
+
+    /// Keep the directory (logs) after the test, for a failure's post-mortem.
+    pub fn keep(&mut self) {
+        let tmp = std::mem::replace(&mut self._tmp, tempfile::tempdir().expect("tempdir"));
+        let _ = tmp.keep();
+    }
+}
+
+fn bindfs_pid(view: &Path) -> Option<i32> {
+    let out = sh("ps -eo pid=,args=").ok()?;
+    out.lines().find_map(|l| {
+        let l = l.trim();
+        let (pid, args) = l.split_once(' ')?;
+        (args.starts_with("bindfs") && args.trim_end().ends_with(&*view.to_string_lossy()))
+            .then(|| pid.parse().ok())
+            .flatten()
+    })
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        self.monitor.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.monitor.thread.take() {
+            let _ = t.join();
+        }
+        let _ = sh(&format!(
+            "ip netns exec {} nft delete table bridge fdm",
+            self.switch
+        ));
+        for id in 1..=self.hosts.len() as u32 {
+            // Resume hung views first: a stopped FUSE daemon would leave its callers hanging.
+            for (_, pid) in self.hosts[id as usize - 1].views.values() {
+                // SAFETY: our own bindfs daemons.
+                unsafe {
+                    libc::kill(*pid, libc::SIGCONT);
+                }
+            }
+            self.kill_host(id);
+            // VMs that escaped the namespace kill (none should): by their pid files.
+            for (_, pid) in self.hosts[id as usize - 1].running() {
+                // SAFETY: the VM's process group, started by this test.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
+        }
+        for h in &self.hosts {
+            for (view, _) in h.views.values() {
+                let _ = sh(&format!(
+                    "fusermount3 -u -z {0} 2>/dev/null || umount -l {0}",
+                    view.display()
+                ));
+            }
+            let _ = sh(&format!("ip netns del {}", h.ns));
+        }
+        let _ = sh(&format!("ip netns del {}", self.switch));
+    }
+}
+
+/// Poll `f` every 50 ms until it returns `Some` or `limit` passes.
+pub fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `wait_until` for a condition.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    wait_until(limit, || f().then_some(())).is_some()
+}
+
+/// Measured times a case prints, collected by `docs/operations.md`.
+pub fn report(case: &str, figures: &[(&str, f64)]) {
+    let f: Vec<String> = figures
+        .iter()
+        .map(|(k, v)| format!("{k}={v:.2}s"))
+        .collect();
+    println!("MEASURED {case}: {}", f.join(" "));
+}
+
+pub fn set_of(v: &[u32]) -> BTreeSet<u32> {
+    v.iter().copied().collect()
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what the multi-host tests need when it is missing: network namespaces and bridge filtering
+# (iproute2, nftables), ICMP for the isolation check (iputils-ping), per-host datastore views (fuse3,
+# bindfs), and libvirt with QEMU for the real-VM case. Needs root; safe to run again.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip || need+=(iproute2)
+have nft || need+=(nftables)
+have ping || need+=(iputils-ping)
+have bindfs || need+=(bindfs fuse3)
+have virsh || need+=(libvirt-clients)
+have libvirtd || [ -x /usr/sbin/libvirtd ] || need+=(libvirt-daemon libvirt-daemon-driver-qemu)
+have qemu-system-x86_64 || need+=(qemu-system-x86)
+
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# libvirt's QEMU driver under TCG in a container-like machine: no cgroups, no security driver, root.
+if [ -f /etc/libvirt/qemu.conf ] && ! grep -q '^# fdm-test' /etc/libvirt/qemu.conf; then
+  getent passwd libvirt-qemu >/dev/null || useradd -r -s /usr/sbin/nologin libvirt-qemu || true
+  cat >> /etc/libvirt/qemu.conf <<'CONF'
+# fdm-test: settings for the multi-host tests (TESTBED.md)
+user = "root"
+group = "root"
+cgroup_controllers = [ ]
+security_driver = "none"
+CONF
+fi
+echo "test dependencies present"
