@@ -22,7 +22,8 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 # libvirt's QEMU driver under TCG in a container-like machine: no cgroups, no security driver, root.
-if [ -f /etc/libvirt/qemu.conf ] && ! grep -q '^# fdm-test' /etc/libvirt/qemu.conf; then
+# Debian ships the config files only with libvirt-daemon-system (systemd units we do not want here).
+if [ -d /etc/libvirt ] && ! grep -qs '^# fdm-test' /etc/libvirt/qemu.conf; then
   getent passwd libvirt-qemu >/dev/null || useradd -r -s /usr/sbin/nologin libvirt-qemu || true
   cat >> /etc/libvirt/qemu.conf <<'CONF'
 # fdm-test: settings for the multi-host tests (TESTBED.md)

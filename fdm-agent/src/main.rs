@@ -62,7 +62,9 @@ fn init_logs(format: &str, default_level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // journald and log files get plain text; colours only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {
         b.json().init();
     } else {
@@ -102,11 +104,19 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { config } => match AgentConfig::load(&config) {
             Ok(c) => {
+                for w in &c.warnings {
+                    println!("{}: warning: {}: {}", config.display(), w.field, w.reason);
+                }
                 println!(
-                    "{}: ok (host {}, {} datastores)",
+                    "{}: ok (host {}, {} datastores{})",
                     config.display(),
                     c.host.0,
-                    c.datastores.len()
+                    c.datastores.len(),
+                    if c.warnings.is_empty() {
+                        ""
+                    } else {
+                        ", with warnings"
+                    }
                 );
                 ExitCode::SUCCESS
             }

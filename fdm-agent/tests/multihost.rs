@@ -9,6 +9,7 @@
 
 mod testbed;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 use testbed::{Options, Testbed, report, serial, unavailable, wait_for, wait_until};
 
@@ -357,4 +358,63 @@ fn one_host_losing_one_datastore_restarts_nothing() {
 fn one_host_with_a_hung_datastore_keeps_heartbeating() {
     need_testbed!();
     storage_fault_at_one_host(libc::SIGSTOP, "hung");
+}
+
+#[test]
+fn libvirt_qemu_domain_restarted_on_a_surviving_host() {
+    need_testbed!();
+    if !std::path::Path::new("/usr/bin/qemu-system-x86_64").exists()
+        || Command::new("sh")
+            .args(["-c", "command -v libvirtd && command -v virsh"])
+            .output()
+            .map_or(true, |o| !o.status.success())
+    {
+        println!("SKIPPED: libvirt/QEMU missing: run scripts/install-test-deps.sh");
+        return;
+    }
+    let _serial = serial();
+    let mut tb = Testbed::new(Options {
+        hosts: 2,
+        datastores: 1,
+        vms: 2,
+        libvirt: true,
+        ..Options::default()
+    });
+    tb.start();
+    let master = tb.wait_settled();
+    let victim = a_slave(&tb, master);
+    let lost = tb.host(victim).vms();
+    assert_eq!(lost.len(), 1, "one domain per host");
+
+    let t0 = Instant::now();
+    tb.kill_host(victim);
+    let back = wait_until(Duration::from_secs(40), || {
+        tb.host(master)
+            .vms()
+            .contains(&lost[0])
+            .then(|| t0.elapsed())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "domain fdmvm{} not restarted on host{master} (logs in {})",
+            lost[0],
+            tb.root.display()
+        )
+    });
+    // libvirt's own view agrees (the QEMU process exists a moment before the domain is running).
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            tb.host(master)
+                .virsh("list --name --state-running")
+                .is_ok_and(|r| r.lines().any(|l| l.trim() == format!("fdmvm{}", lost[0])))
+        }),
+        "libvirt does not list fdmvm{} as running",
+        lost[0]
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    tb.assert_every_vm_once();
+    report(
+        "libvirt host death",
+        &[("qemu_domain_running_on_survivor", back.as_secs_f64())],
+    );
 }

@@ -29,17 +29,23 @@ pub fn domain_name(xml: &str) -> Option<String> {
 }
 
 impl LibvirtDriver {
-    /// Connects once to fail early (with a clear error) when libvirt is not there.
-    pub fn new(uri: &str) -> Result<Self, DriverError> {
-        let d = LibvirtDriver {
+    /// Never fails: libvirt may be down when the agent starts (and come back later), and an agent
+    /// that refused to start would leave the VMs already running here unprotected. The runtime
+    /// calls [`LibvirtDriver::check`] to say so in the log.
+    pub fn new(uri: &str) -> Self {
+        LibvirtDriver {
             uri: uri.to_string(),
             names: Mutex::default(),
             seen_running: Mutex::default(),
             stopping: Mutex::default(),
-        };
-        d.virsh(&["version"])
-            .map_err(|e| DriverError::Unavailable(format!("libvirt at {uri}: {e}")))?;
-        Ok(d)
+        }
+    }
+
+    /// Whether libvirt answers at the configured URI.
+    pub fn check(&self) -> Result<(), DriverError> {
+        self.virsh(&["version"])
+            .map(|_| ())
+            .map_err(|e| DriverError::Unavailable(format!("libvirt at {}: {e}", self.uri)))
     }
 
     fn virsh(&self, args: &[&str]) -> Result<String, DriverError> {
@@ -191,7 +197,10 @@ mod tests {
 
     #[test]
     fn missing_libvirt_is_a_clear_error() {
-        let r = LibvirtDriver::new("test+unix:///default?socket=/nonexistent/fdm-test.sock");
+        let d = LibvirtDriver::new("test+unix:///default?socket=/nonexistent/fdm-test.sock");
+        let r = d.check();
         assert!(matches!(r, Err(DriverError::Unavailable(_))), "{r:?}");
+        // Listing (the inventory) fails too, so the agent never takes "no answer" for "no VMs".
+        assert!(d.list().is_err());
     }
 }

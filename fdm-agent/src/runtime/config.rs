@@ -100,6 +100,12 @@ pub struct AgentConfig {
     pub metrics: Option<SocketAddr>,
     pub timings: Timings,
     pub datastores: Vec<(DatastoreId, PathBuf)>,
+    /// Problems the agent starts with anyway (a datastore not mounted yet): logged at start and by
+    /// `check-config`. The agent retries such a datastore on every call, so a mount that comes back
+    /// later is used without a restart.
+    pub warnings: Vec<ConfigProblem>,
+    /// The file it was loaded from (re-read on SIGHUP).
+    pub source: Option<PathBuf>,
 }
 
 pub fn parse_secret(bytes: &[u8]) -> Result<[u8; 32], String> {
@@ -125,13 +131,16 @@ impl AgentConfig {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        Self::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(|e| match e {
-            ConfigError::Parse { reason, .. } => ConfigError::Parse {
-                path: path.display().to_string(),
-                reason,
-            },
-            e => e,
-        })
+        let mut cfg =
+            Self::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(|e| match e {
+                ConfigError::Parse { reason, .. } => ConfigError::Parse {
+                    path: path.display().to_string(),
+                    reason,
+                },
+                e => e,
+            })?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
     }
 
     /// Parse and validate; relative paths are taken from `base`. Collects every problem.
@@ -219,6 +228,7 @@ impl AgentConfig {
         }
         let mut seen = std::collections::BTreeSet::new();
         let mut datastores = Vec::new();
+        let mut warnings = Vec::new();
         for (i, d) in file.datastores.iter().enumerate() {
             if d.id == 0 || !seen.insert(d.id) {
                 bad(
@@ -227,11 +237,18 @@ impl AgentConfig {
                 );
             }
             let p = resolve(&d.path);
-            if !p.is_dir() {
-                bad(
-                    &format!("datastores[{i}].path"),
-                    format!("{} is not a mounted directory", p.display()),
-                );
+            if d.path.as_os_str().is_empty() {
+                bad(&format!("datastores[{i}].path"), "empty".into());
+            } else if !p.is_dir() {
+                // Not fatal: refusing to start would leave this host's running VMs unprotected
+                // (and unreported) because one mount is late or down.
+                warnings.push(ConfigProblem {
+                    field: format!("datastores[{i}].path"),
+                    reason: format!(
+                        "{} is not a mounted directory now; the agent starts without it and retries",
+                        p.display()
+                    ),
+                });
             }
             datastores.push((DatastoreId(d.id), p));
         }
@@ -254,8 +271,48 @@ impl AgentConfig {
             metrics,
             timings,
             datastores,
+            warnings,
+            source: None,
             file,
         })
+    }
+
+    /// Fields that differ from `other` and that only a restart can apply (sockets, identity,
+    /// datastores, driver, watchdog). Timings and the probe are applied live on SIGHUP.
+    pub fn restart_needed(&self, other: &AgentConfig) -> Vec<&'static str> {
+        let (a, b) = (&self.file, &other.file);
+        let mut v = Vec::new();
+        let mut check = |name, differs: bool| {
+            if differs {
+                v.push(name);
+            }
+        };
+        check("host_id", a.host_id != b.host_id);
+        check("cluster_id", a.cluster_id != b.cluster_id);
+        check("secret_file", self.secret != other.secret);
+        check("bind", self.bind != other.bind);
+        check("state_dir", a.state_dir != b.state_dir);
+        check("status_socket", a.status_socket != b.status_socket);
+        check("metrics", self.metrics != other.metrics);
+        check(
+            "driver",
+            a.driver.kind != b.driver.kind || a.driver.uri != b.driver.uri,
+        );
+        check("datastores", self.datastores != other.datastores);
+        check("watchdog", a.watchdog != b.watchdog);
+        check("self_fence", a.self_fence != b.self_fence);
+        check(
+            "seed_hosts",
+            a.seed_hosts
+                .iter()
+                .map(|s| (s.id, &s.address))
+                .ne(b.seed_hosts.iter().map(|s| (s.id, &s.address))),
+        );
+        check(
+            "isolation_addresses",
+            a.isolation_addresses != b.isolation_addresses,
+        );
+        v
     }
 
     /// The bootstrap cluster configuration (generation 0): this host and the seed hosts. The real
@@ -364,11 +421,21 @@ ds_leese = 4000
             "timings",
             "driver.kind",
             "probe",
-            "datastores[0].path",
             "datastores[1].id",
         ] {
             assert!(fields.contains(&f), "{f} missing from {fields:?}");
         }
+    }
+
+    #[test]
+    fn a_datastore_not_mounted_yet_is_a_warning_not_an_error() {
+        let d = dir_with_secret();
+        let text = GOOD.replace("path = \"ds1\"", "path = \"not-mounted\"");
+        let c = AgentConfig::parse(&text, d.path()).expect("starts anyway");
+        assert_eq!(c.datastores.len(), 1);
+        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(c.warnings[0].field, "datastores[0].path");
+        assert!(c.warnings[0].reason.contains("retries"));
     }
 
     #[test]

@@ -96,9 +96,15 @@ fn watchdog(spec: &str) -> anyhow::Result<Box<dyn Watchdog>> {
 
 pub fn make_driver(cfg: &AgentConfig) -> anyhow::Result<Arc<dyn Driver>> {
     Ok(match cfg.file.driver.kind.as_str() {
-        "libvirt" => Arc::new(LibvirtDriver::new(
-            cfg.file.driver.uri.as_deref().unwrap_or("qemu:///system"),
-        )?),
+        "libvirt" => {
+            let d = LibvirtDriver::new(cfg.file.driver.uri.as_deref().unwrap_or("qemu:///system"));
+            if let Err(e) = d.check() {
+                // Degraded, not fatal: heartbeats go on (so nothing here is restarted elsewhere
+                // while it may run), and no VM report is sent until the inventory succeeds.
+                tracing::error!(error = %e, "hypervisor unavailable at start; running on, retrying the inventory");
+            }
+            Arc::new(d)
+        }
         _ => Arc::new(
             ProcessDriver::new(cfg.file.state_dir.join("vms"))?
                 .with_host_label(cfg.host.0.to_string()),
@@ -153,9 +159,12 @@ async fn ping(addr: String) -> bool {
 
 /// Run the agent until SIGTERM/SIGINT (or `stop` fires).
 pub async fn run(
-    cfg: AgentConfig,
+    mut cfg: AgentConfig,
     stop: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> anyhow::Result<()> {
+    for w in &cfg.warnings {
+        tracing::warn!(field = %w.field, "{}", w.reason);
+    }
     std::fs::create_dir_all(&cfg.file.state_dir)
         .with_context(|| format!("state dir {}", cfg.file.state_dir.display()))?;
     let driver = make_driver(&cfg)?;
@@ -359,11 +368,45 @@ pub async fn run(
                 shutting_down = Some(Instant::now());
                 stop = None;
             }
-            _ = hup.recv() => {
-                tracing::warn!("SIGHUP: reloading the agent file is not supported yet; restart the agent to apply changes");
-            }
+            _ = hup.recv() => reload(&mut cfg, &mut agent),
         }
     }
+}
+
+/// SIGHUP: re-read the agent file. Timings and the probe apply at once; fields that only a
+/// restart can apply are named in the log and keep their running values. An invalid file changes
+/// nothing.
+fn reload(cfg: &mut AgentConfig, agent: &mut Agent) {
+    let Some(path) = cfg.source.clone() else {
+        tracing::warn!("SIGHUP: no configuration file to reload");
+        return;
+    };
+    let new = match AgentConfig::load(&path) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "SIGHUP: configuration invalid; keeping the running one");
+            return;
+        }
+    };
+    if let Err(e) = agent.set_local_timings(new.timings.clone()) {
+        tracing::error!(error = %e, "SIGHUP: timings refused; keeping the running ones");
+        return;
+    }
+    let restart = cfg.restart_needed(&new);
+    cfg.file.probe = new.file.probe.clone();
+    cfg.file.timings = new.file.timings.clone();
+    cfg.timings = new.timings.clone();
+    for w in &new.warnings {
+        tracing::warn!(field = %w.field, "{}", w.reason);
+    }
+    tracing::info!(
+        file = %path.display(),
+        heartbeat_interval_ms = agent.timings().heartbeat_interval.as_millis() as u64,
+        ds_lease_ms = agent.timings().ds_lease.as_millis() as u64,
+        probe = %cfg.file.probe,
+        restart_needed = ?restart,
+        "SIGHUP: configuration reloaded (timings and probe applied)"
+    );
 }
 
 fn run_action(d: &dyn Driver, action: HypervisorAction) -> HypervisorEvent {

@@ -130,6 +130,9 @@ pub struct Options {
     pub driver: Option<PerHost>,
     /// VM definition for each VM (default: a process VM that records its start and sleeps).
     pub vm_definition: Option<PerHost>,
+    /// Each host runs its own libvirtd (QEMU under TCG) and the agents use the libvirt driver;
+    /// VMs are small diskless QEMU domains.
+    pub libvirt: bool,
 }
 
 impl Default for Options {
@@ -142,6 +145,7 @@ impl Default for Options {
             agent_extra: String::new(),
             driver: None,
             vm_definition: None,
+            libvirt: false,
         }
     }
 }
@@ -156,6 +160,7 @@ pub struct TestHost {
     pub agent: Option<Child>,
     /// bindfs daemons of this host's datastore views, by datastore id.
     pub views: BTreeMap<u32, (PathBuf, i32)>,
+    pub libvirt: bool,
 }
 
 impl TestHost {
@@ -172,7 +177,16 @@ impl TestHost {
         self.dir.join("agent.log")
     }
     pub fn running(&self) -> Vec<(u32, i32)> {
-        running_in(&self.vm_dir())
+        running_on(&self.ns, &self.vm_dir(), self.libvirt)
+    }
+    pub fn libvirt_uri(&self) -> String {
+        format!(
+            "qemu+unix:///system?socket={}/libvirt/libvirt-sock",
+            self.dir.display()
+        )
+    }
+    pub fn virsh(&self, args: &str) -> Result<String, String> {
+        sh(&format!("virsh -q -c '{}' {args}", self.libvirt_uri()))
     }
     pub fn vms(&self) -> Vec<u32> {
         self.running().into_iter().map(|(v, _)| v).collect()
@@ -185,6 +199,40 @@ impl TestHost {
 }
 
 /// A VM seen on more than one host at the same sample.
+/// VMs running on a host, from the hypervisor's own records: the process driver's pid files, or
+/// the QEMU processes of the host's namespace (`-name guest=fdmvm<N>`).
+pub fn running_on(ns: &str, vm_dir: &Path, libvirt: bool) -> Vec<(u32, i32)> {
+    if !libvirt {
+        return running_in(vm_dir);
+    }
+    let Ok(pids) = sh(&format!("ip netns pids {ns}")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(u32, i32)> = pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|&p| alive(p))
+        .filter_map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd);
+            let rest = cmd.split_once("guest=fdmvm")?.1;
+            let id: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            Some((id.parse().ok()?, pid))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A diskless QEMU domain: boots into firmware with nothing to boot and idles (TESTBED.md).
+pub fn qemu_domain(vm: u32, _ledger: &Path) -> String {
+    format!(
+        "<domain type='qemu'><name>fdmvm{vm}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><on_crash>destroy</on_crash>\
+         <devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices></domain>"
+    )
+}
+
 #[derive(Debug, Clone)]
 pub struct DoubleRun {
     pub at: Duration,
@@ -307,7 +355,21 @@ impl Testbed {
                 dir,
                 agent: None,
                 views,
+                libvirt: opts.libvirt,
             });
+        }
+        if opts.libvirt {
+            for h in &tb.hosts {
+                start_libvirtd(h);
+            }
+            for h in &tb.hosts {
+                assert!(
+                    wait_for(Duration::from_secs(90), || h.virsh("version").is_ok()),
+                    "libvirtd of host{} did not answer (log in {})",
+                    h.id,
+                    h.dir.join("libvirtd.log").display()
+                );
+            }
         }
         tb.config = tb.cluster_config(&opts);
         for d in &tb.datastores {
@@ -334,6 +396,10 @@ impl Testbed {
                 .collect();
             let driver = match &opts.driver {
                 Some(f) => f(h.id, &h.dir),
+                None if opts.libvirt => format!(
+                    "[driver]\nkind = \"libvirt\"\nuri = \"{}\"\n",
+                    h.libvirt_uri()
+                ),
                 None => "[driver]\nkind = \"process\"\n".to_string(),
             };
             let toml = format!(
@@ -404,6 +470,7 @@ impl Testbed {
                     home: DatastoreId(1 + (v % opts.datastores)),
                     definition: match &opts.vm_definition {
                         Some(f) => f(v, &self.ledger),
+                        None if opts.libvirt => qemu_domain(v, &self.ledger),
                         None => default_vm_definition(v, &self.ledger),
                     },
                     reservation: Resources {
@@ -435,6 +502,14 @@ impl Testbed {
     pub fn place_vm(&self, vm: u32, host: u32) {
         let h = self.host(host);
         let def = &self.config.vm(VmId(vm)).expect("configured VM").definition;
+        if h.libvirt {
+            let f = h.dir.join(format!("vm{vm}.xml"));
+            std::fs::write(&f, def).expect("domain xml");
+            h.virsh(&format!("define {}", f.display()))
+                .and_then(|_| h.virsh(&format!("start fdmvm{vm}")))
+                .unwrap_or_else(|e| panic!("starting vm{vm} on host{host}: {e}"));
+            return;
+        }
         let pid_file = h.vm_dir().join(format!("vm-{vm}.pid"));
         // setsid: the VM leads its own process group, as the driver's VMs do.
         let mut child = Command::new("ip")
@@ -497,7 +572,11 @@ impl Testbed {
     }
 
     fn start_monitor(&mut self) {
-        let dirs: Vec<(u32, PathBuf)> = self.hosts.iter().map(|h| (h.id, h.vm_dir())).collect();
+        let dirs: Vec<(u32, String, PathBuf, bool)> = self
+            .hosts
+            .iter()
+            .map(|h| (h.id, h.ns.clone(), h.vm_dir(), h.libvirt))
+            .collect();
         let (stop, doubles, t0) = (
             self.monitor.stop.clone(),
             self.monitor.doubles.clone(),
@@ -506,8 +585,8 @@ impl Testbed {
         self.monitor.thread = Some(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let mut on: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-                for (h, d) in &dirs {
-                    for (vm, _) in running_in(d) {
+                for (h, ns, d, libvirt) in &dirs {
+                    for (vm, _) in running_on(ns, d, *libvirt) {
                         on.entry(vm).or_default().push(*h);
                     }
                 }
@@ -756,6 +835,51 @@ impl Testbed {
         let tmp = std::mem::replace(&mut self._tmp, tempfile::tempdir().expect("tempdir"));
         let _ = tmp.keep();
     }
+}
+
+/// The host's own libvirtd, inside its namespace, with private run/state/log directories (a
+/// mount namespace of its own; `/run` too, for the daemons' pid files, and `/etc/libvirt`, where
+/// libvirt keeps the persistent domain definitions) and its socket in the host's directory where the agent reaches it.
+fn start_libvirtd(h: &TestHost) {
+    let dir = h.dir.join("libvirt");
+    std::fs::create_dir_all(&dir).expect("libvirt dir");
+    let conf = h.dir.join("libvirtd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "unix_sock_dir = \"{}\"\nauth_unix_rw = \"none\"\nauth_unix_ro = \"none\"\n",
+            dir.display()
+        ),
+    )
+    .expect("libvirtd.conf");
+    let log = std::fs::File::create(h.dir.join("libvirtd.log")).expect("libvirtd log");
+    let script = format!(
+        "for d in /run /var/lib/libvirt /var/log/libvirt /var/cache/libvirt; do \
+           mkdir -p $d && mount -t tmpfs fdm-test $d || exit 1; done; mkdir -p /run/libvirt /run/lock; \
+         mkdir -p {etc} && cp /etc/libvirt/*.conf {etc}/ && mount --bind {etc} /etc/libvirt || exit 1; \
+         virtlogd -d && exec libvirtd --config {conf}",
+        conf = conf.display(),
+        etc = h.dir.join("etc-libvirt").display(),
+    );
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &h.ns,
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+        ])
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start libvirtd");
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
 }
 
 fn bindfs_pid(view: &Path) -> Option<i32> {

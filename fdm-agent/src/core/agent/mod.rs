@@ -9,7 +9,7 @@ mod local;
 mod master;
 
 use super::cluster::ClusterView;
-use super::config::{AgentSettings, Timings};
+use super::config::{AgentSettings, Timings, TimingsError};
 use super::events::{Event, Role, Verdict};
 use super::io::{HypervisorEvent, OperatorCommand, Output, Transmit, VmRunState};
 use super::messages::Message;
@@ -431,6 +431,16 @@ impl Agent {
     }
     pub fn timings(&self) -> &Timings {
         &self.t
+    }
+
+    /// Replace this host's own timing overrides (the agent file's, on SIGHUP). The cluster's
+    /// overrides still apply on top; a combination that fails validation is refused and nothing
+    /// changes. Takes effect at the next deadline of each timer.
+    pub fn set_local_timings(&mut self, local: Timings) -> Result<(), TimingsError> {
+        let t = local.clone().with_overrides(&self.config.ha.timings_ms)?;
+        self.settings.timings = local;
+        self.t = t;
+        Ok(())
     }
     pub fn config(&self) -> &ClusterConfig {
         &self.config

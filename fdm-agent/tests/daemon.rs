@@ -1,0 +1,227 @@
+//! The `fdm-agent` binary on its own (no root needed): configuration errors, the degraded modes it
+//! starts in (a datastore not mounted, libvirt not answering), SIGHUP reload and SIGTERM.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EXE: &str = env!("CARGO_BIN_EXE_fdm-agent");
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn config(dir: &Path, extra: &str, datastore: &Path) -> String {
+        format!(
+            "host_id = 1\ncluster_id = 5\nsecret_file = \"secret\"\nbind = \"127.0.0.1:{}\"\n\
+             state_dir = \"state\"\nstatus_socket = \"{}\"\nprobe = \"none\"\n{extra}\n\
+             [[datastores]]\nid = 1\npath = \"{}\"\n",
+            free_port(),
+            dir.join("agent.sock").display(),
+            datastore.display()
+        )
+    }
+
+    fn start(driver: &str, datastore: Option<&str>, extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("secret"), "7e".repeat(32)).expect("secret");
+        let ds = match datastore {
+            Some(p) => PathBuf::from(p),
+            None => {
+                let p = dir.path().join("ds1");
+                std::fs::create_dir(&p).expect("ds");
+                p
+            }
+        };
+        let text = format!("{}{driver}", Self::config(dir.path(), extra, &ds));
+        std::fs::write(dir.path().join("agent.toml"), text).expect("agent.toml");
+        let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
+        let child = Command::new(EXE)
+            .args(["run", "--config"])
+            .arg(dir.path().join("agent.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent");
+        Daemon {
+            dir,
+            child: Some(child),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn wait_log(&self, needle: &str) -> bool {
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(s) =
+                fdm_agent::runtime::status::query(&self.dir.path().join("agent.sock"), "status")
+                && let Ok(v) = serde_json::from_str(&s)
+            {
+                return Some(v);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    fn still_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+const PROCESS: &str = "[driver]\nkind = \"process\"\n";
+
+#[test]
+fn check_config_names_every_bad_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        "host_id = 0\ncluster_id = 1\nsecret_file = \"nope\"\nbind = \"here\"\nstate_dir = \"s\"\n\
+         watchdog = \"hope\"\n[driver]\nkind = \"libvirt\"\n[timings]\nds_lease = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(EXE)
+        .args(["check-config", "--config"])
+        .arg(dir.path().join("agent.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for field in [
+        "host_id:",
+        "secret_file:",
+        "bind:",
+        "watchdog:",
+        "driver.uri:",
+        "timings:",
+    ] {
+        assert!(text.contains(field), "{field} not named in:\n{text}");
+    }
+    // `run` refuses the same file with the same reasons and does not start.
+    let out = Command::new(EXE)
+        .args(["run", "--config"])
+        .arg(dir.path().join("agent.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("host_id"));
+    // Not TOML at all.
+    std::fs::write(dir.path().join("agent.toml"), "host_id = [").unwrap();
+    let out = Command::new(EXE)
+        .args(["check-config", "--config"])
+        .arg(dir.path().join("agent.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not valid TOML"));
+}
+
+#[test]
+fn a_datastore_missing_at_start_is_a_degraded_start_not_a_refusal() {
+    let mut d = Daemon::start(PROCESS, Some("/nonexistent/fdm-ds"), "");
+    let s = d.status().expect("the agent runs and answers");
+    assert_eq!(s["host"], 1);
+    assert!(d.wait_log("not a mounted directory now"), "{}", d.log());
+    assert!(d.still_running());
+}
+
+#[test]
+fn libvirt_unavailable_is_logged_and_the_agent_keeps_heartbeating() {
+    let mut d = Daemon::start(
+        "[driver]\nkind = \"libvirt\"\nuri = \"qemu+unix:///system?socket=/nonexistent/libvirt-sock\"\n",
+        None,
+        "",
+    );
+    assert!(d.status().is_some(), "the agent answers: {}", d.log());
+    assert!(d.wait_log("hypervisor unavailable"), "{}", d.log());
+    // Its datastore heartbeat goes on, so the cluster never takes this host for dead.
+    let hb = d.dir.path().join("ds1/.fdm/hb/1.hb");
+    let first = std::fs::read(&hb).expect("heartbeat written");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_ne!(
+        std::fs::read(&hb).unwrap(),
+        first,
+        "heartbeat sector not advancing"
+    );
+    assert!(d.still_running());
+}
+
+#[test]
+fn sighup_applies_timings_and_keeps_the_old_config_when_the_new_one_is_bad() {
+    let mut d = Daemon::start(PROCESS, None, "");
+    assert!(d.status().is_some(), "{}", d.log());
+    let path = d.dir.path().join("agent.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("{text}[timings]\nheartbeat_interval = 400\n"),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(
+        d.wait_log("heartbeat_interval_ms=400"),
+        "reload not applied:\n{}",
+        d.log()
+    );
+    std::fs::write(&path, "host_id = ").unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(d.wait_log("keeping the running one"), "{}", d.log());
+    assert!(d.still_running());
+    assert!(d.status().is_some());
+    // SIGTERM: a clean stop.
+    d.signal(libc::SIGTERM);
+    let mut child = d.child.take().unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(Instant::now() < end, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0));
+}
