@@ -1,0 +1,623 @@
+//! The HTTP API of `fdm-shim`: versioned JSON routes under `/v1/` behind a bearer token, and the
+//! public status page at `/`.
+//!
+//! Bodies are parsed by hand (not with axum's `Json` extractor) so that every malformed request gets
+//! the same JSON error shape naming the offending field. `PUT` merges the given top-level fields into
+//! the stored object, so `fdmctl vm set 3 --priority High` sends only what changes.
+
+use crate::error::ShimError;
+use crate::model::{AdmissionMode, DatastoreSpec, HostSpec, Inventory, VmSpec};
+use crate::service::{AdmissionGate, Shim, WriteOutcome};
+use crate::validate;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use heartbeat_fs::records::HaSettings;
+use heartbeat_fs::{DatastoreId, HostId, VmId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
+const STATUS_PAGE: &str = include_str!("status.html");
+const MAX_EVENTS_PAGE: u32 = 1000;
+
+#[derive(Debug)]
+struct Api {
+    shim: Arc<Shim>,
+    token: String,
+}
+
+/// A `ShimError` on its way out as an HTTP response.
+#[derive(Debug)]
+struct ApiError(ShimError);
+
+impl From<ShimError> for ApiError {
+    fn from(e: ShimError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %self.0, "request failed");
+        }
+        json_response(status, &self.0.body())
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn ok<T: Serialize>(value: &T) -> ApiResult {
+    Ok(json_response(StatusCode::OK, value))
+}
+
+/// A write's answer: the outcome plus the object as now stored, under `key`.
+fn written<T: Serialize>(
+    status: StatusCode,
+    key: &str,
+    value: Option<&T>,
+    out: WriteOutcome,
+) -> ApiResult {
+    let mut body = serde_json::to_value(&out).map_err(|e| ShimError::Corrupt {
+        what: "response".into(),
+        message: e.to_string(),
+    })?;
+    if let (Some(v), Value::Object(map)) = (value, &mut body) {
+        map.insert(
+            key.to_string(),
+            serde_json::to_value(v).unwrap_or(Value::Null),
+        );
+    }
+    Ok(json_response(status, &body))
+}
+
+pub fn router(shim: Arc<Shim>, token: String) -> Router {
+    let api = Arc::new(Api { shim, token });
+    let v1 = Router::new()
+        .route("/v1/config", get(get_config))
+        .route("/v1/config/ha", get(get_ha).put(put_ha))
+        .route("/v1/hosts", get(list_hosts).post(add_host))
+        .route(
+            "/v1/hosts/{id}",
+            get(get_host).put(put_host).delete(delete_host),
+        )
+        .route("/v1/hosts/{id}/maintenance", post(host_maintenance))
+        .route("/v1/datastores", get(list_datastores).post(add_datastore))
+        .route(
+            "/v1/datastores/{id}",
+            get(get_datastore)
+                .put(put_datastore)
+                .delete(delete_datastore),
+        )
+        .route("/v1/vms", get(list_vms).post(add_vm))
+        .route("/v1/vms/{id}", get(get_vm).put(put_vm).delete(delete_vm))
+        .route("/v1/state", get(get_state))
+        .route("/v1/events", get(get_events))
+        .route("/v1/admission", get(get_admission))
+        .route_layer(middleware::from_fn_with_state(api.clone(), auth));
+    Router::new()
+        .route("/", get(status_page))
+        .merge(v1)
+        .with_state(api)
+}
+
+/// Compare without an early exit so the time taken does not reveal how much of a guess was right.
+fn same_token(given: &str, expected: &str) -> bool {
+    given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+async fn auth(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.strip_prefix("Bearer "));
+    // The status page cannot set headers on an EventSource-less fetch loop without JS help; it may
+    // pass the token in the query instead.
+    let from_query = query_param(req.uri().query(), "token");
+    let allowed = bearer.is_some_and(|t| same_token(t.trim(), &api.token))
+        || from_query.is_some_and(|t| same_token(t, &api.token));
+    if allowed {
+        return next.run(req).await;
+    }
+    let mut resp = json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({"error": {"code": "unauthorized", "message": "missing or wrong bearer token"}}),
+    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
+async fn status_page() -> Html<&'static str> {
+    Html(STATUS_PAGE)
+}
+
+// ---- request parsing -------------------------------------------------------------------------
+
+fn parse_object(body: &Bytes) -> Result<Map<String, Value>, ShimError> {
+    if body.is_empty() {
+        return Err(ShimError::invalid(
+            "body",
+            "empty body; expected a JSON object",
+        ));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ShimError::invalid("body", "expected a JSON object")),
+        Err(e) => Err(ShimError::invalid("body", format!("not valid JSON: {e}"))),
+    }
+}
+
+fn check_keys(map: &Map<String, Value>, allowed: &[&str]) -> Result<(), ShimError> {
+    match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ShimError::invalid(
+            k.as_str(),
+            format!("unknown field; expected one of {}", allowed.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The text between the first pair of backticks: serde names the missing field that way.
+fn backticked(msg: &str) -> Option<&str> {
+    let start = msg.find('`')? + 1;
+    let len = msg[start..].find('`')?;
+    Some(&msg[start..start + len])
+}
+
+fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, ShimError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let field = if path == "." {
+            backticked(&inner)
+                .filter(|_| inner.starts_with("missing field"))
+                .unwrap_or("body")
+                .to_string()
+        } else {
+            path
+        };
+        ShimError::invalid(field, inner)
+    })
+}
+
+fn parse_id(raw: &str) -> Result<u32, ShimError> {
+    raw.parse::<u32>()
+        .map_err(|_| ShimError::invalid("id", format!("{raw:?} is not a number")))
+}
+
+/// Overlay `patch` on the stored object's JSON form; `id` may be repeated but not changed.
+fn merge(
+    stored: &impl Serialize,
+    patch: Map<String, Value>,
+    id: u32,
+    allowed: &[&str],
+) -> Result<Value, ShimError> {
+    check_keys(&patch, allowed)?;
+    if let Some(given) = patch.get("id")
+        && given.as_u64() != Some(u64::from(id))
+    {
+        return Err(ShimError::invalid(
+            "id",
+            "does not match the id in the path",
+        ));
+    }
+    let mut base = serde_json::to_value(stored).map_err(|e| ShimError::Corrupt {
+        what: "stored object".into(),
+        message: e.to_string(),
+    })?;
+    if let Value::Object(map) = &mut base {
+        map.extend(patch);
+    }
+    Ok(base)
+}
+
+// ---- config and HA settings -------------------------------------------------------------------
+
+async fn get_config(State(api): State<Arc<Api>>) -> ApiResult {
+    ok(&api.shim.inventory().to_cluster_config())
+}
+
+fn ha_view(inv: &Inventory) -> Result<Value, ShimError> {
+    let mut v = serde_json::to_value(&inv.ha).map_err(|e| ShimError::Corrupt {
+        what: "HA settings".into(),
+        message: e.to_string(),
+    })?;
+    if let Value::Object(map) = &mut v {
+        map.insert(
+            "admission_mode".into(),
+            serde_json::to_value(inv.admission_mode).unwrap_or(Value::Null),
+        );
+    }
+    Ok(v)
+}
+
+async fn get_ha(State(api): State<Arc<Api>>) -> ApiResult {
+    ok(&ha_view(&api.shim.inventory())?)
+}
+
+async fn put_ha(State(api): State<Arc<Api>>, body: Bytes) -> ApiResult {
+    let mut patch = parse_object(&body)?;
+    let out = api
+        .shim
+        .write(AdmissionGate::WarnOnly, |inv| {
+            if let Some(mode) = patch.remove("admission_mode") {
+                inv.admission_mode = from_value::<AdmissionMode>(mode).map_err(|e| {
+                    ShimError::invalid("admission_mode", format!("{e}; expected refuse or warn"))
+                })?;
+            }
+            let Value::Object(mut merged) = ha_view(inv)? else {
+                return Err(ShimError::invalid("body", "expected a JSON object"));
+            };
+            merged.remove("admission_mode");
+            let allowed: Vec<String> = merged.keys().cloned().collect();
+            let mut allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+            allowed.push("admission_mode");
+            check_keys(&patch, &allowed)?;
+            merged.extend(patch);
+            let ha: HaSettings = from_value(Value::Object(merged))?;
+            validate::validate_ha(&ha, inv)?;
+            inv.ha = ha;
+            Ok(())
+        })
+        .await?;
+    let view = ha_view(&api.shim.inventory())?;
+    written(StatusCode::OK, "ha", Some(&view), out)
+}
+
+async fn get_state(State(api): State<Arc<Api>>) -> ApiResult {
+    ok(&api.shim.state())
+}
+
+async fn get_admission(State(api): State<Arc<Api>>) -> ApiResult {
+    ok(&api.shim.admission())
+}
+
+async fn get_events(State(api): State<Arc<Api>>, req: Request) -> ApiResult {
+    let query = req.uri().query();
+    let since = match query_param(query, "since") {
+        None | Some("") => 0,
+        Some(s) => s
+            .parse::<i64>()
+            .map_err(|_| ShimError::invalid("since", format!("{s:?} is not an event id")))?,
+    };
+    let limit = match query_param(query, "limit") {
+        None | Some("") => MAX_EVENTS_PAGE,
+        Some(s) => s
+            .parse::<u32>()
+            .map_err(|_| ShimError::invalid("limit", format!("{s:?} is not a number")))?
+            .min(MAX_EVENTS_PAGE),
+    };
+    ok(&api.shim.events_since(since, limit)?)
+}
+
+// ---- hosts --------------------------------------------------------------------------------------
+
+async fn list_hosts(State(api): State<Arc<Api>>) -> ApiResult {
+    ok(&api.shim.inventory().hosts.values().collect::<Vec<_>>())
+}
+
+fn no_host(id: u32) -> ShimError {
+    ShimError::not_found("id", format!("no host {}", HostId(id)))
+}
+
+async fn get_host(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    match api.shim.inventory().hosts.get(&HostId(id)) {
+        Some(h) => ok(h),
+        None => Err(no_host(id).into()),
+    }
+}
+
+async fn add_host(State(api): State<Arc<Api>>, body: Bytes) -> ApiResult {
+    let map = parse_object(&body)?;
+    check_keys(&map, HostSpec::FIELDS)?;
+    let spec: HostSpec = from_value(Value::Object(map))?;
+    let stored = spec.clone();
+    let out = api
+        .shim
+        .write(AdmissionGate::WarnOnly, |inv| {
+            if inv.hosts.contains_key(&spec.id) {
+                return Err(ShimError::conflict(
+                    "id",
+                    format!("{} already exists", spec.id),
+                ));
+            }
+            validate::validate_host(&spec, inv)?;
+            inv.hosts.insert(spec.id, spec);
+            Ok(())
+        })
+        .await?;
+    written(StatusCode::CREATED, "host", Some(&stored), out)
+}
+
+async fn put_host(State(api): State<Arc<Api>>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let id = parse_id(&id)?;
+    let patch = parse_object(&body)?;
+    let mut stored = None;
+    let out = api
+        .shim
+        .write(AdmissionGate::WarnOnly, |inv| {
+            let cur = inv.hosts.get(&HostId(id)).ok_or_else(|| no_host(id))?;
+            let spec: HostSpec = from_value(merge(cur, patch, id, HostSpec::FIELDS)?)?;
+            validate::validate_host(&spec, inv)?;
+            stored = Some(spec.clone());
+            inv.hosts.insert(spec.id, spec);
+            Ok(())
+        })
+        .await?;
+    written(StatusCode::OK, "host", stored.as_ref(), out)
+}
+
+async fn delete_host(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    let out = api
+        .shim
+        .write(AdmissionGate::WarnOnly, |inv| {
+            if !inv.hosts.contains_key(&HostId(id)) {
+                return Err(no_host(id));
+            }
+            validate::check_host_removal(HostId(id), inv)?;
+            inv.hosts.remove(&HostId(id));
+            Ok(())
+        })
+        .await?;
+    written::<()>(StatusCode::OK, "", None, out)
+}
+
+async fn host_maintenance(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let id = parse_id(&id)?;
+    let map = parse_object(&body)?;
+    check_keys(&map, &["action"])?;
+    let enter = match map.get("action").and_then(Value::as_str) {
+        Some("enter") => true,
+        Some("exit") => false,
+        _ => {
+            return Err(ShimError::invalid("action", "expected \"enter\" or \"exit\"").into());
+        }
+    };
+    let mut stored = None;
+    let out = api
+        .shim
+        .write(AdmissionGate::WarnOnly, |inv| {
+            let h = inv.hosts.get_mut(&HostId(id)).ok_or_else(|| no_host(id))?;
+            h.maintenance = enter;
+            stored = Some(h.clone());
+            Ok(())
+        })
+        .await?;
+    written(StatusCode::OK, "host", stored.as_ref(), out)
+}
+
+// ---- datastores ---------------------------------------------------------------------------------
+
+fn no_datastore(id: u32) -> ShimError {
+    ShimError::not_found("id", format!("no datastore {}", DatastoreId(id)))
+}
+
+async fn list_datastores(State(api): State<Arc<Api>>) -> ApiResult {
+    ok(&api.shim.inventory().datastores.values().collect::<Vec<_>>())
+}
+
+async fn get_datastore(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    match api.shim.inventory().datastores.get(&DatastoreId(id)) {
+        Some(d) => ok(d),
+        None => Err(no_datastore(id).into()),
+    }
+}
+
+async fn add_datastore(State(api): State<Arc<Api>>, body: Bytes) -> ApiResult {
+    let map = parse_object(&body)?;
+    check_keys(&map, DatastoreSpec::FIELDS)?;
+    let spec: DatastoreSpec = from_value(Value::Object(map))?;
+    let stored = spec.clone();
+    let out = api
+        .shim
+        .write(AdmissionGate::WarnOnly, |inv| {
+            if inv.datastores.contains_key(&spec.id) {
+                return Err(ShimError::conflict(
+                    "id",
+                    format!("{} already exists", spec.id),
+                ));
+            }
+            validate::validate_datastore(&spec, inv)?;
+            inv.datastores.insert(spec.id, spec);
+            Ok(())
+        })
+        .await?;
+    written(StatusCode::CREATED, "datastore", Some(&stored), out)
+}
+
+async fn put_datastore(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let id = parse_id(&id)?;
+    let patch = parse_object(&body)?;
+    let mut stored = None;
+    let out = api
+        .shim
+        .write(AdmissionGate::WarnOnly, |inv| {
+            let cur = inv
+                .datastores
+                .get(&DatastoreId(id))
+                .ok_or_else(|| no_datastore(id))?;
+            let spec: DatastoreSpec = from_value(merge(cur, patch, id, DatastoreSpec::FIELDS)?)?;
+            validate::validate_datastore(&spec, inv)?;
+            stored = Some(spec.clone());
+            inv.datastores.insert(spec.id, spec);
+            Ok(())
+        })
+        .await?;
+    written(StatusCode::OK, "datastore", stored.as_ref(), out)
+}
+
+async fn delete_datastore(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    let out = api
+        .shim
+        .write(AdmissionGate::WarnOnly, |inv| {
+            if !inv.datastores.contains_key(&DatastoreId(id)) {
+                return Err(no_datastore(id));
+            }
+            validate::check_datastore_removal(DatastoreId(id), inv)?;
+            inv.datastores.remove(&DatastoreId(id));
+            Ok(())
+        })
+        .await?;
+    written::<()>(StatusCode::OK, "", None, out)
+}
+
+// ---- VMs ----------------------------------------------------------------------------------------
+
+fn no_vm(id: u32) -> ShimError {
+    ShimError::not_found("id", format!("no vm {}", VmId(id)))
+}
+
+const VM_GATE: AdmissionGate = AdmissionGate::Vm {
+    field: "reservation",
+};
+
+async fn list_vms(State(api): State<Arc<Api>>) -> ApiResult {
+    ok(&api.shim.inventory().vms.values().collect::<Vec<_>>())
+}
+
+async fn get_vm(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    match api.shim.inventory().vms.get(&VmId(id)) {
+        Some(v) => ok(v),
+        None => Err(no_vm(id).into()),
+    }
+}
+
+async fn add_vm(State(api): State<Arc<Api>>, body: Bytes) -> ApiResult {
+    let map = parse_object(&body)?;
+    check_keys(&map, VmSpec::FIELDS)?;
+    let spec: VmSpec = from_value(Value::Object(map))?;
+    let stored = spec.clone();
+    let out = api
+        .shim
+        .write(VM_GATE, |inv| {
+            if inv.vms.contains_key(&spec.id) {
+                return Err(ShimError::conflict(
+                    "id",
+                    format!("{} already exists", spec.id),
+                ));
+            }
+            validate::validate_vm(&spec, inv)?;
+            inv.vms.insert(spec.id, spec);
+            Ok(())
+        })
+        .await?;
+    written(StatusCode::CREATED, "vm", Some(&stored), out)
+}
+
+async fn put_vm(State(api): State<Arc<Api>>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let id = parse_id(&id)?;
+    let patch = parse_object(&body)?;
+    let mut stored = None;
+    let out = api
+        .shim
+        .write(VM_GATE, |inv| {
+            let cur = inv.vms.get(&VmId(id)).ok_or_else(|| no_vm(id))?;
+            let spec: VmSpec = from_value(merge(cur, patch, id, VmSpec::FIELDS)?)?;
+            validate::validate_vm(&spec, inv)?;
+            stored = Some(spec.clone());
+            inv.vms.insert(spec.id, spec);
+            Ok(())
+        })
+        .await?;
+    written(StatusCode::OK, "vm", stored.as_ref(), out)
+}
+
+async fn delete_vm(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    let out = api
+        .shim
+        .write(VM_GATE, |inv| {
+            if !inv.vms.contains_key(&VmId(id)) {
+                return Err(no_vm(id));
+            }
+            validate::check_vm_removal(VmId(id), inv)?;
+            inv.vms.remove(&VmId(id));
+            Ok(())
+        })
+        .await?;
+    written::<()>(StatusCode::OK, "", None, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(same_token("abc", "abc"));
+        assert!(!same_token("abd", "abc"));
+        assert!(!same_token("ab", "abc"));
+        assert!(!same_token("", "abc"));
+    }
+
+    #[test]
+    fn field_named_in_parse_errors() {
+        let e =
+            from_value::<VmSpec>(json!({"id": 1, "name": "a", "home": 1, "priority": "Urgent"}))
+                .unwrap_err();
+        assert_eq!(e.body().error.field.as_deref(), Some("priority"));
+        let e = from_value::<VmSpec>(json!({"id": 1, "home": 1})).unwrap_err();
+        assert_eq!(e.body().error.field.as_deref(), Some("name"));
+        let e = from_value::<DatastoreSpec>(
+            json!({"id": 1, "name": "d", "mounts": [{"host": "x", "path": "/a"}]}),
+        )
+        .unwrap_err();
+        assert_eq!(e.body().error.field.as_deref(), Some("mounts[0].host"));
+        let map = json!({"id": 1, "colour": "red"});
+        let Value::Object(map) = map else {
+            unreachable!()
+        };
+        let e = check_keys(&map, HostSpec::FIELDS).unwrap_err();
+        assert_eq!(e.body().error.field.as_deref(), Some("colour"));
+    }
+}

@@ -1,0 +1,213 @@
+//! The inventory as the operator edits it, and its translation into the `ClusterConfig` agents read.
+//!
+//! API specs are flatter than the on-disk records and have defaults, so that an operator can add a VM
+//! with three fields; the record format stays the single source of truth for what agents see.
+
+use heartbeat_fs::records::{
+    ClusterConfig, DatastoreConfig, DatastoreMount, HaSettings, HostConfig, IsolationResponse,
+    Resources, RestartPolicy, RestartPriority, VmConfig, VmHaSettings,
+};
+use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    pub id: HostId,
+    pub name: String,
+    /// `ip:port` of the agent's heartbeat socket.
+    pub address: String,
+    #[serde(default)]
+    pub cpu_mhz: u32,
+    #[serde(default)]
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub maintenance: bool,
+}
+
+impl HostSpec {
+    pub const FIELDS: &'static [&'static str] = &[
+        "id",
+        "name",
+        "address",
+        "cpu_mhz",
+        "memory_mb",
+        "maintenance",
+    ];
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountSpec {
+    pub host: HostId,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatastoreSpec {
+    pub id: DatastoreId,
+    pub name: String,
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
+}
+
+impl DatastoreSpec {
+    pub const FIELDS: &'static [&'static str] = &["id", "name", "mounts"];
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub id: VmId,
+    pub name: String,
+    pub home: DatastoreId,
+    #[serde(default)]
+    pub definition: String,
+    #[serde(default)]
+    pub cpu_mhz: u32,
+    #[serde(default)]
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub priority: RestartPriority,
+    /// `None` follows the cluster's `default_isolation_response`, resolved each time the config is
+    /// written, so changing the cluster default reaches every VM that never chose its own.
+    #[serde(default)]
+    pub isolation_response: Option<IsolationResponse>,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    #[serde(default)]
+    pub depends_on: Vec<VmId>,
+    #[serde(default)]
+    pub anti_affinity_group: Option<String>,
+    #[serde(default = "yes")]
+    pub protected: bool,
+}
+
+impl VmSpec {
+    pub const FIELDS: &'static [&'static str] = &[
+        "id",
+        "name",
+        "home",
+        "definition",
+        "cpu_mhz",
+        "memory_mb",
+        "priority",
+        "isolation_response",
+        "restart_policy",
+        "depends_on",
+        "anti_affinity_group",
+        "protected",
+    ];
+
+    /// Whether HA would ever restart this VM, i.e. whether admission control must hold room for it.
+    pub fn needs_failover_capacity(&self) -> bool {
+        self.protected
+            && self.priority != RestartPriority::Disabled
+            && self.restart_policy != RestartPolicy::Never
+    }
+}
+
+/// How a write that breaks admission control is treated. Kept in the shim's database, not in
+/// `HaSettings`, because agents never act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AdmissionMode {
+    #[default]
+    Refuse,
+    Warn,
+}
+
+/// Everything the shim manages, as one value: writes clone it, change it, validate the result and
+/// only then persist and publish it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inventory {
+    pub cluster: ClusterId,
+    pub generation: u64,
+    pub ha: HaSettings,
+    pub admission_mode: AdmissionMode,
+    pub hosts: BTreeMap<HostId, HostSpec>,
+    pub datastores: BTreeMap<DatastoreId, DatastoreSpec>,
+    pub vms: BTreeMap<VmId, VmSpec>,
+}
+
+impl Inventory {
+    pub fn new(cluster: ClusterId) -> Self {
+        Self {
+            cluster,
+            generation: 0,
+            ha: HaSettings::default(),
+            admission_mode: AdmissionMode::default(),
+            hosts: BTreeMap::new(),
+            datastores: BTreeMap::new(),
+            vms: BTreeMap::new(),
+        }
+    }
+
+    pub fn to_cluster_config(&self) -> ClusterConfig {
+        ClusterConfig {
+            cluster: self.cluster,
+            generation: self.generation,
+            ha: self.ha.clone(),
+            hosts: self
+                .hosts
+                .values()
+                .map(|h| HostConfig {
+                    id: h.id,
+                    name: h.name.clone(),
+                    address: h.address.clone(),
+                    capacity: Resources {
+                        cpu_mhz: h.cpu_mhz,
+                        memory_mb: h.memory_mb,
+                    },
+                    maintenance: h.maintenance,
+                })
+                .collect(),
+            datastores: self
+                .datastores
+                .values()
+                .map(|d| DatastoreConfig {
+                    id: d.id,
+                    name: d.name.clone(),
+                    mounts: d
+                        .mounts
+                        .iter()
+                        .map(|m| DatastoreMount {
+                            host: m.host,
+                            path: m.path.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            vms: self
+                .vms
+                .values()
+                .map(|v| VmConfig {
+                    id: v.id,
+                    name: v.name.clone(),
+                    home: v.home,
+                    definition: v.definition.clone(),
+                    reservation: Resources {
+                        cpu_mhz: v.cpu_mhz,
+                        memory_mb: v.memory_mb,
+                    },
+                    ha: VmHaSettings {
+                        priority: v.priority,
+                        isolation_response: v
+                            .isolation_response
+                            .unwrap_or(self.ha.default_isolation_response),
+                        restart_policy: v.restart_policy,
+                    },
+                    depends_on: v.depends_on.clone(),
+                    anti_affinity_group: v.anti_affinity_group.clone(),
+                    protected: v.protected,
+                })
+                .collect(),
+        }
+    }
+}

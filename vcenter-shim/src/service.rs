@@ -1,0 +1,374 @@
+//! The shim's core: the current inventory, the write path (validate, admission, persist, publish) and
+//! the report poller. The HTTP layer in `api` only parses requests and formats answers.
+// The shim is an IO process: it stamps report ages with the real clock.
+#![allow(clippy::disallowed_methods)]
+
+use crate::admission::{self, AdmissionReport};
+use crate::dsio::{DatastoreIo, DsStatus, DsWriteResult};
+use crate::error::ShimError;
+use crate::model::{AdmissionMode, Inventory};
+use crate::store::{Store, StoredEvent};
+use crate::validate;
+use heartbeat_fs::records::{ClusterReport, ReportedHost, ReportedVm};
+use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+/// Answer to every successful write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteOutcome {
+    /// Config generation the write produced.
+    pub generation: u64,
+    /// Accepted, but worth telling the operator (admission control broken in `warn` mode, ...).
+    pub warnings: Vec<String>,
+    /// Per-datastore result of publishing the new config.
+    pub datastores: Vec<DsWriteResult>,
+}
+
+/// How admission control treats a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmissionGate {
+    /// A VM write: refused (in `refuse` mode) when it adds demand to a cluster that then fails.
+    Vm { field: &'static str },
+    /// Anything else (hosts, policy): never refused, only warned about, so that an operator can always
+    /// put a host in maintenance or fix the policy.
+    WarnOnly,
+}
+
+#[derive(Debug, Clone)]
+struct CurrentReport {
+    report: ClusterReport,
+    datastore: DatastoreId,
+    received: Instant,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportSummary {
+    pub master: HostId,
+    pub master_incarnation: u64,
+    pub epoch: u64,
+    pub sequence: u64,
+    pub unix_ms: u64,
+    pub config_generation: u64,
+    pub ha_paused: bool,
+    /// Datastore the newest report was read from.
+    pub datastore: DatastoreId,
+    /// Milliseconds since the shim last read a new report.
+    pub age_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostState {
+    pub id: HostId,
+    pub name: String,
+    pub maintenance: bool,
+    /// The master's verdict; `None` when no report mentions the host.
+    pub verdict: Option<String>,
+    pub network_age_ms: Option<u64>,
+    pub is_master: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmState {
+    pub id: VmId,
+    pub name: String,
+    pub protected: bool,
+    pub home: DatastoreId,
+    pub host: Option<HostId>,
+    pub state: Option<String>,
+    pub restart: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub cluster: ClusterId,
+    pub config_generation: u64,
+    pub paused: bool,
+    pub admission_mode: AdmissionMode,
+    pub report: Option<ReportSummary>,
+    pub hosts: Vec<HostState>,
+    pub vms: Vec<VmState>,
+    pub datastores: Vec<DsStatus>,
+}
+
+#[derive(Debug)]
+pub struct Shim {
+    store: Arc<Mutex<Store>>,
+    current: RwLock<Arc<Inventory>>,
+    /// Serialises writes: each one starts from the inventory the previous one produced.
+    write_gate: tokio::sync::Mutex<()>,
+    io: Arc<DatastoreIo>,
+    report: Mutex<Option<CurrentReport>>,
+    event_retention: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shim {
+    pub fn new(
+        mut store: Store,
+        default_cluster: ClusterId,
+        io: DatastoreIo,
+        event_retention: u64,
+    ) -> Result<Self, ShimError> {
+        let inv = store.load_inventory(default_cluster)?;
+        Ok(Self {
+            store: Arc::new(Mutex::new(store)),
+            current: RwLock::new(Arc::new(inv)),
+            write_gate: tokio::sync::Mutex::new(()),
+            io: Arc::new(io),
+            report: Mutex::new(None),
+            event_retention,
+        })
+    }
+
+    pub fn inventory(&self) -> Arc<Inventory> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn admission(&self) -> AdmissionReport {
+        admission::evaluate(&self.inventory())
+    }
+
+    /// Run at startup: make sure the next generation is above anything already on the datastores
+    /// (the database may be new or restored from a backup), then republish the current config so a
+    /// datastore that missed the last write before a shim restart catches up.
+    pub async fn start(&self) -> Result<(), ShimError> {
+        let _gate = self.write_gate.lock().await;
+        let inv = self.inventory();
+        let on_disk = self
+            .io
+            .highest_published_generation(inv.datastores.values().cloned().collect())
+            .await;
+        let mut next = (*inv).clone();
+        if on_disk > next.generation {
+            tracing::warn!(
+                database = next.generation,
+                datastores = on_disk,
+                "datastores hold a newer config generation than the database; continuing above it"
+            );
+            next.generation = on_disk + 1;
+            self.persist(next.clone()).await?;
+        }
+        if next.generation > 0 && !next.datastores.is_empty() {
+            let io = self.io.clone();
+            let cfg = Arc::new(next.to_cluster_config());
+            tokio::spawn(async move { io.publish(cfg).await });
+        }
+        Ok(())
+    }
+
+    async fn persist(&self, next: Inventory) -> Result<(), ShimError> {
+        let store = self.store.clone();
+        let saved = next.clone();
+        tokio::task::spawn_blocking(move || lock(&store).save_inventory(&saved))
+            .await
+            .map_err(|e| ShimError::Corrupt {
+                what: "database task".into(),
+                message: e.to_string(),
+            })??;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        Ok(())
+    }
+
+    /// The one write path: apply `change` to a copy of the inventory, check it, run admission
+    /// control, store it with the next generation and publish it to the datastores.
+    pub async fn write<F>(&self, gate: AdmissionGate, change: F) -> Result<WriteOutcome, ShimError>
+    where
+        F: FnOnce(&mut Inventory) -> Result<(), ShimError>,
+    {
+        let guard = self.write_gate.lock().await;
+        let before = self.inventory();
+        let mut next = (*before).clone();
+        change(&mut next)?;
+        validate::validate_references(&next)?;
+        let mut warnings = Vec::new();
+        let after = admission::evaluate(&next);
+        if !after.ok {
+            let old = admission::evaluate(&before);
+            let adds_demand = after.cpu_mhz.demand > old.cpu_mhz.demand
+                || after.memory_mb.demand > old.memory_mb.demand;
+            let summary = after.problems.join("; ");
+            match gate {
+                AdmissionGate::Vm { field }
+                    if adds_demand && next.admission_mode == AdmissionMode::Refuse =>
+                {
+                    return Err(ShimError::Admission {
+                        field: field.to_string(),
+                        message: summary,
+                        report: Box::new(after),
+                    });
+                }
+                _ => warnings.push(format!(
+                    "admission control: the cluster cannot restart every protected VM: {summary}"
+                )),
+            }
+        }
+        next.generation += 1;
+        let generation = next.generation;
+        let cfg = Arc::new(next.to_cluster_config());
+        self.persist(next).await?;
+        drop(guard);
+        tracing::info!(generation, "inventory changed");
+        let datastores = self.io.publish(cfg).await;
+        for d in datastores.iter().filter(|d| !d.ok) {
+            warnings.push(format!(
+                "config generation {generation} not yet on {}: {}",
+                d.datastore,
+                d.error.as_deref().unwrap_or("unknown error")
+            ));
+        }
+        Ok(WriteOutcome {
+            generation,
+            warnings,
+            datastores,
+        })
+    }
+
+    pub fn events_since(&self, since: i64, limit: u32) -> Result<Vec<StoredEvent>, ShimError> {
+        lock(&self.store).events_since(since, limit)
+    }
+
+    /// One poll: read every datastore's report, store new events, keep the newest report.
+    pub async fn poll_reports(&self) {
+        let inv = self.inventory();
+        let reports = self
+            .io
+            .read_reports(inv.datastores.values().cloned().collect())
+            .await;
+        for (ds, report) in reports {
+            if report.cluster != inv.cluster {
+                tracing::warn!(datastore = %ds, cluster = %report.cluster, "report from another cluster ignored");
+                continue;
+            }
+            if !report.events.is_empty() {
+                let store = self.store.clone();
+                let (master, inc, events, keep) = (
+                    report.master,
+                    report.master_incarnation,
+                    report.events.clone(),
+                    self.event_retention,
+                );
+                let r = tokio::task::spawn_blocking(move || {
+                    lock(&store).insert_events(master, inc, &events, keep)
+                })
+                .await;
+                match r {
+                    Ok(Ok(n)) if n > 0 => {
+                        tracing::debug!(datastore = %ds, new = n, "events stored")
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "storing events failed"),
+                    Err(e) => tracing::warn!(error = %e, "event task failed"),
+                }
+            }
+            let mut cur = lock(&self.report);
+            let newer = match cur.as_ref() {
+                None => true,
+                Some(c) => {
+                    (report.unix_ms, report.sequence) > (c.report.unix_ms, c.report.sequence)
+                }
+            };
+            if newer {
+                *cur = Some(CurrentReport {
+                    report,
+                    datastore: ds,
+                    received: Instant::now(),
+                });
+            }
+        }
+    }
+
+    pub async fn retry_pending_writes(&self) {
+        self.io.retry_pending().await;
+    }
+
+    pub fn state(&self) -> ClusterState {
+        let inv = self.inventory();
+        let cur = lock(&self.report).clone();
+        let report = cur.as_ref().map(|c| &c.report);
+        let reported_host = |id: HostId| -> Option<&ReportedHost> {
+            report.and_then(|r| r.hosts.iter().find(|h| h.host == id))
+        };
+        let reported_vm = |id: VmId| -> Option<&ReportedVm> {
+            report.and_then(|r| r.vms.iter().find(|v| v.vm == id))
+        };
+        ClusterState {
+            cluster: inv.cluster,
+            config_generation: inv.generation,
+            paused: inv.ha.paused,
+            admission_mode: inv.admission_mode,
+            report: cur.as_ref().map(|c| ReportSummary {
+                master: c.report.master,
+                master_incarnation: c.report.master_incarnation,
+                epoch: c.report.epoch.0,
+                sequence: c.report.sequence,
+                unix_ms: c.report.unix_ms,
+                config_generation: c.report.config_generation,
+                ha_paused: c.report.ha_paused,
+                datastore: c.datastore,
+                age_ms: u64::try_from(c.received.elapsed().as_millis()).unwrap_or(u64::MAX),
+            }),
+            hosts: inv
+                .hosts
+                .values()
+                .map(|h| {
+                    let r = reported_host(h.id);
+                    HostState {
+                        id: h.id,
+                        name: h.name.clone(),
+                        maintenance: h.maintenance,
+                        verdict: r.map(|r| r.verdict.clone()),
+                        network_age_ms: r.and_then(|r| r.network_age_ms),
+                        is_master: report.is_some_and(|r| r.master == h.id),
+                    }
+                })
+                .collect(),
+            vms: inv
+                .vms
+                .values()
+                .map(|v| {
+                    let r = reported_vm(v.id);
+                    VmState {
+                        id: v.id,
+                        name: v.name.clone(),
+                        protected: v.protected,
+                        home: v.home,
+                        host: r.and_then(|r| r.host),
+                        state: r.and_then(|r| r.state.clone()),
+                        restart: r.map(|r| r.restart.clone()),
+                    }
+                })
+                .collect(),
+            datastores: self.io.status(),
+        }
+    }
+
+    /// Background loops: report polling and write retries, until the runtime stops.
+    pub fn spawn_background(self: &Arc<Self>, poll_every: Duration, retry_every: Duration) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(poll_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                me.poll_reports().await;
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(retry_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                me.retry_pending_writes().await;
+            }
+        });
+    }
+}

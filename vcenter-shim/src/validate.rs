@@ -1,0 +1,620 @@
+//! Rules every write must satisfy, checked on the whole would-be inventory before anything is stored.
+//!
+//! Each error names the field of the request that is wrong, so an operator (or `fdmctl`) can point at
+//! it. A value referring to a missing object is 400 (the request is wrong); a clash with the existing
+//! inventory (duplicate id, still in use) is 409.
+
+use crate::error::ShimError;
+use crate::model::{DatastoreSpec, HostSpec, Inventory, VmSpec};
+use heartbeat_fs::records::{AdmissionPolicy, HaSettings};
+use heartbeat_fs::{DatastoreId, HostId, VmId};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+/// Timing names the agent accepts in `timings_ms` (its `Timings` fields). The agent refuses a config
+/// with an unknown name, so the shim refuses it first, where the operator sees the error.
+pub const TIMING_NAMES: &[&str] = &[
+    "heartbeat_interval",
+    "host_unreachable_after",
+    "master_lost_after",
+    "election_window",
+    "ds_heartbeat_interval",
+    "ds_read_interval",
+    "ds_lease",
+    "net_lease",
+    "claim_lease",
+    "claim_renew_interval",
+    "fence_margin",
+    "max_clock_drift_ppm",
+    "isolation_detect_after",
+    "isolation_response_delay",
+    "shutdown_timeout",
+    "power_on_timeout",
+    "config_poll_interval",
+    "datastore_call_deadline",
+    "watchdog_timeout",
+];
+
+const MAX_NAME: usize = 200;
+const MAX_RETRIES: usize = 100;
+
+fn check_name(field: &str, name: &str) -> Result<(), ShimError> {
+    if name.trim().is_empty() {
+        return Err(ShimError::invalid(field, "must not be empty"));
+    }
+    if name.len() > MAX_NAME {
+        return Err(ShimError::invalid(
+            field,
+            format!("longer than {MAX_NAME} bytes"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ShimError::invalid(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+pub fn validate_host(h: &HostSpec, inv: &Inventory) -> Result<(), ShimError> {
+    if h.id.is_none() {
+        return Err(ShimError::invalid(
+            "id",
+            "host id 0 is reserved for \"no host\"",
+        ));
+    }
+    check_name("name", &h.name)?;
+    if let Some(other) = inv
+        .hosts
+        .values()
+        .find(|o| o.id != h.id && o.name == h.name)
+    {
+        return Err(ShimError::conflict(
+            "name",
+            format!("name {:?} is already used by {}", h.name, other.id),
+        ));
+    }
+    if h.address.parse::<SocketAddr>().is_err() {
+        return Err(ShimError::invalid(
+            "address",
+            format!("{:?} is not an ip:port socket address", h.address),
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_datastore(d: &DatastoreSpec, inv: &Inventory) -> Result<(), ShimError> {
+    if d.id.0 == 0 {
+        return Err(ShimError::invalid("id", "datastore id must be at least 1"));
+    }
+    check_name("name", &d.name)?;
+    if let Some(other) = inv
+        .datastores
+        .values()
+        .find(|o| o.id != d.id && o.name == d.name)
+    {
+        return Err(ShimError::conflict(
+            "name",
+            format!("name {:?} is already used by {}", d.name, other.id),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, m) in d.mounts.iter().enumerate() {
+        if !inv.hosts.contains_key(&m.host) {
+            return Err(ShimError::invalid(
+                format!("mounts[{i}].host"),
+                format!("unknown host {}", m.host),
+            ));
+        }
+        if !seen.insert(m.host) {
+            return Err(ShimError::invalid(
+                format!("mounts[{i}].host"),
+                format!("{} is listed twice", m.host),
+            ));
+        }
+        if !m.path.starts_with('/') || m.path.chars().any(char::is_control) {
+            return Err(ShimError::invalid(
+                format!("mounts[{i}].path"),
+                format!("{:?} is not an absolute path", m.path),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_vm(v: &VmSpec, inv: &Inventory) -> Result<(), ShimError> {
+    if v.id.0 == 0 {
+        return Err(ShimError::invalid("id", "vm id must be at least 1"));
+    }
+    check_name("name", &v.name)?;
+    let Some(home) = inv.datastores.get(&v.home) else {
+        return Err(ShimError::invalid(
+            "home",
+            format!("unknown datastore {}", v.home),
+        ));
+    };
+    if home.mounts.is_empty() {
+        return Err(ShimError::invalid(
+            "home",
+            format!(
+                "datastore {} is mounted by no host, so no host could run the VM",
+                v.home
+            ),
+        ));
+    }
+    if let Some(group) = &v.anti_affinity_group {
+        check_name("anti_affinity_group", group)?;
+    }
+    let mut seen = BTreeSet::new();
+    for (i, dep) in v.depends_on.iter().enumerate() {
+        let field = format!("depends_on[{i}]");
+        if *dep == v.id {
+            return Err(ShimError::invalid(field, "a VM cannot depend on itself"));
+        }
+        if !inv.vms.contains_key(dep) {
+            return Err(ShimError::invalid(field, format!("unknown vm {dep}")));
+        }
+        if !seen.insert(*dep) {
+            return Err(ShimError::invalid(field, format!("{dep} is listed twice")));
+        }
+    }
+    let mut graph: BTreeMap<VmId, &[VmId]> = inv
+        .vms
+        .values()
+        .map(|o| (o.id, o.depends_on.as_slice()))
+        .collect();
+    graph.insert(v.id, &v.depends_on);
+    if let Some(cycle) = find_cycle_through(v.id, &graph) {
+        let path: Vec<String> = cycle.iter().map(ToString::to_string).collect();
+        return Err(ShimError::invalid(
+            "depends_on",
+            format!("cyclic dependency: {}", path.join(" -> ")),
+        ));
+    }
+    Ok(())
+}
+
+/// A dependency cycle through `start`, as the path `start -> ... -> start`. Only cycles through the
+/// VM being written can be new, because the stored inventory was acyclic.
+fn find_cycle_through(start: VmId, graph: &BTreeMap<VmId, &[VmId]>) -> Option<Vec<VmId>> {
+    // Iterative DFS so that a long dependency chain cannot overflow the stack.
+    let mut visited = BTreeSet::new();
+    let mut stack: Vec<(VmId, usize)> = vec![(start, 0)];
+    while let Some(&(node, next)) = stack.last() {
+        let deps = graph.get(&node).copied().unwrap_or(&[]);
+        if let Some(&dep) = deps.get(next) {
+            if let Some(top) = stack.last_mut() {
+                top.1 += 1;
+            }
+            if dep == start {
+                let mut path: Vec<VmId> = stack.iter().map(|(n, _)| *n).collect();
+                path.push(start);
+                return Some(path);
+            }
+            if visited.insert(dep) {
+                stack.push((dep, 0));
+            }
+        } else {
+            stack.pop();
+        }
+    }
+    None
+}
+
+pub fn validate_ha(ha: &HaSettings, inv: &Inventory) -> Result<(), ShimError> {
+    for (name, value) in &ha.timings_ms {
+        let field = format!("timings_ms.{name}");
+        if !TIMING_NAMES.contains(&name.as_str()) {
+            return Err(ShimError::invalid(
+                field,
+                format!(
+                    "unknown timing; expected one of {}",
+                    TIMING_NAMES.join(", ")
+                ),
+            ));
+        }
+        if *value == 0 {
+            return Err(ShimError::invalid(field, "must be greater than 0"));
+        }
+    }
+    for (i, addr) in ha.isolation_addresses.iter().enumerate() {
+        // IP literals only: resolving a name needs DNS, which an isolated host may not have.
+        if addr.parse::<IpAddr>().is_err() {
+            return Err(ShimError::invalid(
+                format!("isolation_addresses[{i}]"),
+                format!("{addr:?} is not an IP address"),
+            ));
+        }
+    }
+    if ha.restart_retry_ms.len() > MAX_RETRIES {
+        return Err(ShimError::invalid(
+            "restart_retry_ms",
+            format!("at most {MAX_RETRIES} retries"),
+        ));
+    }
+    if ha.max_concurrent_power_ons_per_host == 0 {
+        return Err(ShimError::invalid(
+            "max_concurrent_power_ons_per_host",
+            "must be at least 1",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, h) in ha.failover_hosts.iter().enumerate() {
+        let field = format!("failover_hosts[{i}]");
+        if !inv.hosts.contains_key(h) {
+            return Err(ShimError::invalid(field, format!("unknown host {h}")));
+        }
+        if !seen.insert(*h) {
+            return Err(ShimError::invalid(field, format!("{h} is listed twice")));
+        }
+    }
+    match &ha.admission {
+        AdmissionPolicy::Disabled => {}
+        AdmissionPolicy::HostFailuresTolerated(n) => {
+            if *n == 0 {
+                return Err(ShimError::invalid(
+                    "admission.HostFailuresTolerated",
+                    "must tolerate at least 1 host failure (use Disabled to turn it off)",
+                ));
+            }
+        }
+        AdmissionPolicy::PercentReserved { cpu, memory } => {
+            if *cpu > 100 {
+                return Err(ShimError::invalid(
+                    "admission.PercentReserved.cpu",
+                    "a percentage must be at most 100",
+                ));
+            }
+            if *memory > 100 {
+                return Err(ShimError::invalid(
+                    "admission.PercentReserved.memory",
+                    "a percentage must be at most 100",
+                ));
+            }
+        }
+        AdmissionPolicy::DedicatedFailoverHosts => {
+            if ha.failover_hosts.is_empty() {
+                return Err(ShimError::invalid(
+                    "failover_hosts",
+                    "DedicatedFailoverHosts needs at least one failover host",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Cross-object rules, re-checked after every write so that changing one object cannot silently
+/// break another (e.g. dropping the last mount of a VM's home datastore).
+pub fn validate_references(inv: &Inventory) -> Result<(), ShimError> {
+    for d in inv.datastores.values() {
+        for (i, m) in d.mounts.iter().enumerate() {
+            if !inv.hosts.contains_key(&m.host) {
+                return Err(ShimError::conflict(
+                    format!("mounts[{i}].host"),
+                    format!("{} mounts unknown host {}", d.id, m.host),
+                ));
+            }
+        }
+    }
+    for v in inv.vms.values() {
+        match inv.datastores.get(&v.home) {
+            None => {
+                return Err(ShimError::conflict(
+                    "home",
+                    format!("{} lives on unknown datastore {}", v.id, v.home),
+                ));
+            }
+            Some(d) if d.mounts.is_empty() => {
+                return Err(ShimError::conflict(
+                    "mounts",
+                    format!(
+                        "{} would be mounted by no host, but {} lives on it",
+                        d.id, v.id
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        if let Some(dep) = v.depends_on.iter().find(|d| !inv.vms.contains_key(d)) {
+            return Err(ShimError::conflict(
+                "depends_on",
+                format!("{} depends on unknown vm {dep}", v.id),
+            ));
+        }
+    }
+    if let Some(h) = inv
+        .ha
+        .failover_hosts
+        .iter()
+        .find(|h| !inv.hosts.contains_key(h))
+    {
+        return Err(ShimError::conflict(
+            "failover_hosts",
+            format!("failover host {h} is not in the inventory"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuse to delete a host still named elsewhere: the operator must unmount or unlist it first,
+/// rather than have the shim rewrite other objects behind their back.
+pub fn check_host_removal(id: HostId, inv: &Inventory) -> Result<(), ShimError> {
+    if let Some(d) = inv
+        .datastores
+        .values()
+        .find(|d| d.mounts.iter().any(|m| m.host == id))
+    {
+        return Err(ShimError::conflict(
+            "id",
+            format!(
+                "{id} still mounts datastore {}; remove the mount first",
+                d.id
+            ),
+        ));
+    }
+    if inv.ha.failover_hosts.contains(&id) {
+        return Err(ShimError::conflict(
+            "id",
+            format!("{id} is a failover host; remove it from failover_hosts first"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_datastore_removal(id: DatastoreId, inv: &Inventory) -> Result<(), ShimError> {
+    if let Some(v) = inv.vms.values().find(|v| v.home == id) {
+        return Err(ShimError::conflict(
+            "id",
+            format!("{id} is the home of {}; remove or move it first", v.id),
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_vm_removal(id: VmId, inv: &Inventory) -> Result<(), ShimError> {
+    if let Some(v) = inv.vms.values().find(|v| v.depends_on.contains(&id)) {
+        return Err(ShimError::conflict(
+            "id",
+            format!("{} depends on {id}; change its depends_on first", v.id),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MountSpec;
+    use heartbeat_fs::ClusterId;
+
+    fn host(id: u32) -> HostSpec {
+        HostSpec {
+            id: HostId(id),
+            name: format!("esx{id}"),
+            address: format!("10.0.0.{id}:7400"),
+            cpu_mhz: 10_000,
+            memory_mb: 65_536,
+            maintenance: false,
+        }
+    }
+
+    fn vm(id: u32, deps: &[u32]) -> VmSpec {
+        VmSpec {
+            id: VmId(id),
+            name: format!("vm{id}"),
+            home: DatastoreId(1),
+            definition: String::new(),
+            cpu_mhz: 1000,
+            memory_mb: 1024,
+            priority: Default::default(),
+            isolation_response: None,
+            restart_policy: Default::default(),
+            depends_on: deps.iter().map(|d| VmId(*d)).collect(),
+            anti_affinity_group: None,
+            protected: true,
+        }
+    }
+
+    fn inv() -> Inventory {
+        let mut inv = Inventory::new(ClusterId(1));
+        for id in [1, 2] {
+            inv.hosts.insert(HostId(id), host(id));
+        }
+        inv.datastores.insert(
+            DatastoreId(1),
+            DatastoreSpec {
+                id: DatastoreId(1),
+                name: "ds1".into(),
+                mounts: vec![MountSpec {
+                    host: HostId(1),
+                    path: "/mnt/ds1".into(),
+                }],
+            },
+        );
+        inv.datastores.insert(
+            DatastoreId(2),
+            DatastoreSpec {
+                id: DatastoreId(2),
+                name: "lonely".into(),
+                mounts: vec![],
+            },
+        );
+        inv
+    }
+
+    fn field(e: ShimError) -> (u16, String) {
+        let status = e.status();
+        (status, e.body().error.field.unwrap_or_default())
+    }
+
+    #[test]
+    fn host_rules() {
+        let inv = inv();
+        assert!(validate_host(&host(3), &inv).is_ok());
+        let mut h = host(3);
+        h.address = "not-an-address".into();
+        assert_eq!(
+            field(validate_host(&h, &inv).unwrap_err()),
+            (400, "address".into())
+        );
+        let mut h = host(3);
+        h.name = "esx1".into();
+        assert_eq!(
+            field(validate_host(&h, &inv).unwrap_err()),
+            (409, "name".into())
+        );
+        assert_eq!(
+            field(validate_host(&host(0), &inv).unwrap_err()),
+            (400, "id".into())
+        );
+        // Renaming a host to its own name is not a clash with itself.
+        assert!(validate_host(&host(1), &inv).is_ok());
+    }
+
+    #[test]
+    fn datastore_rules() {
+        let inv = inv();
+        let mut d = DatastoreSpec {
+            id: DatastoreId(3),
+            name: "ds3".into(),
+            mounts: vec![
+                MountSpec {
+                    host: HostId(1),
+                    path: "/a".into(),
+                },
+                MountSpec {
+                    host: HostId(9),
+                    path: "/b".into(),
+                },
+            ],
+        };
+        assert_eq!(
+            field(validate_datastore(&d, &inv).unwrap_err()),
+            (400, "mounts[1].host".into())
+        );
+        d.mounts[1].host = HostId(1);
+        assert_eq!(
+            field(validate_datastore(&d, &inv).unwrap_err()),
+            (400, "mounts[1].host".into())
+        );
+        d.mounts[1].host = HostId(2);
+        d.mounts[1].path = "relative".into();
+        assert_eq!(
+            field(validate_datastore(&d, &inv).unwrap_err()),
+            (400, "mounts[1].path".into())
+        );
+        d.mounts[1].path = "/b".into();
+        assert!(validate_datastore(&d, &inv).is_ok());
+    }
+
+    #[test]
+    fn vm_rules() {
+        let mut inv = inv();
+        assert!(validate_vm(&vm(1, &[]), &inv).is_ok());
+        let mut v = vm(1, &[]);
+        v.home = DatastoreId(7);
+        assert_eq!(
+            field(validate_vm(&v, &inv).unwrap_err()),
+            (400, "home".into())
+        );
+        v.home = DatastoreId(2);
+        let err = validate_vm(&v, &inv).unwrap_err();
+        assert!(err.to_string().contains("mounted by no host"), "{err}");
+        assert_eq!(field(err), (400, "home".into()));
+        assert_eq!(
+            field(validate_vm(&vm(1, &[1]), &inv).unwrap_err()),
+            (400, "depends_on[0]".into())
+        );
+        assert_eq!(
+            field(validate_vm(&vm(1, &[5]), &inv).unwrap_err()),
+            (400, "depends_on[0]".into())
+        );
+        let mut blank = vm(1, &[]);
+        blank.name = "  ".into();
+        assert_eq!(
+            field(validate_vm(&blank, &inv).unwrap_err()),
+            (400, "name".into())
+        );
+
+        // 1 -> 2 -> 3 stored; making 3 depend on 1 closes the loop.
+        inv.vms.insert(VmId(1), vm(1, &[2]));
+        inv.vms.insert(VmId(2), vm(2, &[3]));
+        inv.vms.insert(VmId(3), vm(3, &[]));
+        let err = validate_vm(&vm(3, &[1]), &inv).unwrap_err();
+        assert!(
+            err.to_string().contains("vm-3 -> vm-1 -> vm-2 -> vm-3"),
+            "{err}"
+        );
+        assert_eq!(field(err), (400, "depends_on".into()));
+        // A diamond is not a cycle.
+        inv.vms.insert(VmId(4), vm(4, &[]));
+        assert!(validate_vm(&vm(3, &[4]), &inv).is_ok());
+        assert!(validate_vm(&vm(5, &[1, 2, 3]), &inv).is_ok());
+    }
+
+    #[test]
+    fn ha_rules() {
+        let inv = inv();
+        let mut ha = HaSettings::default();
+        assert!(validate_ha(&ha, &inv).is_ok());
+        ha.timings_ms.insert("heartbeat_intervl".into(), 100);
+        assert_eq!(
+            field(validate_ha(&ha, &inv).unwrap_err()),
+            (400, "timings_ms.heartbeat_intervl".into())
+        );
+        ha.timings_ms.clear();
+        ha.isolation_addresses = vec!["10.0.0.254".into(), "gateway".into()];
+        assert_eq!(
+            field(validate_ha(&ha, &inv).unwrap_err()),
+            (400, "isolation_addresses[1]".into())
+        );
+        ha.isolation_addresses.clear();
+        ha.failover_hosts = vec![HostId(2), HostId(8)];
+        assert_eq!(
+            field(validate_ha(&ha, &inv).unwrap_err()),
+            (400, "failover_hosts[1]".into())
+        );
+        ha.failover_hosts = vec![];
+        ha.admission = AdmissionPolicy::PercentReserved {
+            cpu: 30,
+            memory: 130,
+        };
+        assert_eq!(
+            field(validate_ha(&ha, &inv).unwrap_err()),
+            (400, "admission.PercentReserved.memory".into())
+        );
+        ha.admission = AdmissionPolicy::DedicatedFailoverHosts;
+        assert_eq!(
+            field(validate_ha(&ha, &inv).unwrap_err()),
+            (400, "failover_hosts".into())
+        );
+    }
+
+    #[test]
+    fn removals_refused_while_referenced() {
+        let mut inv = inv();
+        inv.vms.insert(VmId(1), vm(1, &[]));
+        inv.vms.insert(VmId(2), vm(2, &[1]));
+        assert_eq!(
+            field(check_host_removal(HostId(1), &inv).unwrap_err()).0,
+            409
+        );
+        assert!(check_host_removal(HostId(2), &inv).is_ok());
+        assert_eq!(
+            field(check_datastore_removal(DatastoreId(1), &inv).unwrap_err()).0,
+            409
+        );
+        assert!(check_datastore_removal(DatastoreId(2), &inv).is_ok());
+        assert_eq!(field(check_vm_removal(VmId(1), &inv).unwrap_err()).0, 409);
+        assert!(check_vm_removal(VmId(2), &inv).is_ok());
+        // Dropping the only mount of a VM's home is caught by the cross-object check.
+        inv.datastores
+            .get_mut(&DatastoreId(1))
+            .unwrap()
+            .mounts
+            .clear();
+        assert_eq!(
+            field(validate_references(&inv).unwrap_err()),
+            (409, "mounts".into())
+        );
+    }
+}

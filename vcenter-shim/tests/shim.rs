@@ -1,0 +1,754 @@
+//! End-to-end tests: the real `fdm-shim` binary on a loopback port with a temporary database and
+//! temporary datastores, driven over HTTP and through the real `fdmctl` binary.
+// Tests wait for the server's background poller with real sleeps.
+#![allow(clippy::disallowed_methods)]
+
+use heartbeat_fs::fs::DatastoreDir;
+use heartbeat_fs::records::{ClusterConfig, ClusterReport, ReportEvent, ReportedHost, ReportedVm};
+use heartbeat_fs::{ClusterId, Epoch, HostId, VmId};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "test-token-0123456789";
+
+struct Server {
+    child: Child,
+    url: String,
+    token_file: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Start fdm-shim with datastore 2 reachable only through a `--datastore-root` override.
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        for ds in ["ds1", "ds2-real"] {
+            std::fs::create_dir(dir.path().join(ds)).unwrap();
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fdm-shim"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--db")
+            .arg(dir.path().join("shim.db"))
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--datastore-root")
+            .arg(format!("2={}", dir.path().join("ds2-real").display()))
+            .args(["--poll-interval-ms", "100", "--retry-interval-ms", "200"])
+            .args(["--io-timeout-ms", "3000", "--event-retention", "1000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("fdm-shim listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server {
+            child,
+            url,
+            token_file,
+            dir,
+        }
+    }
+
+    fn ds1(&self) -> PathBuf {
+        self.dir.path().join("ds1")
+    }
+    fn ds2(&self) -> PathBuf {
+        self.dir.path().join("ds2-real")
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = ureq::request(method, &format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let resp = match body {
+            Some(b) => req.send_string(&b.to_string()),
+            None => req.call(),
+        };
+        let (code, r) = match resp {
+            Ok(r) => (r.status(), r),
+            Err(ureq::Error::Status(code, r)) => (code, r),
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let text = r.into_string().unwrap();
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.request(method, path, body, Some(TOKEN))
+    }
+
+    /// Run fdmctl against this server: (success, stdout, stderr).
+    fn ctl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_fdmctl"))
+            .args(args)
+            .env("FDM_URL", &self.url)
+            .env("FDM_TOKEN_FILE", &self.token_file)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ctl_ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.ctl(args);
+        assert!(ok, "fdmctl {args:?} failed: {err}\n{out}");
+        out
+    }
+
+    /// Two hosts of 10 GHz / 64 GB; ds1 mounted by both at its real path; ds2 mounted at a path the
+    /// shim does not see, reachable through the override.
+    fn basic_inventory(&self) {
+        for id in ["1", "2"] {
+            self.ctl_ok(&[
+                "host",
+                "add",
+                "--id",
+                id,
+                "--name",
+                &format!("esx{id}"),
+                "--address",
+                &format!("10.0.0.{id}:7400"),
+                "--cpu-mhz",
+                "10000",
+                "--memory-mb",
+                "65536",
+            ]);
+        }
+        let ds1 = self.ds1().display().to_string();
+        self.ctl_ok(&[
+            "datastore",
+            "add",
+            "--id",
+            "1",
+            "--name",
+            "ds1",
+            "--mount",
+            &format!("1={ds1}"),
+            "--mount",
+            &format!("2={ds1}"),
+        ]);
+        self.ctl_ok(&[
+            "datastore",
+            "add",
+            "--id",
+            "2",
+            "--name",
+            "ds2",
+            "--mount",
+            "2=/vmfs/volumes/ds2",
+        ]);
+    }
+}
+
+fn read_config(mount: &Path) -> Option<ClusterConfig> {
+    DatastoreDir::open(mount).unwrap().read_config().unwrap()
+}
+
+fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn field(v: &Value) -> &str {
+    v["error"]["field"].as_str().unwrap_or("<none>")
+}
+
+#[test]
+fn unauthorized_requests_are_refused() {
+    let s = Server::start();
+    for path in [
+        "/v1/state",
+        "/v1/hosts",
+        "/v1/events",
+        "/v1/config/ha",
+        "/v1/admission",
+    ] {
+        assert_eq!(
+            s.request("GET", path, None, None).0,
+            401,
+            "{path} without token"
+        );
+        assert_eq!(
+            s.request("GET", path, None, Some("wrong-token-0123456")).0,
+            401,
+            "{path}"
+        );
+    }
+    let body = json!({"id": 1, "name": "esx1", "address": "10.0.0.1:7400"});
+    let (code, v) = s.request("POST", "/v1/hosts", Some(body), Some("nope"));
+    assert_eq!(code, 401);
+    assert_eq!(v["error"]["code"], "unauthorized");
+    // Nothing was created by the refused write.
+    assert_eq!(s.call("GET", "/v1/hosts", None), (200, json!([])));
+    // The token in the query works too (the status page uses it).
+    assert_eq!(
+        s.request("GET", &format!("/v1/state?token={TOKEN}"), None, None)
+            .0,
+        200
+    );
+    // The status page itself is public, its data is not.
+    let (code, page) = s.request("GET", "/", None, None);
+    assert_eq!(code, 200);
+    assert!(page.as_str().unwrap().contains("/v1/state"));
+    // fdmctl without a token gets the 401 as an error.
+    let out = Command::new(env!("CARGO_BIN_EXE_fdmctl"))
+        .args(["status"])
+        .env("FDM_URL", &s.url)
+        .env_remove("FDM_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
+
+#[test]
+fn writes_are_validated_and_errors_name_the_field() {
+    let s = Server::start();
+    s.basic_inventory();
+    let ds1 = s.ds1().display().to_string();
+    let cases: Vec<(&str, &str, Value, u16, &str)> = vec![
+        (
+            "POST",
+            "/v1/hosts",
+            json!({"id": 1, "name": "again", "address": "10.0.0.9:1"}),
+            409,
+            "id",
+        ),
+        (
+            "POST",
+            "/v1/hosts",
+            json!({"id": 3, "name": "esx3", "address": "nowhere"}),
+            400,
+            "address",
+        ),
+        (
+            "POST",
+            "/v1/hosts",
+            json!({"id": 3, "name": "esx3", "address": "10.0.0.3:1", "colour": 1}),
+            400,
+            "colour",
+        ),
+        (
+            "POST",
+            "/v1/hosts",
+            json!({"id": 3, "address": "10.0.0.3:1"}),
+            400,
+            "name",
+        ),
+        (
+            "POST",
+            "/v1/datastores",
+            json!({"id": 3, "name": "ds3", "mounts": [{"host": 9, "path": ds1}]}),
+            400,
+            "mounts[0].host",
+        ),
+        (
+            "POST",
+            "/v1/datastores",
+            json!({"id": 3, "name": "ds3", "mounts": [{"host": 1, "path": "rel"}]}),
+            400,
+            "mounts[0].path",
+        ),
+        (
+            "POST",
+            "/v1/vms",
+            json!({"id": 1, "name": "a", "home": 7}),
+            400,
+            "home",
+        ),
+        (
+            "POST",
+            "/v1/vms",
+            json!({"id": 1, "name": "a", "home": 1, "priority": "Urgent"}),
+            400,
+            "priority",
+        ),
+        (
+            "POST",
+            "/v1/vms",
+            json!({"id": 1, "name": "a", "home": 1, "depends_on": [42]}),
+            400,
+            "depends_on[0]",
+        ),
+        ("PUT", "/v1/vms/99", json!({"name": "x"}), 404, "id"),
+        (
+            "PUT",
+            "/v1/config/ha",
+            json!({"failover_hosts": [1, 5]}),
+            400,
+            "failover_hosts[1]",
+        ),
+        (
+            "PUT",
+            "/v1/config/ha",
+            json!({"default_isolation_response": "Explode"}),
+            400,
+            "default_isolation_response",
+        ),
+        (
+            "PUT",
+            "/v1/config/ha",
+            json!({"admission_mode": "maybe"}),
+            400,
+            "admission_mode",
+        ),
+        ("DELETE", "/v1/hosts/1", Value::Null, 409, "id"),
+    ];
+    for (method, path, body, status, want) in cases {
+        let body = (!body.is_null()).then_some(body.clone());
+        let (code, v) = s.call(method, path, body.clone());
+        assert_eq!(code, status, "{method} {path} {body:?}: {v}");
+        assert_eq!(field(&v), want, "{method} {path} {body:?}: {v}");
+    }
+    // A VM whose home datastore no host mounts.
+    s.ctl_ok(&["datastore", "add", "--id", "3", "--name", "orphan"]);
+    let (code, v) = s.call(
+        "POST",
+        "/v1/vms",
+        Some(json!({"id": 1, "name": "a", "home": 3})),
+    );
+    assert_eq!((code, field(&v)), (400, "home"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mounted by no host")
+    );
+
+    // Duplicate VM id and a dependency cycle, through fdmctl.
+    s.ctl_ok(&["vm", "add", "--id", "1", "--name", "db", "--home", "1"]);
+    s.ctl_ok(&[
+        "vm",
+        "add",
+        "--id",
+        "2",
+        "--name",
+        "app",
+        "--home",
+        "1",
+        "--depends-on",
+        "1",
+    ]);
+    let (ok, _, err) = s.ctl(&["vm", "add", "--id", "2", "--name", "dup", "--home", "1"]);
+    assert!(
+        !ok && err.contains("409") && err.contains("field `id`"),
+        "{err}"
+    );
+    let (ok, _, err) = s.ctl(&["vm", "set", "1", "--depends-on", "2"]);
+    assert!(
+        !ok && err.contains("field `depends_on`") && err.contains("cyclic"),
+        "{err}"
+    );
+    let (ok, _, err) = s.ctl(&["vm", "set", "1", "--restart-policy", "Sometimes"]);
+    assert!(!ok && err.contains("field `restart_policy`"), "{err}");
+    // Removing a VM another depends on is refused; the dependent first works.
+    let (ok, _, err) = s.ctl(&["vm", "rm", "1"]);
+    assert!(!ok && err.contains("409"), "{err}");
+    s.ctl_ok(&["vm", "rm", "2"]);
+    s.ctl_ok(&["vm", "rm", "1"]);
+    // No rejected write bumped the generation: 2 hosts + 3 datastores + 4 VM writes.
+    let (_, st) = s.call("GET", "/v1/state", None);
+    assert_eq!(st["config_generation"], 9, "{st}");
+}
+
+#[test]
+fn config_reaches_every_datastore_and_pause_is_visible() {
+    let s = Server::start();
+    s.basic_inventory();
+    let out = s.ctl_ok(&[
+        "--output",
+        "json",
+        "vm",
+        "add",
+        "--id",
+        "7",
+        "--name",
+        "web",
+        "--home",
+        "2",
+        "--cpu-mhz",
+        "500",
+        "--memory-mb",
+        "2048",
+        "--priority",
+        "High",
+        "--definition",
+        "<domain/>",
+    ]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    let generation = r["generation"].as_u64().unwrap();
+    assert_eq!(generation, 5);
+    assert!(
+        r["datastores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["ok"] == true),
+        "{r}"
+    );
+    for mount in [s.ds1(), s.ds2()] {
+        let cfg = read_config(&mount).expect("config on datastore");
+        assert_eq!(cfg.generation, generation);
+        assert_eq!(cfg.cluster, ClusterId(1));
+        assert_eq!(cfg.hosts.len(), 2);
+        assert_eq!(cfg.hosts[1].capacity.memory_mb, 65_536);
+        assert_eq!(cfg.datastores.len(), 2);
+        assert_eq!(cfg.datastores[1].mounts[0].path, "/vmfs/volumes/ds2");
+        let vm = cfg.vm(VmId(7)).expect("vm-7");
+        assert_eq!(vm.reservation.memory_mb, 2048);
+        assert_eq!(vm.definition, "<domain/>");
+        assert_eq!(format!("{:?}", vm.ha.priority), "High");
+        assert!(vm.protected);
+        assert!(!cfg.ha.paused);
+    }
+
+    // Pause: reaches the datastores and fdmctl status.
+    s.ctl_ok(&["ha", "pause"]);
+    for mount in [s.ds1(), s.ds2()] {
+        let cfg = read_config(&mount).unwrap();
+        assert!(cfg.ha.paused);
+        assert_eq!(cfg.generation, generation + 1);
+    }
+    let status = s.ctl_ok(&["status"]);
+    assert!(status.contains("HA PAUSED"), "{status}");
+    assert!(
+        status.contains("esx1") && status.contains("vm-7"),
+        "{status}"
+    );
+    s.ctl_ok(&["ha", "resume"]);
+    assert!(!read_config(&s.ds1()).unwrap().ha.paused);
+    assert!(!s.ctl_ok(&["status"]).contains("HA PAUSED"));
+
+    // config set: a JSON value and a string value.
+    s.ctl_ok(&["config", "set", "isolation_addresses", r#"["10.0.0.254"]"#]);
+    s.ctl_ok(&["config", "set", "default_isolation_response", "Shutdown"]);
+    let cfg = read_config(&s.ds2()).unwrap();
+    assert_eq!(cfg.ha.isolation_addresses, vec!["10.0.0.254".to_string()]);
+    // The VM never chose its own isolation response, so it follows the cluster default.
+    assert_eq!(
+        format!("{:?}", cfg.vm(VmId(7)).unwrap().ha.isolation_response),
+        "Shutdown"
+    );
+
+    // A datastore the shim cannot reach yet: reported in the answer, written once it appears.
+    let late = s.dir.path().join("late");
+    let (code, v) = s.call(
+        "POST",
+        "/v1/datastores",
+        Some(json!({"id": 4, "name": "late", "mounts": [{"host": 1, "path": late.display().to_string()}]})),
+    );
+    assert_eq!(code, 201, "{v}");
+    let gen_late = v["generation"].as_u64().unwrap();
+    let failed: Vec<&Value> = v["datastores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["ok"] == false)
+        .collect();
+    assert_eq!(failed.len(), 1, "{v}");
+    assert_eq!(failed[0]["datastore"], 4);
+    assert!(
+        v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("ds-4"))
+    );
+    std::fs::create_dir(&late).unwrap();
+    let cfg = wait_until("background retry", || {
+        DatastoreDir::open(&late).ok()?.read_config().ok()?
+    });
+    assert_eq!(cfg.generation, gen_late);
+}
+
+fn event(seq: u64, kind: &str) -> ReportEvent {
+    ReportEvent {
+        seq,
+        unix_ms: 1_700_000_000_000 + seq,
+        kind: kind.into(),
+        host: Some(HostId(2)),
+        vm: Some(VmId(7)),
+        message: format!("event number {seq}"),
+    }
+}
+
+fn report(sequence: u64, events: Vec<ReportEvent>) -> ClusterReport {
+    ClusterReport {
+        cluster: ClusterId(1),
+        master: HostId(1),
+        master_incarnation: 77,
+        epoch: Epoch(3),
+        sequence,
+        unix_ms: 1_700_000_000_000 + sequence * 1000,
+        config_generation: 4,
+        ha_paused: false,
+        hosts: vec![
+            ReportedHost {
+                host: HostId(1),
+                verdict: "alive".into(),
+                network_age_ms: Some(10),
+            },
+            ReportedHost {
+                host: HostId(2),
+                verdict: "dead".into(),
+                network_age_ms: None,
+            },
+        ],
+        vms: vec![ReportedVm {
+            vm: VmId(7),
+            host: Some(HostId(1)),
+            state: Some("running".into()),
+            restart: "idle".into(),
+        }],
+        events,
+    }
+}
+
+#[test]
+fn events_are_stored_once_and_served_in_order() {
+    let s = Server::start();
+    s.basic_inventory();
+    s.ctl_ok(&["vm", "add", "--id", "7", "--name", "web", "--home", "1"]);
+    let dir = DatastoreDir::open(s.ds1()).unwrap();
+    dir.write_report(&report(
+        1,
+        vec![event(1, "role"), event(2, "verdict"), event(3, "restart")],
+    ))
+    .unwrap();
+    wait_until("first events", || {
+        let (_, v) = s.call("GET", "/v1/events", None);
+        (v.as_array()?.len() == 3).then_some(())
+    });
+    // The next report repeats 2 and 3 and adds 4 and 5; the same report also lands on ds2.
+    let second = report(
+        2,
+        vec![
+            event(2, "verdict"),
+            event(3, "restart"),
+            event(4, "restart"),
+            event(5, "isolation"),
+        ],
+    );
+    dir.write_report(&second).unwrap();
+    DatastoreDir::open(s.ds2())
+        .unwrap()
+        .write_report(&second)
+        .unwrap();
+    let evs = wait_until("second events", || {
+        let (_, v) = s.call("GET", "/v1/events", None);
+        let a = v.as_array()?.clone();
+        (a.len() >= 5).then_some(a)
+    });
+    // Give the poller a few more rounds to (wrongly) duplicate anything.
+    std::thread::sleep(Duration::from_millis(400));
+    let (_, all) = s.call("GET", "/v1/events", None);
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert_eq!(all, &evs[..5]);
+    let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    let ids: Vec<i64> = all.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(all[4]["kind"], "isolation");
+    assert_eq!(all[4]["master_incarnation"], 77);
+    // Paging by shim id.
+    let (_, page) = s.call("GET", &format!("/v1/events?since={}", ids[2]), None);
+    let page: Vec<u64> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(page, vec![4, 5]);
+    let (code, v) = s.call("GET", "/v1/events?since=abc", None);
+    assert_eq!((code, field(&v)), (400, "since"));
+
+    // The newest report is the state; fdmctl shows it.
+    let (_, st) = s.call("GET", "/v1/state", None);
+    assert_eq!(st["report"]["sequence"], 2, "{st}");
+    assert_eq!(st["report"]["master"], 1);
+    assert_eq!(st["hosts"][1]["verdict"], "dead");
+    assert_eq!(st["hosts"][0]["is_master"], true);
+    assert_eq!(st["vms"][0]["state"], "running");
+    let status = s.ctl_ok(&["status"]);
+    assert!(status.contains("master host-1"), "{status}");
+    assert!(
+        status.contains("dead") && status.contains("running"),
+        "{status}"
+    );
+    let text = s.ctl_ok(&["events", "--since", &ids[3].to_string()]);
+    assert!(
+        text.contains("event number 5") && !text.contains("event number 4"),
+        "{text}"
+    );
+
+    // An older report written later does not replace the state.
+    dir.write_report(&report(1, vec![])).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let (_, st) = s.call("GET", "/v1/state", None);
+    assert_eq!(st["report"]["sequence"], 2);
+}
+
+#[test]
+fn admission_control_verdicts() {
+    let s = Server::start();
+    s.basic_inventory();
+    s.ctl_ok(&[
+        "host",
+        "add",
+        "--id",
+        "3",
+        "--name",
+        "esx3",
+        "--address",
+        "10.0.0.3:7400",
+        "--cpu-mhz",
+        "10000",
+        "--memory-mb",
+        "65536",
+    ]);
+    s.ctl_ok(&[
+        "config",
+        "set",
+        "admission",
+        r#"{"HostFailuresTolerated":1}"#,
+    ]);
+    for id in ["1", "2"] {
+        s.ctl_ok(&[
+            "vm",
+            "add",
+            "--id",
+            id,
+            "--name",
+            &format!("vm{id}"),
+            "--home",
+            "1",
+            "--cpu-mhz",
+            "8000",
+            "--memory-mb",
+            "4096",
+        ]);
+    }
+    let (_, a) = s.call("GET", "/v1/admission", None);
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(a["cpu_mhz"]["capacity"], 30_000);
+    assert_eq!(a["cpu_mhz"]["available"], 20_000);
+    assert_eq!(a["cpu_mhz"]["demand"], 16_000);
+
+    // A third 8 GHz VM needs 24 GHz of the 20 GHz left after one failure: refused.
+    let body = json!({"id": 3, "name": "vm3", "home": 1, "cpu_mhz": 8000, "memory_mb": 4096});
+    let (code, v) = s.call("POST", "/v1/vms", Some(body.clone()));
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (409, Some("admission")),
+        "{v}"
+    );
+    assert_eq!(field(&v), "reservation");
+    assert_eq!(v["admission"]["cpu_mhz"]["demand"], 24_000);
+    // ... but an unprotected one is fine, and protecting it later is refused.
+    let mut unprotected = body.clone();
+    unprotected["protected"] = json!(false);
+    assert_eq!(s.call("POST", "/v1/vms", Some(unprotected)).0, 201);
+    let (ok, _, err) = s.ctl(&["vm", "set", "3", "--protected", "true"]);
+    assert!(!ok && err.contains("admission"), "{err}");
+    let out = s.ctl_ok(&["admission"]);
+    assert!(out.contains("OK"), "{out}");
+
+    // Percentage policy: 10% reserved leaves 27 GHz, enough for 24 GHz.
+    s.ctl_ok(&[
+        "config",
+        "set",
+        "admission",
+        r#"{"PercentReserved":{"cpu":10,"memory":10}}"#,
+    ]);
+    s.ctl_ok(&["vm", "set", "3", "--protected", "true"]);
+    let (_, a) = s.call("GET", "/v1/admission", None);
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(a["cpu_mhz"]["available"], 27_000);
+
+    // Maintenance takes a host's capacity away: accepted with a warning, verdict turns false.
+    let out = s.ctl_ok(&["host", "maintenance", "enter", "3"]);
+    assert!(out.contains("warning: admission control"), "{out}");
+    let (_, a) = s.call("GET", "/v1/admission", None);
+    assert_eq!(a["ok"], false, "{a}");
+    assert_eq!(a["hosts_considered"], 2);
+    assert!(s.ctl_ok(&["admission"]).contains("VIOLATED"));
+    s.ctl_ok(&["host", "maintenance", "exit", "3"]);
+
+    // Warn mode: a write that breaks it is accepted with a warning.
+    s.ctl_ok(&["config", "set", "admission_mode", "warn"]);
+    let out = s.ctl_ok(&[
+        "vm",
+        "add",
+        "--id",
+        "4",
+        "--name",
+        "vm4",
+        "--home",
+        "1",
+        "--cpu-mhz",
+        "8000",
+    ]);
+    assert!(out.contains("warning: admission control"), "{out}");
+    let (_, a) = s.call("GET", "/v1/admission", None);
+    assert_eq!(a["ok"], false);
+    assert_eq!(a["cpu_mhz"]["demand"], 32_000);
+
+    // Dedicated failover host 3: the VMs must fit on hosts 1 and 2 (20 GHz) - they do not.
+    s.ctl_ok(&["config", "set", "admission_mode", "refuse"]);
+    s.ctl_ok(&["vm", "rm", "4"]);
+    s.call(
+        "PUT",
+        "/v1/config/ha",
+        Some(json!({"failover_hosts": [3], "admission": "DedicatedFailoverHosts"})),
+    );
+    let (_, a) = s.call("GET", "/v1/admission", None);
+    assert_eq!(a["ok"], false, "{a}");
+    assert_eq!(a["cpu_mhz"]["reserved_for_failover"], 10_000);
+    s.ctl_ok(&["vm", "rm", "3"]);
+    let (_, a) = s.call("GET", "/v1/admission", None);
+    assert_eq!(a["ok"], true, "{a}");
+    // The settings reached the datastores.
+    let cfg = read_config(&s.ds1()).unwrap();
+    assert_eq!(cfg.ha.failover_hosts, vec![HostId(3)]);
+    assert_eq!(format!("{:?}", cfg.ha.admission), "DedicatedFailoverHosts");
+}
