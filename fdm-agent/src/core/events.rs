@@ -173,3 +173,52 @@ pub enum Event {
         what: String,
     },
 }
+
+impl Event {
+    /// Short machine-readable kind, as the management plane shows it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::RoleChanged { .. } | Event::ElectionWon { .. } | Event::Yielded { .. } => "role",
+            Event::VerdictChanged { .. } => "verdict",
+            Event::IsolationDeclared
+            | Event::IsolationEnded
+            | Event::IsolationResponseApplied { .. } => "isolation",
+            Event::SelfFenced { .. } => "fence",
+            Event::DatastoreLost { .. }
+            | Event::DatastoreRestored { .. }
+            | Event::ClaimAcquired { .. }
+            | Event::ClaimLost { .. } => "datastore",
+            Event::RestartNeeded { .. }
+            | Event::RestartIssued { .. }
+            | Event::VmRestarted { .. }
+            | Event::RestartFailed { .. }
+            | Event::RestartGaveUp { .. }
+            | Event::NoCapacity { .. }
+            | Event::AntiAffinityBroken { .. } => "restart",
+            Event::PowerOnRefused { .. } | Event::PoweredOn { .. } | Event::Adopted { .. } => "vm",
+            Event::ConfigApplied { .. } | Event::ConfigRejected { .. } => "config",
+            Event::ActionSuppressed { .. } => "suppressed",
+        }
+    }
+
+    /// The host and the VM the event is about, where it names them.
+    pub fn subject(&self) -> (Option<HostId>, Option<VmId>) {
+        match self {
+            Event::Yielded { to } => (Some(*to), None),
+            Event::VerdictChanged { subject, .. } => (Some(*subject), None),
+            Event::IsolationResponseApplied { vm, .. }
+            | Event::RestartGaveUp { vm, .. }
+            | Event::NoCapacity { vm }
+            | Event::PoweredOn { vm, .. }
+            | Event::Adopted { vm } => (None, Some(*vm)),
+            Event::RestartNeeded { vm, from, .. } => (*from, Some(*vm)),
+            Event::RestartIssued { vm, target, .. } | Event::RestartFailed { vm, target, .. } => {
+                (Some(*target), Some(*vm))
+            }
+            Event::VmRestarted { vm, on, .. } => (Some(*on), Some(*vm)),
+            Event::AntiAffinityBroken { vm, host, .. } => (Some(*host), Some(*vm)),
+            Event::PowerOnRefused { vm, from, .. } => (Some(*from), Some(*vm)),
+            _ => (None, None),
+        }
+    }
+}

@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod config;
+pub mod report;
 pub mod status;
 
 use crate::core::{
@@ -171,9 +172,11 @@ pub async fn run(
     let socket = Arc::new(udp_socket(cfg.bind)?);
     let start = Instant::now();
     let now = || Time::from_micros(start.elapsed().as_micros() as u64);
+    let incarnation = incarnation();
+    let mut reporter = report::Reporter::new(incarnation, &cfg.datastores)?;
     let settings = AgentSettings {
         host: cfg.host,
-        incarnation: incarnation(),
+        incarnation,
         cluster: cfg.cluster,
         secret: cfg.secret,
         datastores: cfg.datastores.iter().map(|(d, _)| *d).collect(),
@@ -291,6 +294,7 @@ pub async fn run(
                 Output::KickWatchdog => watchdog.kick(),
                 Output::Event(e) => {
                     events_since_publish = true;
+                    reporter.record(&e);
                     let line = format!("{e:?}");
                     tracing::info!(target: "fdm::event", event = %line);
                     let mut s = shared.lock().expect("shared");
@@ -316,6 +320,7 @@ pub async fn run(
             last_publish = Instant::now();
             events_since_publish = false;
             status::publish(&agent, now(), &shared);
+            reporter.tick(&agent, now());
         }
         if let Some(t0) = shutting_down
             && (t0.elapsed() > Duration::from_millis(300))

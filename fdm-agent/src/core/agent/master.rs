@@ -223,7 +223,28 @@ impl MasterState {
         self.peers.get(&host).and_then(|p| p.verdict)
     }
 
-    pub(super) fn config_changed(&mut self, _now: Time) {
+    /// A newer cluster configuration: the protected lists follow it at once (VMs protected,
+    /// unprotected, moved to another home, HA settings changed), not only at the next claim.
+    pub(super) fn config_changed(&mut self, _now: Time, config: &ClusterView) {
+        for (d, pd) in self.protected.iter_mut() {
+            if !pd.loaded {
+                continue;
+            }
+            let wanted: Vec<heartbeat_fs::records::VmConfig> = config
+                .vms
+                .iter()
+                .filter(|v| v.home == *d && v.protected)
+                .cloned()
+                .collect();
+            sync_protected_with_config(pd, &wanted);
+        }
+        // A VM no list protects any more has nothing left to restart.
+        let listed: BTreeSet<VmId> = self
+            .protected
+            .values()
+            .flat_map(|pd| pd.list.vms.iter().map(|e| e.vm))
+            .collect();
+        self.tracks.retain(|vm, _| listed.contains(vm));
         self.reconcile_due = true;
     }
 

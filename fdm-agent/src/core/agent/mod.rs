@@ -763,7 +763,7 @@ impl Agent {
         self.vms.rebuild_homes(&self.config);
         self.emit(Event::ConfigApplied { generation });
         if let Some(m) = self.master.as_mut() {
-            m.config_changed(now);
+            m.config_changed(now, &self.config);
         }
     }
 

@@ -374,3 +374,50 @@ fn skipping_the_lease_wait_is_caught_by_the_never_twice_check() {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.run_secs(20.0)));
     assert!(r.is_err(), "a double power-on must be detected");
 }
+
+/// The management plane changes the configuration while a master runs: a newly protected VM is
+/// started once, and a VM that lost its protection is not restarted when its host dies.
+#[test]
+fn protection_changes_reach_the_running_masters_lists() {
+    let vms = (1..=3)
+        .map(|i| vm(i, 1, RestartPriority::Medium, IsolationResponse::PowerOff))
+        .collect();
+    let mut c = Cluster::new(config(3, &[&[1, 2, 3]], vms));
+    for i in 1..=3 {
+        c.place(HostId(i), i);
+    }
+    settle(&mut c);
+    let mut cfg = c.config.clone();
+    cfg.generation += 1;
+    cfg.vms
+        .push(vm(4, 1, RestartPriority::High, IsolationResponse::PowerOff));
+    let victim = (1..=3u32)
+        .rev()
+        .find(|&h| !c.masters().contains(&HostId(h)))
+        .expect("a slave");
+    // The VM on the slave that will die is no longer protected.
+    let unprotected = victim;
+    cfg.vms
+        .iter_mut()
+        .find(|v| v.id == VmId(unprotected))
+        .expect("vm")
+        .protected = false;
+    for d in c.ds.values_mut() {
+        d.config = Some(cfg.clone());
+    }
+    c.config = cfg;
+    c.run_until(Duration::from_secs(20), |c| c.where_runs(4).len() == 1)
+        .expect("the newly protected VM is started");
+    c.crash_host(HostId(victim));
+    c.run_secs(25.0);
+    assert!(
+        c.where_runs(unprotected).is_empty(),
+        "vm{unprotected} lost its protection but was restarted"
+    );
+    assert_eq!(c.where_runs(4).len(), 1);
+    assert_eq!(
+        c.power_ons.iter().filter(|(_, _, v)| *v == VmId(4)).count(),
+        1,
+        "vm4 started exactly once"
+    );
+}
