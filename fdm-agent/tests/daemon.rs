@@ -225,3 +225,23 @@ fn sighup_applies_timings_and_keeps_the_old_config_when_the_new_one_is_bad() {
     };
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn the_shipped_example_config_is_a_valid_agent_file() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dist/agent.toml.example"
+    ))
+    .expect("dist/agent.toml.example");
+    // Every field it names exists (unknown fields are refused) and has the right type.
+    let f: fdm_agent::runtime::config::AgentFile = toml::from_str(&text).expect("parses");
+    assert_eq!(f.driver.kind, "libvirt");
+    assert_eq!(f.datastores.len(), 2);
+    // With its secret present it validates (datastore mounts absent here are only warnings).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "ab".repeat(32)).unwrap();
+    let local = text.replace("/etc/fdm/secret", "secret");
+    let cfg = fdm_agent::runtime::config::AgentConfig::parse(&local, dir.path())
+        .expect("the example validates");
+    assert_eq!(cfg.warnings.len(), 2, "{:?}", cfg.warnings);
+}
