@@ -6,6 +6,7 @@
 //! `world` is the simulated cluster, `scenario` the TOML scenario format, `run` runs scenarios and
 //! random sweeps, `invariants` holds one check per file, `report` the human-readable output.
 
+pub mod detect;
 pub mod invariants;
 pub mod report;
 pub mod rng;

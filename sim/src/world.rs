@@ -319,6 +319,17 @@ pub struct World {
     pub crashes: Vec<(Micros, HostId)>,
     /// First "dead" verdict per host after each crash: (crash time, verdict time).
     pub detections: Vec<(HostId, Micros, Micros)>,
+    /// "Dead" verdicts on hosts that were powered on with a running agent at the time: false
+    /// positives of failure detection (subject, time).
+    pub false_dead: Vec<(HostId, Micros)>,
+    /// Every restart the masters issued: (time, VM).
+    pub restarts_issued: Vec<(Micros, VmId)>,
+    /// Host whose agent's handler time and incoming datagrams are measured (the scale benchmark).
+    pub profile: Option<HostId>,
+    /// Wall time spent inside the profiled agent's handlers, nanoseconds.
+    pub profile_busy_ns: u64,
+    /// Datagrams delivered to the profiled agent.
+    pub profile_datagrams: u64,
     /// VMs the operator stopped: they must stay stopped.
     pub operator_stopped: BTreeSet<VmId>,
     crash_master_on_restart: bool,
@@ -398,6 +409,11 @@ impl World {
             stops: BTreeMap::new(),
             crashes: Vec::new(),
             detections: Vec::new(),
+            false_dead: Vec::new(),
+            restarts_issued: Vec::new(),
+            profile: None,
+            profile_busy_ns: 0,
+            profile_datagrams: 0,
             operator_stopped: BTreeSet::new(),
             crash_master_on_restart: false,
             recent: std::collections::VecDeque::new(),
@@ -805,6 +821,21 @@ impl World {
         {
             self.detections.push((*subject, t, self.now));
         }
+        if let Event::VerdictChanged {
+            subject,
+            to: Verdict::Dead,
+            ..
+        } = &e
+            && let Some(j) = self.idx(*subject)
+            && self.hosts[j].powered
+            && !self.hosts[j].hung
+            && self.hosts[j].agent.is_some()
+        {
+            self.false_dead.push((*subject, self.now));
+        }
+        if let Event::RestartIssued { vm, .. } = &e {
+            self.restarts_issued.push((self.now, *vm));
+        }
         if matches!(e, Event::RestartIssued { .. }) && self.crash_master_on_restart {
             self.crash_master_on_restart = false;
             self.log(Some(h), format!("{e:?}"));
@@ -871,10 +902,20 @@ impl World {
             return;
         }
         let now = self.agent_now(i);
+        let profiled = self.profile == Some(self.hosts[i].id);
         let Some(agent) = self.hosts[i].agent.as_mut() else {
             return;
         };
-        f(agent, now);
+        if profiled {
+            // Wall time on purpose: this measures the real cost of the handlers (scale benchmark),
+            // it never feeds back into the simulation.
+            #[allow(clippy::disallowed_methods)]
+            let t0 = std::time::Instant::now();
+            f(agent, now);
+            self.profile_busy_ns += t0.elapsed().as_nanos() as u64;
+        } else {
+            f(agent, now);
+        }
         self.drain(i);
     }
 
@@ -1201,6 +1242,9 @@ impl World {
             Ev::Datagram { to, payload } => {
                 let Some(i) = self.idx(to) else { return };
                 let inc = self.hosts[i].incarnation;
+                if self.profile == Some(self.hosts[i].id) {
+                    self.profile_datagrams += 1;
+                }
                 self.deliver(i, inc, |a, now| a.handle_datagram(now, &payload));
             }
             Ev::Ds {
