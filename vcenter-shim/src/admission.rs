@@ -224,43 +224,55 @@ mod tests {
     use heartbeat_fs::records::RestartPolicy;
     use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
 
+    /// Hosts and VMs numbered from 1, given as (CPU MHz, memory MB); every VM protected.
     fn inv(hosts: &[(u32, u64)], vms: &[(u32, u64)]) -> Inventory {
         let mut inv = Inventory::new(ClusterId(1));
-        for (i, (cpu, mem)) in hosts.iter().enumerate() {
-            let id = HostId(i as u32 + 1);
-            inv.hosts.insert(
-                id,
-                HostSpec {
-                    id,
-                    name: format!("h{}", id.0),
-                    address: "10.0.0.1:1".into(),
-                    cpu_mhz: *cpu,
-                    memory_mb: *mem,
-                    maintenance: false,
-                },
-            );
+        for (n, &(cpu_mhz, memory_mb)) in (1..).zip(hosts) {
+            let h = HostSpec {
+                id: HostId(n),
+                name: format!("h{n}"),
+                address: "10.0.0.1:1".into(),
+                cpu_mhz,
+                memory_mb,
+                maintenance: false,
+            };
+            inv.hosts.insert(h.id, h);
         }
-        for (i, (cpu, mem)) in vms.iter().enumerate() {
-            let id = VmId(i as u32 + 1);
-            inv.vms.insert(
-                id,
-                VmSpec {
-                    id,
-                    name: format!("v{}", id.0),
-                    home: DatastoreId(1),
-                    definition: String::new(),
-                    cpu_mhz: *cpu,
-                    memory_mb: *mem,
-                    priority: Default::default(),
-                    isolation_response: None,
-                    restart_policy: Default::default(),
-                    depends_on: vec![],
-                    anti_affinity_group: None,
-                    protected: true,
-                },
-            );
+        for (n, &(cpu_mhz, memory_mb)) in (1..).zip(vms) {
+            let v = VmSpec {
+                cpu_mhz,
+                memory_mb,
+                ..vm(n)
+            };
+            inv.vms.insert(v.id, v);
         }
         inv
+    }
+
+    fn vm(n: u32) -> VmSpec {
+        VmSpec {
+            id: VmId(n),
+            name: format!("v{n}"),
+            home: DatastoreId(1),
+            definition: String::new(),
+            cpu_mhz: 0,
+            memory_mb: 0,
+            priority: Default::default(),
+            isolation_response: None,
+            restart_policy: Default::default(),
+            depends_on: vec![],
+            anti_affinity_group: None,
+            protected: true,
+        }
+    }
+
+    /// A copy of vm-`from` under a new id: adds the same demand again.
+    fn copy_vm(inv: &mut Inventory, from: u32, to: u32) {
+        let v = VmSpec {
+            id: VmId(to),
+            ..inv.vms[&VmId(from)].clone()
+        };
+        inv.vms.insert(v.id, v);
     }
 
     #[test]
@@ -285,11 +297,7 @@ mod tests {
         assert_eq!(r.cpu_mhz.reserved_for_failover, 10_000);
 
         // A third such VM needs 24 GHz: more than the 20 GHz left.
-        i.vms.insert(VmId(3), {
-            let mut v = i.vms[&VmId(1)].clone();
-            v.id = VmId(3);
-            v
-        });
+        copy_vm(&mut i, 1, 3);
         let r = evaluate(&i);
         assert!(!r.ok);
         assert!(r.problems.iter().any(|p| p.contains("MHz CPU")), "{r:?}");
@@ -363,18 +371,10 @@ mod tests {
         assert!(r.ok, "{r:?}");
         assert_eq!(r.cpu_mhz.available, 20_000);
         // 18 GHz of VMs still fit on the two regular hosts, and losing one displaces at most 10 GHz.
-        i.vms.insert(VmId(3), {
-            let mut v = i.vms[&VmId(1)].clone();
-            v.id = VmId(3);
-            v
-        });
+        copy_vm(&mut i, 1, 3);
         assert!(evaluate(&i).ok);
         // A fourth no longer fits outside the failover host.
-        i.vms.insert(VmId(4), {
-            let mut v = i.vms[&VmId(1)].clone();
-            v.id = VmId(4);
-            v
-        });
+        copy_vm(&mut i, 1, 4);
         assert!(!evaluate(&i).ok);
         i.vms.remove(&VmId(4));
         // A failover host too small to absorb the largest regular host.

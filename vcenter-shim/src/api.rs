@@ -21,6 +21,8 @@ use heartbeat_fs::{DatastoreId, HostId, VmId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 
 const STATUS_PAGE: &str = include_str!("status.html");
@@ -70,6 +72,14 @@ fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     }
 }
 
+/// Our own types always serialise; a failure means a stored value no longer fits its type.
+fn to_json(value: &impl Serialize, what: &str) -> Result<Value, ShimError> {
+    serde_json::to_value(value).map_err(|e| ShimError::Corrupt {
+        what: what.into(),
+        message: e.to_string(),
+    })
+}
+
 fn ok<T: Serialize>(value: &T) -> ApiResult {
     Ok(json_response(StatusCode::OK, value))
 }
@@ -81,10 +91,7 @@ fn written<T: Serialize>(
     value: Option<&T>,
     out: WriteOutcome,
 ) -> ApiResult {
-    let mut body = serde_json::to_value(&out).map_err(|e| ShimError::Corrupt {
-        what: "response".into(),
-        message: e.to_string(),
-    })?;
+    let mut body = to_json(&out, "response")?;
     if let (Some(v), Value::Object(map)) = (value, &mut body) {
         map.insert(
             key.to_string(),
@@ -99,24 +106,13 @@ pub fn router(shim: Arc<Shim>, token: String) -> Router {
     let v1 = Router::new()
         .route("/v1/config", get(get_config))
         .route("/v1/config/ha", get(get_ha).put(put_ha))
-        .route("/v1/hosts", get(list_hosts).post(add_host))
-        .route(
-            "/v1/hosts/{id}",
-            get(get_host).put(put_host).delete(delete_host),
-        )
         .route("/v1/hosts/{id}/maintenance", post(host_maintenance))
-        .route("/v1/datastores", get(list_datastores).post(add_datastore))
-        .route(
-            "/v1/datastores/{id}",
-            get(get_datastore)
-                .put(put_datastore)
-                .delete(delete_datastore),
-        )
-        .route("/v1/vms", get(list_vms).post(add_vm))
-        .route("/v1/vms/{id}", get(get_vm).put(put_vm).delete(delete_vm))
         .route("/v1/state", get(get_state))
         .route("/v1/events", get(get_events))
         .route("/v1/admission", get(get_admission))
+        .merge(entity_routes::<HostSpec>())
+        .merge(entity_routes::<DatastoreSpec>())
+        .merge(entity_routes::<VmSpec>())
         .route_layer(middleware::from_fn_with_state(api.clone(), auth));
     Router::new()
         .route("/", get(status_page))
@@ -238,10 +234,7 @@ fn merge(
             "does not match the id in the path",
         ));
     }
-    let mut base = serde_json::to_value(stored).map_err(|e| ShimError::Corrupt {
-        what: "stored object".into(),
-        message: e.to_string(),
-    })?;
+    let mut base = to_json(stored, "stored object")?;
     if let Value::Object(map) = &mut base {
         map.extend(patch);
     }
@@ -255,10 +248,7 @@ async fn get_config(State(api): State<Arc<Api>>) -> ApiResult {
 }
 
 fn ha_view(inv: &Inventory) -> Result<Value, ShimError> {
-    let mut v = serde_json::to_value(&inv.ha).map_err(|e| ShimError::Corrupt {
-        what: "HA settings".into(),
-        message: e.to_string(),
-    })?;
+    let mut v = to_json(&inv.ha, "HA settings")?;
     if let Value::Object(map) = &mut v {
         map.insert(
             "admission_mode".into(),
@@ -327,74 +317,184 @@ async fn get_events(State(api): State<Arc<Api>>, req: Request) -> ApiResult {
     ok(&api.shim.events_since(since, limit)?)
 }
 
-// ---- hosts --------------------------------------------------------------------------------------
+// ---- inventory objects ---------------------------------------------------------------------------
 
-async fn list_hosts(State(api): State<Arc<Api>>) -> ApiResult {
-    ok(&api.shim.inventory().hosts.values().collect::<Vec<_>>())
+/// What tells hosts, datastores and VMs apart to their list/get/add/put/delete routes, so that one
+/// set of handlers serves all three with the same checks in the same order.
+trait Entity: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    type Id: Ord + Copy + fmt::Display + Send + Sync + 'static;
+    /// Names the object in messages ("no host host-1") and keys it in write answers.
+    const NOUN: &'static str;
+    const COLLECTION: &'static str;
+    const FIELDS: &'static [&'static str];
+    const GATE: AdmissionGate;
+    fn id_from(raw: u32) -> Self::Id;
+    fn id(&self) -> Self::Id;
+    fn all(inv: &Inventory) -> &BTreeMap<Self::Id, Self>;
+    fn all_mut(inv: &mut Inventory) -> &mut BTreeMap<Self::Id, Self>;
+    fn validate(&self, inv: &Inventory) -> Result<(), ShimError>;
+    fn check_removal(id: Self::Id, inv: &Inventory) -> Result<(), ShimError>;
 }
 
-fn no_host(id: u32) -> ShimError {
-    ShimError::not_found("id", format!("no host {}", HostId(id)))
-}
-
-async fn get_host(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
-    let id = parse_id(&id)?;
-    match api.shim.inventory().hosts.get(&HostId(id)) {
-        Some(h) => ok(h),
-        None => Err(no_host(id).into()),
+impl Entity for HostSpec {
+    type Id = HostId;
+    const NOUN: &'static str = "host";
+    const COLLECTION: &'static str = "/v1/hosts";
+    const FIELDS: &'static [&'static str] = HostSpec::FIELDS;
+    const GATE: AdmissionGate = AdmissionGate::WarnOnly;
+    fn id_from(raw: u32) -> HostId {
+        HostId(raw)
+    }
+    fn id(&self) -> HostId {
+        self.id
+    }
+    fn all(inv: &Inventory) -> &BTreeMap<HostId, Self> {
+        &inv.hosts
+    }
+    fn all_mut(inv: &mut Inventory) -> &mut BTreeMap<HostId, Self> {
+        &mut inv.hosts
+    }
+    fn validate(&self, inv: &Inventory) -> Result<(), ShimError> {
+        validate::validate_host(self, inv)
+    }
+    fn check_removal(id: HostId, inv: &Inventory) -> Result<(), ShimError> {
+        validate::check_host_removal(id, inv)
     }
 }
 
-async fn add_host(State(api): State<Arc<Api>>, body: Bytes) -> ApiResult {
+impl Entity for DatastoreSpec {
+    type Id = DatastoreId;
+    const NOUN: &'static str = "datastore";
+    const COLLECTION: &'static str = "/v1/datastores";
+    const FIELDS: &'static [&'static str] = DatastoreSpec::FIELDS;
+    const GATE: AdmissionGate = AdmissionGate::WarnOnly;
+    fn id_from(raw: u32) -> DatastoreId {
+        DatastoreId(raw)
+    }
+    fn id(&self) -> DatastoreId {
+        self.id
+    }
+    fn all(inv: &Inventory) -> &BTreeMap<DatastoreId, Self> {
+        &inv.datastores
+    }
+    fn all_mut(inv: &mut Inventory) -> &mut BTreeMap<DatastoreId, Self> {
+        &mut inv.datastores
+    }
+    fn validate(&self, inv: &Inventory) -> Result<(), ShimError> {
+        validate::validate_datastore(self, inv)
+    }
+    fn check_removal(id: DatastoreId, inv: &Inventory) -> Result<(), ShimError> {
+        validate::check_datastore_removal(id, inv)
+    }
+}
+
+impl Entity for VmSpec {
+    type Id = VmId;
+    const NOUN: &'static str = "vm";
+    const COLLECTION: &'static str = "/v1/vms";
+    const FIELDS: &'static [&'static str] = VmSpec::FIELDS;
+    /// Only VM writes add restart demand, so only they can be refused by admission control.
+    const GATE: AdmissionGate = AdmissionGate::Vm {
+        field: "reservation",
+    };
+    fn id_from(raw: u32) -> VmId {
+        VmId(raw)
+    }
+    fn id(&self) -> VmId {
+        self.id
+    }
+    fn all(inv: &Inventory) -> &BTreeMap<VmId, Self> {
+        &inv.vms
+    }
+    fn all_mut(inv: &mut Inventory) -> &mut BTreeMap<VmId, Self> {
+        &mut inv.vms
+    }
+    fn validate(&self, inv: &Inventory) -> Result<(), ShimError> {
+        validate::validate_vm(self, inv)
+    }
+    fn check_removal(id: VmId, inv: &Inventory) -> Result<(), ShimError> {
+        validate::check_vm_removal(id, inv)
+    }
+}
+
+fn entity_routes<T: Entity>() -> Router<Arc<Api>> {
+    Router::new()
+        .route(T::COLLECTION, get(list::<T>).post(add::<T>))
+        .route(
+            &format!("{}/{{id}}", T::COLLECTION),
+            get(get_one::<T>).put(put::<T>).delete(delete::<T>),
+        )
+}
+
+fn missing<T: Entity>(id: T::Id) -> ShimError {
+    ShimError::not_found("id", format!("no {} {id}", T::NOUN))
+}
+
+async fn list<T: Entity>(State(api): State<Arc<Api>>) -> ApiResult {
+    ok(&T::all(&api.shim.inventory()).values().collect::<Vec<_>>())
+}
+
+async fn get_one<T: Entity>(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
+    let id = T::id_from(parse_id(&id)?);
+    match T::all(&api.shim.inventory()).get(&id) {
+        Some(found) => ok(found),
+        None => Err(missing::<T>(id).into()),
+    }
+}
+
+async fn add<T: Entity>(State(api): State<Arc<Api>>, body: Bytes) -> ApiResult {
     let map = parse_object(&body)?;
-    check_keys(&map, HostSpec::FIELDS)?;
-    let spec: HostSpec = from_value(Value::Object(map))?;
+    check_keys(&map, T::FIELDS)?;
+    let spec: T = from_value(Value::Object(map))?;
     let stored = spec.clone();
     let out = api
         .shim
-        .write(AdmissionGate::WarnOnly, |inv| {
-            if inv.hosts.contains_key(&spec.id) {
-                return Err(ShimError::conflict(
-                    "id",
-                    format!("{} already exists", spec.id),
-                ));
+        .write(T::GATE, |inv| {
+            let id = spec.id();
+            if T::all(inv).contains_key(&id) {
+                return Err(ShimError::conflict("id", format!("{id} already exists")));
             }
-            validate::validate_host(&spec, inv)?;
-            inv.hosts.insert(spec.id, spec);
+            spec.validate(inv)?;
+            T::all_mut(inv).insert(id, spec);
             Ok(())
         })
         .await?;
-    written(StatusCode::CREATED, "host", Some(&stored), out)
+    written(StatusCode::CREATED, T::NOUN, Some(&stored), out)
 }
 
-async fn put_host(State(api): State<Arc<Api>>, Path(id): Path<String>, body: Bytes) -> ApiResult {
-    let id = parse_id(&id)?;
+async fn put<T: Entity>(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let raw = parse_id(&id)?;
+    let id = T::id_from(raw);
     let patch = parse_object(&body)?;
     let mut stored = None;
     let out = api
         .shim
-        .write(AdmissionGate::WarnOnly, |inv| {
-            let cur = inv.hosts.get(&HostId(id)).ok_or_else(|| no_host(id))?;
-            let spec: HostSpec = from_value(merge(cur, patch, id, HostSpec::FIELDS)?)?;
-            validate::validate_host(&spec, inv)?;
+        .write(T::GATE, |inv| {
+            let cur = T::all(inv).get(&id).ok_or_else(|| missing::<T>(id))?;
+            let spec: T = from_value(merge(cur, patch, raw, T::FIELDS)?)?;
+            spec.validate(inv)?;
             stored = Some(spec.clone());
-            inv.hosts.insert(spec.id, spec);
+            T::all_mut(inv).insert(spec.id(), spec);
             Ok(())
         })
         .await?;
-    written(StatusCode::OK, "host", stored.as_ref(), out)
+    written(StatusCode::OK, T::NOUN, stored.as_ref(), out)
 }
 
-async fn delete_host(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
-    let id = parse_id(&id)?;
+async fn delete<T: Entity>(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
+    let id = T::id_from(parse_id(&id)?);
     let out = api
         .shim
-        .write(AdmissionGate::WarnOnly, |inv| {
-            if !inv.hosts.contains_key(&HostId(id)) {
-                return Err(no_host(id));
+        .write(T::GATE, |inv| {
+            if !T::all(inv).contains_key(&id) {
+                return Err(missing::<T>(id));
             }
-            validate::check_host_removal(HostId(id), inv)?;
-            inv.hosts.remove(&HostId(id));
+            T::check_removal(id, inv)?;
+            T::all_mut(inv).remove(&id);
             Ok(())
         })
         .await?;
@@ -406,7 +506,7 @@ async fn host_maintenance(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    let id = parse_id(&id)?;
+    let id = HostId(parse_id(&id)?);
     let map = parse_object(&body)?;
     check_keys(&map, &["action"])?;
     let enter = match map.get("action").and_then(Value::as_str) {
@@ -420,172 +520,16 @@ async fn host_maintenance(
     let out = api
         .shim
         .write(AdmissionGate::WarnOnly, |inv| {
-            let h = inv.hosts.get_mut(&HostId(id)).ok_or_else(|| no_host(id))?;
+            let h = inv
+                .hosts
+                .get_mut(&id)
+                .ok_or_else(|| missing::<HostSpec>(id))?;
             h.maintenance = enter;
             stored = Some(h.clone());
             Ok(())
         })
         .await?;
-    written(StatusCode::OK, "host", stored.as_ref(), out)
-}
-
-// ---- datastores ---------------------------------------------------------------------------------
-
-fn no_datastore(id: u32) -> ShimError {
-    ShimError::not_found("id", format!("no datastore {}", DatastoreId(id)))
-}
-
-async fn list_datastores(State(api): State<Arc<Api>>) -> ApiResult {
-    ok(&api.shim.inventory().datastores.values().collect::<Vec<_>>())
-}
-
-async fn get_datastore(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
-    let id = parse_id(&id)?;
-    match api.shim.inventory().datastores.get(&DatastoreId(id)) {
-        Some(d) => ok(d),
-        None => Err(no_datastore(id).into()),
-    }
-}
-
-async fn add_datastore(State(api): State<Arc<Api>>, body: Bytes) -> ApiResult {
-    let map = parse_object(&body)?;
-    check_keys(&map, DatastoreSpec::FIELDS)?;
-    let spec: DatastoreSpec = from_value(Value::Object(map))?;
-    let stored = spec.clone();
-    let out = api
-        .shim
-        .write(AdmissionGate::WarnOnly, |inv| {
-            if inv.datastores.contains_key(&spec.id) {
-                return Err(ShimError::conflict(
-                    "id",
-                    format!("{} already exists", spec.id),
-                ));
-            }
-            validate::validate_datastore(&spec, inv)?;
-            inv.datastores.insert(spec.id, spec);
-            Ok(())
-        })
-        .await?;
-    written(StatusCode::CREATED, "datastore", Some(&stored), out)
-}
-
-async fn put_datastore(
-    State(api): State<Arc<Api>>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let id = parse_id(&id)?;
-    let patch = parse_object(&body)?;
-    let mut stored = None;
-    let out = api
-        .shim
-        .write(AdmissionGate::WarnOnly, |inv| {
-            let cur = inv
-                .datastores
-                .get(&DatastoreId(id))
-                .ok_or_else(|| no_datastore(id))?;
-            let spec: DatastoreSpec = from_value(merge(cur, patch, id, DatastoreSpec::FIELDS)?)?;
-            validate::validate_datastore(&spec, inv)?;
-            stored = Some(spec.clone());
-            inv.datastores.insert(spec.id, spec);
-            Ok(())
-        })
-        .await?;
-    written(StatusCode::OK, "datastore", stored.as_ref(), out)
-}
-
-async fn delete_datastore(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
-    let id = parse_id(&id)?;
-    let out = api
-        .shim
-        .write(AdmissionGate::WarnOnly, |inv| {
-            if !inv.datastores.contains_key(&DatastoreId(id)) {
-                return Err(no_datastore(id));
-            }
-            validate::check_datastore_removal(DatastoreId(id), inv)?;
-            inv.datastores.remove(&DatastoreId(id));
-            Ok(())
-        })
-        .await?;
-    written::<()>(StatusCode::OK, "", None, out)
-}
-
-// ---- VMs ----------------------------------------------------------------------------------------
-
-fn no_vm(id: u32) -> ShimError {
-    ShimError::not_found("id", format!("no vm {}", VmId(id)))
-}
-
-const VM_GATE: AdmissionGate = AdmissionGate::Vm {
-    field: "reservation",
-};
-
-async fn list_vms(State(api): State<Arc<Api>>) -> ApiResult {
-    ok(&api.shim.inventory().vms.values().collect::<Vec<_>>())
-}
-
-async fn get_vm(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
-    let id = parse_id(&id)?;
-    match api.shim.inventory().vms.get(&VmId(id)) {
-        Some(v) => ok(v),
-        None => Err(no_vm(id).into()),
-    }
-}
-
-async fn add_vm(State(api): State<Arc<Api>>, body: Bytes) -> ApiResult {
-    let map = parse_object(&body)?;
-    check_keys(&map, VmSpec::FIELDS)?;
-    let spec: VmSpec = from_value(Value::Object(map))?;
-    let stored = spec.clone();
-    let out = api
-        .shim
-        .write(VM_GATE, |inv| {
-            if inv.vms.contains_key(&spec.id) {
-                return Err(ShimError::conflict(
-                    "id",
-                    format!("{} already exists", spec.id),
-                ));
-            }
-            validate::validate_vm(&spec, inv)?;
-            inv.vms.insert(spec.id, spec);
-            Ok(())
-        })
-        .await?;
-    written(StatusCode::CREATED, "vm", Some(&stored), out)
-}
-
-async fn put_vm(State(api): State<Arc<Api>>, Path(id): Path<String>, body: Bytes) -> ApiResult {
-    let id = parse_id(&id)?;
-    let patch = parse_object(&body)?;
-    let mut stored = None;
-    let out = api
-        .shim
-        .write(VM_GATE, |inv| {
-            let cur = inv.vms.get(&VmId(id)).ok_or_else(|| no_vm(id))?;
-            let spec: VmSpec = from_value(merge(cur, patch, id, VmSpec::FIELDS)?)?;
-            validate::validate_vm(&spec, inv)?;
-            stored = Some(spec.clone());
-            inv.vms.insert(spec.id, spec);
-            Ok(())
-        })
-        .await?;
-    written(StatusCode::OK, "vm", stored.as_ref(), out)
-}
-
-async fn delete_vm(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
-    let id = parse_id(&id)?;
-    let out = api
-        .shim
-        .write(VM_GATE, |inv| {
-            if !inv.vms.contains_key(&VmId(id)) {
-                return Err(no_vm(id));
-            }
-            validate::check_vm_removal(VmId(id), inv)?;
-            inv.vms.remove(&VmId(id));
-            Ok(())
-        })
-        .await?;
-    written::<()>(StatusCode::OK, "", None, out)
+    written(StatusCode::OK, HostSpec::NOUN, stored.as_ref(), out)
 }
 
 #[cfg(test)]

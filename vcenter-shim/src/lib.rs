@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod cli;
 pub mod dsio;
 pub mod error;
 pub mod model;

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "test-token-0123456789";
@@ -107,14 +108,17 @@ impl Server {
         self.request(method, path, body, Some(TOKEN))
     }
 
+    fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fdmctl"));
+        cmd.args(args)
+            .env("FDM_URL", &self.url)
+            .env("FDM_TOKEN_FILE", &self.token_file);
+        cmd
+    }
+
     /// Run fdmctl against this server: (success, stdout, stderr).
     fn ctl(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_fdmctl"))
-            .args(args)
-            .env("FDM_URL", &self.url)
-            .env("FDM_TOKEN_FILE", &self.token_file)
-            .output()
-            .unwrap();
+        let out = self.ctl_command(args).output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -128,24 +132,29 @@ impl Server {
         out
     }
 
+    /// Host `esx<id>` of 10 GHz / 64 GB.
+    fn add_host(&self, id: &str) {
+        self.ctl_ok(&[
+            "host",
+            "add",
+            "--id",
+            id,
+            "--name",
+            &format!("esx{id}"),
+            "--address",
+            &format!("10.0.0.{id}:7400"),
+            "--cpu-mhz",
+            "10000",
+            "--memory-mb",
+            "65536",
+        ]);
+    }
+
     /// Two hosts of 10 GHz / 64 GB; ds1 mounted by both at its real path; ds2 mounted at a path the
     /// shim does not see, reachable through the override.
     fn basic_inventory(&self) {
         for id in ["1", "2"] {
-            self.ctl_ok(&[
-                "host",
-                "add",
-                "--id",
-                id,
-                "--name",
-                &format!("esx{id}"),
-                "--address",
-                &format!("10.0.0.{id}:7400"),
-                "--cpu-mhz",
-                "10000",
-                "--memory-mb",
-                "65536",
-            ]);
+            self.add_host(id);
         }
         let ds1 = self.ds1().display().to_string();
         self.ctl_ok(&[
@@ -230,9 +239,8 @@ fn unauthorized_requests_are_refused() {
     assert_eq!(code, 200);
     assert!(page.as_str().unwrap().contains("/v1/state"));
     // fdmctl without a token gets the 401 as an error.
-    let out = Command::new(env!("CARGO_BIN_EXE_fdmctl"))
-        .args(["status"])
-        .env("FDM_URL", &s.url)
+    let out = s
+        .ctl_command(&["status"])
         .env_remove("FDM_TOKEN_FILE")
         .output()
         .unwrap();
@@ -628,24 +636,148 @@ fn events_are_stored_once_and_served_in_order() {
     assert_eq!(st["report"]["sequence"], 2);
 }
 
+/// A running `fdmctl events --follow`, killed when the test ends, also when it fails.
+struct Follower {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Follower {
+    fn start(s: &Server) -> Follower {
+        let mut child = s
+            .ctl_command(&["events", "--follow"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        // A thread, so that waiting for a line can time out instead of blocking the test forever.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Follower {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn wait_for_line(&mut self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.seen.iter().any(|l| l.contains(text)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(e) => panic!(
+                    "no line with {text:?} ({e:?}); printed so far: {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn events_follow_prints_new_events_as_they_arrive() {
+    let s = Server::start();
+    s.basic_inventory();
+    let dir = DatastoreDir::open(s.ds1()).unwrap();
+    dir.write_report(&report(1, vec![event(1, "role")]))
+        .unwrap();
+    wait_until("first event", || {
+        let (_, v) = s.call("GET", "/v1/events", None);
+        (v.as_array()?.len() == 1).then_some(())
+    });
+    let mut follower = Follower::start(&s);
+    follower.wait_for_line("event number 1");
+
+    // The next report repeats event 1 and adds event 2, which the running follower must print.
+    dir.write_report(&report(2, vec![event(1, "role"), event(2, "restart")]))
+        .unwrap();
+    follower.wait_for_line("event number 2");
+    let line = follower.seen.last().unwrap();
+    assert!(
+        line.contains("host-1") && line.contains("restart"),
+        "{line}"
+    );
+    let ones = follower
+        .seen
+        .iter()
+        .filter(|l| l.contains("event number 1"))
+        .count();
+    assert_eq!(ones, 1, "{:?}", follower.seen);
+}
+
+#[test]
+fn lists_are_tables_in_text_mode_and_json_on_request() {
+    let s = Server::start();
+    s.basic_inventory();
+    s.ctl_ok(&["vm", "add", "--id", "6", "--name", "db", "--home", "1"]);
+    let vm7 = json!({"id": 7, "name": "web", "home": 2, "depends_on": [6],
+        "definition": "<domain>\n</domain>"});
+    assert_eq!(s.call("POST", "/v1/vms", Some(vm7)).0, 201);
+    let rows = |args: &[&str]| -> Vec<Vec<String>> {
+        s.ctl_ok(args)
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .collect()
+    };
+    let hosts = rows(&["host", "list"]);
+    assert_eq!(hosts[0][0], "HOST", "{hosts:?}");
+    assert_eq!(
+        hosts[1],
+        ["host-1", "esx1", "10.0.0.1:7400", "10000", "65536", "no"],
+        "{hosts:?}"
+    );
+    let datastores = rows(&["datastore", "list"]);
+    assert_eq!(
+        datastores[2],
+        ["ds-2", "ds2", "host-2:/vmfs/volumes/ds2"],
+        "{datastores:?}"
+    );
+    let vms = rows(&["vm", "list"]);
+    assert_eq!(vms.len(), 3, "{vms:?}");
+    assert_eq!(vms[2][..3], ["vm-7", "web", "ds-2"], "{vms:?}");
+    assert!(vms[2].contains(&"vm-6".to_string()), "{vms:?}");
+    let show = s.ctl_ok(&["vm", "show", "7"]);
+    assert!(
+        show.lines()
+            .any(|l| l.split_whitespace().eq(["depends_on", "vm-6"])),
+        "{show}"
+    );
+    assert!(
+        show.contains("definition:\n  <domain>\n  </domain>"),
+        "{show}"
+    );
+
+    // JSON output is unchanged: the API's objects as they are.
+    let json: Value =
+        serde_json::from_str(&s.ctl_ok(&["--output", "json", "host", "list"])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+    assert_eq!(json[1]["name"], "esx2");
+    let json: Value =
+        serde_json::from_str(&s.ctl_ok(&["--output", "json", "vm", "show", "7"])).unwrap();
+    assert_eq!(json["depends_on"], json!([6]));
+}
+
 #[test]
 fn admission_control_verdicts() {
     let s = Server::start();
     s.basic_inventory();
-    s.ctl_ok(&[
-        "host",
-        "add",
-        "--id",
-        "3",
-        "--name",
-        "esx3",
-        "--address",
-        "10.0.0.3:7400",
-        "--cpu-mhz",
-        "10000",
-        "--memory-mb",
-        "65536",
-    ]);
+    s.add_host("3");
     s.ctl_ok(&[
         "config",
         "set",

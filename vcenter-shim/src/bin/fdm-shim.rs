@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
+use vcenter_shim::cli;
 use vcenter_shim::dsio::DatastoreIo;
 use vcenter_shim::service::Shim;
 use vcenter_shim::store::Store;
@@ -53,12 +54,7 @@ struct Args {
 }
 
 fn parse_root(s: &str) -> Result<(DatastoreId, PathBuf), String> {
-    let (id, path) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected ID=PATH"))?;
-    let id: u32 = id
-        .parse()
-        .map_err(|_| format!("{id:?} is not a datastore id"))?;
+    let (id, path) = cli::id_and_path(s, "ID", "datastore")?;
     Ok((DatastoreId(id), PathBuf::from(path)))
 }
 
@@ -69,10 +65,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let token = std::fs::read_to_string(&args.token_file)
-        .with_context(|| format!("reading token file {}", args.token_file.display()))?
-        .trim()
-        .to_string();
+    let token = cli::read_token(&args.token_file)?;
     if token.len() < 8 {
         bail!(
             "the token in {} is shorter than 8 characters",

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
+use vcenter_shim::cli;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -63,7 +64,8 @@ enum Cmd {
     Ha(HaCmd),
 }
 
-#[derive(Debug, clap::Args)]
+/// Named as the API's VM fields, so that the flags given serialise straight into a request body.
+#[derive(Debug, clap::Args, serde::Serialize)]
 struct VmFields {
     #[arg(long)]
     name: Option<String>,
@@ -220,6 +222,77 @@ impl Client {
     }
 }
 
+/// A client plus the output mode every command prints in.
+struct Ctl {
+    client: Client,
+    json_out: bool,
+}
+
+impl Ctl {
+    fn show(&self, path: &str, text: fn(&Value)) -> Result<()> {
+        let v = self.client.call("GET", path, None)?;
+        if self.json_out {
+            print_json(&v);
+        } else {
+            text(&v);
+        }
+        Ok(())
+    }
+
+    /// Sends a change and prints its outcome; `what` is the text-mode summary of it.
+    fn write(&self, method: &str, path: &str, body: Option<Value>, what: &str) -> Result<()> {
+        let r = self.client.call(method, path, body.as_ref())?;
+        if self.json_out {
+            print_json(&r);
+            return Ok(());
+        }
+        println!("{what} (config generation {})", r["generation"]);
+        for w in r["warnings"].as_array().into_iter().flatten() {
+            println!("warning: {}", w.as_str().unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// `prefix` names the object in the summary the way `status` does (`ds-4 removed`).
+    fn remove(&self, collection: &str, prefix: &str, id: u32) -> Result<()> {
+        let what = format!("{prefix}-{id} removed");
+        self.write("DELETE", &format!("{collection}/{id}"), None, &what)
+    }
+
+    fn events(&self, mut since: i64, follow: bool) -> Result<()> {
+        loop {
+            let page = self
+                .client
+                .call("GET", &format!("/v1/events?since={since}"), None)?;
+            let page = page.as_array().map(Vec::as_slice).unwrap_or_default();
+            for e in page {
+                since = since.max(e["id"].as_i64().unwrap_or(since));
+                if self.json_out {
+                    println!("{e}");
+                } else {
+                    println!(
+                        "{:>6}  host-{} #{:<5} {:<10} {}",
+                        e["id"],
+                        e["master"],
+                        e["seq"],
+                        e["kind"].as_str().unwrap_or(""),
+                        e["message"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            // The server caps a page, so only an empty one says everything has been printed.
+            if page.is_empty() {
+                if !follow {
+                    return Ok(());
+                }
+                // A CLI polling loop, not the sans-IO core the ban protects.
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -229,94 +302,47 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let token = match &cli.token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading token file {}", p.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
+    let token = cli.token_file.as_deref().map(cli::read_token).transpose()?;
+    let ctl = Ctl {
+        client: Client {
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(60))
+                .build(),
+            base: cli.url.clone(),
+            token,
+        },
+        json_out: cli.output == Output::Json,
     };
-    let client = Client {
-        agent: ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(60))
-            .build(),
-        base: cli.url.clone(),
-        token,
-    };
-    let json_out = cli.output == Output::Json;
     match cli.cmd {
-        Cmd::Status => {
-            let s = client.call("GET", "/v1/state", None)?;
-            if json_out {
-                print_json(&s);
-            } else {
-                print_status(&s);
-            }
-        }
-        Cmd::Events { since, follow } => {
-            let mut since = since;
-            loop {
-                let evs = client.call("GET", &format!("/v1/events?since={since}"), None)?;
-                for e in evs.as_array().into_iter().flatten() {
-                    since = since.max(e["id"].as_i64().unwrap_or(since));
-                    if json_out {
-                        println!("{e}");
-                    } else {
-                        println!(
-                            "{:>6}  host-{} #{:<5} {:<10} {}",
-                            e["id"],
-                            e["master"],
-                            e["seq"],
-                            e["kind"].as_str().unwrap_or(""),
-                            e["message"].as_str().unwrap_or("")
-                        );
-                    }
-                }
-                if !follow {
-                    break;
-                }
-                // A CLI polling loop, not the sans-IO core the ban protects.
-                #[allow(clippy::disallowed_methods)]
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
-        Cmd::Admission => {
-            let a = client.call("GET", "/v1/admission", None)?;
-            if json_out {
-                print_json(&a);
-            } else {
-                print_admission(&a);
-            }
-        }
+        Cmd::Status => ctl.show("/v1/state", print_status),
+        Cmd::Events { since, follow } => ctl.events(since, follow),
+        Cmd::Admission => ctl.show("/v1/admission", print_admission),
         Cmd::Vm(cmd) => match cmd {
-            VmCmd::List => show(&client.call("GET", "/v1/vms", None)?, json_out),
-            VmCmd::Show { id } => show(
-                &client.call("GET", &format!("/v1/vms/{id}"), None)?,
-                json_out,
-            ),
+            VmCmd::List => ctl.show("/v1/vms", |v| print_table(VM_COLUMNS, v)),
+            VmCmd::Show { id } => ctl.show(&format!("/v1/vms/{id}"), print_vm),
             VmCmd::Add { id, fields } => {
                 let mut body = vm_body(fields)?;
                 body.insert("id".into(), json!(id));
-                let r = client.call("POST", "/v1/vms", Some(&Value::Object(body)))?;
-                report_write(&r, json_out, &format!("vm-{id} added"));
+                let body = Some(Value::Object(body));
+                ctl.write("POST", "/v1/vms", body, &format!("vm-{id} added"))
             }
             VmCmd::Set { id, fields } => {
                 let body = vm_body(fields)?;
                 if body.is_empty() {
                     bail!("nothing to set: give at least one --field");
                 }
-                let r = client.call("PUT", &format!("/v1/vms/{id}"), Some(&Value::Object(body)))?;
-                report_write(&r, json_out, &format!("vm-{id} updated"));
+                let body = Some(Value::Object(body));
+                ctl.write(
+                    "PUT",
+                    &format!("/v1/vms/{id}"),
+                    body,
+                    &format!("vm-{id} updated"),
+                )
             }
-            VmCmd::Rm { id } => {
-                let r = client.call("DELETE", &format!("/v1/vms/{id}"), None)?;
-                report_write(&r, json_out, &format!("vm-{id} removed"));
-            }
+            VmCmd::Rm { id } => ctl.remove("/v1/vms", "vm", id),
         },
         Cmd::Host(cmd) => match cmd {
-            HostCmd::List => show(&client.call("GET", "/v1/hosts", None)?, json_out),
+            HostCmd::List => ctl.show("/v1/hosts", |v| print_table(HOST_COLUMNS, v)),
             HostCmd::Add {
                 id,
                 name,
@@ -326,112 +352,71 @@ fn run(cli: Cli) -> Result<()> {
             } => {
                 let body = json!({"id": id, "name": name, "address": address,
                     "cpu_mhz": cpu_mhz, "memory_mb": memory_mb});
-                let r = client.call("POST", "/v1/hosts", Some(&body))?;
-                report_write(&r, json_out, &format!("host-{id} added"));
+                ctl.write("POST", "/v1/hosts", Some(body), &format!("host-{id} added"))
             }
-            HostCmd::Rm { id } => {
-                let r = client.call("DELETE", &format!("/v1/hosts/{id}"), None)?;
-                report_write(&r, json_out, &format!("host-{id} removed"));
-            }
+            HostCmd::Rm { id } => ctl.remove("/v1/hosts", "host", id),
             HostCmd::Maintenance { action, id } => {
                 let action = match action {
                     MaintenanceAction::Enter => "enter",
                     MaintenanceAction::Exit => "exit",
                 };
-                let r = client.call(
+                ctl.write(
                     "POST",
                     &format!("/v1/hosts/{id}/maintenance"),
-                    Some(&json!({ "action": action })),
-                )?;
-                report_write(&r, json_out, &format!("host-{id} maintenance {action}"));
+                    Some(json!({ "action": action })),
+                    &format!("host-{id} maintenance {action}"),
+                )
             }
         },
         Cmd::Datastore(cmd) => match cmd {
-            DsCmd::List => show(&client.call("GET", "/v1/datastores", None)?, json_out),
+            DsCmd::List => ctl.show("/v1/datastores", |v| print_table(DATASTORE_COLUMNS, v)),
             DsCmd::Add { id, name, mounts } => {
                 let mut ms = Vec::new();
                 for m in &mounts {
-                    let (h, p) = m
-                        .split_once('=')
-                        .ok_or_else(|| anyhow!("--mount {m:?}: expected HOST_ID=PATH"))?;
-                    let h: u32 = h
-                        .parse()
-                        .map_err(|_| anyhow!("--mount {m:?}: {h:?} is not a host id"))?;
-                    ms.push(json!({"host": h, "path": p}));
+                    let (host, path) = cli::id_and_path(m, "HOST_ID", "host")
+                        .map_err(|e| anyhow!("--mount {e}"))?;
+                    ms.push(json!({"host": host, "path": path}));
                 }
                 let body = json!({"id": id, "name": name, "mounts": ms});
-                let r = client.call("POST", "/v1/datastores", Some(&body))?;
-                report_write(&r, json_out, &format!("ds-{id} added"));
+                ctl.write(
+                    "POST",
+                    "/v1/datastores",
+                    Some(body),
+                    &format!("ds-{id} added"),
+                )
             }
-            DsCmd::Rm { id } => {
-                let r = client.call("DELETE", &format!("/v1/datastores/{id}"), None)?;
-                report_write(&r, json_out, &format!("ds-{id} removed"));
-            }
+            DsCmd::Rm { id } => ctl.remove("/v1/datastores", "ds", id),
         },
         Cmd::Config(cmd) => match cmd {
-            ConfigCmd::Show => show(&client.call("GET", "/v1/config/ha", None)?, json_out),
+            // The settings are nested (admission policy, timings): JSON is their readable form.
+            ConfigCmd::Show => ctl.show("/v1/config/ha", print_json),
             ConfigCmd::Set { key, value } => {
                 let v = serde_json::from_str::<Value>(&value).unwrap_or(Value::String(value));
-                let mut body = Map::new();
-                body.insert(key.clone(), v);
-                let r = client.call("PUT", "/v1/config/ha", Some(&Value::Object(body)))?;
-                report_write(&r, json_out, &format!("{key} set"));
+                let body = Some(Value::Object(Map::from_iter([(key.clone(), v)])));
+                ctl.write("PUT", "/v1/config/ha", body, &format!("{key} set"))
             }
         },
         Cmd::Ha(cmd) => {
             let paused = matches!(cmd, HaCmd::Pause);
-            let r = client.call("PUT", "/v1/config/ha", Some(&json!({ "paused": paused })))?;
             let what = if paused { "HA paused" } else { "HA resumed" };
-            report_write(&r, json_out, what);
+            let body = Some(json!({ "paused": paused }));
+            ctl.write("PUT", "/v1/config/ha", body, what)
         }
     }
-    Ok(())
 }
 
-fn vm_body(f: VmFields) -> Result<Map<String, Value>> {
-    let mut m = Map::new();
-    let mut put = |k: &str, v: Value| {
-        m.insert(k.to_string(), v);
+fn vm_body(mut f: VmFields) -> Result<Map<String, Value>> {
+    if let Some(path) = f.definition.as_deref().and_then(|d| d.strip_prefix('@')) {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading definition file {path}"))?;
+        f.definition = Some(text);
+    }
+    let Value::Object(mut body) = serde_json::to_value(&f)? else {
+        bail!("VM fields did not serialise to an object");
     };
-    if let Some(v) = f.name {
-        put("name", json!(v));
-    }
-    if let Some(v) = f.home {
-        put("home", json!(v));
-    }
-    if let Some(v) = f.definition {
-        let text = match v.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("reading definition file {path}"))?,
-            None => v,
-        };
-        put("definition", json!(text));
-    }
-    if let Some(v) = f.cpu_mhz {
-        put("cpu_mhz", json!(v));
-    }
-    if let Some(v) = f.memory_mb {
-        put("memory_mb", json!(v));
-    }
-    if let Some(v) = f.priority {
-        put("priority", json!(v));
-    }
-    if let Some(v) = f.isolation_response {
-        put("isolation_response", json!(v));
-    }
-    if let Some(v) = f.restart_policy {
-        put("restart_policy", json!(v));
-    }
-    if let Some(v) = f.depends_on {
-        put("depends_on", json!(v));
-    }
-    if let Some(v) = f.anti_affinity_group {
-        put("anti_affinity_group", json!(v));
-    }
-    if let Some(v) = f.protected {
-        put("protected", json!(v));
-    }
-    Ok(m)
+    // A flag not given must be absent, not null: `vm set` sends only what changes.
+    body.retain(|_, v| !v.is_null());
+    Ok(body)
 }
 
 fn print_json(v: &Value) {
@@ -441,22 +426,6 @@ fn print_json(v: &Value) {
     );
 }
 
-fn show(v: &Value, _json_out: bool) {
-    // Lists and objects have no better text form than indented JSON.
-    print_json(v);
-}
-
-fn report_write(r: &Value, json_out: bool, what: &str) {
-    if json_out {
-        print_json(r);
-        return;
-    }
-    println!("{what} (config generation {})", r["generation"]);
-    for w in r["warnings"].as_array().into_iter().flatten() {
-        println!("warning: {}", w.as_str().unwrap_or_default());
-    }
-}
-
 fn opt(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -464,6 +433,132 @@ fn opt(v: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// `host-1` rather than `1`, so that ids of different kinds cannot be mistaken for one another.
+fn named_id(prefix: &str, id: &Value) -> String {
+    match id.as_u64() {
+        Some(n) => format!("{prefix}-{n}"),
+        None => "-".into(),
+    }
+}
+
+fn flag(v: &Value, yes: &str, no: &str) -> String {
+    if v.as_bool() == Some(true) { yes } else { no }.into()
+}
+
+/// The items of a JSON array rendered by `item`, or `-` for none.
+fn joined(list: &Value, item: impl Fn(&Value) -> String) -> String {
+    let items: Vec<String> = list.as_array().into_iter().flatten().map(item).collect();
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// A table column: its header and how an object's cell is rendered.
+type Column = (&'static str, fn(&Value) -> String);
+
+const HOST_COLUMNS: &[Column] = &[
+    ("HOST", |h| named_id("host", &h["id"])),
+    ("NAME", |h| opt(&h["name"])),
+    ("ADDRESS", |h| opt(&h["address"])),
+    ("CPU_MHZ", |h| opt(&h["cpu_mhz"])),
+    ("MEMORY_MB", |h| opt(&h["memory_mb"])),
+    ("MAINTENANCE", |h| flag(&h["maintenance"], "yes", "no")),
+];
+
+const DATASTORE_COLUMNS: &[Column] = &[
+    ("DATASTORE", |d| named_id("ds", &d["id"])),
+    ("NAME", |d| opt(&d["name"])),
+    ("MOUNTS", |d| {
+        joined(&d["mounts"], |m| {
+            format!("{}:{}", named_id("host", &m["host"]), opt(&m["path"]))
+        })
+    }),
+];
+
+const VM_COLUMNS: &[Column] = &[
+    ("VM", |v| named_id("vm", &v["id"])),
+    ("NAME", |v| opt(&v["name"])),
+    ("HOME", |v| named_id("ds", &v["home"])),
+    ("CPU_MHZ", |v| opt(&v["cpu_mhz"])),
+    ("MEMORY_MB", |v| opt(&v["memory_mb"])),
+    ("PRIORITY", |v| opt(&v["priority"])),
+    ("RESTART_POLICY", |v| opt(&v["restart_policy"])),
+    // Absent means the VM follows the cluster's default, which can change under it.
+    ("ISOLATION_RESPONSE", |v| match &v["isolation_response"] {
+        Value::Null => "cluster default".into(),
+        other => opt(other),
+    }),
+    ("PROTECTED", |v| flag(&v["protected"], "yes", "no")),
+    ("DEPENDS_ON", |v| {
+        joined(&v["depends_on"], |d| named_id("vm", d))
+    }),
+    ("ANTI_AFFINITY_GROUP", |v| opt(&v["anti_affinity_group"])),
+];
+
+/// The rows of a JSON array under `columns`, each column as wide as its widest cell, so that long
+/// names and mount paths neither get cut nor push the rest out of line.
+fn print_table(columns: &[Column], rows: &Value) {
+    let header = columns.iter().map(|(h, _)| h.to_string()).collect();
+    let cells = |row| columns.iter().map(|(_, cell)| cell(row)).collect();
+    let lines: Vec<Vec<String>> = std::iter::once(header)
+        .chain(rows.as_array().into_iter().flatten().map(cells))
+        .collect();
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for line in lines {
+        let text: String = line
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}  "))
+            .collect();
+        // Trimmed rather than leaving the last column unpadded, because an empty last cell (no
+        // MASTER mark) would still leave the padding of the one before it.
+        println!("{}", text.trim_end());
+    }
+}
+
+/// One VM, a field a line: the list's columns plus the definition, too long for a table.
+fn print_vm(v: &Value) {
+    for (header, cell) in VM_COLUMNS {
+        println!("{:<20} {}", header.to_lowercase(), cell(v));
+    }
+    match v["definition"].as_str() {
+        Some(def) if !def.is_empty() => {
+            println!("definition:");
+            for line in def.lines() {
+                println!("  {line}");
+            }
+        }
+        _ => println!("{:<20} -", "definition"),
+    }
+}
+
+const STATUS_HOST_COLUMNS: &[Column] = &[
+    ("HOST", |h| named_id("host", &h["id"])),
+    ("NAME", |h| opt(&h["name"])),
+    ("VERDICT", |h| opt(&h["verdict"])),
+    ("MAINTENANCE", |h| flag(&h["maintenance"], "yes", "no")),
+    ("MASTER", |h| flag(&h["is_master"], "*", "")),
+];
+
+const STATUS_VM_COLUMNS: &[Column] = &[
+    ("VM", |v| named_id("vm", &v["id"])),
+    ("NAME", |v| opt(&v["name"])),
+    ("PROTECTED", |v| flag(&v["protected"], "yes", "no")),
+    ("HOST", |v| named_id("host", &v["host"])),
+    ("STATE", |v| opt(&v["state"])),
+    ("RESTART", |v| opt(&v["restart"])),
+];
 
 fn print_status(s: &Value) {
     if s["paused"].as_bool() == Some(true) {
@@ -493,52 +588,9 @@ fn print_status(s: &Value) {
         None => println!("master: unknown (no report read from any datastore yet)"),
     }
     println!();
-    println!(
-        "{:<10} {:<20} {:<12} {:<11} {:<6}",
-        "HOST", "NAME", "VERDICT", "MAINTENANCE", "MASTER"
-    );
-    for h in s["hosts"].as_array().into_iter().flatten() {
-        println!(
-            "{:<10} {:<20} {:<12} {:<11} {:<6}",
-            format!("host-{}", opt(&h["id"])),
-            opt(&h["name"]),
-            opt(&h["verdict"]),
-            if h["maintenance"].as_bool() == Some(true) {
-                "yes"
-            } else {
-                "no"
-            },
-            if h["is_master"].as_bool() == Some(true) {
-                "*"
-            } else {
-                ""
-            }
-        );
-    }
+    print_table(STATUS_HOST_COLUMNS, &s["hosts"]);
     println!();
-    println!(
-        "{:<10} {:<20} {:<9} {:<10} {:<10} {:<8}",
-        "VM", "NAME", "PROTECTED", "HOST", "STATE", "RESTART"
-    );
-    for v in s["vms"].as_array().into_iter().flatten() {
-        let host = match v["host"].as_u64() {
-            Some(h) => format!("host-{h}"),
-            None => "-".into(),
-        };
-        println!(
-            "{:<10} {:<20} {:<9} {:<10} {:<10} {:<8}",
-            format!("vm-{}", opt(&v["id"])),
-            opt(&v["name"]),
-            if v["protected"].as_bool() == Some(true) {
-                "yes"
-            } else {
-                "no"
-            },
-            host,
-            opt(&v["state"]),
-            opt(&v["restart"])
-        );
-    }
+    print_table(STATUS_VM_COLUMNS, &s["vms"]);
     let bad: Vec<String> = s["datastores"]
         .as_array()
         .into_iter()

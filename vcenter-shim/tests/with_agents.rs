@@ -1,0 +1,399 @@
+//! The management plane with real agents: the inventory is declared through `fdm-shim`, reaches
+//! three `fdm-agent` processes through the datastores, a later change is picked up by them, and
+//! with the shim stopped they go on failing over VMs; the events of that failover reach the shim
+//! when it returns. Loopback only, no root.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "agents-test-token-42";
+const HOSTS: u32 = 3;
+
+/// The agent binary of the same build (built on demand when only this package's tests were built).
+fn agent_exe() -> PathBuf {
+    let shim = PathBuf::from(env!("CARGO_BIN_EXE_fdm-shim"));
+    let exe = shim.with_file_name("fdm-agent");
+    if !exe.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args(["build", "-q", "-p", "fdm-agent", "--bin", "fdm-agent"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "building fdm-agent failed");
+    }
+    exe
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn wait<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Shim {
+    child: Child,
+    url: String,
+}
+
+impl Shim {
+    fn start(root: &Path) -> Shim {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fdm-shim"))
+            .args(["--listen", "127.0.0.1:0", "--cluster-id", "9"])
+            .arg("--db")
+            .arg(root.join("shim.db"))
+            .arg("--token-file")
+            .arg(root.join("token"))
+            .args(["--poll-interval-ms", "200"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fdm-shim");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("first line");
+        let url = line
+            .trim()
+            .strip_prefix("fdm-shim listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Shim { child, url }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let req = ureq::request(method, &format!("{}{path}", self.url))
+            .set("Authorization", &format!("Bearer {TOKEN}"));
+        let resp = match body {
+            Some(b) => req.send_string(&b.to_string()),
+            None => req.call(),
+        };
+        let r = match resp {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let code = r.status();
+        let text = r.into_string().unwrap_or_default();
+        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Value) -> Value {
+        let (code, v) = self.call(method, path, Some(body));
+        assert!((200..300).contains(&code), "{method} {path}: {code} {v}");
+        v
+    }
+
+    fn events(&self) -> Vec<Value> {
+        let (_, v) = self.call("GET", "/v1/events?since=0&limit=1000", None);
+        v.as_array()
+            .cloned()
+            .or_else(|| v["events"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Agents {
+    children: Vec<Option<Child>>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Agents {
+    fn vm_pids(&self, host: usize) -> Vec<(u32, i32)> {
+        let Ok(rd) = std::fs::read_dir(self.dirs[host].join("state/vms")) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let vm = name
+                    .strip_prefix("vm-")?
+                    .strip_suffix(".pid")?
+                    .parse()
+                    .ok()?;
+                let pid: i32 = std::fs::read_to_string(e.path())
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                    s.rsplit_once(')')
+                        .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+                });
+                alive.then_some((vm, pid))
+            })
+            .collect()
+    }
+
+    /// VM -> hosts (0-based) it runs on now.
+    fn placement(&self) -> std::collections::BTreeMap<u32, Vec<usize>> {
+        let mut m: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for h in 0..self.dirs.len() {
+            if self.children[h].is_some() {
+                for (vm, _) in self.vm_pids(h) {
+                    m.entry(vm).or_default().push(h);
+                }
+            }
+        }
+        m
+    }
+
+    fn status(&self, host: usize) -> Option<Value> {
+        fdm_agent_status(&self.dirs[host].join("agent.sock"))
+    }
+
+    fn kill_host(&mut self, host: usize) {
+        if let Some(mut c) = self.children[host].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (_, pid) in self.vm_pids(host) {
+            // SAFETY: the VM's process group, started by that host's agent.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for h in 0..self.dirs.len() {
+            self.kill_host(h);
+        }
+    }
+}
+
+fn fdm_agent_status(sock: &Path) -> Option<Value> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(sock).ok()?;
+    writeln!(s, "status").ok()?;
+    let mut out = String::new();
+    BufReader::new(s).read_line(&mut out).ok()?;
+    serde_json::from_str(out.trim()).ok()
+}
+
+#[test]
+fn agents_follow_the_shims_config_and_fail_over_while_it_is_down() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // FDM_KEEP=1 keeps the directory (agent logs, datastores) for a post-mortem.
+    let root = if std::env::var_os("FDM_KEEP").is_some() {
+        Box::leak(Box::new(tmp.keep())).as_path()
+    } else {
+        tmp.path()
+    };
+    std::fs::write(root.join("token"), TOKEN).unwrap();
+    std::fs::write(root.join("secret"), "91".repeat(32)).unwrap();
+    let ds: Vec<PathBuf> = (1..=2).map(|i| root.join(format!("ds{i}"))).collect();
+    for d in &ds {
+        std::fs::create_dir(d).unwrap();
+    }
+    let ledger = root.join("starts.log");
+    let ports: Vec<u16> = (0..HOSTS).map(|_| free_port()).collect();
+
+    // 1. The inventory, declared through the API.
+    let mut shim = Shim::start(root);
+    for h in 1..=HOSTS {
+        shim.ok(
+            "POST",
+            "/v1/hosts",
+            json!({"id": h, "name": format!("host{h}"), "address": format!("127.0.0.1:{}", ports[h as usize - 1]),
+                   "cpu_mhz": 8000, "memory_mb": 8192}),
+        );
+    }
+    for (i, d) in ds.iter().enumerate() {
+        let mounts: Vec<Value> = (1..=HOSTS)
+            .map(|h| json!({"host": h, "path": d.display().to_string()}))
+            .collect();
+        shim.ok(
+            "POST",
+            "/v1/datastores",
+            json!({"id": i + 1, "name": format!("ds{}", i + 1), "mounts": mounts}),
+        );
+    }
+    let definition = format!(
+        "echo \"start vm=$FDM_VM host=$FDM_HOST\" >> {}; exec sleep 100000",
+        ledger.display()
+    );
+    for vm in 1..=4u32 {
+        shim.ok(
+            "POST",
+            "/v1/vms",
+            json!({"id": vm, "name": format!("vm{vm}"), "home": 1 + vm % 2, "definition": definition,
+                   "cpu_mhz": 500, "memory_mb": 512}),
+        );
+    }
+    shim.ok(
+        "PUT",
+        "/v1/config/ha",
+        json!({"restart_retry_ms": [0, 1000, 3000]}),
+    );
+    let (_, cfg) = shim.call("GET", "/v1/config", None);
+    let generation = cfg["generation"].as_u64().expect("generation");
+
+    // 2. Three agents; they know only their own file and the datastores.
+    let exe = agent_exe();
+    let mut agents = Agents {
+        children: Vec::new(),
+        dirs: Vec::new(),
+    };
+    for h in 1..=HOSTS {
+        let dir = root.join(format!("host{h}"));
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let toml = format!(
+            "host_id = {h}\ncluster_id = 9\nsecret_file = \"{}\"\nbind = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\n\
+             status_socket = \"{}\"\nprobe = \"none\"\n[driver]\nkind = \"process\"\n\
+             [[datastores]]\nid = 1\npath = \"{}\"\n[[datastores]]\nid = 2\npath = \"{}\"\n",
+            root.join("secret").display(),
+            ports[h as usize - 1],
+            dir.join("state").display(),
+            dir.join("agent.sock").display(),
+            ds[0].display(),
+            ds[1].display(),
+        );
+        std::fs::write(dir.join("agent.toml"), toml).unwrap();
+        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        let child = Command::new(&exe)
+            .args(["run", "--config"])
+            .arg(dir.join("agent.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("fdm-agent");
+        agents.children.push(Some(child));
+        agents.dirs.push(dir);
+    }
+    // The protected VMs run nowhere yet: the master starts each once.
+    let placed = wait(Duration::from_secs(40), || {
+        let p = agents.placement();
+        ((1..=4).all(|vm| p.get(&vm).is_some_and(|h| h.len() == 1))).then_some(p)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "VMs not started: {:?} (logs in {})",
+            agents.placement(),
+            root.display()
+        )
+    });
+    assert!(
+        (0..HOSTS as usize).all(|h| agents
+            .status(h)
+            .is_some_and(|s| s["config_generation"].as_u64() == Some(generation))),
+        "agents run the shim's generation {generation}"
+    );
+
+    // 3. A change through the shim reaches the agents: a new protected VM is started.
+    shim.ok(
+        "POST",
+        "/v1/vms",
+        json!({"id": 5, "name": "vm5", "home": 1, "definition": definition, "cpu_mhz": 500, "memory_mb": 512,
+               "priority": "High"}),
+    );
+    assert!(
+        wait(Duration::from_secs(20), || {
+            agents
+                .placement()
+                .get(&5)
+                .is_some_and(|h| h.len() == 1)
+                .then_some(())
+        })
+        .is_some(),
+        "the VM added through the shim was not started (logs in {})",
+        root.display()
+    );
+    // The master's report reaches the shim: state names the master, events are stored.
+    let master = wait(Duration::from_secs(15), || {
+        let (_, st) = shim.call("GET", "/v1/state", None);
+        st["report"]["master"].as_u64()
+    })
+    .expect("the shim shows the master from its report");
+    assert!(
+        wait(Duration::from_secs(10), || {
+            shim.events()
+                .iter()
+                .any(|e| e["kind"] == "vm" || e["kind"] == "restart")
+                .then_some(())
+        })
+        .is_some(),
+        "no VM events from the master's report: {:?}",
+        shim.events()
+    );
+
+    // 4. The shim goes away; a host dies; HA goes on with the last configuration.
+    drop(shim);
+    let victim = (1..=HOSTS as usize)
+        .rev()
+        .find(|&h| h as u64 != master)
+        .expect("a slave")
+        - 1;
+    let lost: Vec<u32> = placed_now(&agents, victim);
+    agents.kill_host(victim);
+    let back = wait(Duration::from_secs(40), || {
+        let p = agents.placement();
+        (1..=5u32)
+            .all(|vm| p.get(&vm).is_some_and(|h| h.len() == 1 && h[0] != victim))
+            .then_some(p)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "failover without the shim incomplete: {:?} (logs in {})",
+            agents.placement(),
+            root.display()
+        )
+    });
+    for (vm, hosts) in &back {
+        assert_eq!(hosts.len(), 1, "vm{vm} on {hosts:?}");
+    }
+    let starts = std::fs::read_to_string(&ledger).unwrap_or_default();
+    assert_eq!(
+        starts.lines().count(),
+        5 + lost.len(),
+        "each VM started once, each lost VM once more:\n{starts}"
+    );
+    let _ = placed;
+
+    // 5. The shim returns and learns what happened while it was away.
+    shim = Shim::start(root);
+    assert!(
+        wait(Duration::from_secs(15), || {
+            shim.events()
+                .iter()
+                .any(|e| {
+                    e["kind"] == "verdict"
+                        && e["message"].as_str().is_some_and(|m| m.contains("Dead"))
+                })
+                .then_some(())
+        })
+        .is_some(),
+        "the dead verdict given while the shim was down is not in its events"
+    );
+    drop(shim);
+}
+
+fn placed_now(agents: &Agents, host: usize) -> Vec<u32> {
+    agents.vm_pids(host).into_iter().map(|(vm, _)| vm).collect()
+}
