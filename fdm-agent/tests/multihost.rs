@@ -418,3 +418,59 @@ fn libvirt_qemu_domain_restarted_on_a_surviving_host() {
         &[("qemu_domain_running_on_survivor", back.as_secs_f64())],
     );
 }
+
+#[test]
+fn hung_agent_is_reset_by_the_watchdog_and_its_vms_fail_over_once() {
+    need_testbed!();
+    let _serial = serial();
+    let mut tb = Testbed::new(Options {
+        watchdog: true,
+        ..Options::default()
+    });
+    tb.start();
+    let master = tb.wait_settled();
+    let victim = a_slave(&tb, master);
+    let lost = tb.host(victim).vms();
+
+    // The agent hangs (stopped process); its VMs go on running. Without a reset its host would
+    // answer pings for ever and its VMs stay where they are; the watchdog turns the hang into a
+    // host reset, which the master can tell apart.
+    let t0 = Instant::now();
+    tb.freeze_agent(victim, true);
+    let reset = wait_until(Duration::from_secs(10), || {
+        tb.resets
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(h, _)| *h == victim)
+            .map(|_| t0.elapsed())
+    })
+    .expect("the fake watchdog resets the host of the hung agent");
+    let back = wait_until(Duration::from_secs(30), || {
+        let p = tb.placement();
+        lost.iter()
+            .all(|vm| p.get(vm).is_some_and(|h| !h.contains(&victim)))
+            .then(|| t0.elapsed())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "VMs of the reset host not back (logs in {})",
+            tb.root.display()
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    tb.assert_every_vm_once();
+    assert_eq!(
+        tb.resets.lock().unwrap().len(),
+        1,
+        "only the hung host was reset: {:?}",
+        tb.resets.lock().unwrap()
+    );
+    report(
+        "hung agent, watchdog",
+        &[
+            ("watchdog_reset", reset.as_secs_f64()),
+            ("vms_running_elsewhere", back.as_secs_f64()),
+        ],
+    );
+}

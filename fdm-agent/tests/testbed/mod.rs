@@ -133,7 +133,14 @@ pub struct Options {
     /// Each host runs its own libvirtd (QEMU under TCG) and the agents use the libvirt driver;
     /// VMs are small diskless QEMU domains.
     pub libvirt: bool,
+    /// Agents kick a fake watchdog (a kick file); the testbed resets (kills) a host whose kicks stop
+    /// for `WATCHDOG_RESET` once armed, as a hardware watchdog would.
+    pub watchdog: bool,
 }
+
+/// How long a fake watchdog waits for a kick before it resets the host (the agent's
+/// `watchdog_timeout` is 1 s; the harness polls every 100 ms).
+pub const WATCHDOG_RESET: Duration = Duration::from_millis(1500);
 
 impl Default for Options {
     fn default() -> Self {
@@ -146,6 +153,7 @@ impl Default for Options {
             driver: None,
             vm_definition: None,
             libvirt: false,
+            watchdog: false,
         }
     }
 }
@@ -260,6 +268,9 @@ pub struct Testbed {
     pub started: Instant,
     exe: PathBuf,
     monitor: Monitor,
+    watchdog: bool,
+    /// Hosts the fake watchdog reset, with the time.
+    pub resets: Arc<Mutex<Vec<(u32, Duration)>>>,
     partitioned: bool,
 }
 
@@ -316,6 +327,8 @@ impl Testbed {
                 thread: None,
             },
             partitioned: false,
+            watchdog: opts.watchdog,
+            resets: Arc::default(),
         };
         for d in 1..=opts.datastores {
             let p = root.join(format!("ds{d}"));
@@ -410,7 +423,15 @@ impl Testbed {
                 h.addr(),
                 h.dir.join("state").display(),
                 h.socket().display(),
-                opts.agent_extra,
+                if opts.watchdog {
+                    format!(
+                        "watchdog = \"file:{}\"\n{}",
+                        h.dir.join("watchdog").display(),
+                        opts.agent_extra
+                    )
+                } else {
+                    opts.agent_extra.clone()
+                },
             );
             std::fs::write(h.dir.join("agent.toml"), toml).expect("agent.toml");
         }
@@ -547,6 +568,9 @@ impl Testbed {
             self.start_agent(id);
         }
         self.start_monitor();
+        if self.watchdog {
+            self.start_watchdog();
+        }
     }
 
     pub fn start_agent(&mut self, id: u32) {
@@ -569,6 +593,48 @@ impl Testbed {
             .spawn()
             .expect("start agent");
         h.agent = Some(child);
+    }
+
+    /// The fake watchdog: armed by a host's first kick, disarmed by the agent's clean stop; kicks
+    /// that stop for `WATCHDOG_RESET` reset the host (every process of its namespace killed, NIC
+    /// dark), exactly what the hardware would do.
+    fn start_watchdog(&mut self) {
+        let hosts: Vec<(u32, String, PathBuf)> = self
+            .hosts
+            .iter()
+            .map(|h| (h.id, h.ns.clone(), h.dir.join("watchdog")))
+            .collect();
+        let (stop, resets, t0) = (self.monitor.stop.clone(), self.resets.clone(), self.started);
+        std::thread::spawn(move || {
+            let mut last: BTreeMap<u32, (String, Instant)> = BTreeMap::new();
+            let mut reset = BTreeSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                for (id, ns, file) in &hosts {
+                    if reset.contains(id) {
+                        continue;
+                    }
+                    let content = std::fs::read_to_string(file).unwrap_or_default();
+                    if content.trim().parse::<u64>().is_err() {
+                        // Never kicked yet, or disarmed by a clean stop.
+                        last.remove(id);
+                        continue;
+                    }
+                    let entry = last
+                        .entry(*id)
+                        .or_insert_with(|| (content.clone(), Instant::now()));
+                    if entry.0 != content {
+                        *entry = (content, Instant::now());
+                    } else if entry.1.elapsed() > WATCHDOG_RESET {
+                        let _ = sh(&format!(
+                            "ip -n {ns} link set eth0 down; ip netns pids {ns} | xargs -r kill -9"
+                        ));
+                        reset.insert(*id);
+                        resets.lock().expect("resets").push((*id, t0.elapsed()));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
     }
 
     fn start_monitor(&mut self) {
@@ -719,6 +785,19 @@ impl Testbed {
         if let Some(mut a) = h.agent.take() {
             let _ = a.kill();
             let _ = a.wait();
+        }
+    }
+
+    /// Freeze or thaw the agent process (a hung agent: its VMs go on running).
+    pub fn freeze_agent(&self, id: u32, frozen: bool) {
+        if let Some(a) = &self.host(id).agent {
+            // SAFETY: signalling our own child.
+            unsafe {
+                libc::kill(
+                    a.id() as i32,
+                    if frozen { libc::SIGSTOP } else { libc::SIGCONT },
+                );
+            }
         }
     }
 
