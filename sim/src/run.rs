@@ -281,6 +281,7 @@ pub fn sweep_scenario(hosts: u32, seed: u64) -> Scenario {
         "delay",
         "ds-dead",
         "one-way",
+        "unprotect",
     ];
     let enabled: Vec<&str> = kinds.iter().copied().filter(|_| r.chance(0.5)).collect();
     let mut faults = Vec::new();
@@ -345,6 +346,23 @@ pub fn sweep_scenario(hosts: u32, seed: u64) -> Scenario {
             "ds-dead" => Fault::DsDead {
                 ds: DatastoreId(1 + r.below(nds) as u32),
             },
+            "unprotect" => {
+                // Protection comes back within 20 s, well inside the heal bound, so the end
+                // checks cover the VM again.
+                let vm = VmId(1 + r.below(hosts as u64 * 2) as u32);
+                let back = at + 1 + r.below(20_000_000);
+                faults.push((
+                    back,
+                    Fault::Protect {
+                        vm,
+                        protected: true,
+                    },
+                ));
+                Fault::Protect {
+                    vm,
+                    protected: false,
+                }
+            }
             _ => Fault::CutOneWay {
                 from: host(&mut r),
                 to: host(&mut r),

@@ -546,6 +546,14 @@ fn fault(f: &FaultSpec, n: u32) -> Result<Fault, String> {
             jitter_us: (f.jitter_ms.unwrap_or(0.0) * 1000.0) as u64,
         },
         "vm-crash" => Fault::VmCrash { vm: vm()? },
+        "protect" => Fault::Protect {
+            vm: vm()?,
+            protected: true,
+        },
+        "unprotect" => Fault::Protect {
+            vm: vm()?,
+            protected: false,
+        },
         "vm-stop" => Fault::VmStop { vm: vm()? },
         "crash-master" => Fault::CrashMaster { reboot },
         "crash-master-on-restart" => Fault::CrashMasterOnRestart,

@@ -148,6 +148,12 @@ pub enum Fault {
     VmCrash {
         vm: VmId,
     },
+    /// The management plane protects or unprotects a VM: a new configuration generation on every
+    /// datastore, which the agents pick up on their own schedule.
+    Protect {
+        vm: VmId,
+        protected: bool,
+    },
     /// An operator stops the VM (it must stay stopped).
     VmStop {
         vm: VmId,
@@ -324,6 +330,8 @@ pub struct World {
     pub false_dead: Vec<(HostId, Micros)>,
     /// Every restart the masters issued: (time, VM).
     pub restarts_issued: Vec<(Micros, VmId)>,
+    /// VMs the management plane unprotected, and since when.
+    pub unprotected_since: BTreeMap<VmId, Micros>,
     /// Host whose agent's handler time and incoming datagrams are measured (the scale benchmark).
     pub profile: Option<HostId>,
     /// Wall time spent inside the profiled agent's handlers, nanoseconds.
@@ -411,6 +419,7 @@ impl World {
             detections: Vec::new(),
             false_dead: Vec::new(),
             restarts_issued: Vec::new(),
+            unprotected_since: BTreeMap::new(),
             profile: None,
             profile_busy_ns: 0,
             profile_datagrams: 0,
@@ -835,6 +844,20 @@ impl World {
         }
         if let Event::RestartIssued { vm, .. } = &e {
             self.restarts_issued.push((self.now, *vm));
+            // An unprotected VM is the operator's: HA may act on it only until the new
+            // configuration has reached the master (a poll interval, a read, a margin).
+            let grace = us(self.params.timings.config_poll_interval) + 5_000_000;
+            if let Some(&since) = self.unprotected_since.get(vm)
+                && self.now.saturating_sub(since) > grace
+            {
+                self.violate(
+                    "unprotected_vm_left_alone",
+                    format!(
+                        "{h} issued a restart of {vm}, unprotected {:.1} s ago",
+                        (self.now - since) as f64 / 1e6
+                    ),
+                );
+            }
         }
         if matches!(e, Event::RestartIssued { .. }) && self.crash_master_on_restart {
             self.crash_master_on_restart = false;
@@ -1023,6 +1046,22 @@ impl World {
                 self.params.net.jitter_us = jitter_us;
             }
             Fault::Duplicate { p } => self.params.net.duplicate = p,
+            Fault::Protect { vm, protected } => {
+                let mut cfg = self.config.clone();
+                cfg.generation += 1;
+                if let Some(v) = cfg.vms.iter_mut().find(|v| v.id == vm) {
+                    v.protected = protected;
+                }
+                for d in self.ds.values_mut() {
+                    d.config = Some(cfg.clone());
+                }
+                self.config = cfg;
+                if protected {
+                    self.unprotected_since.remove(&vm);
+                } else {
+                    self.unprotected_since.entry(vm).or_insert(self.now);
+                }
+            }
             Fault::VmCrash { vm } | Fault::VmStop { vm } => {
                 let operator = matches!(f, Fault::VmStop { .. });
                 let Some(i) = self.hosts.iter().position(|h| h.running.contains_key(&vm)) else {
