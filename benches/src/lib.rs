@@ -2,6 +2,8 @@
 //! table. This library holds the small statistics helpers they share.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod report;
+
 use std::time::{Duration, Instant};
 
 /// Latency samples in nanoseconds.
@@ -67,4 +69,28 @@ pub fn iterations(full: usize) -> usize {
     } else {
         (full / 100).max(10)
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds. Unlike `Instant`, its value means the same thing in every process
+/// on the machine, so latencies can be computed from timestamps taken in two processes.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `p50 | p99 | p99.9` in microseconds, as markdown table cells.
+pub fn md_percentiles(s: &mut Samples) -> String {
+    let us = |ns: u64| ns as f64 / 1e3;
+    format!(
+        "{:.1} | {:.1} | {:.1}",
+        us(s.percentile(0.5)),
+        us(s.percentile(0.99)),
+        us(s.percentile(0.999))
+    )
 }

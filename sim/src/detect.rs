@@ -21,6 +21,32 @@ pub struct DetectParams {
     pub settle_s: f64,
     /// Simulated seconds observed after it.
     pub observe_s: f64,
+    /// Timing overrides by field name, milliseconds (see [`scaled_timings`]).
+    pub timings: std::collections::BTreeMap<String, u64>,
+}
+
+/// Every detection-related default timing multiplied by `f` (0.5: twice as fast), keeping the
+/// relations `Timings::validate` requires.
+pub fn scaled_timings(f: f64) -> std::collections::BTreeMap<String, u64> {
+    [
+        ("heartbeat_interval", 500),
+        ("host_unreachable_after", 1500),
+        ("master_lost_after", 1500),
+        ("election_window", 1000),
+        ("ds_heartbeat_interval", 500),
+        ("ds_read_interval", 250),
+        ("ds_lease", 3000),
+        ("net_lease", 3000),
+        ("claim_lease", 3000),
+        ("claim_renew_interval", 500),
+        ("fence_margin", 1000),
+        ("watchdog_timeout", 1000),
+        ("isolation_detect_after", 4000),
+        ("isolation_response_delay", 2000),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ((v as f64 * f).round() as u64).max(1)))
+    .collect()
 }
 
 #[derive(Debug, Clone, Default)]
@@ -44,10 +70,15 @@ fn scenario_text(p: &DetectParams, duration_s: f64) -> String {
         .map(|h| h.to_string())
         .collect::<Vec<_>>()
         .join(",");
+    let timings: String = p
+        .timings
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect();
     format!(
         "name='detect'\nmodels='failure detection under loss'\nseed={seed}\nduration='{duration_s}s'\n\
          expect_all_running_at_end=false\n[cluster]\nhosts={hosts}\nhost_memory_mb=262144\n\
-         vms_per_host={vms}\ndatastores=[[{all}],[{all}]]\n[network]\nloss={loss}\n",
+         vms_per_host={vms}\ndatastores=[[{all}],[{all}]]\n[network]\nloss={loss}\n[timings]\n{timings}",
         seed = p.seed,
         hosts = p.hosts,
         vms = p.vms_per_host,
@@ -130,6 +161,7 @@ pub fn scale_world(hosts: u32, vms_per_host: u32, seed: u64) -> Result<World, St
         crash: false,
         settle_s: 0.0,
         observe_s: 0.0,
+        timings: Default::default(),
     };
     let sc = scenario::parse(&scenario_text(&p, 3600.0)).map_err(|e| e.to_string())?;
     Ok(World::new(
