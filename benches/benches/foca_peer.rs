@@ -83,15 +83,15 @@ fn main() {
 
     let _ = writeln!(
         md,
-        "\n### Trade-off: 16 members, 5% loss\n\n\
+        "\n### Trade-off: 16 members, 5% and 20% loss\n\n\
          `new_lan(16)` with probe period, probe RTT and suspect-to-down replaced (gossip, \
          announce and dissemination stay LAN). The first row is the LAN default.\n"
     );
     let _ = writeln!(
         md,
-        "| probe period | probe rtt | suspect→down | detected | first down p50 | p99 | all down p50 | p99 | false downs / member-hour | rejoins / member-hour |"
+        "| loss | probe period | probe rtt | suspect→down | detected | first down p50 | p99 | all down p50 | p99 | false downs / member-hour | rejoins / member-hour |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     let variants = [
         (FocaConfigKind::Lan, "1000 ms", "500 ms", "4816 ms"),
         (fast(500, 200, 2000), "500 ms", "200 ms", "2000 ms"),
@@ -100,11 +100,15 @@ fn main() {
         (fast(100, 20, 200), "100 ms", "20 ms", "200 ms"),
         (fast(50, 10, 100), "50 ms", "10 ms", "100 ms"),
     ];
-    for (kind, period, rtt, s2d) in variants {
-        let cell = run_cell(16, 0.05, kind, seeds);
+    for (loss, (kind, period, rtt, s2d)) in [0.05, 0.20]
+        .into_iter()
+        .flat_map(|l| variants.iter().map(move |v| (l, *v)))
+    {
+        let cell = run_cell(16, loss, kind, seeds);
         let _ = writeln!(
             md,
-            "| {period} | {rtt} | {s2d} | {} | {} | {} | {} | {} | {:.2} | {:.1} |",
+            "| {:.0}% | {period} | {rtt} | {s2d} | {} | {} | {} | {} | {} | {:.2} | {:.1} |",
+            loss * 100.0,
             cell.detected(),
             secs(pct(&cell.first(), 0.5)),
             secs(pct(&cell.first(), 0.99)),
