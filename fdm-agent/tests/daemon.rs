@@ -245,3 +245,23 @@ fn the_shipped_example_config_is_a_valid_agent_file() {
         .expect("the example validates");
     assert_eq!(cfg.warnings.len(), 2, "{:?}", cfg.warnings);
 }
+
+/// The README's main job: a local cluster loses a host (and, in the second run, its master) and
+/// every lost VM runs again exactly once.
+#[test]
+fn the_demo_fails_over_a_slave_and_a_master() {
+    for args in [&["demo"][..], &["demo", "--kill-master"][..]] {
+        let out = Command::new(EXE).args(args).output().expect("demo");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?} failed:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("dead verdict after"), "{text}");
+        assert!(
+            text.contains("every lost VM runs again, exactly once"),
+            "{text}"
+        );
+    }
+}
