@@ -2,7 +2,7 @@
 //! loopback port, two temporary directories as shared datastores, process-driver VMs), then a host
 //! dies (its agent and all its VMs are killed) and the failover is narrated with measured times.
 
-use fdm_agent::driver::process::start_detached;
+use fdm_agent::driver::process::{pid_files, running_vm_pids, start_detached};
 use fdm_agent::runtime::status::query;
 use heartbeat_fs::fs::DatastoreDir;
 use heartbeat_fs::records::*;
@@ -30,59 +30,23 @@ impl Host {
     }
     /// VMs whose process runs on this host now (from the driver's own pid files).
     fn running(&self) -> Vec<u32> {
-        let Ok(rd) = std::fs::read_dir(self.vm_dir()) else {
-            return Vec::new();
-        };
-        let mut v: Vec<u32> = rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let id: u32 = name
-                    .strip_prefix("vm-")?
-                    .strip_suffix(".pid")?
-                    .parse()
-                    .ok()?;
-                let pid: i32 = std::fs::read_to_string(e.path())
-                    .ok()?
-                    .trim()
-                    .parse()
-                    .ok()?;
-                // SAFETY: signal 0 only checks existence.
-                (unsafe { libc::kill(pid, 0) } == 0 && !zombie(pid)).then_some(id)
-            })
-            .collect();
-        v.sort();
-        v
+        running_vm_pids(&self.vm_dir())
+            .into_iter()
+            .map(|(vm, _)| vm.0)
+            .collect()
     }
     fn kill(&mut self) {
         if let Some(mut a) = self.agent.take() {
             let _ = a.kill();
             let _ = a.wait();
         }
-        if let Ok(rd) = std::fs::read_dir(self.vm_dir()) {
-            for e in rd.flatten() {
-                if let Some(pid) = std::fs::read_to_string(e.path())
-                    .ok()
-                    .and_then(|p| p.trim().parse::<i32>().ok())
-                {
-                    // SAFETY: kill the VM's process group, as a host power loss would.
-                    unsafe {
-                        libc::kill(-pid, libc::SIGKILL);
-                    }
-                }
+        for (_, pid) in pid_files(&self.vm_dir()) {
+            // SAFETY: kill the VM's process group, as a host power loss would.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
             }
         }
     }
-}
-
-fn zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -115,6 +115,15 @@ impl Drop for Daemon {
 
 const PROCESS: &str = "[driver]\nkind = \"process\"\n";
 
+/// `fdm-agent <command> --config <path>`, to completion.
+fn with_config(command: &str, config: &Path) -> std::process::Output {
+    Command::new(EXE)
+        .args([command, "--config"])
+        .arg(config)
+        .output()
+        .expect("fdm-agent")
+}
+
 #[test]
 fn check_config_names_every_bad_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,11 +133,8 @@ fn check_config_names_every_bad_field() {
          watchdog = \"hope\"\n[driver]\nkind = \"libvirt\"\n[timings]\nds_lease = 1\n",
     )
     .unwrap();
-    let out = Command::new(EXE)
-        .args(["check-config", "--config"])
-        .arg(dir.path().join("agent.toml"))
-        .output()
-        .unwrap();
+    let config = dir.path().join("agent.toml");
+    let out = with_config("check-config", &config);
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);
     for field in [
@@ -142,20 +148,12 @@ fn check_config_names_every_bad_field() {
         assert!(text.contains(field), "{field} not named in:\n{text}");
     }
     // `run` refuses the same file with the same reasons and does not start.
-    let out = Command::new(EXE)
-        .args(["run", "--config"])
-        .arg(dir.path().join("agent.toml"))
-        .output()
-        .unwrap();
+    let out = with_config("run", &config);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("host_id"));
     // Not TOML at all.
-    std::fs::write(dir.path().join("agent.toml"), "host_id = [").unwrap();
-    let out = Command::new(EXE)
-        .args(["check-config", "--config"])
-        .arg(dir.path().join("agent.toml"))
-        .output()
-        .unwrap();
+    std::fs::write(&config, "host_id = [").unwrap();
+    let out = with_config("check-config", &config);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).contains("not valid TOML"));
 }

@@ -48,13 +48,13 @@ fn host_death_restarts_its_vms_elsewhere_once() {
         (tb.verdict(master, victim).as_deref() == Some("dead")).then(|| t0.elapsed())
     })
     .expect("dead verdict within 20 s");
-    let back = wait_until(Duration::from_secs(30), || {
-        let p = tb.placement();
-        lost.iter()
-            .all(|vm| p.get(vm).is_some_and(|h| !h.contains(&victim)))
-            .then(|| t0.elapsed())
-    })
-    .expect("every lost VM running again within 30 s");
+    let back = tb.wait_moved_off(
+        &lost,
+        &[victim],
+        t0,
+        Duration::from_secs(30),
+        "every lost VM running again",
+    );
     std::thread::sleep(Duration::from_secs(2));
     tb.assert_every_vm_once();
     let after = tb.starts();
@@ -159,14 +159,13 @@ fn isolated_host_powers_off_and_master_restarts_exactly_those_vms() {
         (tb.verdict(master, victim).as_deref() == Some("isolated")).then(|| t0.elapsed())
     })
     .expect("the master calls the host isolated");
-    let back = wait_until(Duration::from_secs(30), || {
-        let p = tb.placement();
-        isolated_vms
-            .iter()
-            .all(|vm| p.get(vm).is_some_and(|h| !h.contains(&victim)))
-            .then(|| t0.elapsed())
-    })
-    .expect("the isolated host's VMs run elsewhere");
+    let back = tb.wait_moved_off(
+        &isolated_vms,
+        &[victim],
+        t0,
+        Duration::from_secs(30),
+        "the isolated host's VMs run elsewhere",
+    );
     std::thread::sleep(Duration::from_secs(2));
     tb.assert_every_vm_once();
     // Exactly those VMs moved; every other VM kept its process.
@@ -235,22 +234,13 @@ fn master_death_mid_failover_is_completed_by_the_new_master() {
         (m.len() == 1).then(|| (m[0], t1.elapsed()))
     })
     .expect("a new master");
-    let back = wait_until(Duration::from_secs(40), || {
-        let p = tb.placement();
-        lost.iter()
-            .all(|vm| {
-                p.get(vm)
-                    .is_some_and(|h| !h.contains(&slave) && !h.contains(&master))
-            })
-            .then(|| t1.elapsed())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "VMs of the dead hosts not all back: {:?} (logs in {})",
-            tb.placement(),
-            tb.root.display()
-        )
-    });
+    let back = tb.wait_moved_off(
+        &lost,
+        &[slave, master],
+        t1,
+        Duration::from_secs(40),
+        "VMs of both dead hosts running elsewhere",
+    );
     std::thread::sleep(Duration::from_secs(2));
     tb.assert_every_vm_once();
     report(
@@ -446,18 +436,13 @@ fn hung_agent_is_reset_by_the_watchdog_and_its_vms_fail_over_once() {
             .map(|_| t0.elapsed())
     })
     .expect("the fake watchdog resets the host of the hung agent");
-    let back = wait_until(Duration::from_secs(30), || {
-        let p = tb.placement();
-        lost.iter()
-            .all(|vm| p.get(vm).is_some_and(|h| !h.contains(&victim)))
-            .then(|| t0.elapsed())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "VMs of the reset host not back (logs in {})",
-            tb.root.display()
-        )
-    });
+    let back = tb.wait_moved_off(
+        &lost,
+        &[victim],
+        t0,
+        Duration::from_secs(30),
+        "VMs of the reset host running elsewhere",
+    );
     std::thread::sleep(Duration::from_secs(2));
     tb.assert_every_vm_once();
     assert_eq!(

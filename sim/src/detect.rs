@@ -5,7 +5,6 @@
 use crate::rng::Rng;
 use crate::scenario;
 use crate::world::{Fault, Micros, World};
-use fdm_agent::core::FaultKnobs;
 use heartbeat_fs::HostId;
 
 #[derive(Debug, Clone)]
@@ -169,9 +168,4 @@ pub fn scale_world(hosts: u32, vms_per_host: u32, seed: u64) -> Result<World, St
         sc.params.clone(),
         &sc.placement,
     ))
-}
-
-/// Knobs are never set in benchmark runs.
-pub fn knobs() -> FaultKnobs {
-    FaultKnobs::default()
 }

@@ -4,6 +4,8 @@
 //! when it returns. Loopback only, no root.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use fdm_agent::driver::process::running_vm_pids;
+use fdm_agent::runtime::status::query;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -124,28 +126,9 @@ struct Agents {
 
 impl Agents {
     fn vm_pids(&self, host: usize) -> Vec<(u32, i32)> {
-        let Ok(rd) = std::fs::read_dir(self.dirs[host].join("state/vms")) else {
-            return Vec::new();
-        };
-        rd.filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let vm = name
-                    .strip_prefix("vm-")?
-                    .strip_suffix(".pid")?
-                    .parse()
-                    .ok()?;
-                let pid: i32 = std::fs::read_to_string(e.path())
-                    .ok()?
-                    .trim()
-                    .parse()
-                    .ok()?;
-                let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                    s.rsplit_once(')')
-                        .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
-                });
-                alive.then_some((vm, pid))
-            })
+        running_vm_pids(&self.dirs[host].join("state/vms"))
+            .into_iter()
+            .map(|(vm, pid)| (vm.0, pid))
             .collect()
     }
 
@@ -189,12 +172,7 @@ impl Drop for Agents {
 }
 
 fn fdm_agent_status(sock: &Path) -> Option<Value> {
-    use std::io::Write;
-    let mut s = std::os::unix::net::UnixStream::connect(sock).ok()?;
-    writeln!(s, "status").ok()?;
-    let mut out = String::new();
-    BufReader::new(s).read_line(&mut out).ok()?;
-    serde_json::from_str(out.trim()).ok()
+    serde_json::from_str(&query(sock, "status").ok()?).ok()
 }
 
 #[test]

@@ -29,7 +29,42 @@ pub struct ProcessDriver {
     host_label: String,
 }
 
-fn alive(pid: i32) -> bool {
+/// `(vm, pid)` of every pid file in a process-driver state directory, alive or not.
+pub fn pid_files(state_dir: &Path) -> Vec<(VmId, i32)> {
+    let Ok(rd) = std::fs::read_dir(state_dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let id = name
+                .strip_prefix("vm-")?
+                .strip_suffix(".pid")?
+                .parse()
+                .ok()?;
+            let pid = std::fs::read_to_string(e.path())
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((VmId(id), pid))
+        })
+        .collect()
+}
+
+/// The VMs running in a process-driver state directory, by id, with their pids: the driver's own
+/// record of what runs on its host (also read by the demo and the tests' double-run monitors).
+pub fn running_vm_pids(state_dir: &Path) -> Vec<(VmId, i32)> {
+    let mut v: Vec<(VmId, i32)> = pid_files(state_dir)
+        .into_iter()
+        .filter(|(_, pid)| alive(*pid))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Whether `pid` is a live process (not a zombie waiting to be reaped).
+pub fn alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks that the process exists.
     pid > 0 && unsafe { libc::kill(pid, 0) } == 0 && !is_zombie(pid)
 }
@@ -79,25 +114,7 @@ impl ProcessDriver {
     }
 
     fn pid_files(&self) -> Vec<(VmId, i32)> {
-        let Ok(rd) = std::fs::read_dir(&self.state_dir) else {
-            return Vec::new();
-        };
-        rd.filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let id = name
-                    .strip_prefix("vm-")?
-                    .strip_suffix(".pid")?
-                    .parse()
-                    .ok()?;
-                let pid = std::fs::read_to_string(e.path())
-                    .ok()?
-                    .trim()
-                    .parse()
-                    .ok()?;
-                Some((VmId(id), pid))
-            })
-            .collect()
+        pid_files(&self.state_dir)
     }
 
     /// Watch a VM's process until it exits; report the exit unless we caused it.
@@ -222,14 +239,10 @@ impl Driver for ProcessDriver {
     }
 
     fn list(&self) -> Result<Vec<VmId>, DriverError> {
-        let mut v: Vec<VmId> = self
-            .pid_files()
+        Ok(running_vm_pids(&self.state_dir)
             .into_iter()
-            .filter(|(_, pid)| alive(*pid))
             .map(|(vm, _)| vm)
-            .collect();
-        v.sort();
-        Ok(v)
+            .collect())
     }
 
     fn take_unsolicited(&self) -> Vec<Unsolicited> {

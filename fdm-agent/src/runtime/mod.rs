@@ -35,6 +35,9 @@ enum Input {
     Isolation(bool),
     Probe(HostId, bool),
     Command(OperatorCommand),
+    /// The agent file re-read after SIGHUP (off the event loop: validation stats the datastore
+    /// paths, and a hung mount must not stop the heartbeats).
+    Reloaded(Box<Result<AgentConfig, config::ConfigError>>),
 }
 
 /// What `fdm-agent status` and `/metrics` read.
@@ -319,8 +322,9 @@ pub async fn run(
         if events_since_publish || last_publish.elapsed() >= Duration::from_millis(200) {
             last_publish = Instant::now();
             events_since_publish = false;
-            status::publish(&agent, now(), &shared);
-            reporter.tick(&agent, now());
+            let snapshot = agent.status(now());
+            status::publish(&agent, &snapshot, &shared);
+            reporter.tick(&agent, &snapshot);
         }
         if let Some(t0) = shutting_down
             && (t0.elapsed() > Duration::from_millis(300))
@@ -360,6 +364,7 @@ pub async fn run(
                     Input::Isolation(r) => agent.handle_isolation_check(t, r),
                     Input::Probe(h, a) => agent.handle_probe(t, h, a),
                     Input::Command(c) => agent.handle_command(t, c),
+                    Input::Reloaded(r) => apply_reload(&mut cfg, &mut agent, *r),
                 }
             }
             _ = sleep => agent.handle_timeout(now()),
@@ -373,7 +378,15 @@ pub async fn run(
                 shutting_down = Some(Instant::now());
                 stop = None;
             }
-            _ = hup.recv() => reload(&mut cfg, &mut agent),
+            _ = hup.recv() => match cfg.source.clone() {
+                Some(path) => {
+                    let tx = tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let _ = tx.send(Input::Reloaded(Box::new(AgentConfig::load(&path))));
+                    });
+                }
+                None => tracing::warn!("SIGHUP: no configuration file to reload"),
+            },
         }
     }
 }
@@ -381,12 +394,13 @@ pub async fn run(
 /// SIGHUP: re-read the agent file. Timings and the probe apply at once; fields that only a
 /// restart can apply are named in the log and keep their running values. An invalid file changes
 /// nothing.
-fn reload(cfg: &mut AgentConfig, agent: &mut Agent) {
-    let Some(path) = cfg.source.clone() else {
-        tracing::warn!("SIGHUP: no configuration file to reload");
-        return;
-    };
-    let new = match AgentConfig::load(&path) {
+fn apply_reload(
+    cfg: &mut AgentConfig,
+    agent: &mut Agent,
+    loaded: Result<AgentConfig, config::ConfigError>,
+) {
+    let path = cfg.source.clone().unwrap_or_default();
+    let new = match loaded {
         Ok(n) => n,
         Err(e) => {
             tracing::error!(file = %path.display(), error = %e, "SIGHUP: configuration invalid; keeping the running one");

@@ -3,7 +3,7 @@
 //! Written from threads of their own, one per datastore, latest report wins: a hung datastore
 //! delays only its own copy and never the heartbeats, and reports never queue up behind it.
 
-use crate::core::{Agent, Event, Role, Time};
+use crate::core::{Agent, Event, Role, StatusSnapshot};
 use heartbeat_fs::fs::DatastoreDir;
 use heartbeat_fs::records::{ClusterReport, ReportEvent, ReportedHost, ReportedVm};
 use heartbeat_fs::{DatastoreId, Epoch};
@@ -95,7 +95,7 @@ impl Reporter {
     }
 
     /// Write a report if this agent is master and the interval has passed.
-    pub fn tick(&mut self, agent: &Agent, now: Time) {
+    pub fn tick(&mut self, agent: &Agent, st: &StatusSnapshot) {
         if agent.role() != Role::Master
             || self
                 .last_write
@@ -105,7 +105,6 @@ impl Reporter {
         }
         self.last_write = Some(Instant::now());
         self.sequence += 1;
-        let st = agent.status(now);
         let report = Arc::new(ClusterReport {
             cluster: agent.config().cluster,
             master: st.host,

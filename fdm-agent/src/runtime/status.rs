@@ -1,7 +1,7 @@
 //! The local status socket (`fdm-agent status`, maintenance commands) and the Prometheus endpoint.
 
 use super::{Input, Shared};
-use crate::core::{Agent, OperatorCommand, Role, Time, Verdict};
+use crate::core::{Agent, OperatorCommand, Role, StatusSnapshot, Verdict};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixListener;
@@ -18,8 +18,7 @@ fn role_name(r: Role) -> String {
 }
 
 /// Refresh what the status socket and `/metrics` serve.
-pub(super) fn publish(agent: &Agent, now: Time, shared: &Mutex<Shared>) {
-    let st = agent.status(now);
+pub(super) fn publish(agent: &Agent, st: &StatusSnapshot, shared: &Mutex<Shared>) {
     let hosts: Vec<serde_json::Value> = st
         .hosts
         .iter()

@@ -6,14 +6,14 @@
 //! process-driver VMs: each one appends a start record to a shared ledger, and a monitor thread
 //! samples every host's pid files (the driver's own records) to catch any VM running twice.
 //!
-//! Needs root, `ip`, `nft` and `ping`; `Testbed::available` says why not when it cannot run.
+//! Needs root, `ip`, `nft` and `ping`; `unavailable` says why not when it cannot run.
 #![allow(
-    dead_code,
     clippy::disallowed_methods,
     clippy::disallowed_types,
     clippy::print_stdout
 )]
 
+use fdm_agent::driver::process::{alive, running_vm_pids};
 use heartbeat_fs::fs::DatastoreDir;
 use heartbeat_fs::records::*;
 use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
@@ -74,48 +74,14 @@ fn must(cmd: &str) -> String {
     sh(cmd).unwrap_or_else(|e| panic!("testbed: {e}"))
 }
 
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
-        return false;
-    }
-    !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-/// `(vm, pid)` of every VM process alive in a process-driver state directory.
+/// `(vm, pid)` of every VM process alive in a process-driver state directory (the driver's own
+/// records).
 pub fn running_in(vm_dir: &Path) -> Vec<(u32, i32)> {
-    let Ok(rd) = std::fs::read_dir(vm_dir) else {
-        return Vec::new();
-    };
-    let mut v: Vec<(u32, i32)> = rd
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let id: u32 = name
-                .strip_prefix("vm-")?
-                .strip_suffix(".pid")?
-                .parse()
-                .ok()?;
-            let pid: i32 = std::fs::read_to_string(e.path())
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
-            alive(pid).then_some((id, pid))
-        })
-        .collect();
-    v.sort();
-    v
+    running_vm_pids(vm_dir)
+        .into_iter()
+        .map(|(vm, pid)| (vm.0, pid))
+        .collect()
 }
-
-/// Text generated per host (or per VM) from its id and a path.
-pub type PerHost = fn(u32, &Path) -> String;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -124,12 +90,6 @@ pub struct Options {
     pub vms: u32,
     /// Hosts that see every datastore through their own bindfs view (for per-host storage faults).
     pub fuse_views: Vec<u32>,
-    /// Extra lines for every agent.toml.
-    pub agent_extra: String,
-    /// Hypervisor driver section for each host (default: the process driver).
-    pub driver: Option<PerHost>,
-    /// VM definition for each VM (default: a process VM that records its start and sleeps).
-    pub vm_definition: Option<PerHost>,
     /// Each host runs its own libvirtd (QEMU under TCG) and the agents use the libvirt driver;
     /// VMs are small diskless QEMU domains.
     pub libvirt: bool,
@@ -149,9 +109,6 @@ impl Default for Options {
             datastores: 2,
             vms: 8,
             fuse_views: Vec::new(),
-            agent_extra: String::new(),
-            driver: None,
-            vm_definition: None,
             libvirt: false,
             watchdog: false,
         }
@@ -233,7 +190,7 @@ pub fn running_on(ns: &str, vm_dir: &Path, libvirt: bool) -> Vec<(u32, i32)> {
 }
 
 /// A diskless QEMU domain: boots into firmware with nothing to boot and idles (TESTBED.md).
-pub fn qemu_domain(vm: u32, _ledger: &Path) -> String {
+pub fn qemu_domain(vm: u32) -> String {
     format!(
         "<domain type='qemu'><name>fdmvm{vm}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>\
          <os><type arch='x86_64' machine='pc'>hvm</type></os><on_crash>destroy</on_crash>\
@@ -241,6 +198,8 @@ pub fn qemu_domain(vm: u32, _ledger: &Path) -> String {
     )
 }
 
+// Read through `Debug`, in the assertion message that reports a double run.
+#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct DoubleRun {
     pub at: Duration,
@@ -257,7 +216,6 @@ struct Monitor {
 
 #[derive(Debug)]
 pub struct Testbed {
-    pub tag: String,
     pub root: PathBuf,
     _tmp: tempfile::TempDir,
     pub switch: String,
@@ -276,7 +234,8 @@ pub struct Testbed {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn default_vm_definition(_vm: u32, ledger: &Path) -> String {
+/// A process VM that records its start in the shared ledger, then idles.
+fn process_vm(ledger: &Path) -> String {
     format!(
         "echo \"$(date +%s.%N) start vm=$FDM_VM host=$FDM_HOST pid=$$\" >> {}; exec sleep 100000",
         ledger.display()
@@ -304,7 +263,6 @@ impl Testbed {
              ip -n {switch} addr add {GATEWAY}/24 dev br0 && ip -n {switch} link set br0 up"
         ));
         let mut tb = Testbed {
-            tag: tag.clone(),
             root: root.clone(),
             _tmp: tmp,
             switch: switch.clone(),
@@ -407,13 +365,13 @@ impl Testbed {
                     format!("[[seed_hosts]]\nid = {s}\naddress = \"{SUBNET}.{s}:{AGENT_PORT}\"\n")
                 })
                 .collect();
-            let driver = match &opts.driver {
-                Some(f) => f(h.id, &h.dir),
-                None if opts.libvirt => format!(
+            let driver = if opts.libvirt {
+                format!(
                     "[driver]\nkind = \"libvirt\"\nuri = \"{}\"\n",
                     h.libvirt_uri()
-                ),
-                None => "[driver]\nkind = \"process\"\n".to_string(),
+                )
+            } else {
+                "[driver]\nkind = \"process\"\n".to_string()
             };
             let toml = format!(
                 "host_id = {}\ncluster_id = 77\nsecret_file = \"{}\"\nbind = \"{}:{AGENT_PORT}\"\n\
@@ -424,13 +382,9 @@ impl Testbed {
                 h.dir.join("state").display(),
                 h.socket().display(),
                 if opts.watchdog {
-                    format!(
-                        "watchdog = \"file:{}\"\n{}",
-                        h.dir.join("watchdog").display(),
-                        opts.agent_extra
-                    )
+                    format!("watchdog = \"file:{}\"", h.dir.join("watchdog").display())
                 } else {
-                    opts.agent_extra.clone()
+                    String::new()
                 },
             );
             std::fs::write(h.dir.join("agent.toml"), toml).expect("agent.toml");
@@ -489,10 +443,10 @@ impl Testbed {
                     id: VmId(v),
                     name: format!("vm{v}"),
                     home: DatastoreId(1 + (v % opts.datastores)),
-                    definition: match &opts.vm_definition {
-                        Some(f) => f(v, &self.ledger),
-                        None if opts.libvirt => qemu_domain(v, &self.ledger),
-                        None => default_vm_definition(v, &self.ledger),
+                    definition: if opts.libvirt {
+                        qemu_domain(v)
+                    } else {
+                        process_vm(&self.ledger)
                     },
                     reservation: Resources {
                         cpu_mhz: 500,
@@ -512,10 +466,6 @@ impl Testbed {
 
     pub fn host(&self, id: u32) -> &TestHost {
         &self.hosts[id as usize - 1]
-    }
-
-    pub fn elapsed(&self) -> f64 {
-        self.started.elapsed().as_secs_f64()
     }
 
     /// Start a process VM on a host as if it had been running before the agents (the agent adopts
@@ -679,6 +629,34 @@ impl Testbed {
             }
         }
         m
+    }
+
+    /// Wait until every VM of `vms` runs on a host outside `gone`; the time since `t0`. Panics with
+    /// `what`, the placement and the log directory when `limit` passes first.
+    pub fn wait_moved_off(
+        &self,
+        vms: &[u32],
+        gone: &[u32],
+        t0: Instant,
+        limit: Duration,
+        what: &str,
+    ) -> Duration {
+        wait_until(limit, || {
+            let p = self.placement();
+            vms.iter()
+                .all(|vm| {
+                    p.get(vm)
+                        .is_some_and(|h| h.iter().all(|x| !gone.contains(x)))
+                })
+                .then(|| t0.elapsed())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{what} within {limit:?}: placement {:?} (logs in {})",
+                self.placement(),
+                self.root.display()
+            )
+        })
     }
 
     pub fn pids(&self) -> BTreeMap<u32, (u32, i32)> {
@@ -878,16 +856,6 @@ impl Testbed {
         }
     }
 
-    /// Lines of a host's agent log that contain `needle`.
-    pub fn log_lines(&self, host: u32, needle: &str) -> Vec<String> {
-        std::fs::read_to_string(self.host(host).log())
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(String::from)
-            .collect()
-    }
-
     /// The check after every case: no VM ever ran on two hosts at once, and every protected VM runs
     /// exactly once now.
     pub fn assert_every_vm_once(&self) {
@@ -907,12 +875,6 @@ impl Testbed {
                 self.root.display()
             );
         }
-    }
-
-    /// Keep the directory (logs) after the test, for a failure's post-mortem.
-    pub fn keep(&mut self) {
-        let tmp = std::mem::replace(&mut self._tmp, tempfile::tempdir().expect("tempdir"));
-        let _ = tmp.keep();
     }
 }
 
@@ -1038,8 +1000,4 @@ pub fn report(case: &str, figures: &[(&str, f64)]) {
         .map(|(k, v)| format!("{k}={v:.2}s"))
         .collect();
     println!("MEASURED {case}: {}", f.join(" "));
-}
-
-pub fn set_of(v: &[u32]) -> BTreeSet<u32> {
-    v.iter().copied().collect()
 }
