@@ -6,6 +6,7 @@
 //! never piles up threads.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
+use crate::claim::{self, IntentQuery, LockAfter, LockHolder};
 use crate::codec::{self, DecodeError};
 use crate::ids::{DatastoreId, HostId};
 use crate::ops::{
@@ -13,7 +14,7 @@ use crate::ops::{
 };
 use crate::records::{
     ClusterConfig, ClusterReport, DatastoreClaim, HeartbeatRecord, PowerOnList, ProtectedVmList,
-    RestartState, SECTOR,
+    SECTOR,
 };
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -161,50 +162,46 @@ impl DatastoreDir {
         read_record(&self.root.join("claim"), codec::decode_claim)
     }
 
-    /// Write the claim record. See [`ClaimWrite`] for the lock and compare rules.
+    /// Write the claim record. The decision is [`claim::decide_claim_write`]'s, shared with the
+    /// in-memory datastore; this only reads, writes and holds the lock file.
     pub fn write_claim(
         &mut self,
         record: &DatastoreClaim,
         mode: ClaimWrite,
     ) -> Result<(), DsError> {
         let current = self.read_claim_lenient()?;
-        match mode {
-            ClaimWrite::Acquire { expect, lapsed } => {
-                let lock_taken = self.take_lock()?;
-                let steal = lapsed && expect.is_some();
-                if !lock_taken && !steal {
-                    return Err(DsError::Contended);
-                }
-                if current != expect {
-                    if lock_taken && current.is_none_or(|c| c.owner != record.owner) {
-                        self.claim_lock = None;
-                    }
-                    return Err(DsError::ClaimMismatch { current });
-                }
+        let mut taken: Option<File> = None;
+        let decision = claim::decide_claim_write(current, record, mode, || {
+            if self.claim_lock.is_some() {
+                return Ok(LockHolder::Caller);
             }
-            ClaimWrite::Renew => {
-                let ok = current.is_some_and(|c| {
-                    c.owner == record.owner && c.epoch == record.epoch && !c.released
-                });
-                if !ok {
-                    self.claim_lock = None;
-                    return Err(DsError::ClaimMismatch { current });
+            match try_lock_file(&self.root.join("claim.lock"))? {
+                Some(f) => {
+                    taken = Some(f);
+                    Ok(LockHolder::Free)
                 }
+                None => Ok(LockHolder::Other),
             }
-            ClaimWrite::Release => {
-                let ours =
-                    current.is_some_and(|c| c.owner == record.owner && c.epoch == record.epoch);
-                if !ours {
-                    self.claim_lock = None;
-                    return Ok(());
-                }
-            }
+        })?;
+        if let Ok(Some(rec)) = &decision.outcome {
+            // A failed write leaves the lock as it was: `taken` is dropped here.
+            write_sector(&self.root.join("claim"), &codec::encode_claim(rec))?;
         }
-        write_sector(&self.root.join("claim"), &codec::encode_claim(record))?;
-        if mode == ClaimWrite::Release {
-            self.claim_lock = None;
+        match decision.lock {
+            LockAfter::Unchanged => {}
+            LockAfter::Held => {
+                if self.claim_lock.is_none() {
+                    self.claim_lock = taken;
+                }
+            }
+            LockAfter::NotHeld => self.claim_lock = None,
         }
-        Ok(())
+        decision.outcome.map(|_| ())
+    }
+
+    /// Whether this handle holds the claim lock (tests compare it with the in-memory model).
+    pub fn holds_claim_lock(&self) -> bool {
+        self.claim_lock.is_some()
     }
 
     /// A corrupt claim sector reads as "no claim" for the compare: a torn write must not block a
@@ -216,37 +213,10 @@ impl DatastoreDir {
         }
     }
 
-    /// True if we hold (or just took) the claim lock; false if another open file holds it.
-    fn take_lock(&mut self) -> Result<bool, DsError> {
-        if self.claim_lock.is_some() {
-            return Ok(true);
-        }
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(self.root.join("claim.lock"))
-            .map_err(io_err)?;
-        match f.try_lock() {
-            Ok(()) => {
-                self.claim_lock = Some(f);
-                Ok(true)
-            }
-            Err(TryLockError::WouldBlock) => Ok(false),
-            Err(TryLockError::Error(e)) => Err(io_err(e)),
-        }
-    }
-
     /// Replace the protected list, but only while the claim on disk names the list's master at the
     /// list's epoch: a deposed master cannot overwrite its successor's list.
     pub fn write_protected_list(&self, list: &ProtectedVmList) -> Result<(), DsError> {
-        let current = self.read_claim()?;
-        let ok =
-            current.is_some_and(|c| c.owner == list.master && c.epoch == list.epoch && !c.released);
-        if !ok {
-            return Err(DsError::ClaimMismatch { current });
-        }
+        claim::protected_write_allowed(&self.read_claim_strict()?, list)?;
         replace_atomically(
             &self.root.join("protected.list"),
             &codec::encode_protected_list(list),
@@ -278,36 +248,17 @@ impl DatastoreDir {
     }
 
     /// The target's check before a power-on (see `DsOp::CheckIntent`).
-    pub fn check_intent(
-        &self,
-        owner: HostId,
-        epoch: crate::ids::Epoch,
-        vm: crate::ids::VmId,
-        target: HostId,
-        attempt: u32,
-    ) -> Result<DsReply, DsError> {
-        let claim = self.read_claim()?;
-        if !claim.is_some_and(|c| c.owner == owner && c.epoch == epoch && !c.released) {
-            return Ok(DsReply::IntentRefused {
-                reason: format!("claim on disk is {claim:?}"),
-            });
-        }
-        let intent = self
-            .read_protected_list()?
-            .and_then(|l| l.vms.into_iter().find(|e| e.vm == vm))
-            .map(|e| e.restart);
-        if intent
-            == Some(RestartState::Intent {
-                target,
-                epoch,
-                attempt,
-            })
-        {
-            Ok(DsReply::IntentConfirmed)
-        } else {
-            Ok(DsReply::IntentRefused {
-                reason: format!("intent on disk is {intent:?}"),
-            })
+    pub fn check_intent(&self, q: &IntentQuery) -> Result<DsReply, DsError> {
+        claim::check_intent(&self.read_claim_strict()?, q, || self.read_protected_list())
+    }
+
+    /// The claim as the gated operations see it: IO errors are errors, a corrupt record is the
+    /// decode error (which the rule turns into `Corrupt`).
+    fn read_claim_strict(&self) -> Result<Result<Option<DatastoreClaim>, DecodeError>, DsError> {
+        match self.read_claim() {
+            Ok(c) => Ok(Ok(c)),
+            Err(DsError::Corrupt(e)) => Ok(Err(e)),
+            Err(e) => Err(e),
         }
     }
 
@@ -335,8 +286,30 @@ impl DatastoreDir {
                 vm,
                 target,
                 attempt,
-            } => self.check_intent(owner, epoch, vm, target, attempt),
+            } => self.check_intent(&IntentQuery {
+                owner,
+                epoch,
+                vm,
+                target,
+                attempt,
+            }),
         }
+    }
+}
+
+/// Take the claim lock file's lock: `Some(file)` when taken, `None` when another open file holds it.
+fn try_lock_file(path: &Path) -> Result<Option<File>, DsError> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err)?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(io_err(e)),
     }
 }
 

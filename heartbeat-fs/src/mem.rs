@@ -1,11 +1,13 @@
-//! An in-memory datastore with exactly the semantics of the real executor, for unit tests and the
-//! simulator: records are kept as values, the claim lock is held per (host, incarnation).
+//! An in-memory datastore for unit tests and the simulator: records are kept as values, the claim
+//! lock is held per (host, incarnation), and every claim-gated decision is [`crate::claim`]'s, the
+//! same functions the file datastore calls.
 
+use crate::claim::{self, IntentQuery, LockAfter, LockHolder};
 use crate::codec::DecodeError;
 use crate::ids::{DatastoreId, HostId};
 use crate::ops::{ClaimWrite, DsError, DsOp, DsReply, HeartbeatSlot};
 use crate::records::{
-    ClusterConfig, DatastoreClaim, HeartbeatRecord, PowerOnList, ProtectedVmList, RestartState,
+    ClusterConfig, DatastoreClaim, HeartbeatRecord, PowerOnList, ProtectedVmList,
 };
 use std::collections::BTreeMap;
 
@@ -16,14 +18,18 @@ pub struct Caller {
     pub incarnation: u64,
 }
 
+/// A record slot: never written (`None`), a record, or a torn/corrupt write that reads as the decode
+/// error until the next good write.
+pub type Slot<T> = Option<Result<T, DecodeError>>;
+
 #[derive(Debug, Clone, Default)]
 pub struct MemDatastore {
     pub id: Option<DatastoreId>,
     pub heartbeats: BTreeMap<HostId, Result<HeartbeatRecord, DecodeError>>,
     pub power_on: BTreeMap<HostId, PowerOnList>,
-    pub claim: Option<DatastoreClaim>,
+    pub claim: Slot<DatastoreClaim>,
     pub lock: Option<Caller>,
-    pub protected: Option<ProtectedVmList>,
+    pub protected: Slot<ProtectedVmList>,
     pub config: Option<ClusterConfig>,
 }
 
@@ -45,6 +51,34 @@ impl MemDatastore {
     /// A torn heartbeat write: the sector reads back as garbage until the next good write.
     pub fn tear_heartbeat(&mut self, host: HostId) {
         self.heartbeats.insert(host, Err(DecodeError::BadCrc));
+    }
+
+    /// A torn claim write.
+    pub fn tear_claim(&mut self) {
+        self.claim = Some(Err(DecodeError::BadCrc));
+    }
+
+    /// A corrupt protected list (a list is replaced atomically, so only the storage can do this).
+    pub fn tear_protected(&mut self) {
+        self.protected = Some(Err(DecodeError::BadCrc));
+    }
+
+    /// The protected list when one is there and readable.
+    pub fn protected_list(&self) -> Option<&ProtectedVmList> {
+        self.protected.as_ref().and_then(|r| r.as_ref().ok())
+    }
+
+    /// The claim when one is there and readable.
+    pub fn current_claim(&self) -> Option<DatastoreClaim> {
+        self.claim.clone().and_then(Result::ok)
+    }
+
+    fn claim_strict(&self) -> Result<Option<DatastoreClaim>, DecodeError> {
+        self.claim.clone().transpose()
+    }
+
+    fn read<T: Clone>(slot: &Slot<T>) -> Result<Option<T>, DsError> {
+        slot.clone().transpose().map_err(DsError::Corrupt)
     }
 
     pub fn execute(&mut self, caller: Caller, op: DsOp) -> Result<DsReply, DsError> {
@@ -69,21 +103,14 @@ impl MemDatastore {
             DsOp::ReadPowerOnList { host } => {
                 Ok(DsReply::PowerOnList(self.power_on.get(&host).cloned()))
             }
-            DsOp::ReadClaim => Ok(DsReply::Claim(self.claim)),
+            DsOp::ReadClaim => Self::read(&self.claim).map(DsReply::Claim),
             DsOp::WriteClaim { record, mode } => self.write_claim(caller, record, mode),
             DsOp::WriteProtectedList(list) => {
-                let ok = self.claim.is_some_and(|c| {
-                    c.owner == list.master && c.epoch == list.epoch && !c.released
-                });
-                if !ok {
-                    return Err(DsError::ClaimMismatch {
-                        current: self.claim,
-                    });
-                }
-                self.protected = Some(list);
+                claim::protected_write_allowed(&self.claim_strict(), &list)?;
+                self.protected = Some(Ok(list));
                 Ok(DsReply::Written)
             }
-            DsOp::ReadProtectedList => Ok(DsReply::ProtectedList(self.protected.clone())),
+            DsOp::ReadProtectedList => Self::read(&self.protected).map(DsReply::ProtectedList),
             DsOp::ReadConfig { newer_than } => Ok(DsReply::Config(
                 self.config
                     .as_ref()
@@ -101,32 +128,14 @@ impl MemDatastore {
                 target,
                 attempt,
             } => {
-                let claim_ok = self
-                    .claim
-                    .is_some_and(|c| c.owner == owner && c.epoch == epoch && !c.released);
-                if !claim_ok {
-                    return Ok(DsReply::IntentRefused {
-                        reason: format!("claim is {:?}", self.claim),
-                    });
-                }
-                let intent = self
-                    .protected
-                    .as_ref()
-                    .and_then(|l| l.vms.iter().find(|e| e.vm == vm))
-                    .map(|e| e.restart.clone());
-                if intent
-                    == Some(RestartState::Intent {
-                        target,
-                        epoch,
-                        attempt,
-                    })
-                {
-                    Ok(DsReply::IntentConfirmed)
-                } else {
-                    Ok(DsReply::IntentRefused {
-                        reason: format!("intent on disk is {intent:?}"),
-                    })
-                }
+                let q = IntentQuery {
+                    owner,
+                    epoch,
+                    vm,
+                    target,
+                    attempt,
+                };
+                claim::check_intent(&self.claim_strict(), &q, || Self::read(&self.protected))
             }
         }
     }
@@ -137,48 +146,24 @@ impl MemDatastore {
         record: DatastoreClaim,
         mode: ClaimWrite,
     ) -> Result<DsReply, DsError> {
-        match mode {
-            ClaimWrite::Acquire { expect, lapsed } => {
-                let held_by_other = self.lock.is_some_and(|l| l != caller);
-                let steal = lapsed && expect.is_some();
-                if held_by_other && !steal {
-                    return Err(DsError::Contended);
-                }
-                if self.claim != expect {
-                    return Err(DsError::ClaimMismatch {
-                        current: self.claim,
-                    });
-                }
-                self.claim = Some(record);
-                if !held_by_other {
-                    self.lock = Some(caller);
-                }
-                Ok(DsReply::Written)
-            }
-            ClaimWrite::Renew => {
-                let ok = self.claim.is_some_and(|c| {
-                    c.owner == record.owner && c.epoch == record.epoch && !c.released
-                });
-                if !ok {
-                    return Err(DsError::ClaimMismatch {
-                        current: self.claim,
-                    });
-                }
-                self.claim = Some(record);
-                Ok(DsReply::Written)
-            }
-            ClaimWrite::Release => {
-                let ok = self
-                    .claim
-                    .is_some_and(|c| c.owner == record.owner && c.epoch == record.epoch);
-                if ok {
-                    self.claim = Some(record);
-                }
-                if self.lock == Some(caller) {
-                    self.lock = None;
-                }
-                Ok(DsReply::Written)
-            }
+        // A torn claim reads as no claim for the compare, as in the file datastore.
+        let current = self.current_claim();
+        let lock = self.lock;
+        let decision = claim::decide_claim_write(current, &record, mode, || {
+            Ok(match lock {
+                None => LockHolder::Free,
+                Some(c) if c == caller => LockHolder::Caller,
+                Some(_) => LockHolder::Other,
+            })
+        })?;
+        if let Ok(Some(rec)) = decision.outcome {
+            self.claim = Some(Ok(rec));
         }
+        match decision.lock {
+            LockAfter::Unchanged => {}
+            LockAfter::Held => self.lock = Some(caller),
+            LockAfter::NotHeld => self.release_locks_of(caller),
+        }
+        decision.outcome.map(|_| DsReply::Written)
     }
 }

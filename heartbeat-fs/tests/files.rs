@@ -4,6 +4,7 @@
 
 mod common;
 
+use heartbeat_fs::claim::IntentQuery;
 use heartbeat_fs::fs::{DatastoreDir, DatastoreExecutor};
 use heartbeat_fs::ops::{ClaimWrite, DsError, DsOp, DsReply, DsRequest, IoKind};
 use heartbeat_fs::records::{DatastoreClaim, HeartbeatRecord};
@@ -269,19 +270,25 @@ fn protected_list_and_intent_check_respect_the_claim() {
     d.write_protected_list(&list).unwrap();
     assert_eq!(d.read_protected_list().unwrap(), Some(list));
     assert_eq!(
-        d.check_intent(HostId(3), Epoch(11), VmId(2), HostId(4), 2),
+        d.check_intent(&IntentQuery {
+            owner: HostId(3),
+            epoch: Epoch(11),
+            vm: VmId(2),
+            target: HostId(4),
+            attempt: 2
+        }),
         Ok(DsReply::IntentConfirmed)
     );
     for (owner, epoch, target, attempt) in
         [(3, 10, 4, 2), (5, 11, 4, 2), (3, 11, 5, 2), (3, 11, 4, 1)]
     {
-        let r = d.check_intent(
-            HostId(owner),
-            Epoch(epoch),
-            VmId(2),
-            HostId(target),
+        let r = d.check_intent(&IntentQuery {
+            owner: HostId(owner),
+            epoch: Epoch(epoch),
+            vm: VmId(2),
+            target: HostId(target),
             attempt,
-        );
+        });
         assert!(
             matches!(r, Ok(DsReply::IntentRefused { .. })),
             "{owner} {epoch} {target} {attempt}: {r:?}"

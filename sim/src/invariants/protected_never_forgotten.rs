@@ -11,7 +11,7 @@ pub fn check(w: &World) -> Vec<Violation> {
         }
         let listed =
             w.ds.get(&vm.home)
-                .and_then(|d| d.protected.as_ref())
+                .and_then(|d| d.protected_list())
                 .is_some_and(|l| l.vms.iter().any(|e| e.vm == vm.id));
         if !listed {
             out.push(Violation {
