@@ -82,24 +82,84 @@ impl Default for Timings {
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TimingsError {
-    #[error("unknown timing `{0}`")]
+    #[error("unknown timing `{0}`; expected one of {names}", names = Timings::NAMES.join(", "))]
     Unknown(String),
     #[error("timing `{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
 }
 
+impl TimingsError {
+    /// The timing the error is about, as the configuration spells it.
+    pub fn field(&self) -> &str {
+        match self {
+            TimingsError::Unknown(name) => name,
+            TimingsError::Invalid { field, .. } => field,
+        }
+    }
+}
+
+/// No timing may be longer than a day: nothing in the protocol waits that long on purpose, and the
+/// bound keeps every sum and product of timings far from overflow.
+pub const MAX_TIMING: Duration = Duration::from_secs(86_400);
+/// Periodic work (heartbeats, reads, renewals, polls) runs at most a hundred times a second.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// More than 10 % clock-rate error is not a clock.
+pub const MAX_DRIFT_PPM: u32 = 100_000;
+
+/// `d * ppm / 1e6`, exact, saturating: never panics whatever `d`.
+fn ppm_of(d: Duration, ppm: u32) -> Duration {
+    let nanos = d.as_nanos().saturating_mul(u128::from(ppm)) / 1_000_000;
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
 impl Timings {
+    /// Every timing's name, as `timings_ms` in the cluster configuration and `[timings]` in
+    /// `agent.toml` spell it: the durations in milliseconds, then `max_clock_drift_ppm` in ppm.
+    pub const NAMES: [&'static str; 20] = [
+        "heartbeat_interval",
+        "host_unreachable_after",
+        "master_lost_after",
+        "election_window",
+        "ds_heartbeat_interval",
+        "ds_read_interval",
+        "ds_lease",
+        "net_lease",
+        "claim_lease",
+        "claim_renew_interval",
+        "fence_margin",
+        "isolation_detect_after",
+        "isolation_response_delay",
+        "shutdown_timeout",
+        "power_on_timeout",
+        "config_poll_interval",
+        "datastore_call_deadline",
+        "watchdog_timeout",
+        "better_master_handover",
+        "max_clock_drift_ppm",
+    ];
+
     /// `d` stretched by the drift bound: what a reader waits so that a lease measured on a slower
-    /// clock has surely expired.
+    /// clock has surely expired. Saturating.
     pub fn stretch(&self, d: Duration) -> Duration {
-        d + d * self.max_clock_drift_ppm / 1_000_000
+        d.saturating_add(ppm_of(d, self.max_clock_drift_ppm))
     }
     /// `d` shrunk by the drift bound: how long a holder may trust a lease on its own clock.
     pub fn shrink(&self, d: Duration) -> Duration {
-        d.saturating_sub(d * self.max_clock_drift_ppm / 1_000_000)
+        d.saturating_sub(ppm_of(d, self.max_clock_drift_ppm))
     }
 
-    fn fields_mut(&mut self) -> [(&'static str, &mut Duration); 19] {
+    /// How often the agent evaluates its leases, verdicts and roles (and kicks the watchdog).
+    pub fn evaluate_interval(&self) -> Duration {
+        (self.heartbeat_interval / 2).max(MIN_INTERVAL)
+    }
+
+    /// The duration fields, named; `NAMES` without `max_clock_drift_ppm`.
+    fn durations(&self) -> [(&'static str, Duration); 19] {
+        let mut copy = self.clone();
+        copy.durations_mut().map(|(n, d)| (n, *d))
+    }
+
+    fn durations_mut(&mut self) -> [(&'static str, &mut Duration); 19] {
         [
             ("heartbeat_interval", &mut self.heartbeat_interval),
             ("host_unreachable_after", &mut self.host_unreachable_after),
@@ -126,88 +186,263 @@ impl Timings {
         ]
     }
 
-    /// Apply overrides by field name, in milliseconds (`max_clock_drift_ppm` in ppm), then validate.
-    pub fn with_overrides(
-        mut self,
-        overrides: &BTreeMap<String, u64>,
-    ) -> Result<Self, TimingsError> {
-        for (name, &value) in overrides {
-            if name == "max_clock_drift_ppm" {
-                self.max_clock_drift_ppm =
-                    u32::try_from(value).map_err(|_| TimingsError::Invalid {
-                        field: "max_clock_drift_ppm",
-                        reason: "too large".into(),
-                    })?;
-                continue;
-            }
-            let mut found = false;
-            for (field, slot) in self.fields_mut() {
-                if field == name {
-                    *slot = Duration::from_millis(value);
-                    found = true;
-                }
-            }
-            if !found {
-                return Err(TimingsError::Unknown(name.clone()));
-            }
-        }
-        self.validate()?;
-        Ok(self)
+    /// Apply overrides by field name, in milliseconds (`max_clock_drift_ppm` in ppm), then validate;
+    /// the first problem.
+    pub fn with_overrides(self, overrides: &BTreeMap<String, u64>) -> Result<Self, TimingsError> {
+        self.checked_overrides(overrides)
+            .map_err(|mut all| all.swap_remove(0))
     }
 
-    /// The relations the safety argument (docs/safety.md) relies on.
-    pub fn validate(&self) -> Result<(), TimingsError> {
-        let bad = |field, reason: &str| {
-            Err(TimingsError::Invalid {
-                field,
-                reason: reason.into(),
-            })
-        };
-        if self.heartbeat_interval.is_zero() || self.ds_heartbeat_interval.is_zero() {
-            return bad("heartbeat_interval", "must be positive");
+    /// Like `with_overrides`, with every problem: unknown names, values out of range, broken
+    /// relations (for `check-config`, which reports everything at once).
+    pub fn checked_overrides(
+        mut self,
+        overrides: &BTreeMap<String, u64>,
+    ) -> Result<Self, Vec<TimingsError>> {
+        let mut problems = Vec::new();
+        for (name, &value) in overrides {
+            if name == "max_clock_drift_ppm" {
+                match u32::try_from(value) {
+                    Ok(v) => self.max_clock_drift_ppm = v,
+                    Err(_) => problems.push(TimingsError::Invalid {
+                        field: "max_clock_drift_ppm",
+                        reason: format!("{value} ppm; at most {MAX_DRIFT_PPM}"),
+                    }),
+                }
+                continue;
+            }
+            match self
+                .durations_mut()
+                .into_iter()
+                .find(|(field, _)| *field == name.as_str())
+            {
+                // Milliseconds always fit a Duration; the size is checked below.
+                Some((_, slot)) => *slot = Duration::from_millis(value),
+                None => problems.push(TimingsError::Unknown(name.clone())),
+            }
         }
-        if self.host_unreachable_after < self.heartbeat_interval * 2 {
-            return bad(
-                "host_unreachable_after",
-                "must be at least two heartbeat intervals",
+        if problems.is_empty() {
+            problems = self.problems();
+        }
+        if problems.is_empty() {
+            Ok(self)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The relations the safety argument (docs/safety.md) and the promise not to stop VMs needlessly
+    /// rely on; the first one broken.
+    pub fn validate(&self) -> Result<(), TimingsError> {
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every relation broken, each naming the timing to change.
+    pub fn problems(&self) -> Vec<TimingsError> {
+        let mut out = Vec::new();
+        let mut bad = |field: &'static str, reason: String| {
+            out.push(TimingsError::Invalid { field, reason });
+        };
+        let ms = |d: Duration| format!("{} ms", d.as_millis());
+        // Sizes first: once every value is within [0, a day], no relation below can overflow.
+        let mut sized = true;
+        for (field, d) in self.durations() {
+            if d > MAX_TIMING {
+                bad(
+                    field,
+                    format!("{}; at most {} (a day)", ms(d), ms(MAX_TIMING)),
+                );
+                sized = false;
+            }
+        }
+        if self.max_clock_drift_ppm > MAX_DRIFT_PPM {
+            bad(
+                "max_clock_drift_ppm",
+                format!(
+                    "{} ppm; at most {MAX_DRIFT_PPM} (10 %): more drift is not a clock",
+                    self.max_clock_drift_ppm
+                ),
             );
         }
-        if self.master_lost_after < self.heartbeat_interval * 2 {
-            return bad(
+        if !sized {
+            return out;
+        }
+        // Zero or too fine: periodic work that would spin, waits that would not wait.
+        for (field, d) in [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("ds_heartbeat_interval", self.ds_heartbeat_interval),
+            ("ds_read_interval", self.ds_read_interval),
+            ("claim_renew_interval", self.claim_renew_interval),
+            ("config_poll_interval", self.config_poll_interval),
+        ] {
+            if d < MIN_INTERVAL {
+                bad(field, format!("{}; at least {}", ms(d), ms(MIN_INTERVAL)));
+            }
+        }
+        for (field, d) in [
+            ("election_window", self.election_window),
+            ("datastore_call_deadline", self.datastore_call_deadline),
+            ("power_on_timeout", self.power_on_timeout),
+            ("watchdog_timeout", self.watchdog_timeout),
+            ("better_master_handover", self.better_master_handover),
+            ("isolation_detect_after", self.isolation_detect_after),
+        ] {
+            if d.is_zero() {
+                bad(field, "must be greater than 0".into());
+            }
+        }
+        let hb = self.heartbeat_interval;
+        if self.host_unreachable_after < hb * 2 {
+            bad(
+                "host_unreachable_after",
+                format!(
+                    "{}; at least two heartbeat intervals ({})",
+                    ms(self.host_unreachable_after),
+                    ms(hb * 2)
+                ),
+            );
+        }
+        if self.master_lost_after < hb * 2 {
+            bad(
                 "master_lost_after",
-                "must be at least two heartbeat intervals",
+                format!(
+                    "{}; at least two heartbeat intervals ({})",
+                    ms(self.master_lost_after),
+                    ms(hb * 2)
+                ),
             );
         }
         if self.ds_lease < self.ds_heartbeat_interval * 3 {
-            return bad(
+            bad(
                 "ds_lease",
-                "must be at least three datastore heartbeat intervals",
+                format!(
+                    "{}; at least three datastore heartbeat intervals ({}), or one slow write fences VMs",
+                    ms(self.ds_lease),
+                    ms(self.ds_heartbeat_interval * 3)
+                ),
+            );
+        }
+        if self.ds_lease <= self.datastore_call_deadline {
+            bad(
+                "datastore_call_deadline",
+                format!(
+                    "{}; must be shorter than ds_lease ({}): a write may take the whole deadline",
+                    ms(self.datastore_call_deadline),
+                    ms(self.ds_lease)
+                ),
+            );
+        }
+        if self.ds_read_interval * 2 > self.ds_lease {
+            bad(
+                "ds_read_interval",
+                format!(
+                    "{}; at most half of ds_lease ({})",
+                    ms(self.ds_read_interval),
+                    ms(self.ds_lease / 2)
+                ),
+            );
+        }
+        if self.net_lease < hb * 3 {
+            bad(
+                "net_lease",
+                format!(
+                    "{}; at least three heartbeat intervals ({}), or one lost acknowledgement fences VMs",
+                    ms(self.net_lease),
+                    ms(hb * 3)
+                ),
             );
         }
         if self.fence_margin >= self.shrink(self.ds_lease)
             || self.fence_margin >= self.shrink(self.net_lease)
+            || self.fence_margin >= self.shrink(self.claim_lease)
         {
-            return bad("fence_margin", "must be shorter than the leases");
+            bad(
+                "fence_margin",
+                format!(
+                    "{}; must be shorter than ds_lease, net_lease and claim_lease (shrunk by the drift bound)",
+                    ms(self.fence_margin)
+                ),
+            );
         }
         if self.fence_margin < self.ds_heartbeat_interval {
-            return bad(
+            bad(
                 "fence_margin",
-                "must be at least one datastore heartbeat interval",
+                format!(
+                    "{}; at least one datastore heartbeat interval ({})",
+                    ms(self.fence_margin),
+                    ms(self.ds_heartbeat_interval)
+                ),
             );
         }
         if self.watchdog_timeout > self.fence_margin {
-            return bad("watchdog_timeout", "must not exceed fence_margin");
-        }
-        if self.claim_renew_interval * 3 > self.claim_lease {
-            return bad(
-                "claim_renew_interval",
-                "must be at most a third of claim_lease",
+            bad(
+                "watchdog_timeout",
+                format!(
+                    "{}; must not exceed fence_margin ({}): a hung agent must be reset before its leases expire",
+                    ms(self.watchdog_timeout),
+                    ms(self.fence_margin)
+                ),
             );
         }
-        if self.max_clock_drift_ppm > 100_000 {
-            return bad("max_clock_drift_ppm", "more than 10% drift is not a clock");
+        let tick = self.evaluate_interval();
+        if tick * 2 > self.watchdog_timeout {
+            bad(
+                "watchdog_timeout",
+                format!(
+                    "{}; at least twice the evaluation tick ({}, half the heartbeat interval), or a healthy host is reset between two kicks",
+                    ms(self.watchdog_timeout),
+                    ms(tick)
+                ),
+            );
         }
-        Ok(())
+        if self.claim_renew_interval * 3 > self.claim_lease {
+            bad(
+                "claim_renew_interval",
+                format!(
+                    "{}; at most a third of claim_lease ({})",
+                    ms(self.claim_renew_interval),
+                    ms(self.claim_lease / 3)
+                ),
+            );
+        }
+        if self.claim_lease <= self.datastore_call_deadline {
+            bad(
+                "claim_lease",
+                format!(
+                    "{}; must be longer than datastore_call_deadline ({}), or a slow renewal loses the claim",
+                    ms(self.claim_lease),
+                    ms(self.datastore_call_deadline)
+                ),
+            );
+        }
+        let validity = self
+            .shrink(self.claim_lease)
+            .saturating_sub(self.fence_margin);
+        if self.claim_renew_interval >= validity {
+            bad(
+                "claim_renew_interval",
+                format!(
+                    "{}; must be shorter than the time a master trusts its claim after a renewal (claim_lease shrunk, minus fence_margin: {})",
+                    ms(self.claim_renew_interval),
+                    ms(validity)
+                ),
+            );
+        }
+        let election = self.master_lost_after + self.election_window;
+        if self.isolation_detect_after < election {
+            bad(
+                "isolation_detect_after",
+                format!(
+                    "{}; at least master_lost_after + election_window ({}), so that a lost master alone is not isolation",
+                    ms(self.isolation_detect_after),
+                    ms(election)
+                ),
+            );
+        }
+        out
     }
 }
 
@@ -238,4 +473,138 @@ pub struct FaultKnobs {
     pub skip_lease_wait: bool,
     /// Power on without checking the command's claim epoch and intent against the datastore.
     pub skip_intent_check: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn with(name: &str, value: u64) -> Result<Timings, TimingsError> {
+        Timings::default().with_overrides(&BTreeMap::from([(name.to_string(), value)]))
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(Timings::default().problems(), Vec::new());
+    }
+
+    #[test]
+    fn every_name_is_a_field_and_every_field_has_a_name() {
+        let d = Timings::default();
+        let names: Vec<&str> = d.durations().iter().map(|(n, _)| *n).collect();
+        assert_eq!(&Timings::NAMES[..19], &names[..]);
+        assert_eq!(Timings::NAMES[19], "max_clock_drift_ppm");
+        for name in Timings::NAMES {
+            let value = if name == "max_clock_drift_ppm" {
+                u64::from(d.max_clock_drift_ppm)
+            } else {
+                d.durations()
+                    .iter()
+                    .find(|(n, dur)| *n == name && !dur.is_zero())
+                    .map(|(_, dur)| dur.as_millis() as u64)
+                    .unwrap()
+            };
+            assert_eq!(with(name, value), Ok(d.clone()), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_value_too_large_for_any_computation_is_refused_naming_the_field() {
+        for name in Timings::NAMES {
+            for value in [u64::MAX, i64::MAX as u64, 86_400_001] {
+                let e = with(name, value).expect_err(name);
+                assert_eq!(e.field(), name, "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_holes_an_operator_could_fall_into_are_refused() {
+        for (name, value, field) in [
+            ("claim_renew_interval", 0, "claim_renew_interval"),
+            ("ds_read_interval", 0, "ds_read_interval"),
+            ("election_window", 0, "election_window"),
+            ("datastore_call_deadline", 0, "datastore_call_deadline"),
+            ("power_on_timeout", 0, "power_on_timeout"),
+            ("watchdog_timeout", 0, "watchdog_timeout"),
+            ("config_poll_interval", 0, "config_poll_interval"),
+            ("heartbeat_interval", 1, "heartbeat_interval"),
+            ("claim_lease", 3, "fence_margin"),
+            ("net_lease", 400, "net_lease"),
+            ("datastore_call_deadline", 3_000, "datastore_call_deadline"),
+            ("isolation_detect_after", 1_000, "isolation_detect_after"),
+            ("max_clock_drift_ppm", 200_000, "max_clock_drift_ppm"),
+        ] {
+            let e = with(name, value).expect_err(name);
+            assert_eq!(e.field(), field, "{name}={value}: {e}");
+        }
+        let e = with("ds_leese", 1).unwrap_err();
+        assert!(matches!(e, TimingsError::Unknown(_)));
+        assert!(e.to_string().contains("ds_lease"), "{e}");
+    }
+
+    #[test]
+    fn the_evaluation_tick_must_fit_the_watchdog_twice() {
+        // A 2.4 s heartbeat: evaluations (and kicks) every 1.2 s, a 2 s watchdog would fire between.
+        let t = Timings {
+            heartbeat_interval: Duration::from_millis(2_400),
+            host_unreachable_after: Duration::from_millis(7_200),
+            master_lost_after: Duration::from_millis(7_200),
+            net_lease: Duration::from_millis(7_200),
+            ds_lease: Duration::from_millis(7_200),
+            claim_lease: Duration::from_millis(7_200),
+            fence_margin: Duration::from_millis(2_000),
+            watchdog_timeout: Duration::from_millis(2_000),
+            isolation_detect_after: Duration::from_millis(9_000),
+            ..Timings::default()
+        };
+        let fields: Vec<String> = t.problems().iter().map(|e| e.field().to_string()).collect();
+        assert_eq!(fields, ["watchdog_timeout"], "{:?}", t.problems());
+    }
+
+    #[test]
+    fn check_config_sees_every_problem_at_once() {
+        let all = Timings::default()
+            .checked_overrides(&BTreeMap::from([
+                ("power_on_timeout".to_string(), 0),
+                ("election_window".to_string(), 0),
+            ]))
+            .unwrap_err();
+        let fields: Vec<&str> = all.iter().map(TimingsError::field).collect();
+        assert_eq!(fields, ["election_window", "power_on_timeout"]);
+    }
+
+    proptest! {
+        #[test]
+        fn stretch_and_shrink_never_panic(secs in any::<u64>(), nanos in 0u32..1_000_000_000, ppm in any::<u32>()) {
+            let t = Timings { max_clock_drift_ppm: ppm, ..Timings::default() };
+            let d = Duration::new(secs, nanos);
+            prop_assert!(t.stretch(d) >= d);
+            prop_assert!(t.shrink(d) <= d);
+        }
+
+        #[test]
+        fn arbitrary_overrides_validate_or_are_refused_naming_a_known_field(
+            values in proptest::collection::vec(any::<u64>(), 20),
+            mask in any::<u32>(),
+        ) {
+            let overrides: BTreeMap<String, u64> = Timings::NAMES
+                .iter()
+                .zip(&values)
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, (n, v))| (n.to_string(), *v))
+                .collect();
+            match Timings::default().checked_overrides(&overrides) {
+                Ok(t) => prop_assert!(t.problems().is_empty()),
+                Err(problems) => {
+                    prop_assert!(!problems.is_empty());
+                    for p in problems {
+                        prop_assert!(Timings::NAMES.contains(&p.field()), "{}", p);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -106,6 +106,14 @@ pub(super) fn publish(agent: &Agent, st: &StatusSnapshot, shared: &Mutex<Shared>
         "# TYPE fdm_datastore_ops_failed_total counter\nfdm_datastore_ops_failed_total {}\n",
         stats.ds_ops_failed
     ));
+    m.push_str(&format!(
+        "# TYPE fdm_config_rejected_total counter\nfdm_config_rejected_total {}\n",
+        stats.configs_rejected
+    ));
+    m.push_str(&format!(
+        "# TYPE fdm_config_generation gauge\nfdm_config_generation {}\n",
+        st.config_generation
+    ));
     s.metrics = m;
 }
 

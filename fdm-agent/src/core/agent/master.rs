@@ -1172,7 +1172,10 @@ impl Agent {
         let t = self.t.clone();
         let knobs = self.settings.fault_knobs;
         let mounted: BTreeSet<DatastoreId> = self.mounted.keys().copied().collect();
-        let read_fresh = t.ds_read_interval * 4 + t.datastore_call_deadline;
+        let read_fresh = t
+            .ds_read_interval
+            .saturating_mul(4)
+            .saturating_add(t.datastore_call_deadline);
         let mut changes: Vec<(HostId, Verdict, &'static str)> = Vec::new();
         let mut probes: Vec<HostId> = Vec::new();
         let config = &self.config;

@@ -36,6 +36,8 @@ pub struct AgentStats {
     pub ds_ops_issued: u64,
     pub ds_ops_failed: u64,
     pub restarts_issued: u64,
+    /// Cluster configurations read from a datastore and refused (their timings are invalid).
+    pub configs_rejected: u64,
 }
 
 /// The master's view of one host, for status and reports.
@@ -173,8 +175,9 @@ pub struct Agent {
     maintenance: bool,
     shutting_down: bool,
     master: Option<MasterState>,
-    /// Config generation the timings were derived from.
     inventory_requested: bool,
+    /// Highest configuration generation refused: not read again until a newer one is announced.
+    config_refused: u64,
 }
 
 fn empty_config(cluster: ClusterId) -> ClusterConfig {
@@ -205,11 +208,14 @@ impl Agent {
         config: Arc<ClusterView>,
         now: Time,
     ) -> Self {
-        let t = settings
+        let (t, refused) = match settings
             .timings
             .clone()
             .with_overrides(&config.ha.timings_ms)
-            .unwrap_or_else(|_| settings.timings.clone());
+        {
+            Ok(t) => (t, None),
+            Err(e) => (settings.timings.clone(), Some(e)),
+        };
         let mounted = settings
             .datastores
             .iter()
@@ -254,8 +260,16 @@ impl Agent {
             shutting_down: false,
             master: None,
             inventory_requested: false,
+            config_refused: 0,
         };
         agent.vms.rebuild_homes(&agent.config);
+        if let Some(e) = refused {
+            agent.stats.configs_rejected += 1;
+            agent.emit(Event::ConfigRejected {
+                generation: agent.config.generation,
+                reason: e.to_string(),
+            });
+        }
         agent.start(now);
         agent
     }
@@ -393,7 +407,7 @@ impl Agent {
             }
         }
         if now >= self.deadlines.evaluate {
-            self.deadlines.evaluate = now + self.evaluate_interval();
+            self.deadlines.evaluate = now + self.t.evaluate_interval();
             self.evaluate(now);
         }
         self.after_input(now);
@@ -475,8 +489,9 @@ impl Agent {
 
     // ----- plumbing -----------------------------------------------------------------------------
 
-    fn evaluate_interval(&self) -> Duration {
-        (self.t.heartbeat_interval / 2).max(Duration::from_millis(10))
+    /// The newest configuration generation this agent has looked at, applied or refused.
+    fn config_seen(&self) -> u64 {
+        self.config.generation.max(self.config_refused)
     }
 
     fn emit(&mut self, e: Event) {
@@ -520,7 +535,7 @@ impl Agent {
     /// completion) is treated as a timeout after twice the deadline, through the same path as a real
     /// one, so that whatever waited on it (a power-on's intent check, a claim write) moves on.
     fn abandon_unanswered_requests(&mut self, now: Time) {
-        let limit = self.t.datastore_call_deadline * 2;
+        let limit = self.t.datastore_call_deadline.saturating_mul(2);
         let mut late: Vec<RequestId> = self
             .inflight
             .iter()
@@ -674,7 +689,7 @@ impl Agent {
         if let Some(d) = pick
             && !self.has_inflight(d, |p| matches!(p, DsPurpose::ConfigRead))
         {
-            let newer_than = self.config.generation;
+            let newer_than = self.config_seen();
             self.ds_request(
                 now,
                 d,
@@ -740,7 +755,7 @@ impl Agent {
     }
 
     fn apply_config(&mut self, now: Time, cfg: ClusterConfig) {
-        if cfg.cluster != self.settings.cluster || cfg.generation <= self.config.generation {
+        if cfg.cluster != self.settings.cluster || cfg.generation <= self.config_seen() {
             return;
         }
         match self
@@ -751,6 +766,10 @@ impl Agent {
         {
             Ok(t) => self.t = t,
             Err(e) => {
+                // Keep running on the last good configuration: a bad value published to every
+                // datastore must not take every agent down with it.
+                self.config_refused = cfg.generation;
+                self.stats.configs_rejected += 1;
                 self.emit(Event::ConfigRejected {
                     generation: cfg.generation,
                     reason: e.to_string(),
@@ -807,7 +826,10 @@ impl Agent {
         let ids = &self.config.hosts;
         let rank = ids.iter().filter(|h| h.id < self.settings.host).count() as u32;
         let n = ids.len().max(1) as u32;
-        self.deadlines.net_heartbeat = now + self.t.heartbeat_interval / 2 * rank / n;
+        let stagger = (self.t.heartbeat_interval / 2)
+            .checked_mul(rank)
+            .map_or(Duration::ZERO, |d| d / n);
+        self.deadlines.net_heartbeat = now + stagger;
     }
 
     /// This round has heard a candidacy that beats ours: saying ours changes nothing.
@@ -960,7 +982,7 @@ impl Agent {
                         vm_generation,
                         maintenance,
                     );
-                    if config_generation > self.config.generation {
+                    if config_generation > self.config_seen() {
                         self.read_config(now);
                     }
                 }
@@ -1016,7 +1038,7 @@ impl Agent {
         want_vm_report: bool,
         config_generation: u64,
     ) {
-        if config_generation > self.config.generation {
+        if config_generation > self.config_seen() {
             self.read_config(now);
         }
         match self.role {

@@ -170,7 +170,7 @@ fn stale_epoch_command_is_refused_by_the_target() {
     settle(&mut c);
     // The claim on disk is at some epoch held by host 1; a command stamped with an older epoch
     // (from a deposed master) must be refused by the datastore check.
-    let claim = c.ds[&DatastoreId(1)].claim.expect("claimed");
+    let claim = c.ds[&DatastoreId(1)].current_claim().expect("claimed");
     assert_eq!(claim.owner, HostId(1));
     let ds = c.ds.get_mut(&DatastoreId(1)).unwrap();
     let caller = heartbeat_fs::mem::Caller {
@@ -208,7 +208,7 @@ fn master_crash_after_intent_before_power_on_new_master_issues_it_once() {
     c.crash_host(HostId(4));
     // Crash the master the moment its first intent reaches the datastore.
     c.run_until(Duration::from_secs(20), |c| {
-        c.ds[&DatastoreId(1)].protected.as_ref().is_some_and(|l| {
+        c.ds[&DatastoreId(1)].protected_list().is_some_and(|l| {
             l.vms
                 .iter()
                 .any(|e| matches!(e.restart, RestartState::Intent { .. }))
@@ -420,4 +420,52 @@ fn protection_changes_reach_the_running_masters_lists() {
         1,
         "vm4 started exactly once"
     );
+}
+
+#[test]
+fn a_configuration_with_absurd_timings_is_refused_and_failover_goes_on() {
+    let vms = (1..=3)
+        .map(|i| vm(i, 1, RestartPriority::Medium, IsolationResponse::PowerOff))
+        .collect();
+    let mut c = Cluster::new(config(3, &[&[1, 2, 3]], vms));
+    for i in 1..=3 {
+        c.place(HostId(i), i);
+    }
+    settle(&mut c);
+    // What once crash-looped every agent: a lease no computation survives, on every datastore.
+    let mut cfg = c.config.clone();
+    cfg.generation += 1;
+    cfg.ha
+        .timings_ms
+        .insert("ds_lease".into(), 9_223_372_036_854_775_807);
+    for d in c.ds.values_mut() {
+        d.config = Some(cfg.clone());
+    }
+    c.run_secs(12.0);
+    for h in 1..=3u32 {
+        let a = c.agent(h);
+        assert_eq!(
+            a.config().generation,
+            cfg.generation - 1,
+            "host-{h} kept its config"
+        );
+        assert_eq!(a.timings(), &Timings::default());
+        assert!(a.stats().configs_rejected >= 1, "host-{h} counted it");
+        let refused: Vec<_> = c
+            .events(h)
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::ConfigRejected { generation, .. } if *generation == cfg.generation))
+            .collect();
+        // Said once, not at every poll.
+        assert_eq!(refused.len(), 1, "host-{h}: {refused:?}");
+        if let Event::ConfigRejected { reason, .. } = &refused[0].1 {
+            assert!(reason.contains("ds_lease"), "{reason}");
+        }
+    }
+    let victim = (1..=3u32)
+        .find(|&h| !c.masters().contains(&HostId(h)))
+        .expect("a slave");
+    c.crash_host(HostId(victim));
+    c.run_until(Duration::from_secs(20), |c| c.where_runs(victim).len() == 1)
+        .expect("the dead host's VM runs again");
 }
