@@ -109,6 +109,9 @@ fn seal_from_sender(key: &Key, sequence: u64, msg: &Message) -> Vec<u8> {
         cluster: CLUSTER,
         sender: SENDER,
         incarnation: SENDER_INCARNATION,
+        recipient: RECEIVER,
+        // First contact: the sender has not heard the receiver's incarnation.
+        recipient_incarnation: 0,
         sequence,
     };
     seal(key, &header, &body).unwrap()
@@ -117,6 +120,7 @@ fn seal_from_sender(key: &Key, sequence: u64, msg: &Message) -> Vec<u8> {
 fn heartbeat(seq: u64) -> Message {
     Message::SlaveHeartbeat {
         seq,
+        token: seq,
         reachable: vec![DatastoreId(1)],
         vm_generation: 1,
         maintenance: false,

@@ -2,7 +2,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use fdm_agent::core::messages::Message;
-use fdm_agent::wire::{Header, Key, ReplayGuard, open, seal};
+use fdm_agent::wire::{Header, Key, Recipient, ReplayGuard, open, seal};
 use fdm_benches::{Samples, header, iterations};
 use heartbeat_fs::{ClusterId, DatastoreId, Epoch, HostId};
 use std::hint::black_box;
@@ -11,11 +11,16 @@ fn main() {
     let n = iterations(200_000);
     let key = Key::new([7; 32]);
     let cluster = ClusterId(1);
+    let me = Recipient {
+        host: HostId(1),
+        incarnation: 1,
+    };
     let msgs = [
         (
             "SlaveHeartbeat (2 datastores)",
             Message::SlaveHeartbeat {
                 seq: 1,
+                token: 0x1234_5678_9abc_def0,
                 reachable: vec![DatastoreId(1), DatastoreId(2)],
                 vm_generation: 9,
                 maintenance: false,
@@ -26,6 +31,7 @@ fn main() {
             "MasterHeartbeat (4 claims)",
             Message::MasterHeartbeat {
                 echo_seq: 1,
+                echo_token: 0x1234_5678_9abc_def0,
                 reachable_datastores: 4,
                 claims: (1..=4).map(|d| (DatastoreId(d), Epoch(d as u64))).collect(),
                 want_vm_report: false,
@@ -45,12 +51,14 @@ fn main() {
                 cluster,
                 sender: HostId(2),
                 incarnation: 1,
+                recipient: me.host,
+                recipient_incarnation: me.incarnation,
                 sequence: seq,
             };
             let bytes = send.time(|| seal(&key, &h, &postcard::to_stdvec(&msg).unwrap()).unwrap());
             size = bytes.len();
             let back = recv.time(|| {
-                let (h, body) = open(&key, cluster, &bytes).unwrap();
+                let (h, body) = open(&key, cluster, me, &bytes).unwrap();
                 guard.check(&h).unwrap();
                 postcard::from_bytes::<Message>(body).unwrap()
             });

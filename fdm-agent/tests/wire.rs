@@ -14,12 +14,20 @@ fn key() -> Key {
     Key::new([0x42; 32])
 }
 
+/// The receiving agent of every test datagram.
+const ME: Recipient = Recipient {
+    host: HostId(2),
+    incarnation: 5,
+};
+
 fn header(kind: u8, seq: u64) -> Header {
     Header {
         kind,
         cluster: CLUSTER,
         sender: HostId(3),
         incarnation: 9,
+        recipient: ME.host,
+        recipient_incarnation: ME.incarnation,
         sequence: seq,
     }
 }
@@ -41,6 +49,7 @@ fn examples() -> Vec<Message> {
         },
         Message::MasterHeartbeat {
             echo_seq: 77,
+            echo_token: 0x0102_0304_0506_0708,
             reachable_datastores: 2,
             claims: vec![(DatastoreId(1), Epoch(5)), (DatastoreId(2), Epoch(6))],
             want_vm_report: true,
@@ -48,6 +57,7 @@ fn examples() -> Vec<Message> {
         },
         Message::SlaveHeartbeat {
             seq: 78,
+            token: 0x1112_1314_1516_1718,
             reachable: vec![DatastoreId(1), DatastoreId(2)],
             vm_generation: 4,
             maintenance: false,
@@ -86,13 +96,13 @@ fn examples() -> Vec<Message> {
 
 /// Golden datagrams, one per message kind, in `examples()` order.
 const GOLDEN: [&str; 7] = [
-    "46444d7701010000887766554433221103000000090000000000000001000000000000000300000200b666e51f49f3e4afd5eeba3484d3545f",
-    "46444d7701020000887766554433221103000000090000000000000001000000000000000a00014d020201050206010c4caf0ae1fe3ac3587b1b6a3cbe9055a4",
-    "46444d7701030000887766554433221103000000090000000000000001000000000000000800024e02010204000c8c937c97ee3bd4497d8a91da32b0384d",
-    "46444d770104000088776655443322110300000009000000000000000100000000000000090003040001020a010b0393c9c6f116d93662430163dd6e48b73a",
-    "46444d7701050000887766554433221103000000090000000000000001000000000000000500040a010502e527584924bcbdd0d9d242b7a09eb505",
-    "46444d7701060000887766554433221103000000090000000000000001000000000000000800050a020001026e6f1e7e52b03d2083751a83ccfccc979868",
-    "46444d77010700008877665544332211030000000900000000000000010000000000000002000604634b36aafa6d0f4b74988b4f6b8e1a4e",
+    "46444d770201000088776655443322110300000009000000000000000200000005000000000000000100000000000000030000020060ac7aefdb61640bc8393045eafa11f6",
+    "46444d7702020000887766554433221103000000090000000000000002000000050000000000000001000000000000001300014d888e98a8c0e0808101020201050206010c971556675d7f4617710883f29978fd17",
+    "46444d7702030000887766554433221103000000090000000000000002000000050000000000000001000000000000001100024e98aed8a8c1e284891102010204000c3432643e6a75103aa09174ce841410cd",
+    "46444d770204000088776655443322110300000009000000000000000200000005000000000000000100000000000000090003040001020a010b032860384a588660b8a0af0116fe0d6e29",
+    "46444d7702050000887766554433221103000000090000000000000002000000050000000000000001000000000000000500040a010502e30bc5b6d85531dce8e354541aefba0c",
+    "46444d7702060000887766554433221103000000090000000000000002000000050000000000000001000000000000000800050a020001026e6fc2e786a3cbb67fa9f4e3a31f3520986f",
+    "46444d77020700008877665544332211030000000900000000000000020000000500000000000000010000000000000002000604cd94f06c1d84634c925e408ce3d08649",
 ];
 
 #[test]
@@ -118,7 +128,7 @@ fn every_message_seals_to_its_golden_bytes() {
 fn every_message_round_trips() {
     for m in examples() {
         let bytes = sealed(&m);
-        let (h, body) = open(&key(), CLUSTER, &bytes).unwrap();
+        let (h, body) = open(&key(), CLUSTER, ME, &bytes).unwrap();
         assert_eq!(h, header(m.kind(), 1));
         assert_eq!(postcard::from_bytes::<Message>(body).unwrap(), m);
     }
@@ -129,6 +139,7 @@ fn largest_realistic_messages_fit_one_datagram() {
     let big = [
         Message::MasterHeartbeat {
             echo_seq: u64::MAX,
+            echo_token: u64::MAX,
             reachable_datastores: 64,
             claims: (0..64)
                 .map(|d| (DatastoreId(u32::MAX - d), Epoch(u64::MAX)))
@@ -138,6 +149,7 @@ fn largest_realistic_messages_fit_one_datagram() {
         },
         Message::SlaveHeartbeat {
             seq: u64::MAX,
+            token: u64::MAX,
             reachable: (0..64).map(|d| DatastoreId(u32::MAX - d)).collect(),
             vm_generation: u64::MAX,
             maintenance: true,
@@ -171,28 +183,31 @@ fn largest_realistic_messages_fit_one_datagram() {
 fn each_bad_datagram_has_its_own_reason() {
     let good = sealed(&examples()[0]);
     assert_eq!(
-        open(&key(), CLUSTER, &good[..10]),
+        open(&key(), CLUSTER, ME, &good[..10]),
         Err(WireError::Truncated)
     );
     assert_eq!(
-        open(&key(), CLUSTER, &vec![0u8; MAX_DATAGRAM + 1]),
+        open(&key(), CLUSTER, ME, &vec![0u8; MAX_DATAGRAM + 1]),
         Err(WireError::Oversized)
     );
     let mut m = good.clone();
     m[0] = b'X';
-    assert_eq!(open(&key(), CLUSTER, &m), Err(WireError::BadMagic));
+    assert_eq!(open(&key(), CLUSTER, ME, &m), Err(WireError::BadMagic));
     let mut v = good.clone();
-    v[4] = 2;
-    assert_eq!(open(&key(), CLUSTER, &v), Err(WireError::UnknownVersion));
+    v[4] = 1;
+    assert_eq!(
+        open(&key(), CLUSTER, ME, &v),
+        Err(WireError::UnknownVersion)
+    );
     let mut l = good.clone();
     l.push(0);
-    assert_eq!(open(&key(), CLUSTER, &l), Err(WireError::BadLength));
+    assert_eq!(open(&key(), CLUSTER, ME, &l), Err(WireError::BadLength));
     assert_eq!(
-        open(&key(), ClusterId(1), &good),
+        open(&key(), ClusterId(1), ME, &good),
         Err(WireError::WrongCluster)
     );
     assert_eq!(
-        open(&Key::new([1; 32]), CLUSTER, &good),
+        open(&Key::new([1; 32]), CLUSTER, ME, &good),
         Err(WireError::BadMac)
     );
     assert_eq!(
@@ -205,6 +220,57 @@ fn each_bad_datagram_has_its_own_reason() {
     }
     assert_eq!(counters.by_reason[&WireError::BadMac], 2);
     assert_eq!(counters.total(), 3);
+}
+
+#[test]
+fn a_datagram_is_good_only_for_the_host_and_incarnation_it_names() {
+    let good = sealed(&examples()[1]);
+    // Relayed to another host: dropped, although the MAC is good.
+    let other = Recipient {
+        host: HostId(4),
+        incarnation: 5,
+    };
+    assert_eq!(
+        open(&key(), CLUSTER, other, &good),
+        Err(WireError::WrongRecipient)
+    );
+    // Replayed to a restarted agent on the right host: dropped.
+    let restarted = Recipient {
+        host: ME.host,
+        incarnation: 6,
+    };
+    assert_eq!(
+        open(&key(), CLUSTER, restarted, &good),
+        Err(WireError::StaleRecipient)
+    );
+    // Rewriting the recipient breaks the MAC.
+    let mut rewritten = good.clone();
+    rewritten[28] = 4;
+    assert_eq!(
+        open(&key(), CLUSTER, other, &rewritten),
+        Err(WireError::BadMac)
+    );
+    // A sender that has not heard the recipient yet names no incarnation: any incarnation takes it.
+    let mut h = header(1, 1);
+    h.recipient_incarnation = 0;
+    let body = postcard::to_stdvec(&examples()[0]).unwrap();
+    let first_contact = seal(&key(), &h, &body).unwrap();
+    assert!(open(&key(), CLUSTER, restarted, &first_contact).is_ok());
+}
+
+#[test]
+fn echo_tokens_are_bound_to_the_slave_its_incarnation_and_the_heartbeat() {
+    let k = key();
+    let t = k.echo_token(HostId(2), 5, 77);
+    assert_eq!(t, k.echo_token(HostId(2), 5, 77));
+    for other in [
+        k.echo_token(HostId(3), 5, 77),
+        k.echo_token(HostId(2), 6, 77),
+        k.echo_token(HostId(2), 5, 78),
+        Key::new([7; 32]).echo_token(HostId(2), 5, 77),
+    ] {
+        assert_ne!(t, other);
+    }
 }
 
 #[test]
@@ -249,7 +315,7 @@ fn decoders_survive_the_corpus() {
     }
     let mut ok = 0;
     for c in &corpus {
-        if let Ok((_, body)) = open(&key(), CLUSTER, c) {
+        if let Ok((_, body)) = open(&key(), CLUSTER, ME, c) {
             ok += 1;
             let _ = postcard::from_bytes::<Message>(body);
         }
@@ -263,17 +329,18 @@ proptest! {
     #[test]
     fn seal_open_round_trip(kind in any::<u8>(), sender in any::<u32>(), inc in any::<u64>(), seq in any::<u64>(),
                             body in proptest::collection::vec(any::<u8>(), 0..MAX_BODY)) {
-        let h = Header { kind, cluster: CLUSTER, sender: HostId(sender), incarnation: inc, sequence: seq };
+        let h = Header { kind, cluster: CLUSTER, sender: HostId(sender), incarnation: inc,
+                         recipient: ME.host, recipient_incarnation: ME.incarnation, sequence: seq };
         let b = seal(&key(), &h, &body).unwrap();
         prop_assert!(b.len() <= MAX_DATAGRAM);
-        let (h2, body2) = open(&key(), CLUSTER, &b).unwrap();
+        let (h2, body2) = open(&key(), CLUSTER, ME, &b).unwrap();
         prop_assert_eq!(h2, h);
         prop_assert_eq!(body2, &body[..]);
     }
 
     #[test]
     fn any_bytes_open_to_a_value_or_a_typed_error(b in proptest::collection::vec(any::<u8>(), 0..1400)) {
-        let _ = open(&key(), CLUSTER, &b);
+        let _ = open(&key(), CLUSTER, ME, &b);
         let _ = postcard::from_bytes::<Message>(&b);
     }
 
@@ -282,6 +349,6 @@ proptest! {
         let mut b = sealed(&examples()[which]);
         let i = pos.index(b.len());
         b[i] ^= 1 << bit;
-        prop_assert!(open(&key(), CLUSTER, &b).is_err());
+        prop_assert!(open(&key(), CLUSTER, ME, &b).is_err());
     }
 }

@@ -21,11 +21,13 @@ pub enum Message {
         reachable_datastores: u32,
         incumbent: bool,
     },
-    /// Master -> every configured host, each heartbeat interval. `echo_seq` is the sequence of the last
-    /// `SlaveHeartbeat` received from the recipient (0: none): the recipient's network lease runs from
-    /// the moment it sent that heartbeat, and covers VMs on the datastores in `claims` only.
+    /// Master -> every configured host, each heartbeat interval. `echo_seq` and `echo_token` are
+    /// the sequence and token of the last `SlaveHeartbeat` received from the recipient (0: none):
+    /// the recipient's network lease runs from the moment it sent that heartbeat, and covers VMs on
+    /// the datastores in `claims` only.
     MasterHeartbeat {
         echo_seq: u64,
+        echo_token: u64,
         reachable_datastores: u32,
         claims: Vec<(DatastoreId, Epoch)>,
         /// Ask the recipient for its full VM report (its generation differs from what the master has).
@@ -35,6 +37,8 @@ pub enum Message {
     /// Slave -> its master, each heartbeat interval.
     SlaveHeartbeat {
         seq: u64,
+        /// `wire::Key::echo_token` of this host, incarnation and `seq`: what the master must echo.
+        token: u64,
         /// Datastores this host wrote its heartbeat to within the lease time.
         reachable: Vec<DatastoreId>,
         vm_generation: u64,

@@ -61,7 +61,9 @@ struct Peer {
     /// Agent incarnation the reports below came from; a new one voids them.
     incarnation: u64,
     last_net: Option<Time>,
+    /// The newest heartbeat heard: its sequence and the token to echo with it.
     last_seq: u64,
+    last_token: u64,
     reachable: Vec<DatastoreId>,
     maintenance: bool,
     vm_gen_reported: u64,
@@ -90,6 +92,7 @@ impl Peer {
             self.vm_gen_reported = 0;
             self.parts = None;
             self.last_seq = 0;
+            self.last_token = 0;
         }
         true
     }
@@ -434,17 +437,18 @@ impl Agent {
             .collect();
         let p = m.peers.entry(to).or_default();
         // Echo only a heartbeat heard recently: an old echo would grant nothing anyway.
-        let echo_seq = if p
+        let (echo_seq, echo_token) = if p
             .last_net
             .is_some_and(|t0| now.since(t0) < t.host_unreachable_after)
         {
-            p.last_seq
+            (p.last_seq, p.last_token)
         } else {
-            0
+            (0, 0)
         };
         let want_vm_report = p.vm_gen_have != Some(p.vm_gen_reported) && p.last_net.is_some();
         let msg = Message::MasterHeartbeat {
             echo_seq,
+            echo_token,
             reachable_datastores,
             claims,
             want_vm_report,
@@ -458,7 +462,7 @@ impl Agent {
         &mut self,
         now: Time,
         (from, incarnation): (HostId, u64),
-        seq: u64,
+        (seq, token): (u64, u64),
         reachable: Vec<DatastoreId>,
         vm_generation: u64,
         maintenance: bool,
@@ -471,6 +475,7 @@ impl Agent {
         p.last_net = Some(now);
         if seq > p.last_seq {
             p.last_seq = seq;
+            p.last_token = token;
         }
         p.reachable = reachable;
         p.maintenance = maintenance;

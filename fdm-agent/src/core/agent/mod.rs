@@ -14,7 +14,7 @@ use super::events::{Event, Role, Verdict};
 use super::io::{HypervisorEvent, OperatorCommand, Output, Transmit, VmRunState};
 use super::messages::Message;
 use super::time::Time;
-use crate::wire::{self, DropCounters, Header, Key, ReplayGuard};
+use crate::wire::{self, DropCounters, Header, Key, Recipient, ReplayGuard};
 use election::Candidacy;
 use heartbeat_fs::ops::{DsCompletion, DsError, DsOp, DsReply, DsRequest, RequestId};
 use heartbeat_fs::records::{ClusterConfig, HaSettings, HeartbeatRecord, HostFlags};
@@ -161,8 +161,8 @@ pub struct Agent {
     inflight: HashMap<RequestId, Inflight>,
     deadlines: Deadlines,
     mounted: BTreeMap<DatastoreId, MountedDs>,
-    /// Send times of our recent `SlaveHeartbeat`s, for the network lease (seq, time).
-    hb_sent: VecDeque<(u64, Time)>,
+    /// Our recent `SlaveHeartbeat`s, for the network lease: sequence, echo token, send time.
+    hb_sent: VecDeque<(u64, u64, Time)>,
     hb_seq: u64,
     /// Network lease per datastore: until when a master's acknowledgement covers our VMs there.
     net_lease: BTreeMap<DatastoreId, Time>,
@@ -178,6 +178,16 @@ pub struct Agent {
     inventory_requested: bool,
     /// Highest configuration generation refused: not read again until a newer one is announced.
     config_refused: u64,
+}
+
+/// Messages that change what the recipient does with its VMs or leases: accepted only when they name
+/// the recipient's current incarnation.
+fn needs_bound_recipient(msg: &Message) -> bool {
+    match msg {
+        Message::PowerOn { .. } | Message::PowerOnResult { .. } | Message::VmReport { .. } => true,
+        Message::MasterHeartbeat { echo_seq, .. } => *echo_seq != 0,
+        Message::Candidacy { .. } | Message::SlaveHeartbeat { .. } | Message::Yield { .. } => false,
+    }
 }
 
 fn empty_config(cluster: ClusterId) -> ClusterConfig {
@@ -290,7 +300,11 @@ impl Agent {
     pub fn handle_datagram(&mut self, now: Time, payload: &[u8]) {
         self.now = now;
         self.stats.datagrams_received += 1;
-        let (header, body) = match wire::open(&self.key, self.settings.cluster, payload) {
+        let me = Recipient {
+            host: self.settings.host,
+            incarnation: self.settings.incarnation,
+        };
+        let (header, body) = match wire::open(&self.key, self.settings.cluster, me, payload) {
             Ok(x) => x,
             Err(e) => {
                 self.stats.drops.count(e);
@@ -310,6 +324,12 @@ impl Agent {
         };
         if msg.kind() != header.kind {
             self.stats.drops.count(wire::WireError::MalformedBody);
+            return;
+        }
+        // A message that acts on this agent's state must name this incarnation: its sender has
+        // heard us, and a copy meant for an earlier incarnation of us is not for us.
+        if needs_bound_recipient(&msg) && header.recipient_incarnation != me.incarnation {
+            self.stats.drops.count(wire::WireError::UnboundRecipient);
             return;
         }
         // Replay is checked last so that garbage cannot advance a sender's window.
@@ -576,6 +596,8 @@ impl Agent {
             cluster: self.settings.cluster,
             sender: self.settings.host,
             incarnation: self.settings.incarnation,
+            recipient: to,
+            recipient_incarnation: self.replay.incarnation_of(to).unwrap_or(0),
             sequence: self.wire_seq,
         };
         match wire::seal(&self.key, &header, &body) {
@@ -867,12 +889,16 @@ impl Agent {
             }
             Role::Slave { master } => {
                 self.hb_seq += 1;
-                self.hb_sent.push_back((self.hb_seq, now));
+                let token =
+                    self.key
+                        .echo_token(self.settings.host, self.settings.incarnation, self.hb_seq);
+                self.hb_sent.push_back((self.hb_seq, token, now));
                 while self.hb_sent.len() > 64 {
                     self.hb_sent.pop_front();
                 }
                 let msg = Message::SlaveHeartbeat {
                     seq: self.hb_seq,
+                    token,
                     reachable: self.reachable_datastores(now),
                     // 0 until the inventory is in: no report yet, so the master cannot take our
                     // VMs for absent.
@@ -951,6 +977,7 @@ impl Agent {
             }
             Message::MasterHeartbeat {
                 echo_seq,
+                echo_token,
                 reachable_datastores,
                 claims,
                 want_vm_report,
@@ -959,7 +986,7 @@ impl Agent {
                 self.on_master_heartbeat(
                     now,
                     from,
-                    echo_seq,
+                    (echo_seq, echo_token),
                     reachable_datastores,
                     claims,
                     want_vm_report,
@@ -968,6 +995,7 @@ impl Agent {
             }
             Message::SlaveHeartbeat {
                 seq,
+                token,
                 reachable,
                 vm_generation,
                 maintenance,
@@ -977,7 +1005,7 @@ impl Agent {
                     self.master_on_slave_heartbeat(
                         now,
                         (from, incarnation),
-                        seq,
+                        (seq, token),
                         reachable,
                         vm_generation,
                         maintenance,
@@ -1032,7 +1060,7 @@ impl Agent {
         &mut self,
         now: Time,
         from: HostId,
-        echo_seq: u64,
+        (echo_seq, echo_token): (u64, u64),
         reachable_datastores: u32,
         claims: Vec<(DatastoreId, heartbeat_fs::Epoch)>,
         want_vm_report: bool,
@@ -1074,7 +1102,13 @@ impl Agent {
             self.want_vm_report = true;
         }
         // The network lease runs from the moment we sent the heartbeat the master echoes.
-        if let Some(&(_, sent)) = self.hb_sent.iter().find(|(s, _)| *s == echo_seq) {
+        // Only the token this host put in that very heartbeat counts: an echo meant for another
+        // slave (whose sequences run in lockstep with ours) grants nothing here.
+        if let Some(&(_, _, sent)) = self
+            .hb_sent
+            .iter()
+            .find(|(s, tok, _)| *s == echo_seq && *tok == echo_token)
+        {
             let until = sent + self.t.shrink(self.t.net_lease);
             for (d, _) in claims {
                 let e = self.net_lease.entry(d).or_insert(until);

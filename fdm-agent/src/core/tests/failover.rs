@@ -469,3 +469,54 @@ fn a_configuration_with_absurd_timings_is_refused_and_failover_goes_on() {
     c.run_until(Duration::from_secs(20), |c| c.where_runs(victim).len() == 1)
         .expect("the dead host's VM runs again");
 }
+
+#[test]
+fn a_relayed_master_heartbeat_keeps_no_cut_off_host_alive() {
+    // Host 3 runs vm1, then loses its storage and is cut off from everyone. An on-path relay hands
+    // it copies of the master's heartbeats to host 2, whose sequence numbers run in lockstep with
+    // host 3's. Were those accepted, host 3 would hold a network lease it was never granted, keep
+    // vm1 running, and the master (which hears nothing from host 3 and sees its datastore
+    // heartbeat stopped) would restart vm1 elsewhere: a double run (the harness panics on one).
+    let vms = vec![vm(
+        1,
+        1,
+        RestartPriority::Medium,
+        IsolationResponse::PowerOff,
+    )];
+    let mut c = Cluster::new(config(3, &[&[1, 2, 3]], vms));
+    c.place(HostId(3), 1);
+    settle(&mut c);
+    let master = c.masters()[0];
+    assert_ne!(master, HostId(3), "host 3 must be a slave for this story");
+    let other = (1..=3u32)
+        .map(HostId)
+        .find(|&h| h != master && h != HostId(3))
+        .unwrap();
+    c.relay.push((master, other, HostId(3)));
+    c.hosts
+        .get_mut(&HostId(3))
+        .unwrap()
+        .ds_lost
+        .insert(DatastoreId(1));
+    c.partition(&[&[master.0, other.0], &[3]]);
+    c.run_until(Duration::from_secs(30), |c| {
+        c.where_runs(1) == vec![other] || c.where_runs(1) == vec![master]
+    })
+    .expect("vm1 runs again on a surviving host");
+    c.check_never_twice();
+    let drops = &c.agent(3).stats().drops.by_reason;
+    assert!(
+        drops
+            .get(&crate::wire::WireError::WrongRecipient)
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "the relayed copies were counted as meant for another host: {drops:?}"
+    );
+    assert!(
+        c.events(3)
+            .iter()
+            .any(|(_, e)| matches!(e, Event::SelfFenced { .. })),
+        "host 3 fenced vm1 itself"
+    );
+}

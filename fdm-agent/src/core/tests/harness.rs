@@ -75,6 +75,9 @@ pub struct Cluster {
     /// Messages dropped on purpose to prove they change nothing, or duplicated.
     pub duplicate_datagrams: bool,
     pub reorder_datagrams: bool,
+    /// An on-path relay: every datagram `from -> to` is also delivered to `copy_to`, whatever the
+    /// partitions say (an attacker, or a confused switch).
+    pub relay: Vec<(HostId, HostId, HostId)>,
 }
 
 pub fn vm(id: u32, home: u32, priority: RestartPriority, response: IsolationResponse) -> VmConfig {
@@ -170,6 +173,7 @@ impl Cluster {
             power_ons: Vec::new(),
             duplicate_datagrams: false,
             reorder_datagrams: false,
+            relay: Vec::new(),
         };
         for h in &config.hosts {
             c.hosts.insert(
@@ -352,6 +356,18 @@ impl Cluster {
         let at = self.now + Duration::from_millis(1);
         match out {
             Output::Transmit(t) => {
+                for &(_, _, copy_to) in self
+                    .relay
+                    .iter()
+                    .filter(|(f, to, _)| *f == h && *to == t.to)
+                {
+                    let copy = Pending::Datagram {
+                        to: copy_to,
+                        from: h,
+                        payload: t.payload.clone(),
+                    };
+                    self.queue.push_back((at, copy));
+                }
                 if self.linked(h, t.to) {
                     let p = Pending::Datagram {
                         to: t.to,
