@@ -143,7 +143,7 @@ fn check_config_names_every_bad_field() {
         "bind:",
         "watchdog:",
         "driver.uri:",
-        "timings:",
+        "timings.ds_lease:",
     ] {
         assert!(text.contains(field), "{field} not named in:\n{text}");
     }
@@ -156,6 +156,56 @@ fn check_config_names_every_bad_field() {
     let out = with_config("check-config", &config);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).contains("not valid TOML"));
+}
+
+/// Settings that parse but would be dangerous: each is its own line naming the field, in plain
+/// words, and neither `check-config` nor `run` accepts the file.
+#[test]
+fn check_config_refuses_dangerous_settings_naming_each_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "0".repeat(64)).unwrap();
+    std::fs::create_dir(dir.path().join("ds1")).unwrap();
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        "host_id = 1\ncluster_id = 1\nsecret_file = \"secret\"\nbind = \"127.0.0.1:7400\"\n\
+         state_dir = \"s\"\nwatchdog = \"device:\"\n\
+         isolation_addresses = [\"10.0.0.254\", \"gateway.example\"]\n\
+         [driver]\nkind = \"process\"\n\
+         [[datastores]]\nid = 1\npath = \"ds1\"\n[[datastores]]\nid = 2\npath = \"ds1\"\n\
+         [[seed_hosts]]\nid = 1\naddress = \"127.0.0.1:7999\"\n\
+         [[seed_hosts]]\nid = 2\naddress = \"127.0.0.2:7400\"\n\
+         [[seed_hosts]]\nid = 2\naddress = \"127.0.0.3:7400\"\n\
+         [timings]\nclaim_lease = 3\nnet_lease = 1000\n",
+    )
+    .unwrap();
+    let config = dir.path().join("agent.toml");
+    let out = with_config("check-config", &config);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for field in [
+        "secret_file: all 32 bytes are zero",
+        "watchdog: `device:`",
+        "isolation_addresses[1]: `gateway.example` is not an IP address",
+        "datastores[1].path:",
+        "seed_hosts[0].address:",
+        "seed_hosts[2].id: 2 is zero or a duplicate",
+        "timings.claim_lease: 3 ms;",
+        "timings.net_lease: 1000 ms;",
+    ] {
+        assert!(text.contains(field), "{field} not named in:\n{text}");
+    }
+    let prefix = format!("{}: ", config.display());
+    for line in text.lines() {
+        assert!(line.starts_with(&prefix), "not a problem line: {line}");
+        // Plain words, not Rust's Debug form of an error or an option.
+        for debug in ["Invalid {", "Unknown(", "Some(", "field:", "\\\""] {
+            assert!(!line.contains(debug), "Debug text in: {line}");
+        }
+    }
+    let out = with_config("run", &config);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("timings.claim_lease"), "{err}");
 }
 
 #[test]

@@ -495,7 +495,7 @@ impl DatastoreExecutor {
             return;
         }
         let done = Arc::new(AtomicBool::new(false));
-        let deadline = now + self.deadline;
+        let deadline = deadline_after(now, self.deadline);
         self.pending
             .lock()
             .expect("pending lock")
@@ -516,6 +516,15 @@ impl DatastoreExecutor {
             });
         }
     }
+}
+
+/// `now + deadline`, never panicking whatever the caller configured. Past a day a deadline guards
+/// nothing (every lease has long expired), and the cut keeps the sum far from the clock's limit.
+fn deadline_after(now: Instant, deadline: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(86_400);
+    now.checked_add(deadline.min(FAR))
+        // A clock that cannot go a day further is broken: time the call out rather than panic.
+        .unwrap_or(now)
 }
 
 impl Drop for DatastoreExecutor {
@@ -566,5 +575,27 @@ fn worker(
                 result,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod executor_tests {
+    use super::*;
+
+    #[test]
+    fn an_absurd_deadline_neither_panics_nor_loses_the_completion() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ex, done) =
+            DatastoreExecutor::new(&[(DatastoreId(1), dir.path().to_path_buf())], Duration::MAX);
+        ex.submit(DsRequest {
+            id: 7,
+            datastore: DatastoreId(1),
+            op: DsOp::ReadClaim,
+        });
+        let c = done
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the call completes");
+        assert_eq!(c.id, 7);
+        assert!(!matches!(c.result, Err(DsError::Timeout)), "{:?}", c.result);
     }
 }
