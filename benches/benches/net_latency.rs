@@ -18,7 +18,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use fdm_agent::core::messages::Message;
-use fdm_agent::core::{Agent, AgentSettings, FaultKnobs, Role, Time, Timings, Verdict};
+use fdm_agent::core::{Agent, AgentSettings, Role, Time, Timings, Verdict};
 use fdm_agent::wire::{Header, Key, seal};
 use fdm_benches::{Samples, iterations, md_percentiles, mono_ns};
 use heartbeat_fs::records::{
@@ -130,16 +130,14 @@ fn heartbeat(seq: u64) -> Message {
 
 /// A receiver agent that is master of a two-host cluster and has not heard from the sender yet.
 fn master_agent(key: &Key) -> Agent {
-    let settings = AgentSettings {
-        host: RECEIVER,
-        incarnation: 1,
-        cluster: CLUSTER,
-        secret: SECRET,
-        datastores: vec![DatastoreId(1)],
-        timings: Timings::default(),
-        self_fence: true,
-        fault_knobs: FaultKnobs::default(),
-    };
+    let settings = AgentSettings::new(
+        RECEIVER,
+        1,
+        CLUSTER,
+        SECRET,
+        vec![DatastoreId(1)],
+        Timings::default(),
+    );
     let mut agent = Agent::new(settings, Some(cluster_config()), now());
     // A hand-over from the sender is the shortest way to the master role without running an
     // election's worth of timers and datastore completions.

@@ -10,10 +10,22 @@ use fdm_agent::runtime::config::{AgentConfig, ConfigError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The version, and whether this build can remove safety steps: a build with the simulator's
+/// `fault-knobs` feature (any build of the whole workspace, or `cargo test`) must be told apart from
+/// a release build (`cargo build --release -p fdm-agent`) by anyone who installs it.
+const VERSION: &str = if fdm_agent::core::FAULT_KNOBS_COMPILED {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (test build: fault knobs compiled in, all off; build for production with `cargo build --release -p fdm-agent`)"
+    )
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 #[derive(Parser)]
 #[command(
     name = "fdm-agent",
-    version,
+    version = VERSION,
     about = "fdm: high availability for VMs on hosts with shared datastores"
 )]
 struct Cli {

@@ -367,6 +367,43 @@ impl Timings {
                 ),
             );
         }
+        // A lease must outlive two renewals plus the margin, or a host fences between two healthy
+        // renewals (one slow or lost renewal must not stop VMs either).
+        for (field, lease, lease_name, every, every_name) in [
+            (
+                "ds_lease",
+                self.ds_lease,
+                "ds_lease",
+                self.ds_heartbeat_interval,
+                "ds_heartbeat_interval",
+            ),
+            (
+                "net_lease",
+                self.net_lease,
+                "net_lease",
+                self.heartbeat_interval,
+                "heartbeat_interval",
+            ),
+            (
+                "claim_lease",
+                self.claim_lease,
+                "claim_lease",
+                self.claim_renew_interval,
+                "claim_renew_interval",
+            ),
+        ] {
+            let need = self.fence_margin + every * 2;
+            if self.shrink(lease) < need {
+                bad(
+                    field,
+                    format!(
+                        "{}; {lease_name} shrunk by the drift bound must cover fence_margin plus two {every_name}s ({}), or healthy hosts fence between renewals",
+                        ms(lease),
+                        ms(need)
+                    ),
+                );
+            }
+        }
         if self.fence_margin < self.ds_heartbeat_interval {
             bad(
                 "fence_margin",
@@ -459,20 +496,36 @@ pub struct AgentSettings {
     /// Datastores mounted on this host.
     pub datastores: Vec<DatastoreId>,
     pub timings: Timings,
-    /// Stop VMs whose leases both lapsed (DESIGN.md section 4). Turning it off trades the
-    /// never-twice guarantee for availability during storage outages; see docs/safety.md.
+    /// Stop VMs whose leases both lapsed (docs/safety.md). Turning it off trades the never-twice
+    /// guarantee for availability during storage outages.
     pub self_fence: bool,
-    /// Safety switches that exist only so the simulator can prove its checker catches their removal.
-    pub fault_knobs: FaultKnobs,
+    /// Safety steps removed so the simulator can show its checks catch their removal.
+    #[cfg(feature = "fault-knobs")]
+    pub fault_knobs: super::knobs::FaultKnobs,
 }
 
-/// Sim-only switches that remove a safety step. Never set outside tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FaultKnobs {
-    /// Restart a dead host's VMs without waiting for its datastore lease to expire.
-    pub skip_lease_wait: bool,
-    /// Power on without checking the command's claim epoch and intent against the datastore.
-    pub skip_intent_check: bool,
+impl AgentSettings {
+    /// Settings with every safety step in place.
+    pub fn new(
+        host: HostId,
+        incarnation: u64,
+        cluster: heartbeat_fs::ClusterId,
+        secret: [u8; 32],
+        datastores: Vec<DatastoreId>,
+        timings: Timings,
+    ) -> Self {
+        AgentSettings {
+            host,
+            incarnation,
+            cluster,
+            secret,
+            datastores,
+            timings,
+            self_fence: true,
+            #[cfg(feature = "fault-knobs")]
+            fault_knobs: super::knobs::FaultKnobs::default(),
+        }
+    }
 }
 
 #[cfg(test)]

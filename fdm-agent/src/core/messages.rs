@@ -59,15 +59,23 @@ pub enum Message {
         epoch: Epoch,
         attempt: u32,
     },
-    /// Target -> master: how that went. `running` is true when the VM runs (now or already did).
-    PowerOnResult {
-        vm: VmId,
-        attempt: u32,
-        running: bool,
-        error: Option<String>,
-    },
+    /// Target -> master: how that went.
+    PowerOnResult(PowerOnResult),
     /// A master that steps down tells every host whom to follow.
     Yield { to: heartbeat_fs::HostId },
+}
+
+/// Target -> master: how a power-on went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerOnResult {
+    pub vm: VmId,
+    pub attempt: u32,
+    /// The VM runs there (now, or already did).
+    pub running: bool,
+    pub error: Option<String>,
+    /// The target's VM report generation once this happened: a report older than this one does
+    /// not know about it yet.
+    pub vm_generation: u64,
 }
 
 /// VMs per `VmReport` part: keeps each part well under the datagram budget.

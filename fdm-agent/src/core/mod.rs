@@ -9,6 +9,8 @@ pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod io;
+#[cfg(feature = "fault-knobs")]
+pub mod knobs;
 pub mod messages;
 pub mod placement;
 mod time;
@@ -17,9 +19,14 @@ mod time;
 mod tests;
 
 pub use agent::{Agent, AgentStats, HostView, StatusSnapshot, VmView};
-pub use config::{AgentSettings, FaultKnobs, Timings};
+pub use config::{AgentSettings, Timings};
 pub use events::{Event, Role, Verdict};
 pub use io::{
     HypervisorAction, HypervisorEvent, OperatorCommand, Output, StopCause, Transmit, VmRunState,
 };
+#[cfg(feature = "fault-knobs")]
+pub use knobs::{FaultKnobs, SafetyStep};
 pub use time::Time;
+
+/// Whether this build can remove safety steps (the simulator's and tests' builds only).
+pub const FAULT_KNOBS_COMPILED: bool = cfg!(feature = "fault-knobs");

@@ -10,8 +10,7 @@ pub mod report;
 pub mod status;
 
 use crate::core::{
-    Agent, AgentSettings, FaultKnobs, HypervisorAction, HypervisorEvent, OperatorCommand, Output,
-    Time,
+    Agent, AgentSettings, HypervisorAction, HypervisorEvent, OperatorCommand, Output, Time,
 };
 use crate::driver::{Driver, libvirt::LibvirtDriver, process::ProcessDriver};
 use anyhow::Context;
@@ -177,16 +176,15 @@ pub async fn run(
     let now = || Time::from_micros(start.elapsed().as_micros() as u64);
     let incarnation = incarnation();
     let mut reporter = report::Reporter::new(incarnation, &cfg.datastores)?;
-    let settings = AgentSettings {
-        host: cfg.host,
+    let mut settings = AgentSettings::new(
+        cfg.host,
         incarnation,
-        cluster: cfg.cluster,
-        secret: cfg.secret,
-        datastores: cfg.datastores.iter().map(|(d, _)| *d).collect(),
-        timings: cfg.timings.clone(),
-        self_fence: cfg.file.self_fence,
-        fault_knobs: FaultKnobs::default(),
-    };
+        cfg.cluster,
+        cfg.secret,
+        cfg.datastores.iter().map(|(d, _)| *d).collect(),
+        cfg.timings.clone(),
+    );
+    settings.self_fence = cfg.file.self_fence;
     let mut agent = Agent::new(settings, Some(cfg.bootstrap_cluster()), now());
     let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
 
@@ -245,6 +243,13 @@ pub async fn run(
     let mut last_publish = Instant::now() - Duration::from_secs(1);
     let mut events_since_publish = false;
     tracing::info!(host = %cfg.host, bind = %cfg.bind, "fdm-agent started");
+    if crate::core::FAULT_KNOBS_COMPILED {
+        // The knobs are all off (nothing in the configuration sets them), but such a build was
+        // made for tests, with the simulator's features: say so where an operator looks.
+        tracing::warn!(
+            "this is a test build (fault knobs compiled in, all off); build for production with `cargo build --release -p fdm-agent`"
+        );
+    }
 
     loop {
         // Carry out everything the core asked for.

@@ -4,7 +4,7 @@
 
 use super::super::events::{Event, Role};
 use super::super::io::{HypervisorAction, HypervisorEvent, Output, StopCause, VmRunState};
-use super::super::messages::{Message, VmStatus};
+use super::super::messages::{Message, PowerOnResult, VmStatus};
 use super::super::time::Time;
 use super::{Agent, DsPurpose, VmView};
 use heartbeat_fs::ops::{DsError, DsOp, DsReply};
@@ -29,6 +29,18 @@ enum PowerOnStage {
     TakingLease { generation: u64 },
     /// The hypervisor is starting it.
     Starting { op: u64 },
+}
+
+/// A power-on given up while the hypervisor was still starting the VM: the start may yet succeed, so
+/// the VM counts as starting (it keeps its lease and is reported) until it is known to be off, and
+/// only then does the master hear that the attempt failed.
+#[derive(Debug, Clone)]
+struct AbortedStart {
+    pending: PendingPowerOn,
+    op: u64,
+    error: String,
+    /// The start succeeded after all: a power-off of our own is on its way.
+    came_up: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +83,7 @@ pub(super) struct LocalVms {
     lists: BTreeMap<DatastoreId, ListState>,
     pub(super) fenced: BTreeSet<DatastoreId>,
     pending: BTreeMap<VmId, PendingPowerOn>,
+    aborted: BTreeMap<VmId, AbortedStart>,
     /// Power-on attempts already answered with a failure (a late duplicate command gets the same).
     failed_attempts: BTreeMap<VmId, u32>,
     /// Stop operations in flight: op -> (vm, cause).
@@ -251,21 +264,7 @@ impl Agent {
                 continue;
             };
             if durable >= needed {
-                let definition = self
-                    .config
-                    .vm(vm)
-                    .map(|v| v.definition.clone())
-                    .unwrap_or_default();
-                let op = self.op();
-                if let Some(pp) = self.vms.pending.get_mut(&vm) {
-                    pp.stage = PowerOnStage::Starting { op };
-                }
-                self.outputs
-                    .push_back(Output::Hypervisor(HypervisorAction::PowerOn {
-                        op,
-                        vm,
-                        definition,
-                    }));
+                self.start_pending(vm);
             } else if !ok {
                 // We could not take the lease: the VM must not start here.
                 self.vms.vms.remove(&vm);
@@ -276,17 +275,64 @@ impl Agent {
         self.flush_power_on_lists(now);
     }
 
+    /// The VM's lease is taken: ask the hypervisor to start it.
+    fn start_pending(&mut self, vm: VmId) {
+        let definition = self
+            .config
+            .vm(vm)
+            .map(|v| v.definition.clone())
+            .unwrap_or_default();
+        let op = self.op();
+        if let Some(pp) = self.vms.pending.get_mut(&vm) {
+            pp.stage = PowerOnStage::Starting { op };
+        }
+        self.outputs
+            .push_back(Output::Hypervisor(HypervisorAction::PowerOn {
+                op,
+                vm,
+                definition,
+            }));
+    }
+
+    /// Give up a power-on. One the hypervisor is already carrying out cannot be taken back: it
+    /// is finished (and the VM stopped again if it came up) before the master hears it failed, so
+    /// that no other host is given the VM while it may still start here.
+    fn abort_power_on(&mut self, vm: VmId, p: PendingPowerOn, error: String) {
+        let PowerOnStage::Starting { op } = p.stage else {
+            self.fail_power_on(vm, p, error);
+            return;
+        };
+        self.vms.pending.remove(&vm);
+        self.vms.aborted.insert(
+            vm,
+            AbortedStart {
+                pending: p,
+                op,
+                error,
+                came_up: false,
+            },
+        );
+    }
+
+    /// The aborted start is over and the VM is off: now the master may place it elsewhere.
+    fn finish_abort(&mut self, vm: VmId) {
+        if let Some(a) = self.vms.aborted.remove(&vm) {
+            self.fail_power_on(vm, a.pending, a.error);
+        }
+    }
+
     fn fail_power_on(&mut self, vm: VmId, p: PendingPowerOn, error: String) {
         self.vms.pending.remove(&vm);
         self.vms.failed_attempts.insert(vm, p.attempt);
         let home = self.vms.home(vm);
         self.vms.touch_list(home);
-        let msg = Message::PowerOnResult {
+        let msg = Message::PowerOnResult(PowerOnResult {
             vm,
             attempt: p.attempt,
             running: false,
             error: Some(error),
-        };
+            vm_generation: self.vms.generation,
+        });
         self.send(p.from, &msg);
     }
 
@@ -306,12 +352,13 @@ impl Agent {
             if state == VmRunState::Running {
                 self.send(
                     from,
-                    &Message::PowerOnResult {
+                    &Message::PowerOnResult(PowerOnResult {
                         vm,
                         attempt,
                         running: true,
                         error: None,
-                    },
+                        vm_generation: self.vms.generation,
+                    }),
                 );
             }
             return;
@@ -320,12 +367,13 @@ impl Agent {
             return;
         }
         if self.vms.failed_attempts.get(&vm) == Some(&attempt) {
-            let msg = Message::PowerOnResult {
+            let msg = Message::PowerOnResult(PowerOnResult {
                 vm,
                 attempt,
                 running: false,
                 error: Some("attempt already failed".into()),
-            };
+                vm_generation: self.vms.generation,
+            });
             self.send(from, &msg);
             return;
         }
@@ -351,7 +399,7 @@ impl Agent {
             return;
         }
         self.vms.pending.insert(vm, p);
-        if self.settings.fault_knobs.skip_intent_check {
+        if step_removed!(self.settings, TargetIntentCheck) {
             self.on_intent_checked(now, datastore, vm, attempt, Ok(DsReply::IntentConfirmed));
             return;
         }
@@ -381,6 +429,12 @@ impl Agent {
         }
         match result {
             Ok(DsReply::IntentConfirmed) => {
+                if step_removed!(self.settings, PowerOnListEntry) {
+                    self.vms.set(vm, VmRunState::PoweringOn);
+                    self.want_vm_report = true;
+                    self.start_pending(vm);
+                    return;
+                }
                 // Take the lease: the VM goes into our power-on list on disk before it starts.
                 self.vms.set(vm, VmRunState::PoweringOn);
                 self.vms.touch_list(Some(d));
@@ -422,6 +476,28 @@ impl Agent {
                 }
             }
             HypervisorEvent::PowerOnResult { op, vm, result } => {
+                if self.vms.aborted.get(&vm).is_some_and(|a| a.op == op) {
+                    match result {
+                        Ok(()) => {
+                            // Up after all, without a lease we still want: stop it, and let any
+                            // stop that raced ahead of the start be forgotten.
+                            self.vms.stops.retain(|_, (v, _)| *v != vm);
+                            if let Some(a) = self.vms.aborted.get_mut(&vm) {
+                                a.came_up = true;
+                            }
+                            self.vms.set(vm, VmRunState::Running);
+                            self.local_vm_changed(vm);
+                            self.stop_vm(vm, StopCause::Abort, IsolationResponse::PowerOff);
+                        }
+                        Err(_) => {
+                            self.vms.vms.remove(&vm);
+                            self.vms.generation += 1;
+                            self.finish_abort(vm);
+                            self.local_vm_changed(vm);
+                        }
+                    }
+                    return;
+                }
                 let Some(&p) = self.vms.pending.get(&vm) else {
                     return;
                 };
@@ -437,12 +513,13 @@ impl Agent {
                             attempt: p.attempt,
                         });
                         self.local_vm_changed(vm);
-                        let msg = Message::PowerOnResult {
+                        let msg = Message::PowerOnResult(PowerOnResult {
                             vm,
                             attempt: p.attempt,
                             running: true,
                             error: None,
-                        };
+                            vm_generation: self.vms.generation,
+                        });
                         self.send(p.from, &msg);
                     }
                     Err(e) => {
@@ -457,8 +534,25 @@ impl Agent {
                 let Some((_, cause)) = self.vms.stops.remove(&op) else {
                     return;
                 };
+                let starting = self
+                    .vms
+                    .pending
+                    .get(&vm)
+                    .is_some_and(|p| matches!(p.stage, PowerOnStage::Starting { .. }))
+                    || self.vms.aborted.get(&vm).is_some_and(|a| !a.came_up);
+                if starting {
+                    // The stop ran before the hypervisor's start finished: the VM may still come
+                    // up, so it is not "stopped" yet (its start's result decides).
+                    return;
+                }
                 match result {
                     Ok(()) => {
+                        if self.vms.aborted.contains_key(&vm) {
+                            self.vms.set(vm, VmRunState::StoppedByAgent);
+                            self.finish_abort(vm);
+                            self.local_vm_changed(vm);
+                            return;
+                        }
                         self.vms.set(vm, VmRunState::StoppedByAgent);
                         if cause == StopCause::Isolation
                             && let Some(d) = self.vms.home(vm)
@@ -486,8 +580,13 @@ impl Agent {
                         return;
                     }
                     if let Some(p) = self.vms.pending.get(&vm).copied() {
-                        self.fail_power_on(vm, p, format!("VM stopped while starting ({state:?})"));
+                        self.abort_power_on(vm, p, "the VM stopped while it was starting".into());
                     }
+                    if self.vms.aborted.get(&vm).is_some_and(|a| !a.came_up) {
+                        // The hypervisor is still inside its start: its result says what runs.
+                        return;
+                    }
+                    self.finish_abort(vm);
                     self.vms.set(vm, state);
                     self.local_vm_changed(vm);
                 }
@@ -667,7 +766,7 @@ impl Agent {
                 self.vms.fenced.remove(&d);
                 continue;
             }
-            if !self.settings.self_fence {
+            if !self.settings.self_fence || step_removed!(self.settings, SelfFence) {
                 continue;
             }
             if self.paused() {
@@ -690,7 +789,7 @@ impl Agent {
             }
             for vm in vms {
                 if let Some(p) = self.vms.pending.get(&vm).copied() {
-                    self.fail_power_on(vm, p, "lease lost while starting".into());
+                    self.abort_power_on(vm, p, "lease lost while starting".into());
                 }
                 self.stop_vm(vm, StopCause::Fence, IsolationResponse::PowerOff);
             }

@@ -2,10 +2,10 @@
 //! (reconcile what should run against what runs, plan, write the intent, command, follow up).
 
 use super::super::cluster::ClusterView;
-use super::super::config::Timings;
+use super::super::config::{AgentSettings, Timings};
 use super::super::events::{Event, Role, Verdict};
 use super::super::io::{Output, VmRunState};
-use super::super::messages::{Message, VmStatus};
+use super::super::messages::{Message, PowerOnResult, VmStatus};
 use super::super::placement::{self, HostCandidate, PlanInput, RestartRequest, WaitReason};
 use super::super::time::Time;
 use super::{Agent, DsPurpose, HostView, VmView};
@@ -194,10 +194,13 @@ pub(super) struct MasterState {
     last_reconcile: Time,
     /// A slave that has reached more datastores than us, and since when (for the handover).
     better_since: Option<(HostId, Time)>,
+    #[cfg(feature = "fault-knobs")]
+    fault_knobs: crate::core::FaultKnobs,
 }
 
 impl MasterState {
-    pub(super) fn new(now: Time, config: &ClusterConfig, me: HostId) -> Self {
+    pub(super) fn new(now: Time, config: &ClusterConfig, settings: &AgentSettings) -> Self {
+        let me = settings.host;
         let peers = config
             .hosts
             .iter()
@@ -216,7 +219,19 @@ impl MasterState {
             reconcile_due: true,
             last_reconcile: now,
             better_since: None,
+            #[cfg(feature = "fault-knobs")]
+            fault_knobs: settings.fault_knobs,
         }
+    }
+
+    /// The isolated host recorded, in its power-on list on `d`, that its isolation response stopped
+    /// `vm` (only then may it run elsewhere: a VM left running keeps its datastore lease).
+    fn powered_off_by_isolation(&self, host: HostId, d: DatastoreId, vm: VmId) -> bool {
+        let Some(list) = self.peers.get(&host).and_then(|p| p.power_on_lists.get(&d)) else {
+            return false;
+        };
+        list.isolated
+            && (list.isolation_powered_off.contains(&vm) || step_removed!(self, IsolationRecord))
     }
 
     pub(super) fn verdict(&self, host: HostId) -> Option<Verdict> {
@@ -281,6 +296,9 @@ impl MasterState {
 
     fn held_valid(&self, d: DatastoreId, now: Time, t: &Timings) -> Option<Epoch> {
         let h = self.claims.get(&d)?.held?;
+        if step_removed!(self, DropOnClaimLoss) {
+            return Some(h.epoch);
+        }
         (now < self.claim_valid_until(d, t)?).then_some(h.epoch)
     }
 
@@ -290,6 +308,9 @@ impl MasterState {
     /// landed: a renewal re-checks owner and epoch on disk, so it confirms the compare-and-write.
     fn settled(&self, d: DatastoreId, now: Time, t: &Timings) -> Option<Epoch> {
         let epoch = self.held_valid(d, now, t)?;
+        if step_removed!(self, SettleWait) {
+            return Some(epoch);
+        }
         let h = self.claims.get(&d)?.held?;
         let confirmed = h.last_renew_start >= h.acquired_at + t.datastore_call_deadline;
         (confirmed && now.since(h.acquired_at) >= t.stretch(t.net_lease)).then_some(epoch)
@@ -311,6 +332,11 @@ impl MasterState {
             return;
         }
         if parts == 0 || part >= parts || parts > 1024 {
+            return;
+        }
+        // A host's report generations only grow within an incarnation: a late part of an older
+        // report (a delayed datagram) must not replace what we know with what was.
+        if generation < p.vm_gen_reported || p.vm_gen_have.is_some_and(|g| generation < g) {
             return;
         }
         let fresh = match &p.parts {
@@ -472,11 +498,14 @@ impl Agent {
         if !p.note_incarnation(incarnation) {
             return;
         }
-        p.last_net = Some(now);
-        if seq > p.last_seq {
-            p.last_seq = seq;
-            p.last_token = token;
+        // A heartbeat older than one already heard (delayed, reordered) is old news: it must not
+        // roll back what the host reported since.
+        if seq <= p.last_seq {
+            return;
         }
+        p.last_net = Some(now);
+        p.last_seq = seq;
+        p.last_token = token;
         p.reachable = reachable;
         p.maintenance = maintenance;
         if p.vm_gen_reported != vm_generation {
@@ -682,9 +711,12 @@ impl Agent {
         );
     }
 
+    /// `issued`: when the request left; the datastore's state it reports was read somewhere between
+    /// then and `now`.
     pub(super) fn master_ds_completion(
         &mut self,
         now: Time,
+        issued: Time,
         d: DatastoreId,
         purpose: DsPurpose,
         result: Result<DsReply, DsError>,
@@ -694,12 +726,12 @@ impl Agent {
         }
         match (purpose, result) {
             (DsPurpose::HeartbeatRead, Ok(DsReply::Heartbeats(slots))) => {
-                self.on_heartbeats_read(now, d, slots);
+                self.on_heartbeats_read(now, issued, d, slots);
                 // Judge at once: a death this read confirms should not wait for the next tick.
                 self.master_evaluate(now);
             }
             (DsPurpose::ClaimRead, Ok(DsReply::Claim(current))) => {
-                self.on_claim_read(now, d, current)
+                self.on_claim_read(now, issued, d, current)
             }
             (
                 DsPurpose::ClaimWrite {
@@ -740,6 +772,7 @@ impl Agent {
     fn on_heartbeats_read(
         &mut self,
         now: Time,
+        issued: Time,
         d: DatastoreId,
         slots: Vec<heartbeat_fs::ops::HeartbeatSlot>,
     ) {
@@ -766,7 +799,7 @@ impl Agent {
             observe(
                 p,
                 d,
-                now,
+                (issued, now),
                 rec.incarnation,
                 rec.sequence,
                 rec.flags,
@@ -779,12 +812,18 @@ impl Agent {
                 continue;
             }
             if let Some(p) = m.peers.get_mut(&h) {
-                observe(p, d, now, 0, 0, HostFlags::default(), 0);
+                observe(p, d, (issued, now), 0, 0, HostFlags::default(), 0);
             }
         }
     }
 
-    fn on_claim_read(&mut self, now: Time, d: DatastoreId, current: Option<DatastoreClaim>) {
+    fn on_claim_read(
+        &mut self,
+        now: Time,
+        issued: Time,
+        d: DatastoreId,
+        current: Option<DatastoreClaim>,
+    ) {
         let me = self.settings.host;
         let lease = self.t.stretch(self.t.claim_lease);
         let m = self.m();
@@ -799,7 +838,10 @@ impl Agent {
             c.seen_since = Some(now);
             c.read_once = true;
         }
-        let lapsed = c.seen_since.is_some_and(|t0| now.since(t0) >= lease);
+        // From when the record was surely there (the reply of the first read that showed it) to
+        // when it surely still was (the request of the latest one): a read delayed in a queue or
+        // on the network must not make a live holder's record look older than it is.
+        let lapsed = c.seen_since.is_some_and(|t0| issued.since(t0) >= lease);
         let acquirable = match current {
             None => true,
             Some(rec) if rec.released || rec.owner == me || rec.owner.is_none() => true,
@@ -868,6 +910,9 @@ impl Agent {
     }
 
     fn lose_claim(&mut self, d: DatastoreId, reason: &str) {
+        if step_removed!(self.settings, DropOnClaimLoss) {
+            return;
+        }
         let m = self.m();
         let Some(c) = m.claims.get_mut(&d) else {
             return;
@@ -1018,23 +1063,35 @@ impl Agent {
                     sent_at: now,
                 };
             }
-            self.stats.restarts_issued += 1;
-            self.emit(Event::RestartIssued {
+            self.issue_power_on(vm, target, d, epoch, attempt);
+        }
+    }
+
+    /// Send a restart's command (its intent is durable, unless a knob removed that step).
+    fn issue_power_on(
+        &mut self,
+        vm: VmId,
+        target: HostId,
+        d: DatastoreId,
+        epoch: Epoch,
+        attempt: u32,
+    ) {
+        self.stats.restarts_issued += 1;
+        self.emit(Event::RestartIssued {
+            vm,
+            target,
+            epoch,
+            attempt,
+        });
+        self.send(
+            target,
+            &Message::PowerOn {
                 vm,
-                target,
+                datastore: d,
                 epoch,
                 attempt,
-            });
-            self.send(
-                target,
-                &Message::PowerOn {
-                    vm,
-                    datastore: d,
-                    epoch,
-                    attempt,
-                },
-            );
-        }
+            },
+        );
     }
 
     fn flush_protected(&mut self, now: Time) {
@@ -1175,7 +1232,7 @@ impl Agent {
 
     fn update_verdicts(&mut self, now: Time) {
         let t = self.t.clone();
-        let knobs = self.settings.fault_knobs;
+        let skip_lease_wait = step_removed!(self.settings, LeaseWait);
         let mounted: BTreeSet<DatastoreId> = self.mounted.keys().copied().collect();
         let read_fresh = t
             .ds_read_interval
@@ -1193,7 +1250,7 @@ impl Agent {
                 p,
                 now,
                 &t,
-                knobs,
+                skip_lease_wait,
                 config,
                 &mounted,
                 &m.ds_read_ok,
@@ -1254,13 +1311,17 @@ impl Agent {
         let Some(m) = self.master.as_mut() else {
             return;
         };
-        // Our own VMs are reported directly.
+        // Our own VMs are reported directly, including the ones gone from our list altogether (a
+        // power-on that failed here): a stale "runs on the master" would hide a lost VM forever.
+        let active = |s: &VmRunState| matches!(s, VmRunState::Running | VmRunState::PoweringOn);
+        for (vm, on) in m.running.iter_mut() {
+            if on.contains(&me) && !local.get(vm).is_some_and(active) {
+                on.remove(&me);
+            }
+        }
         for (vm, s) in &local {
-            let e = m.running.entry(*vm).or_default();
-            if matches!(s, VmRunState::Running | VmRunState::PoweringOn) {
-                e.insert(me);
-            } else {
-                e.remove(&me);
+            if active(s) {
+                m.running.entry(*vm).or_default().insert(me);
             }
         }
         let ds_list: Vec<DatastoreId> = m.protected.keys().copied().collect();
@@ -1282,9 +1343,7 @@ impl Agent {
                             .copied()
                             .filter(|&h| match m.verdict(h) {
                                 Some(Verdict::Dead) => false,
-                                Some(Verdict::Isolated) => {
-                                    !powered_off_by_isolation(m.peers.get(&h), d, e.vm)
-                                }
+                                Some(Verdict::Isolated) => !m.powered_off_by_isolation(h, d, e.vm),
                                 _ => true,
                             })
                             .collect()
@@ -1309,6 +1368,24 @@ impl Agent {
                     }
                 } else if m.tracks.contains_key(&e.vm) || e.desired == DesiredPower::Off {
                     // In progress, or off on purpose.
+                } else if let Some(h) = e
+                    .last_host
+                    .is_none()
+                    .then(|| {
+                        if local.get(&e.vm) == Some(&VmRunState::StoppedByUser) {
+                            Some(me)
+                        } else {
+                            stopped_by_user_on(m, e.vm)
+                        }
+                    })
+                    .flatten()
+                {
+                    // Stopped by an operator (or its guest) before any report showed it running:
+                    // off on purpose, not lost.
+                    let mut ne = e.clone();
+                    ne.last_host = Some(h);
+                    ne.desired = DesiredPower::Off;
+                    changed = Some(ne);
                 } else if e.last_host.is_none() {
                     // Protected but never seen running (a new master's list, written before any
                     // report came in). Start it only when every host that mounts its datastore is
@@ -1346,16 +1423,20 @@ impl Agent {
                         reported_state(m.peers.get(&h), e.vm)
                     };
                     let verdict = m.verdict(h);
-                    let decision = restart_decision(verdict, state, m.peers.get(&h), d, e.vm);
+                    let stopped_by_isolation = m.powered_off_by_isolation(h, d, e.vm);
+                    let decision = restart_decision(verdict, state, stopped_by_isolation);
                     match decision {
                         Decision::Restart { reason, same_host } => {
                             if restart_allowed(cfg, same_host) {
                                 let next_try = now + Duration::from_millis(retry0);
                                 let preferred = (same_host && same_host_attempts > 0).then_some(h);
-                                m.tracks.insert(
-                                    e.vm,
-                                    RestartTrack::waiting(d, next_try, Some(h), preferred),
-                                );
+                                let mut track =
+                                    RestartTrack::waiting(d, next_try, Some(h), preferred);
+                                if same_host && same_host_attempts == 0 {
+                                    // No restart on the host it crashed on: another host first.
+                                    track.excluded.push(h);
+                                }
+                                m.tracks.insert(e.vm, track);
                                 changed = Some(pending(&e));
                                 events.push(Event::RestartNeeded {
                                     vm: e.vm,
@@ -1401,10 +1482,10 @@ impl Agent {
                     sent_at,
                 } => {
                     let v = m.verdict(target);
-                    if v == Some(Verdict::Dead) {
+                    let overdue = now.since(sent_at) >= t.power_on_timeout;
+                    if v == Some(Verdict::Dead) || (overdue && step_removed!(m, OneTarget)) {
                         abandon.push((vm, target));
-                    } else if now.since(sent_at) >= t.power_on_timeout && v == Some(Verdict::Alive)
-                    {
+                    } else if overdue && v == Some(Verdict::Alive) {
                         resend.push((vm, target, attempt, tr.home));
                     }
                 }
@@ -1488,19 +1569,27 @@ impl Agent {
         }
     }
 
-    pub(super) fn master_on_power_on_result(
-        &mut self,
-        now: Time,
-        from: HostId,
-        vm: VmId,
-        attempt: u32,
-        running: bool,
-        error: Option<String>,
-    ) {
+    pub(super) fn master_on_power_on_result(&mut self, now: Time, from: HostId, r: PowerOnResult) {
+        let PowerOnResult {
+            vm,
+            attempt,
+            running,
+            error,
+            vm_generation,
+        } = r;
         let retry = self.config.ha.restart_retry_ms.clone();
         let Some(m) = self.master.as_mut() else {
             return;
         };
+        if running && let Some(p) = m.peers.get_mut(&from) {
+            // The target's reports up to this generation do not know the VM runs there: until a
+            // newer one arrives, none of them may say it does not.
+            let newer_than_report = p.vm_gen_have.is_none_or(|g| vm_generation >= g);
+            p.vm_gen_reported = p.vm_gen_reported.max(vm_generation);
+            if newer_than_report {
+                m.running.entry(vm).or_default().insert(from);
+            }
+        }
         let Some(tr) = m.tracks.get(&vm).cloned() else {
             return;
         };
@@ -1516,7 +1605,6 @@ impl Agent {
         let d = tr.home;
         if running {
             m.tracks.remove(&vm);
-            m.running.entry(vm).or_default().insert(from);
             if let Some(pd) = m.protected.get_mut(&d) {
                 if let Some(e) = pd.list.vms.iter_mut().find(|e| e.vm == vm) {
                     e.restart = RestartState::Idle;
@@ -1716,6 +1804,7 @@ impl Agent {
             hold_below,
         });
         let mut events = Vec::new();
+        let mut early_commands = Vec::new();
         for p in plan.placements {
             let Some(tr) = m.tracks.get(&p.vm) else {
                 continue;
@@ -1739,12 +1828,24 @@ impl Agent {
                 continue;
             }
             pd.dirty = true;
+            let early = step_removed!(m, WriteAheadIntent);
             if let Some(tr) = m.tracks.get_mut(&p.vm) {
-                tr.stage = Stage::IntentWriting {
-                    target: p.host,
-                    attempt,
-                    generation,
+                tr.stage = if early {
+                    Stage::Issued {
+                        target: p.host,
+                        attempt,
+                        sent_at: now,
+                    }
+                } else {
+                    Stage::IntentWriting {
+                        target: p.host,
+                        attempt,
+                        generation,
+                    }
                 };
+            }
+            if early {
+                early_commands.push((p.vm, p.host, d, epoch, attempt));
             }
             if let Some(group) = p.broke_anti_affinity {
                 events.push(Event::AntiAffinityBroken {
@@ -1767,6 +1868,9 @@ impl Agent {
         for e in events {
             self.emit(e);
         }
+        for (vm, target, d, epoch, attempt) in early_commands {
+            self.issue_power_on(vm, target, d, epoch, attempt);
+        }
         // Generations above assume one write per pass: flush now so they line up.
         self.flush_protected(now);
     }
@@ -1779,10 +1883,14 @@ fn add(a: Resources, b: Resources) -> Resources {
     }
 }
 
+/// One host's heartbeat record as a read returned it. `(issued, now)`: the read's request and reply
+/// times. A new value counts from the reply (it was surely there by then), an unchanged one from the
+/// request (it was surely there no later): so that a slow read can only delay a "stopped", never
+/// hasten it.
 fn observe(
     p: &mut Peer,
     d: DatastoreId,
-    now: Time,
+    (issued, now): (Time, Time),
     incarnation: u64,
     sequence: u64,
     flags: HostFlags,
@@ -1790,12 +1898,18 @@ fn observe(
 ) {
     match p.ds.get_mut(&d) {
         Some(o) => {
-            if (o.incarnation, o.sequence) != (incarnation, sequence) {
+            let have = (o.incarnation, o.sequence);
+            if (incarnation, sequence) < have {
+                // An older record than one already seen (replies out of order): old news.
+                return;
+            }
+            if (incarnation, sequence) != have {
                 o.incarnation = incarnation;
                 o.sequence = sequence;
                 o.last_advance = now;
+            } else {
+                o.last_clean_read = o.last_clean_read.max(issued);
             }
-            o.last_clean_read = now;
             o.flags = flags;
             o.power_on_generation = power_on_generation;
         }
@@ -1822,7 +1936,7 @@ fn judge(
     p: &Peer,
     now: Time,
     t: &Timings,
-    knobs: super::super::config::FaultKnobs,
+    skip_lease_wait: bool,
     config: &ClusterView,
     mounted: &BTreeSet<DatastoreId>,
     ds_read_ok: &BTreeMap<DatastoreId, Time>,
@@ -1870,13 +1984,13 @@ fn judge(
                     p.last_net.unwrap_or(Time::ZERO) + t.ds_heartbeat_interval + t.ds_read_interval;
                 if now.since(o.last_advance) < lease
                     && o.last_advance > quiet_since
-                    && !knobs.skip_lease_wait
+                    && !skip_lease_wait
                 {
                     advancing = true;
                     isolated |= o.flags.contains(HostFlags::ISOLATED);
                 }
                 // Stopped only on positive evidence: a clean read, a lease after the last advance.
-                if o.last_clean_read.since(o.last_advance) < lease && !knobs.skip_lease_wait {
+                if o.last_clean_read.since(o.last_advance) < lease && !skip_lease_wait {
                     all_stopped = false;
                 }
             }
@@ -1899,7 +2013,7 @@ fn judge(
         );
     }
     // Its network lease from our acknowledgements ran from a heartbeat we received by last_net.
-    if !knobs.skip_lease_wait
+    if !skip_lease_wait
         && p.last_net
             .is_some_and(|t0| now.since(t0) < t.stretch(t.net_lease))
     {
@@ -1931,6 +2045,15 @@ fn judge(
     }
 }
 
+/// A host we can hear whose complete, current report says an operator (or the guest) stopped `vm`.
+fn stopped_by_user_on(m: &MasterState, vm: VmId) -> Option<HostId> {
+    m.peers.iter().find_map(|(&h, p)| {
+        (m.verdict(h) == Some(Verdict::Alive)
+            && reported_state(Some(p), vm) == Some(Some(VmRunState::StoppedByUser)))
+        .then_some(h)
+    })
+}
+
 fn reported_state(p: Option<&Peer>, vm: VmId) -> Option<Option<VmRunState>> {
     let p = p?;
     // Only a complete, current report says what is NOT there (generation 0: not inventoried yet).
@@ -1951,12 +2074,11 @@ enum Decision {
 
 /// Whether a protected VM last seen on a host must be restarted, from the host's verdict and what it
 /// reports. `state`: None = no complete report; Some(None) = reported absent.
+/// `stopped_by_isolation`: the host recorded that its isolation response powered the VM off.
 fn restart_decision(
     verdict: Option<Verdict>,
     state: Option<Option<VmRunState>>,
-    peer: Option<&Peer>,
-    d: DatastoreId,
-    vm: VmId,
+    stopped_by_isolation: bool,
 ) -> Decision {
     match verdict {
         Some(Verdict::Alive) => match state {
@@ -1980,7 +2102,7 @@ fn restart_decision(
             same_host: false,
         },
         Some(Verdict::Isolated) => {
-            if powered_off_by_isolation(peer, d, vm) {
+            if stopped_by_isolation {
                 Decision::Restart {
                     reason: "powered off by its isolated host",
                     same_host: false,
@@ -1991,12 +2113,6 @@ fn restart_decision(
         }
         _ => Decision::Wait,
     }
-}
-
-/// The isolated host recorded, in its power-on list on `d`, that its isolation response stopped `vm`.
-fn powered_off_by_isolation(peer: Option<&Peer>, d: DatastoreId, vm: VmId) -> bool {
-    peer.and_then(|p| p.power_on_lists.get(&d))
-        .is_some_and(|l| l.isolated && l.isolation_powered_off.contains(&vm))
 }
 
 /// Bring a protected list in line with the configuration: add newly protected VMs, drop VMs no longer

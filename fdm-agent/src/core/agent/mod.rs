@@ -5,6 +5,20 @@
 //! response, self-fencing, adoption); `master.rs` the master's duties (claims, verdicts, protected
 //! lists, failover).
 
+/// Whether a safety step is removed for this agent: always false without the `fault-knobs` feature,
+/// where the settings have no knobs at all and the branch compiles away.
+macro_rules! step_removed {
+    ($settings:expr, $step:ident) => {{
+        #[cfg(feature = "fault-knobs")]
+        let removed = $settings
+            .fault_knobs
+            .removes($crate::core::SafetyStep::$step);
+        #[cfg(not(feature = "fault-knobs"))]
+        let removed = false;
+        removed
+    }};
+}
+
 mod local;
 mod master;
 
@@ -184,7 +198,7 @@ pub struct Agent {
 /// the recipient's current incarnation.
 fn needs_bound_recipient(msg: &Message) -> bool {
     match msg {
-        Message::PowerOn { .. } | Message::PowerOnResult { .. } | Message::VmReport { .. } => true,
+        Message::PowerOn { .. } | Message::PowerOnResult(_) | Message::VmReport { .. } => true,
         Message::MasterHeartbeat { echo_seq, .. } => *echo_seq != 0,
         Message::Candidacy { .. } | Message::SlaveHeartbeat { .. } | Message::Yield { .. } => false,
     }
@@ -771,7 +785,7 @@ impl Agent {
             | DsPurpose::ClaimWrite { .. }
             | DsPurpose::ProtectedRead
             | DsPurpose::ProtectedWrite { .. } => {
-                self.master_ds_completion(now, d, f.purpose, result)
+                self.master_ds_completion(now, f.issued, d, f.purpose, result)
             }
         }
     }
@@ -1033,14 +1047,9 @@ impl Agent {
             } => {
                 self.on_power_on_command(now, from, vm, datastore, epoch, attempt);
             }
-            Message::PowerOnResult {
-                vm,
-                attempt,
-                running,
-                error,
-            } => {
+            Message::PowerOnResult(result) => {
                 if self.role == Role::Master {
-                    self.master_on_power_on_result(now, from, vm, attempt, running, error);
+                    self.master_on_power_on_result(now, from, result);
                 }
             }
             Message::Yield { to } => {
@@ -1133,7 +1142,7 @@ impl Agent {
 
     fn become_master(&mut self, now: Time, reason: &str) {
         self.election = None;
-        self.master = Some(MasterState::new(now, &self.config, self.settings.host));
+        self.master = Some(MasterState::new(now, &self.config, &self.settings));
         self.set_role(Role::Master, reason);
         self.deadlines.ds_read = now;
         self.deadlines.claim_renew = now;

@@ -1,7 +1,7 @@
 //! Failover decisions (issue 5's behaviours).
 
 use super::harness::*;
-use crate::core::{Event, FaultKnobs, Role, Timings, Verdict};
+use crate::core::{Event, FaultKnobs, Role, SafetyStep, Timings, Verdict};
 use heartbeat_fs::ops::{DsOp, DsReply};
 use heartbeat_fs::records::{IsolationResponse, Resources, RestartPriority, RestartState};
 use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
@@ -363,10 +363,7 @@ fn skipping_the_lease_wait_is_caught_by_the_never_twice_check() {
         RestartPriority::Medium,
         IsolationResponse::LeaveRunning,
     )];
-    let knobs = FaultKnobs {
-        skip_lease_wait: true,
-        skip_intent_check: false,
-    };
+    let knobs = FaultKnobs::removing(&[SafetyStep::LeaseWait]);
     let mut c = Cluster::with_timings(config(3, &[&[1, 2, 3]], vms), Timings::default(), knobs);
     c.place(HostId(3), 1);
     settle(&mut c);

@@ -200,22 +200,23 @@ impl Cluster {
     }
 
     pub fn settings(&self, h: HostId, incarnation: u64) -> AgentSettings {
-        AgentSettings {
-            host: h,
+        let datastores = self
+            .config
+            .datastores
+            .iter()
+            .filter(|d| d.mounts.iter().any(|m| m.host == h))
+            .map(|d| d.id)
+            .collect();
+        let mut s = AgentSettings::new(
+            h,
             incarnation,
-            cluster: CLUSTER,
-            secret: [7u8; 32],
-            datastores: self
-                .config
-                .datastores
-                .iter()
-                .filter(|d| d.mounts.iter().any(|m| m.host == h))
-                .map(|d| d.id)
-                .collect(),
-            timings: self.timings.clone(),
-            self_fence: true,
-            fault_knobs: self.knobs,
-        }
+            CLUSTER,
+            [7u8; 32],
+            datastores,
+            self.timings.clone(),
+        );
+        s.fault_knobs = self.knobs;
+        s
     }
 
     pub fn start_agent(&mut self, h: HostId) {
