@@ -37,6 +37,13 @@ fi
 if [ -z "${FDM_QUICK:-}" ] && [ -f sim/src/main.rs ]; then
   step "bounded simulation sweep"
   cargo run --release -q -p fdm-sim -- sweep --hosts 16 --seeds "${FDM_SWEEP_SEEDS:-300}"
+  for profile in stale-commands claim-handover; do
+    cargo run --release -q -p fdm-sim -- sweep --hosts 8 --seeds 100 --profile "$profile"
+  done
+
+  step "every safety step is load-bearing (release: hundreds of simulated minutes)"
+  cargo test --release -q -p fdm-sim --test safety_steps 2>&1 | tee -a target/test-output.txt
+  [ "${PIPESTATUS[0]}" = 0 ] || { echo "safety step tests failed"; exit 1; }
 fi
 
 echo

@@ -3,8 +3,9 @@
 //! hangs, host crashes, agent hangs, clock drift, a master dying mid-failover), checks the safety and
 //! liveness invariants continuously, and replays any run exactly from its seed.
 //!
-//! `world` is the simulated cluster, `scenario` the TOML scenario format, `run` runs scenarios and
-//! random sweeps, `invariants` holds one check per file, `report` the human-readable output.
+//! `world` is the simulated cluster, `scenario` the TOML scenario format, `sweep` draws random
+//! clusters and fault mixes, `run` runs both and summarises, `invariants` holds one check per file,
+//! `report` the human-readable output.
 
 pub mod detect;
 pub mod invariants;
@@ -12,4 +13,5 @@ pub mod report;
 pub mod rng;
 pub mod run;
 pub mod scenario;
+pub mod sweep;
 pub mod world;

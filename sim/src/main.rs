@@ -3,9 +3,10 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fdm_agent::core::FaultKnobs;
+use fdm_agent::core::{FaultKnobs, SafetyStep};
 use fdm_sim::report;
 use fdm_sim::run::{self, pct};
+use fdm_sim::sweep::{self, Profile};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -31,8 +32,13 @@ enum Command {
         seed: Option<u64>,
         #[arg(long, default_value_t = 16)]
         hosts: u32,
-        /// Remove a safety step of the core (to prove the checker catches it): skip-lease-wait,
-        /// skip-intent-check.
+        /// The sweep profile the seed belongs to: all, stale-commands, claim-handover.
+        #[arg(long, default_value = "all")]
+        profile: String,
+        /// Remove a safety step of the core, to show the checks catch its removal: skip-lease-wait,
+        /// skip-settle-wait, skip-write-ahead, skip-intent-check, skip-power-on-list,
+        /// skip-isolation-record, skip-self-fence, ignore-claim-loss, skip-one-target
+        /// (docs/safety.md).
         #[arg(long)]
         knob: Vec<String>,
         /// Write the event trace as JSON lines.
@@ -55,6 +61,10 @@ enum Command {
         seeds: u64,
         #[arg(long, default_value_t = 1)]
         from: u64,
+        /// Which fault kinds to draw: all, stale-commands, claim-handover (docs/scenarios.md).
+        #[arg(long, default_value = "all")]
+        profile: String,
+        /// Remove a safety step (see `run --knob`).
         #[arg(long)]
         knob: Vec<String>,
     },
@@ -70,13 +80,24 @@ enum Command {
     },
 }
 
+fn profile(name: &str) -> anyhow::Result<Profile> {
+    Profile::from_name(name).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown profile `{name}`; expected one of {}",
+            Profile::ALL.map(Profile::name).join(", ")
+        )
+    })
+}
+
 fn knobs(names: &[String]) -> anyhow::Result<FaultKnobs> {
     let mut k = FaultKnobs::default();
     for n in names {
-        match n.as_str() {
-            "skip-lease-wait" => k.skip_lease_wait = true,
-            "skip-intent-check" => k.skip_intent_check = true,
-            other => anyhow::bail!("unknown knob `{other}`"),
+        match SafetyStep::from_knob(n) {
+            Some(step) => k.remove(step),
+            None => anyhow::bail!(
+                "unknown knob `{n}`; expected one of {}",
+                SafetyStep::ALL.map(SafetyStep::knob).join(", ")
+            ),
         }
     }
     Ok(k)
@@ -99,6 +120,7 @@ fn real_main() -> anyhow::Result<bool> {
             scenario,
             seed,
             hosts,
+            profile: profile_name,
             knob,
             trace,
             svg,
@@ -115,7 +137,7 @@ fn real_main() -> anyhow::Result<bool> {
                     }
                     sc
                 }
-                (None, Some(s)) => run::sweep_scenario(hosts, s),
+                (None, Some(s)) => sweep::scenario(hosts, s, profile(&profile_name)?),
                 (None, None) => anyhow::bail!("give a scenario file or --seed"),
             };
             let r = run::run_scenario(&sc, trace.is_some() || svg.is_some(), k);
@@ -166,14 +188,16 @@ fn real_main() -> anyhow::Result<bool> {
             hosts,
             seeds,
             from,
+            profile: profile_name,
             knob,
         } => {
             let k = knobs(&knob)?;
+            let p = profile(&profile_name)?;
             let t0 = Instant::now();
             let (mut detection, mut restart, mut bad, mut events, mut false_restarts) =
                 (Vec::new(), Vec::new(), 0, 0u64, 0);
             for seed in from..from + seeds {
-                let sc = run::sweep_scenario(hosts, seed);
+                let sc = sweep::scenario(hosts, seed, p);
                 let r = run::run_scenario(&sc, false, k);
                 events += r.summary.events;
                 detection.extend(r.summary.detection.iter().copied());
@@ -194,12 +218,13 @@ fn real_main() -> anyhow::Result<bool> {
                             l.what
                         );
                     }
-                    println!("  replay: {}", run::replay_command(hosts, seed, k));
+                    println!("  replay: {}", sweep::replay_command(hosts, seed, p, k));
                 }
             }
             let wall = t0.elapsed().as_secs_f64();
             println!(
-                "sweep: {hosts} hosts, seeds {from}..{}: {} with violations; {events} events in {wall:.1} s ({:.0} events/s)",
+                "sweep: {hosts} hosts, profile {}, seeds {from}..{}: {} with violations; {events} events in {wall:.1} s ({:.0} events/s)",
+                p.name(),
                 from + seeds - 1,
                 bad,
                 events as f64 / wall

@@ -100,6 +100,13 @@ pub struct ClusterSpec {
     pub max_concurrent_power_ons_per_host: Option<u32>,
     #[serde(default)]
     pub restart_retry_ms: Option<Vec<u64>>,
+    /// Restarts of a crashed VM on its own host before another host is tried.
+    #[serde(default)]
+    pub same_host_restart_attempts: Option<u32>,
+    /// How long the hypervisor takes to start a VM (default 300 ms): a boot storm on slow storage
+    /// can make it longer than the master waits for an answer.
+    #[serde(default)]
+    pub power_on_ms: Option<u64>,
 }
 
 fn default_mem() -> u64 {
@@ -164,6 +171,8 @@ pub struct FaultSpec {
     pub reboot: Option<bool>,
     pub latency_ms: Option<f64>,
     pub jitter_ms: Option<f64>,
+    pub hosts: Option<Vec<u32>>,
+    pub max_ms: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -408,6 +417,9 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
     if let Some(n) = c.max_concurrent_power_ons_per_host {
         ha.max_concurrent_power_ons_per_host = n;
     }
+    if let Some(n) = c.same_host_restart_attempts {
+        ha.same_host_restart_attempts = n;
+    }
     if let Some(r) = &c.restart_retry_ms {
         ha.restart_retry_ms = r.clone();
     }
@@ -426,12 +438,19 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
         duplicate: f.network.duplicate,
         latency_us: f.network.latency_ms.map_or(200, |m| (m * 1000.0) as u64),
         jitter_us: f.network.jitter_ms.map_or(300, |m| (m * 1000.0) as u64),
+        ..NetParams::default()
     };
     let params = SimParams {
         seed: f.seed,
         timings,
         net,
         drift_ppm: drift,
+        power_on_us: match c.power_on_ms {
+            Some(ms) => ms
+                .checked_mul(1_000)
+                .ok_or_else(|| invalid("cluster.power_on_ms", "too large"))?,
+            None => SimParams::default().power_on_us,
+        },
         ..SimParams::default()
     };
     let mut faults = Vec::new();
@@ -544,6 +563,23 @@ fn fault(f: &FaultSpec, n: u32) -> Result<Fault, String> {
         "delay" => Fault::Delay {
             latency_us: (f.latency_ms.ok_or("`delay` needs `latency_ms`")? * 1000.0) as u64,
             jitter_us: (f.jitter_ms.unwrap_or(0.0) * 1000.0) as u64,
+        },
+        "delay-spike" => Fault::DelaySpike {
+            p: f.p.ok_or("`delay-spike` needs `p`")?,
+            max_us: (f.max_ms.ok_or("`delay-spike` needs `max_ms`")? * 1000.0) as u64,
+        },
+        "rack-cut" => Fault::RackCut {
+            hosts: f
+                .hosts
+                .clone()
+                .ok_or("`rack-cut` needs `hosts`")?
+                .into_iter()
+                .map(HostId)
+                .collect(),
+        },
+        "vm-stop-after-master-change" => Fault::VmStopAfterMasterChange { vm: vm()? },
+        "stall-next-command" => Fault::StallNextCommand {
+            hold_us: (f.max_ms.ok_or("`stall-next-command` needs `max_ms`")? * 1000.0) as u64,
         },
         "vm-crash" => Fault::VmCrash { vm: vm()? },
         "protect" => Fault::Protect {

@@ -7,7 +7,7 @@ use fdm_agent::core::{
     StopCause, Time, Timings, Verdict, VmRunState,
 };
 use heartbeat_fs::mem::{Caller, MemDatastore};
-use heartbeat_fs::ops::{DsCompletion, DsError, DsOp, IoKind};
+use heartbeat_fs::ops::{DsCompletion, DsError, DsOp, DsRequest, IoKind};
 use heartbeat_fs::records::ClusterConfig;
 use heartbeat_fs::{DatastoreId, HostId, VmId};
 use std::cmp::Reverse;
@@ -16,6 +16,11 @@ use std::time::Duration;
 
 /// Microseconds of virtual time.
 pub type Micros = u64;
+
+/// Where the envelope keeps the message kind, and the kind of a power-on command (pinned by the
+/// wire's golden tests; checked against the agent's own numbering in a test below).
+const WIRE_KIND_AT: usize = 5;
+const POWER_ON_KIND: u8 = 5;
 
 pub fn us(d: Duration) -> Micros {
     d.as_micros() as Micros
@@ -27,6 +32,10 @@ pub struct NetParams {
     pub jitter_us: Micros,
     pub loss: f64,
     pub duplicate: f64,
+    /// Probability that a datagram is held up, and for up to how long: UDP promises no delivery
+    /// time, and the safety argument must hold whatever the delay (only liveness may suffer).
+    pub stall: f64,
+    pub stall_max_us: Micros,
 }
 
 impl Default for NetParams {
@@ -36,6 +45,8 @@ impl Default for NetParams {
             jitter_us: 300,
             loss: 0.0,
             duplicate: 0.0,
+            stall: 0.0,
+            stall_max_us: 0,
         }
     }
 }
@@ -145,6 +156,26 @@ pub enum Fault {
     Duplicate {
         p: f64,
     },
+    /// A fraction `p` of datagrams is held up for up to `max_us` (a congested or flapping path with
+    /// deep buffers): late and out of order, but delivered.
+    DelaySpike {
+        p: f64,
+        max_us: Micros,
+    },
+    /// A rack's top-of-rack switch, which carries both its storage and its management traffic, fails:
+    /// `hosts` are cut off from every other host and from every datastore, and keep running.
+    RackCut {
+        hosts: Vec<HostId>,
+    },
+    /// An operator stops `vm` the moment a new master takes over (the next master change).
+    VmStopAfterMasterChange {
+        vm: VmId,
+    },
+    /// The next power-on command anyone sends is held up for `hold_us` on its way: it arrives late,
+    /// after the master has resent it and things have moved on (a stale command).
+    StallNextCommand {
+        hold_us: Micros,
+    },
     VmCrash {
         vm: VmId,
     },
@@ -187,6 +218,16 @@ enum Ev {
         host: HostId,
         inc: u64,
         completion: DsCompletion,
+    },
+    /// A datastore call reaches the storage: it takes effect now (the host's worker for that
+    /// datastore runs one call at a time, like `heartbeat_fs::fs::DatastoreExecutor`).
+    DsExec {
+        host: HostId,
+        inc: u64,
+        request: DsRequest,
+        /// Past the executor's deadline the caller was answered `Timeout` already; the call still
+        /// takes effect, as a syscall that was under way does.
+        timed_out: bool,
     },
     Hv {
         host: HostId,
@@ -272,6 +313,8 @@ pub struct SimHost {
     pub ds_hung: BTreeSet<DatastoreId>,
     /// Datastores whose executor worker is stuck in a hung call.
     ds_stuck: BTreeSet<DatastoreId>,
+    /// When each datastore's worker is free again (calls run one at a time).
+    ds_busy_until: BTreeMap<DatastoreId, Micros>,
     torn_next: BTreeSet<DatastoreId>,
     /// Last time each datastore was faulty for this host (lost, hung, dead).
     pub ds_fault_at: BTreeMap<DatastoreId, Micros>,
@@ -340,7 +383,15 @@ pub struct World {
     pub profile_datagrams: u64,
     /// VMs the operator stopped: they must stay stopped.
     pub operator_stopped: BTreeSet<VmId>,
+    /// Of those, the ones stopped on a host cut off from some other host at that moment (partition,
+    /// isolation, a rack): the master that restarts the VM may be one that cannot hear that host,
+    /// and it cannot tell such a stop from the host's failure, so restarting them is allowed.
+    pub operator_stop_unknowable: BTreeSet<VmId>,
     crash_master_on_restart: bool,
+    /// VMs an operator stops at the next master change.
+    stop_on_master_change: Vec<VmId>,
+    /// Hold the next power-on command for this long.
+    stall_next_command: Option<Micros>,
     /// Recent agent events (for violation reports).
     pub recent: std::collections::VecDeque<TraceLine>,
 }
@@ -387,6 +438,7 @@ impl World {
                 ds_lost: BTreeSet::new(),
                 ds_hung: BTreeSet::new(),
                 ds_stuck: BTreeSet::new(),
+                ds_busy_until: BTreeMap::new(),
                 torn_next: BTreeSet::new(),
                 ds_fault_at: BTreeMap::new(),
                 timer_at: None,
@@ -424,7 +476,10 @@ impl World {
             profile_busy_ns: 0,
             profile_datagrams: 0,
             operator_stopped: BTreeSet::new(),
+            operator_stop_unknowable: BTreeSet::new(),
             crash_master_on_restart: false,
+            stop_on_master_change: Vec::new(),
+            stall_next_command: None,
             recent: std::collections::VecDeque::new(),
         };
         for &(h, vm) in placement {
@@ -505,17 +560,17 @@ impl World {
         host.watchdog_pending = false;
         host.hung = false;
         host.ds_stuck.clear();
+        host.ds_busy_until.clear();
         host.held.clear();
-        let settings = AgentSettings {
-            host: h,
-            incarnation: host.incarnation,
-            cluster: self.config.cluster,
-            secret: [0x5a; 32],
+        let mut settings = AgentSettings::new(
+            h,
+            host.incarnation,
+            self.config.cluster,
+            [0x5a; 32],
             datastores,
-            timings: self.params.timings.clone(),
-            self_fence: true,
-            fault_knobs: self.params.knobs,
-        };
+            self.params.timings.clone(),
+        );
+        settings.fault_knobs = self.params.knobs;
         let now = Time::from_micros(self.now);
         host.agent = Some(Agent::with_shared_config(settings, self.view.clone(), now));
         self.log(
@@ -620,7 +675,15 @@ impl World {
                 let n = &self.params.net;
                 let (lat, jit) = (n.latency_us, n.jitter_us);
                 let dup = self.rng.chance(n.duplicate);
-                let d = lat + if jit > 0 { self.rng.below(jit) } else { 0 };
+                let mut d = lat + if jit > 0 { self.rng.below(jit) } else { 0 };
+                if n.stall > 0.0 && self.rng.chance(n.stall) {
+                    d += self.rng.below(n.stall_max_us.max(1));
+                }
+                if t.payload.get(WIRE_KIND_AT) == Some(&POWER_ON_KIND)
+                    && let Some(hold) = self.stall_next_command.take()
+                {
+                    d += hold;
+                }
                 if dup {
                     let d2 = lat + if jit > 0 { self.rng.below(jit) } else { 0 };
                     self.push(
@@ -642,6 +705,8 @@ impl World {
             Output::Datastore(req) => {
                 let d = req.datastore;
                 let deadline = us(self.params.timings.datastore_call_deadline);
+                let lat =
+                    self.params.ds_latency_us + self.rng.below(self.params.ds_latency_us.max(1));
                 let host = &mut self.hosts[i];
                 let hung = host.ds_hung.contains(&d);
                 if host.ds_stuck.contains(&d) {
@@ -679,42 +744,57 @@ impl World {
                     );
                     return;
                 }
-                let lost = host.ds_lost.contains(&d) || self.ds_dead.contains(&d);
-                let torn = matches!(req.op, DsOp::WriteHeartbeat(_)) && host.torn_next.remove(&d);
-                let result = if lost {
-                    Err(DsError::Io {
-                        kind: IoKind::Io,
-                        message: "EIO".into(),
-                    })
-                } else if let Some(store) = self.ds.get_mut(&d) {
-                    if torn {
-                        store.tear_heartbeat(h);
-                        Ok(heartbeat_fs::ops::DsReply::Written)
-                    } else {
-                        store.execute(
-                            Caller {
-                                host: h,
-                                incarnation: inc,
-                            },
-                            req.op,
-                        )
-                    }
-                } else {
-                    Err(DsError::NotMounted(d))
-                };
-                let lat =
-                    self.params.ds_latency_us + self.rng.below(self.params.ds_latency_us.max(1));
-                let c = DsCompletion {
-                    id: req.id,
-                    datastore: d,
-                    result,
-                };
+                // The call waits for the worker, then takes the storage's latency; it takes effect
+                // (and is answered) when it completes.
+                let start = host
+                    .ds_busy_until
+                    .get(&d)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(self.now);
+                let done = start + lat;
+                host.ds_busy_until.insert(d, done);
+                let deadline_at = self.now + deadline;
+                if start >= deadline_at {
+                    // Still queued at the deadline: answered Timeout, never run.
+                    let c = DsCompletion {
+                        id: req.id,
+                        datastore: d,
+                        result: Err(DsError::Timeout),
+                    };
+                    self.push(
+                        deadline_at,
+                        Ev::Ds {
+                            host: h,
+                            inc,
+                            completion: c,
+                        },
+                    );
+                    return;
+                }
+                let timed_out = done > deadline_at;
+                if timed_out {
+                    let c = DsCompletion {
+                        id: req.id,
+                        datastore: d,
+                        result: Err(DsError::Timeout),
+                    };
+                    self.push(
+                        deadline_at,
+                        Ev::Ds {
+                            host: h,
+                            inc,
+                            completion: c,
+                        },
+                    );
+                }
                 self.push(
-                    self.now + lat,
-                    Ev::Ds {
+                    done,
+                    Ev::DsExec {
                         host: h,
                         inc,
-                        completion: c,
+                        request: req,
+                        timed_out,
                     },
                 );
             }
@@ -793,6 +873,56 @@ impl World {
         }
     }
 
+    /// A datastore call of host `i` reaches the storage now.
+    fn ds_exec(&mut self, i: usize, inc: u64, req: DsRequest, timed_out: bool) {
+        let host = &mut self.hosts[i];
+        // A call of an agent process that died (or a host that lost power) never ran.
+        if !host.powered || host.incarnation != inc {
+            return;
+        }
+        let h = host.id;
+        let d = req.datastore;
+        let lost = host.ds_lost.contains(&d) || self.ds_dead.contains(&d);
+        let torn = matches!(req.op, DsOp::WriteHeartbeat(_)) && host.torn_next.remove(&d);
+        let result = if lost {
+            Err(DsError::Io {
+                kind: IoKind::Io,
+                message: "EIO".into(),
+            })
+        } else if let Some(store) = self.ds.get_mut(&d) {
+            if torn {
+                store.tear_heartbeat(h);
+                Ok(heartbeat_fs::ops::DsReply::Written)
+            } else {
+                store.execute(
+                    Caller {
+                        host: h,
+                        incarnation: inc,
+                    },
+                    req.op,
+                )
+            }
+        } else {
+            Err(DsError::NotMounted(d))
+        };
+        if timed_out {
+            return;
+        }
+        let c = DsCompletion {
+            id: req.id,
+            datastore: d,
+            result,
+        };
+        self.push(
+            self.now,
+            Ev::Ds {
+                host: h,
+                inc,
+                completion: c,
+            },
+        );
+    }
+
     /// A fence while the host's storage for that VM was healthy for a whole lease is needless: a
     /// live host's VM stopped (and then restarted elsewhere) for nothing.
     fn check_fence(&mut self, i: usize, vm: VmId) {
@@ -859,6 +989,18 @@ impl World {
                 );
             }
         }
+        if matches!(
+            e,
+            Event::RoleChanged {
+                to: Role::Master,
+                ..
+            }
+        ) && !self.stop_on_master_change.is_empty()
+        {
+            for vm in std::mem::take(&mut self.stop_on_master_change) {
+                self.push(self.now, Ev::Fault(Fault::VmStop { vm }));
+            }
+        }
         if matches!(e, Event::RestartIssued { .. }) && self.crash_master_on_restart {
             self.crash_master_on_restart = false;
             self.log(Some(h), format!("{e:?}"));
@@ -895,7 +1037,7 @@ impl World {
                     format!("{vm} powered on at {h} while running on {elsewhere:?}"),
                 );
             }
-            if self.operator_stopped.contains(&vm) {
+            if self.operator_stopped.contains(&vm) && !self.operator_stop_unknowable.contains(&vm) {
                 self.violate(
                     "operator_stop_respected",
                     format!("{vm} restarted at {h} after an operator stopped it"),
@@ -1046,6 +1188,27 @@ impl World {
                 self.params.net.jitter_us = jitter_us;
             }
             Fault::Duplicate { p } => self.params.net.duplicate = p,
+            Fault::DelaySpike { p, max_us } => {
+                self.params.net.stall = p;
+                self.params.net.stall_max_us = max_us;
+            }
+            Fault::RackCut { hosts } => {
+                let all: Vec<HostId> = self.hosts.iter().map(|h| h.id).collect();
+                let rest: Vec<HostId> = all.into_iter().filter(|h| !hosts.contains(h)).collect();
+                self.apply(Fault::Partition {
+                    groups: vec![hosts.clone(), rest],
+                });
+                let ds: Vec<DatastoreId> = self.ds.keys().copied().collect();
+                for h in hosts {
+                    for &d in &ds {
+                        self.apply(Fault::DsLoss { host: h, ds: d });
+                    }
+                }
+            }
+            Fault::VmStopAfterMasterChange { vm } => {
+                self.stop_on_master_change.push(vm);
+            }
+            Fault::StallNextCommand { hold_us } => self.stall_next_command = Some(hold_us),
             Fault::Protect { vm, protected } => {
                 let mut cfg = self.config.clone();
                 cfg.generation += 1;
@@ -1071,6 +1234,14 @@ impl World {
                 let h = self.hosts[i].id;
                 let (kind, state) = if operator {
                     self.operator_stopped.insert(vm);
+                    // Cut off from some live host (partition, isolation, a rack): the master that
+                    // would restart the VM may be one that cannot hear this host.
+                    let cut_off = self.hosts.iter().any(|o| {
+                        o.id != h && o.powered && !(self.linked(h, o.id) && self.linked(o.id, h))
+                    });
+                    if cut_off {
+                        self.operator_stop_unknowable.insert(vm);
+                    }
                     (StopKind::Operator, VmRunState::StoppedByUser)
                 } else {
                     (StopKind::VmCrash, VmRunState::Crashed)
@@ -1294,6 +1465,15 @@ impl World {
                 let Some(i) = self.idx(host) else { return };
                 self.deliver(i, inc, |a, now| a.handle_datastore(now, completion));
             }
+            Ev::DsExec {
+                host,
+                inc,
+                request,
+                timed_out,
+            } => {
+                let Some(i) = self.idx(host) else { return };
+                self.ds_exec(i, inc, request, timed_out);
+            }
             Ev::Hv { host, inc, event } => {
                 let Some(i) = self.idx(host) else { return };
                 let event = match event {
@@ -1357,5 +1537,22 @@ impl World {
 
     pub fn verdict(&self, master: HostId, of: HostId) -> Option<Verdict> {
         self.agent(master)?.verdict_of(of)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fdm_agent::core::messages::Message;
+    use heartbeat_fs::{DatastoreId, Epoch, VmId};
+
+    #[test]
+    fn the_stalled_kind_is_the_power_on_command() {
+        let m = Message::PowerOn {
+            vm: VmId(1),
+            datastore: DatastoreId(1),
+            epoch: Epoch(1),
+            attempt: 1,
+        };
+        assert_eq!(m.kind(), super::POWER_ON_KIND);
     }
 }

@@ -2,13 +2,22 @@
 //! produced twice, are identical.
 
 use fdm_agent::core::FaultKnobs;
+use fdm_sim::sweep::{self, Profile};
 use fdm_sim::{report, run};
 
 #[test]
 fn same_seed_same_trace() {
     for seed in [3, 17, 4242] {
-        let a = run::run_scenario(&run::sweep_scenario(8, seed), true, FaultKnobs::default());
-        let b = run::run_scenario(&run::sweep_scenario(8, seed), true, FaultKnobs::default());
+        let a = run::run_scenario(
+            &sweep::scenario(8, seed, Profile::All),
+            true,
+            FaultKnobs::default(),
+        );
+        let b = run::run_scenario(
+            &sweep::scenario(8, seed, Profile::All),
+            true,
+            FaultKnobs::default(),
+        );
         let (ta, tb) = (report::jsonl(&a), report::jsonl(&b));
         assert!(
             ta.lines().count() > 20,
@@ -22,7 +31,15 @@ fn same_seed_same_trace() {
 
 #[test]
 fn different_seeds_differ() {
-    let a = run::run_scenario(&run::sweep_scenario(8, 1), true, FaultKnobs::default());
-    let b = run::run_scenario(&run::sweep_scenario(8, 2), true, FaultKnobs::default());
+    let a = run::run_scenario(
+        &sweep::scenario(8, 1, Profile::All),
+        true,
+        FaultKnobs::default(),
+    );
+    let b = run::run_scenario(
+        &sweep::scenario(8, 2, Profile::All),
+        true,
+        FaultKnobs::default(),
+    );
     assert_ne!(report::jsonl(&a), report::jsonl(&b));
 }

@@ -1,0 +1,412 @@
+//! Random sweeps (swarm testing): every seed draws a cluster, valid timings, HA settings and a
+//! subset of fault kinds, injects a few faults during the first minute, heals everything, and
+//! checks every invariant a heal bound later. A profile narrows the fault kinds to those that
+//! stress one part of the argument, so that a bounded number of seeds reaches its corner cases.
+
+use crate::rng::Rng;
+use crate::scenario::Scenario;
+use crate::world::{Fault, Micros, SimParams};
+use fdm_agent::core::{FaultKnobs, Timings};
+use heartbeat_fs::records::*;
+use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
+use std::time::Duration;
+
+/// After the heal, every invariant must hold within this bound.
+pub const HEAL_BOUND: Micros = 90_000_000;
+/// Faults happen in the first minute; then everything heals.
+pub const FAULT_PHASE: Micros = 60_000_000;
+
+/// Every fault kind the sweep knows.
+const ALL_KINDS: &[&str] = &[
+    "crash",
+    "partition",
+    "isolate",
+    "ds-loss",
+    "ds-hang",
+    "agent-restart",
+    "agent-hang",
+    "loss",
+    "crash-master",
+    "crash-master-on-restart",
+    "torn",
+    "vm-crash",
+    "duplicate",
+    "delay",
+    "ds-dead",
+    "one-way",
+    "unprotect",
+    "rack",
+    "long-delay",
+    "vm-stop",
+    "vm-stop-after-master-change",
+    "power-on-fails",
+    "stall-command",
+];
+
+/// Which fault kinds a sweep draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Every kind (what CI and `fdm-sim sweep` run by default).
+    All,
+    /// Commands that arrive late, twice, or after the VM moved on: long delays, duplicates, VM
+    /// crashes, failing power-ons, hosts and racks that die and return.
+    StaleCommands,
+    /// A claim that changes hands while leases granted under the old one may live: racks whose
+    /// network and storage fail together or one after the other, hung agents and storage,
+    /// masters that die.
+    ClaimHandover,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 3] = [Profile::All, Profile::StaleCommands, Profile::ClaimHandover];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::All => "all",
+            Profile::StaleCommands => "stale-commands",
+            Profile::ClaimHandover => "claim-handover",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Profile> {
+        Profile::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    fn kinds(self) -> &'static [&'static str] {
+        match self {
+            Profile::All => ALL_KINDS,
+            Profile::StaleCommands => &[
+                "stall-command",
+                "long-delay",
+                "duplicate",
+                "vm-crash",
+                "power-on-fails",
+                "rack",
+                "crash",
+                "crash-master",
+                "crash-master-on-restart",
+            ],
+            Profile::ClaimHandover => &[
+                "rack",
+                "partition",
+                "ds-loss",
+                "ds-hang",
+                "agent-hang",
+                "crash-master",
+            ],
+        }
+    }
+}
+
+/// Valid timings for a seed: the defaults half of the time, otherwise every duration scaled and
+/// jittered independently, redrawn until `Timings::validate` accepts them. The safety argument must
+/// hold for every combination `validate` lets through, not only for the defaults.
+fn timings(r: &mut Rng) -> Timings {
+    if r.chance(0.5) {
+        return Timings::default();
+    }
+    let base = Timings::default();
+    for _ in 0..100 {
+        let scale = *r.pick(&[0.5, 0.75, 1.0, 1.5, 2.0]);
+        let mut jitter = |d: Duration| {
+            let f = scale * (0.6 + r.unit() * 1.4);
+            Duration::from_millis(((d.as_millis() as f64) * f).round().max(1.0) as u64)
+        };
+        let t = Timings {
+            heartbeat_interval: jitter(base.heartbeat_interval),
+            host_unreachable_after: jitter(base.host_unreachable_after),
+            master_lost_after: jitter(base.master_lost_after),
+            election_window: jitter(base.election_window),
+            ds_heartbeat_interval: jitter(base.ds_heartbeat_interval),
+            ds_read_interval: jitter(base.ds_read_interval),
+            ds_lease: jitter(base.ds_lease),
+            net_lease: jitter(base.net_lease),
+            claim_lease: jitter(base.claim_lease),
+            claim_renew_interval: jitter(base.claim_renew_interval),
+            fence_margin: jitter(base.fence_margin),
+            isolation_detect_after: jitter(base.isolation_detect_after),
+            isolation_response_delay: jitter(base.isolation_response_delay),
+            shutdown_timeout: jitter(base.shutdown_timeout),
+            power_on_timeout: jitter(base.power_on_timeout),
+            config_poll_interval: jitter(base.config_poll_interval),
+            datastore_call_deadline: jitter(base.datastore_call_deadline),
+            watchdog_timeout: jitter(base.watchdog_timeout),
+            better_master_handover: jitter(base.better_master_handover),
+            max_clock_drift_ppm: base.max_clock_drift_ppm,
+        };
+        if t.validate().is_ok() {
+            return t;
+        }
+    }
+    base
+}
+
+fn shuffled(r: &mut Rng, hosts: u32) -> Vec<u32> {
+    let mut ids: Vec<u32> = (1..=hosts).collect();
+    for i in (1..ids.len()).rev() {
+        let j = r.below(i as u64 + 1) as usize;
+        ids.swap(i, j);
+    }
+    ids
+}
+
+/// The scenario of one sweep seed.
+pub fn scenario(hosts: u32, seed: u64, profile: Profile) -> Scenario {
+    let mut r = Rng::new(seed ^ 0x5eed_f00d);
+    let ds2: Vec<u32> = (1..=hosts).filter(|_| r.chance(0.7)).collect();
+    let mut datastores = vec![(1..=hosts).collect::<Vec<u32>>()];
+    if ds2.len() >= 2 {
+        datastores.push(ds2.clone());
+    }
+    let mut vms = Vec::new();
+    let mut placement = Vec::new();
+    let mut id = 1;
+    for h in 1..=hosts {
+        for k in 0..2 {
+            let home = if k == 1 && ds2.contains(&h) && datastores.len() > 1 {
+                2
+            } else {
+                1
+            };
+            let response = match r.below(3) {
+                0 => IsolationResponse::PowerOff,
+                1 => IsolationResponse::Shutdown,
+                _ => IsolationResponse::LeaveRunning,
+            };
+            let priority = *r.pick(&[
+                RestartPriority::Low,
+                RestartPriority::Medium,
+                RestartPriority::High,
+            ]);
+            vms.push(VmConfig {
+                id: VmId(id),
+                name: format!("vm{id}"),
+                home: DatastoreId(home),
+                definition: String::new(),
+                reservation: Resources {
+                    cpu_mhz: 500,
+                    memory_mb: 1_024,
+                },
+                ha: VmHaSettings {
+                    priority,
+                    isolation_response: response,
+                    restart_policy: RestartPolicy::Always,
+                },
+                depends_on: vec![],
+                anti_affinity_group: None,
+                protected: true,
+            });
+            placement.push((HostId(h), VmId(id)));
+            id += 1;
+        }
+    }
+    let timings = timings(&mut r);
+    let config = ClusterConfig {
+        cluster: ClusterId(seed),
+        generation: 1,
+        ha: HaSettings {
+            restart_retry_ms: vec![0, 2_000, 5_000, 10_000],
+            same_host_restart_attempts: *r.pick(&[0, 1, 2]),
+            ..HaSettings::default()
+        },
+        hosts: crate::scenario::host_configs(hosts, |_| 32_768),
+        datastores: crate::scenario::datastore_configs(&datastores),
+        vms,
+    };
+    let enabled: Vec<&str> = profile
+        .kinds()
+        .iter()
+        .copied()
+        .filter(|_| r.chance(0.5))
+        .collect();
+    let mut faults = Vec::new();
+    let n = 1 + r.below(6);
+    let host = |r: &mut Rng| HostId(1 + r.below(hosts as u64) as u32);
+    let nds = datastores.len() as u64;
+    for _ in 0..n {
+        if enabled.is_empty() {
+            break;
+        }
+        let mut at = 5_000_000 + r.below(55_000_000);
+        let f = match *r.pick(&enabled) {
+            "crash" => Fault::Crash {
+                host: host(&mut r),
+                reboot: r.chance(0.5),
+            },
+            "partition" => {
+                let split = 1 + r.below(hosts as u64 - 1) as u32;
+                let ids = shuffled(&mut r, hosts);
+                let (a, b) = ids.split_at(split as usize);
+                Fault::Partition {
+                    groups: vec![
+                        a.iter().map(|h| HostId(*h)).collect(),
+                        b.iter().map(|h| HostId(*h)).collect(),
+                    ],
+                }
+            }
+            "isolate" => Fault::Isolate { host: host(&mut r) },
+            "ds-loss" => Fault::DsLoss {
+                host: host(&mut r),
+                ds: DatastoreId(1 + r.below(nds) as u32),
+            },
+            "ds-hang" => Fault::DsHang {
+                host: host(&mut r),
+                ds: DatastoreId(1 + r.below(nds) as u32),
+            },
+            "agent-restart" => Fault::AgentRestart { host: host(&mut r) },
+            "agent-hang" => Fault::AgentHang { host: host(&mut r) },
+            "loss" => Fault::Loss {
+                p: *r.pick(&[0.05, 0.2, 0.5]),
+            },
+            "crash-master" => Fault::CrashMaster {
+                reboot: r.chance(0.5),
+            },
+            "crash-master-on-restart" => Fault::CrashMasterOnRestart,
+            "torn" => Fault::TornWrite {
+                host: host(&mut r),
+                ds: DatastoreId(1 + r.below(nds) as u32),
+            },
+            "vm-crash" => Fault::VmCrash {
+                vm: VmId(1 + r.below(hosts as u64 * 2) as u32),
+            },
+            "duplicate" => Fault::Duplicate { p: 0.2 },
+            "delay" => Fault::Delay {
+                latency_us: 20_000,
+                jitter_us: 200_000,
+            },
+            "ds-dead" => Fault::DsDead {
+                ds: DatastoreId(1 + r.below(nds) as u32),
+            },
+            "unprotect" => {
+                // Protection comes back within 20 s, well inside the heal bound, so the end
+                // checks cover the VM again.
+                let vm = VmId(1 + r.below(hosts as u64 * 2) as u32);
+                let back = at + 1 + r.below(20_000_000);
+                faults.push((
+                    back,
+                    Fault::Protect {
+                        vm,
+                        protected: true,
+                    },
+                ));
+                Fault::Protect {
+                    vm,
+                    protected: false,
+                }
+            }
+            "rack" => {
+                // Host 1 is the usual first master: half the racks hold it.
+                let size = 1 + r.below(hosts as u64 / 2) as u32;
+                let ids = shuffled(&mut r, hosts);
+                let mut rack: Vec<HostId> =
+                    ids[..size as usize].iter().map(|h| HostId(*h)).collect();
+                if r.chance(0.5) && !rack.contains(&HostId(1)) {
+                    rack[0] = HostId(1);
+                }
+                if r.chance(0.5) {
+                    Fault::RackCut { hosts: rack }
+                } else {
+                    // The rack's network goes first; its storage paths fail seconds later (iSCSI
+                    // and NFS sessions time out after the heartbeats), by then the other side has
+                    // its own master watching the claims.
+                    let later = at + 1_000_000 + r.below(9_000_000);
+                    for &h in &rack {
+                        for d in 1..=nds as u32 {
+                            faults.push((
+                                later,
+                                Fault::DsLoss {
+                                    host: h,
+                                    ds: DatastoreId(d),
+                                },
+                            ));
+                        }
+                    }
+                    let rest: Vec<HostId> = (1..=hosts)
+                        .map(HostId)
+                        .filter(|h| !rack.contains(h))
+                        .collect();
+                    Fault::Partition {
+                        groups: vec![rack, rest],
+                    }
+                }
+            }
+            "long-delay" => Fault::DelaySpike {
+                p: *r.pick(&[0.02, 0.1, 0.3]),
+                max_us: *r.pick(&[2_000_000, 8_000_000, 20_000_000]),
+            },
+            "vm-stop" => {
+                // Operators stop VMs at any moment, the cluster's first seconds included.
+                if r.chance(0.4) {
+                    at = r.below(5_000_000);
+                }
+                Fault::VmStop {
+                    vm: VmId(1 + r.below(hosts as u64 * 2) as u32),
+                }
+            }
+            "vm-stop-after-master-change" => Fault::VmStopAfterMasterChange {
+                vm: VmId(1 + r.below(hosts as u64 * 2) as u32),
+            },
+            "stall-command" => Fault::StallNextCommand {
+                hold_us: 2_000_000 + r.below(20_000_000),
+            },
+            "power-on-fails" => {
+                let h = host(&mut r);
+                let back = at + 1 + r.below(30_000_000);
+                faults.push((
+                    back,
+                    Fault::PowerOnFails {
+                        host: h,
+                        fails: false,
+                    },
+                ));
+                Fault::PowerOnFails {
+                    host: h,
+                    fails: true,
+                }
+            }
+            _ => Fault::CutOneWay {
+                from: host(&mut r),
+                to: host(&mut r),
+            },
+        };
+        faults.push((at, f));
+    }
+    faults.push((FAULT_PHASE, Fault::HealAll));
+    let mut drift = std::collections::BTreeMap::new();
+    for h in 1..=hosts {
+        if r.chance(0.3) {
+            drift.insert(HostId(h), r.below(2_001) as i64 - 1_000);
+        }
+    }
+    let params = SimParams {
+        seed,
+        drift_ppm: drift,
+        timings,
+        ..SimParams::default()
+    };
+    Scenario {
+        name: format!("sweep seed {seed}"),
+        models: format!("random fault mix ({})", profile.name()),
+        config,
+        params,
+        placement,
+        faults,
+        expects: Vec::new(),
+        duration: FAULT_PHASE + HEAL_BOUND,
+        all_running_at_end: true,
+    }
+}
+
+/// The one command that replays a sweep seed.
+pub fn replay_command(hosts: u32, seed: u64, profile: Profile, knobs: FaultKnobs) -> String {
+    let mut c = format!("cargo run --release -p fdm-sim -- run --hosts {hosts} --seed {seed}");
+    if profile != Profile::All {
+        c.push_str(" --profile ");
+        c.push_str(profile.name());
+    }
+    for step in knobs.steps() {
+        c.push_str(" --knob ");
+        c.push_str(step.knob());
+    }
+    c
+}
