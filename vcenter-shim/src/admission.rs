@@ -10,16 +10,19 @@ use crate::model::{HostSpec, Inventory, VmSpec};
 use heartbeat_fs::records::AdmissionPolicy;
 use serde::{Deserialize, Serialize};
 
+/// Totals in u128: a sum over up to 2^32 hosts or VMs (their ids are u32) of values up to 2^64 cannot
+/// overflow it, whatever the database holds (rows stored before the shim bounded its inputs are
+/// never re-validated). With validated inputs every figure also fits a u64.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ResourceNumbers {
     /// Capacity of the hosts that may run VMs (not in maintenance).
-    pub capacity: u64,
+    pub capacity: u128,
     /// Part of `capacity` the policy keeps for failover.
-    pub reserved_for_failover: u64,
+    pub reserved_for_failover: u128,
     /// What protected VMs may use: `capacity - reserved_for_failover`.
-    pub available: u64,
+    pub available: u128,
     /// Sum of the reservations of the VMs HA restarts.
-    pub demand: u64,
+    pub demand: u128,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +45,7 @@ fn fits(vm: &VmSpec, h: &HostSpec) -> bool {
     u64::from(vm.cpu_mhz) <= u64::from(h.cpu_mhz) && vm.memory_mb <= h.memory_mb
 }
 
-fn numbers(capacity: u64, reserved: u64, demand: u64) -> ResourceNumbers {
+fn numbers(capacity: u128, reserved: u128, demand: u128) -> ResourceNumbers {
     let reserved = reserved.min(capacity);
     ResourceNumbers {
         capacity,
@@ -52,10 +55,14 @@ fn numbers(capacity: u64, reserved: u64, demand: u64) -> ResourceNumbers {
     }
 }
 
+fn total(values: impl Iterator<Item = u64>) -> u128 {
+    values.map(u128::from).sum()
+}
+
 /// Sum of the `n` largest values.
-fn largest_sum(mut values: Vec<u64>, n: usize) -> u64 {
+fn largest_sum(mut values: Vec<u64>, n: usize) -> u128 {
     values.sort_unstable_by(|a, b| b.cmp(a));
-    values.iter().take(n).sum()
+    total(values.into_iter().take(n))
 }
 
 pub fn evaluate(inv: &Inventory) -> AdmissionReport {
@@ -65,10 +72,10 @@ pub fn evaluate(inv: &Inventory) -> AdmissionReport {
         .values()
         .filter(|v| v.needs_failover_capacity())
         .collect();
-    let cpu_cap: u64 = active.iter().map(|h| u64::from(h.cpu_mhz)).sum();
-    let mem_cap: u64 = active.iter().map(|h| h.memory_mb).sum();
-    let cpu_demand: u64 = protected.iter().map(|v| u64::from(v.cpu_mhz)).sum();
-    let mem_demand: u64 = protected.iter().map(|v| v.memory_mb).sum();
+    let cpu_cap = total(active.iter().map(|h| u64::from(h.cpu_mhz)));
+    let mem_cap = total(active.iter().map(|h| h.memory_mb));
+    let cpu_demand = total(protected.iter().map(|v| u64::from(v.cpu_mhz)));
+    let mem_demand = total(protected.iter().map(|v| v.memory_mb));
     let mut problems = Vec::new();
     let policy = inv.ha.admission.clone();
 
@@ -96,7 +103,8 @@ pub fn evaluate(inv: &Inventory) -> AdmissionReport {
             numbers(mem_cap, 0, mem_demand),
         ),
         AdmissionPolicy::HostFailuresTolerated(n) => {
-            let n = *n as usize;
+            // More failures than usize counts hosts means every host: the check below fails it.
+            let n = usize::try_from(*n).unwrap_or(usize::MAX);
             let cpu = numbers(
                 cpu_cap,
                 largest_sum(active.iter().map(|h| u64::from(h.cpu_mhz)).collect(), n),
@@ -139,8 +147,8 @@ pub fn evaluate(inv: &Inventory) -> AdmissionReport {
             cpu: pc,
             memory: pm,
         } => {
-            let cpu = numbers(cpu_cap, cpu_cap * u64::from(*pc) / 100, cpu_demand);
-            let mem = numbers(mem_cap, mem_cap * u64::from(*pm) / 100, mem_demand);
+            let cpu = numbers(cpu_cap, cpu_cap * u128::from(*pc) / 100, cpu_demand);
+            let mem = numbers(mem_cap, mem_cap * u128::from(*pm) / 100, mem_demand);
             check_totals(&cpu, &mem, &mut problems);
             (
                 format!(
@@ -155,8 +163,8 @@ pub fn evaluate(inv: &Inventory) -> AdmissionReport {
             let failover: Vec<&HostSpec> = active.iter().copied().filter(is_failover).collect();
             let regular: Vec<&HostSpec> =
                 active.iter().copied().filter(|h| !is_failover(h)).collect();
-            let fo_cpu: u64 = failover.iter().map(|h| u64::from(h.cpu_mhz)).sum();
-            let fo_mem: u64 = failover.iter().map(|h| h.memory_mb).sum();
+            let fo_cpu = total(failover.iter().map(|h| u64::from(h.cpu_mhz)));
+            let fo_mem = total(failover.iter().map(|h| h.memory_mb));
             let cpu = numbers(cpu_cap, fo_cpu, cpu_demand);
             let mem = numbers(mem_cap, fo_mem, mem_demand);
             if failover.is_empty() {
@@ -168,13 +176,13 @@ pub fn evaluate(inv: &Inventory) -> AdmissionReport {
                 // cannot have held more than all protected VMs.
                 let worst_cpu = regular
                     .iter()
-                    .map(|h| u64::from(h.cpu_mhz))
+                    .map(|h| u128::from(h.cpu_mhz))
                     .max()
                     .unwrap_or(0)
                     .min(cpu_demand);
                 let worst_mem = regular
                     .iter()
-                    .map(|h| h.memory_mb)
+                    .map(|h| u128::from(h.memory_mb))
                     .max()
                     .unwrap_or(0)
                     .min(mem_demand);
@@ -357,6 +365,58 @@ mod tests {
         let r = evaluate(&i);
         assert!(!r.ok);
         assert_eq!(r.problems.len(), 1);
+    }
+
+    #[test]
+    fn largest_values_sum_exactly() {
+        // The request that used to panic the handler, and beyond: even values the shim now refuses
+        // (a database written before the bounds) are summed without overflow.
+        let big = (u32::MAX, u64::MAX);
+        let mut i = inv(&[big, big, big], &[big, big, big, big]);
+        let four = 4 * u128::from(u64::MAX);
+        for policy in [
+            AdmissionPolicy::Disabled,
+            AdmissionPolicy::HostFailuresTolerated(1),
+            AdmissionPolicy::HostFailuresTolerated(u32::MAX),
+            AdmissionPolicy::PercentReserved {
+                cpu: 100,
+                memory: 100,
+            },
+            AdmissionPolicy::PercentReserved {
+                cpu: u8::MAX,
+                memory: 50,
+            },
+            AdmissionPolicy::DedicatedFailoverHosts,
+        ] {
+            i.ha.admission = policy.clone();
+            i.ha.failover_hosts = vec![HostId(3)];
+            let r = evaluate(&i);
+            assert_eq!(r.memory_mb.capacity, 3 * u128::from(u64::MAX), "{policy:?}");
+            assert_eq!(r.memory_mb.demand, four, "{policy:?}");
+            assert_eq!(r.cpu_mhz.demand, 4 * u128::from(u32::MAX), "{policy:?}");
+            for n in [&r.cpu_mhz, &r.memory_mb] {
+                assert_eq!(
+                    n.available + n.reserved_for_failover,
+                    n.capacity,
+                    "{policy:?}"
+                );
+            }
+            // Four VMs never fit three hosts' worth, whatever the policy holds back.
+            assert_eq!(
+                r.ok,
+                policy == AdmissionPolicy::Disabled,
+                "{policy:?}: {r:?}"
+            );
+        }
+        i.ha.admission = AdmissionPolicy::PercentReserved {
+            cpu: 50,
+            memory: 50,
+        };
+        let r = evaluate(&i);
+        assert_eq!(
+            r.memory_mb.reserved_for_failover,
+            3 * u128::from(u64::MAX) / 2
+        );
     }
 
     #[test]

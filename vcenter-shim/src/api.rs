@@ -12,7 +12,7 @@ use crate::validate;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -137,23 +137,30 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Reads may carry the token in the query, for the status page link (`/?token=...`). Writes must
+/// carry it in the `Authorization` header: a URL with a token ends up in browser history, proxy
+/// logs and shell history, and a link must never be able to change the cluster.
 async fn auth(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.strip_prefix("Bearer "));
-    // The status page cannot set headers on an EventSource-less fetch loop without JS help; it may
-    // pass the token in the query instead.
     let from_query = query_param(req.uri().query(), "token");
+    let is_read = matches!(*req.method(), Method::GET | Method::HEAD);
     let allowed = bearer.is_some_and(|t| same_token(t.trim(), &api.token))
-        || from_query.is_some_and(|t| same_token(t, &api.token));
+        || (is_read && from_query.is_some_and(|t| same_token(t, &api.token)));
     if allowed {
         return next.run(req).await;
     }
+    let message = if !is_read && bearer.is_none() && from_query.is_some() {
+        "writes need the token in an Authorization: Bearer header; ?token= is accepted on reads only"
+    } else {
+        "missing or wrong bearer token"
+    };
     let mut resp = json_response(
         StatusCode::UNAUTHORIZED,
-        &json!({"error": {"code": "unauthorized", "message": "missing or wrong bearer token"}}),
+        &json!({"error": {"code": "unauthorized", "message": message}}),
     );
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -197,7 +204,9 @@ fn backticked(msg: &str) -> Option<&str> {
     Some(&msg[start..start + len])
 }
 
-fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, ShimError> {
+/// A request body (or a stored object merged with one) as `T`; an error names the field that does
+/// not fit its type, e.g. a negative or too large number.
+pub fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, ShimError> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -214,8 +223,15 @@ fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, ShimError> {
 }
 
 fn parse_id(raw: &str) -> Result<u32, ShimError> {
-    raw.parse::<u32>()
-        .map_err(|_| ShimError::invalid("id", format!("{raw:?} is not a number")))
+    raw.parse::<u32>().map_err(|_| {
+        ShimError::invalid(
+            "id",
+            format!(
+                "{raw:?} is not an id (a whole number from 0 to {})",
+                u32::MAX
+            ),
+        )
+    })
 }
 
 /// Overlay `patch` on the stored object's JSON form; `id` may be repeated but not changed.
@@ -262,30 +278,34 @@ async fn get_ha(State(api): State<Arc<Api>>) -> ApiResult {
     ok(&ha_view(&api.shim.inventory())?)
 }
 
+/// Merge a `PUT /v1/config/ha` body into `inv` and check the result; on error `inv` may be half
+/// changed, which is fine because the write path only keeps a copy that passed.
+pub fn apply_ha_patch(inv: &mut Inventory, mut patch: Map<String, Value>) -> Result<(), ShimError> {
+    if let Some(mode) = patch.remove("admission_mode") {
+        inv.admission_mode = from_value::<AdmissionMode>(mode).map_err(|e| {
+            ShimError::invalid("admission_mode", format!("{e}; expected refuse or warn"))
+        })?;
+    }
+    let Value::Object(mut merged) = ha_view(inv)? else {
+        return Err(ShimError::invalid("body", "expected a JSON object"));
+    };
+    merged.remove("admission_mode");
+    let allowed: Vec<String> = merged.keys().cloned().collect();
+    let mut allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+    allowed.push("admission_mode");
+    check_keys(&patch, &allowed)?;
+    merged.extend(patch);
+    let ha: HaSettings = from_value(Value::Object(merged))?;
+    validate::validate_ha(&ha, inv)?;
+    inv.ha = ha;
+    Ok(())
+}
+
 async fn put_ha(State(api): State<Arc<Api>>, body: Bytes) -> ApiResult {
-    let mut patch = parse_object(&body)?;
+    let patch = parse_object(&body)?;
     let out = api
         .shim
-        .write(AdmissionGate::WarnOnly, |inv| {
-            if let Some(mode) = patch.remove("admission_mode") {
-                inv.admission_mode = from_value::<AdmissionMode>(mode).map_err(|e| {
-                    ShimError::invalid("admission_mode", format!("{e}; expected refuse or warn"))
-                })?;
-            }
-            let Value::Object(mut merged) = ha_view(inv)? else {
-                return Err(ShimError::invalid("body", "expected a JSON object"));
-            };
-            merged.remove("admission_mode");
-            let allowed: Vec<String> = merged.keys().cloned().collect();
-            let mut allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
-            allowed.push("admission_mode");
-            check_keys(&patch, &allowed)?;
-            merged.extend(patch);
-            let ha: HaSettings = from_value(Value::Object(merged))?;
-            validate::validate_ha(&ha, inv)?;
-            inv.ha = ha;
-            Ok(())
-        })
+        .write(AdmissionGate::WarnOnly, |inv| apply_ha_patch(inv, patch))
         .await?;
     let view = ha_view(&api.shim.inventory())?;
     written(StatusCode::OK, "ha", Some(&view), out)
@@ -299,21 +319,41 @@ async fn get_admission(State(api): State<Arc<Api>>) -> ApiResult {
     ok(&api.shim.admission())
 }
 
-async fn get_events(State(api): State<Arc<Api>>, req: Request) -> ApiResult {
-    let query = req.uri().query();
+/// `since` and `limit` of `GET /v1/events`: an event id (0 for "from the start") and a page size
+/// of 1 to 1000.
+pub fn parse_event_query(query: Option<&str>) -> Result<(i64, u32), ShimError> {
     let since = match query_param(query, "since") {
         None | Some("") => 0,
-        Some(s) => s
-            .parse::<i64>()
-            .map_err(|_| ShimError::invalid("since", format!("{s:?} is not an event id")))?,
+        Some(s) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ShimError::invalid(
+                "since",
+                format!(
+                    "{s:?} is not an event id (a whole number from 0 to {})",
+                    i64::MAX
+                ),
+            )
+        })?,
     };
     let limit = match query_param(query, "limit") {
         None | Some("") => MAX_EVENTS_PAGE,
         Some(s) => s
             .parse::<u32>()
-            .map_err(|_| ShimError::invalid("limit", format!("{s:?} is not a number")))?
-            .min(MAX_EVENTS_PAGE),
+            .ok()
+            .filter(|n| (1..=MAX_EVENTS_PAGE).contains(n))
+            .ok_or_else(|| {
+                ShimError::invalid(
+                    "limit",
+                    format!(
+                        "{s:?} is not a page size (a whole number from 1 to {MAX_EVENTS_PAGE})"
+                    ),
+                )
+            })?,
     };
+    Ok((since, limit))
+}
+
+async fn get_events(State(api): State<Arc<Api>>, req: Request) -> ApiResult {
+    let (since, limit) = parse_event_query(req.uri().query())?;
     ok(&api.shim.events_since(since, limit)?)
 }
 

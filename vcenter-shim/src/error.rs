@@ -21,6 +21,11 @@ pub enum ShimError {
         message: String,
         report: Box<AdmissionReport>,
     },
+    /// The config generation cannot grow: agents only apply a generation above the one they hold.
+    #[error(
+        "config generation {0} is the largest there is; agents would ignore any newer configuration"
+    )]
+    GenerationExhausted(u64),
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
     /// A row in the database does not decode: written by another version or edited by hand.
@@ -54,7 +59,7 @@ impl ShimError {
             Self::Invalid { .. } => 400,
             Self::NotFound { .. } => 404,
             Self::Conflict { .. } | Self::Admission { .. } => 409,
-            Self::Db(_) | Self::Corrupt { .. } => 500,
+            Self::Db(_) | Self::Corrupt { .. } | Self::GenerationExhausted(_) => 500,
         }
     }
 
@@ -74,7 +79,9 @@ impl ShimError {
                 Some((**report).clone()),
             ),
             Self::Db(e) => ("internal", None, format!("database: {e}"), None),
-            Self::Corrupt { .. } => ("internal", None, self.to_string(), None),
+            Self::Corrupt { .. } | Self::GenerationExhausted(_) => {
+                ("internal", None, self.to_string(), None)
+            }
         };
         ErrorBody {
             error: ErrorDetail {

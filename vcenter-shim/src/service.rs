@@ -153,7 +153,9 @@ impl Shim {
                 datastores = on_disk,
                 "datastores hold a newer config generation than the database; continuing above it"
             );
-            next.generation = on_disk + 1;
+            next.generation = on_disk
+                .checked_add(1)
+                .ok_or(ShimError::GenerationExhausted(on_disk))?;
             self.persist(next.clone()).await?;
         }
         if next.generation > 0 && !next.datastores.is_empty() {
@@ -210,7 +212,10 @@ impl Shim {
                 )),
             }
         }
-        next.generation += 1;
+        next.generation = next
+            .generation
+            .checked_add(1)
+            .ok_or(ShimError::GenerationExhausted(next.generation))?;
         let generation = next.generation;
         let cfg = Arc::new(next.to_cluster_config());
         self.persist(next).await?;

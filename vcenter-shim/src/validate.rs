@@ -6,37 +6,53 @@
 
 use crate::error::ShimError;
 use crate::model::{DatastoreSpec, HostSpec, Inventory, VmSpec};
+use fdm_agent::core::Timings;
+use fdm_agent::core::config::{MAX_TIMING, TimingsError};
 use heartbeat_fs::records::{AdmissionPolicy, HaSettings};
 use heartbeat_fs::{DatastoreId, HostId, VmId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-/// Timing names the agent accepts in `timings_ms` (its `Timings` fields). The agent refuses a config
-/// with an unknown name, so the shim refuses it first, where the operator sees the error.
-pub const TIMING_NAMES: &[&str] = &[
-    "heartbeat_interval",
-    "host_unreachable_after",
-    "master_lost_after",
-    "election_window",
-    "ds_heartbeat_interval",
-    "ds_read_interval",
-    "ds_lease",
-    "net_lease",
-    "claim_lease",
-    "claim_renew_interval",
-    "fence_margin",
-    "max_clock_drift_ppm",
-    "isolation_detect_after",
-    "isolation_response_delay",
-    "shutdown_timeout",
-    "power_on_timeout",
-    "config_poll_interval",
-    "datastore_call_deadline",
-    "watchdog_timeout",
-];
+// Every number a request carries has a range, so that no sum, product or deadline built from
+// accepted values can overflow, here or in an agent. CPU needs none beyond its type: a u32 of MHz,
+// summed in u128 by admission control.
+
+/// Largest host capacity or VM reservation of memory: 1 PiB in MB (MiB, as everywhere in fdm). Far
+/// beyond any machine; a u64 would let a typo claim a capacity no sum could hold.
+pub const MAX_MEMORY_MB: u64 = 1 << 30;
+/// Longest restart retry delay or orchestrated wait: the agent's bound on any timing (a day), which
+/// keeps every deadline the agent computes from them far from overflow.
+pub const MAX_WAIT_MS: u64 = MAX_TIMING.as_secs() * 1_000;
+/// Most restart retries, and most restarts of a VM on its own host before another host is tried.
+pub const MAX_RETRIES: u32 = 100;
+/// Most power-ons one host runs at once: beyond this a failover is a boot storm, not a plan.
+pub const MAX_CONCURRENT_POWER_ONS: u32 = 1_000;
+/// Most host failures admission control can be asked to tolerate: more than any cluster loses and
+/// still has room for its VMs (a value at or above the host count fails admission anyway).
+pub const MAX_HOST_FAILURES_TOLERATED: u32 = 1_000;
 
 const MAX_NAME: usize = 200;
-const MAX_RETRIES: usize = 100;
+
+/// `value` (in `unit`) must not exceed `max`; `what` says what the limit is in words.
+fn at_most(
+    field: impl Into<String>,
+    value: u64,
+    max: u64,
+    unit: &str,
+    what: &str,
+) -> Result<(), ShimError> {
+    if value > max {
+        return Err(ShimError::invalid(
+            field,
+            format!("{value}{unit} is more than the largest allowed, {max}{unit} ({what})"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_memory(memory_mb: u64) -> Result<(), ShimError> {
+    at_most("memory_mb", memory_mb, MAX_MEMORY_MB, " MB", "1 PiB")
+}
 
 fn check_name(field: &str, name: &str) -> Result<(), ShimError> {
     if name.trim().is_empty() {
@@ -78,7 +94,7 @@ pub fn validate_host(h: &HostSpec, inv: &Inventory) -> Result<(), ShimError> {
             format!("{:?} is not an ip:port socket address", h.address),
         ));
     }
-    Ok(())
+    check_memory(h.memory_mb)
 }
 
 pub fn validate_datastore(d: &DatastoreSpec, inv: &Inventory) -> Result<(), ShimError> {
@@ -125,6 +141,7 @@ pub fn validate_vm(v: &VmSpec, inv: &Inventory) -> Result<(), ShimError> {
         return Err(ShimError::invalid("id", "vm id must be at least 1"));
     }
     check_name("name", &v.name)?;
+    check_memory(v.memory_mb)?;
     let Some(home) = inv.datastores.get(&v.home) else {
         return Err(ShimError::invalid(
             "home",
@@ -199,22 +216,47 @@ fn find_cycle_through(start: VmId, graph: &BTreeMap<VmId, &[VmId]>) -> Option<Ve
     None
 }
 
-pub fn validate_ha(ha: &HaSettings, inv: &Inventory) -> Result<(), ShimError> {
-    for (name, value) in &ha.timings_ms {
-        let field = format!("timings_ms.{name}");
-        if !TIMING_NAMES.contains(&name.as_str()) {
-            return Err(ShimError::invalid(
-                field,
-                format!(
-                    "unknown timing; expected one of {}",
-                    TIMING_NAMES.join(", ")
-                ),
-            ));
+/// The cluster's timing overrides, checked by the agent core's own rules on top of the default
+/// timings, so that the shim refuses what every agent with default local timings would refuse.
+/// The field named is one the request set when a problem names one (the operator's own value is
+/// the likeliest to fix), else the first the core names.
+fn check_timings(overrides: &BTreeMap<String, u64>) -> Result<(), ShimError> {
+    let Err(problems) = Timings::default().checked_overrides(overrides) else {
+        return Ok(());
+    };
+    let first = problems
+        .iter()
+        .position(|p| overrides.contains_key(p.field()))
+        .unwrap_or(0);
+    let mut message = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i == first {
+            continue;
         }
-        if *value == 0 {
-            return Err(ShimError::invalid(field, "must be greater than 0"));
-        }
+        message.push_str(&format!("; also timings_ms.{}: {}", p.field(), reason(p)));
     }
+    let Some(p) = problems.get(first) else {
+        return Ok(());
+    };
+    Err(ShimError::invalid(
+        format!("timings_ms.{}", p.field()),
+        format!("{}{message}", reason(p)),
+    ))
+}
+
+/// The core's reason without its own "timing `x`:" prefix: the shim names the field itself.
+fn reason(p: &TimingsError) -> String {
+    match p {
+        TimingsError::Unknown(_) => format!(
+            "unknown timing; expected one of {}",
+            Timings::NAMES.join(", ")
+        ),
+        TimingsError::Invalid { reason, .. } => reason.clone(),
+    }
+}
+
+pub fn validate_ha(ha: &HaSettings, inv: &Inventory) -> Result<(), ShimError> {
+    check_timings(&ha.timings_ms)?;
     for (i, addr) in ha.isolation_addresses.iter().enumerate() {
         // IP literals only: resolving a name needs DNS, which an isolated host may not have.
         if addr.parse::<IpAddr>().is_err() {
@@ -224,11 +266,33 @@ pub fn validate_ha(ha: &HaSettings, inv: &Inventory) -> Result<(), ShimError> {
             ));
         }
     }
-    if ha.restart_retry_ms.len() > MAX_RETRIES {
+    if ha.restart_retry_ms.len() > MAX_RETRIES as usize {
         return Err(ShimError::invalid(
             "restart_retry_ms",
-            format!("at most {MAX_RETRIES} retries"),
+            format!(
+                "{} retries; at most {MAX_RETRIES}",
+                ha.restart_retry_ms.len()
+            ),
         ));
+    }
+    for (i, &delay) in ha.restart_retry_ms.iter().enumerate() {
+        at_most(
+            format!("restart_retry_ms[{i}]"),
+            delay,
+            MAX_WAIT_MS,
+            " ms",
+            "a day",
+        )?;
+    }
+    at_most(
+        "same_host_restart_attempts",
+        u64::from(ha.same_host_restart_attempts),
+        u64::from(MAX_RETRIES),
+        "",
+        "restarts on the VM's own host",
+    )?;
+    if let Some(wait) = ha.orchestrated_wait_ms {
+        at_most("orchestrated_wait_ms", wait, MAX_WAIT_MS, " ms", "a day")?;
     }
     if ha.max_concurrent_power_ons_per_host == 0 {
         return Err(ShimError::invalid(
@@ -236,6 +300,13 @@ pub fn validate_ha(ha: &HaSettings, inv: &Inventory) -> Result<(), ShimError> {
             "must be at least 1",
         ));
     }
+    at_most(
+        "max_concurrent_power_ons_per_host",
+        u64::from(ha.max_concurrent_power_ons_per_host),
+        u64::from(MAX_CONCURRENT_POWER_ONS),
+        "",
+        "power-ons at once on one host",
+    )?;
     let mut seen = BTreeSet::new();
     for (i, h) in ha.failover_hosts.iter().enumerate() {
         let field = format!("failover_hosts[{i}]");
@@ -255,6 +326,13 @@ pub fn validate_ha(ha: &HaSettings, inv: &Inventory) -> Result<(), ShimError> {
                     "must tolerate at least 1 host failure (use Disabled to turn it off)",
                 ));
             }
+            at_most(
+                "admission.HostFailuresTolerated",
+                u64::from(*n),
+                u64::from(MAX_HOST_FAILURES_TOLERATED),
+                "",
+                "host failures",
+            )?;
         }
         AdmissionPolicy::PercentReserved { cpu, memory } => {
             if *cpu > 100 {
@@ -586,6 +664,158 @@ mod tests {
         assert_eq!(
             field(validate_ha(&ha, &inv).unwrap_err()),
             (400, "failover_hosts".into())
+        );
+    }
+
+    fn timings_error(overrides: &[(&str, u64)]) -> Option<(String, String)> {
+        let mut ha = HaSettings::default();
+        for (name, value) in overrides {
+            ha.timings_ms.insert((*name).to_string(), *value);
+        }
+        validate_ha(&ha, &inv()).err().map(|e| {
+            let body = e.body();
+            (body.error.field.unwrap_or_default(), body.error.message)
+        })
+    }
+
+    #[test]
+    fn timings_follow_the_agent_rules() {
+        // Far beyond a day: the shim must refuse it before any agent sees it.
+        let (field, message) = timings_error(&[("ds_lease", i64::MAX as u64)]).unwrap();
+        assert_eq!(field, "timings_ms.ds_lease");
+        assert!(message.contains("a day"), "{message}");
+        // The shim names the field itself; the core's "timing `x`:" prefix is not repeated.
+        assert!(!message.contains('`'), "{message}");
+        // The name the old hand-copied list lacked.
+        assert_eq!(timings_error(&[("better_master_handover", 8_000)]), None);
+        let (field, message) = timings_error(&[("heartbeat_intervl", 100)]).unwrap();
+        assert_eq!(field, "timings_ms.heartbeat_intervl");
+        assert!(
+            message.starts_with("unknown timing") && message.contains("better_master_handover"),
+            "{message}"
+        );
+        // A relation between timings, not just a size.
+        let (field, message) = timings_error(&[("watchdog_timeout", 2_000)]).unwrap();
+        assert_eq!(field, "timings_ms.watchdog_timeout");
+        assert!(message.contains("fence_margin"), "{message}");
+        // A value that breaks several rules names the field the request set, and lists the rest.
+        let (field, message) = timings_error(&[("ds_lease", 100)]).unwrap();
+        assert_eq!(field, "timings_ms.ds_lease");
+        assert!(
+            message.contains("also timings_ms.datastore_call_deadline"),
+            "{message}"
+        );
+        // Every name the agent knows is accepted at a value the agent accepts, and the shim refuses
+        // exactly what the agent refuses.
+        for name in Timings::NAMES {
+            for value in [
+                0,
+                1,
+                10,
+                500,
+                1_000,
+                3_000,
+                86_400_000,
+                86_400_001,
+                u64::MAX,
+            ] {
+                let overrides = BTreeMap::from([(name.to_string(), value)]);
+                let agent = Timings::default().with_overrides(&overrides);
+                let shim = timings_error(&[(name, value)]);
+                assert_eq!(agent.is_ok(), shim.is_none(), "{name} = {value}: {shim:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_have_ranges() {
+        let inv = inv();
+        let mut h = host(3);
+        h.cpu_mhz = u32::MAX;
+        h.memory_mb = MAX_MEMORY_MB;
+        assert!(validate_host(&h, &inv).is_ok());
+        h.memory_mb = MAX_MEMORY_MB + 1;
+        assert_eq!(
+            field(validate_host(&h, &inv).unwrap_err()),
+            (400, "memory_mb".into())
+        );
+        h.memory_mb = u64::MAX;
+        let err = validate_host(&h, &inv).unwrap_err();
+        assert!(err.to_string().contains("1 PiB"), "{err}");
+        let mut v = vm(1, &[]);
+        v.memory_mb = MAX_MEMORY_MB;
+        v.cpu_mhz = u32::MAX;
+        assert!(validate_vm(&v, &inv).is_ok());
+        v.memory_mb = MAX_MEMORY_MB + 1;
+        assert_eq!(
+            field(validate_vm(&v, &inv).unwrap_err()),
+            (400, "memory_mb".into())
+        );
+
+        let check = |change: &dyn Fn(&mut HaSettings)| {
+            let mut ha = HaSettings::default();
+            change(&mut ha);
+            validate_ha(&ha, &inv).err().map(field)
+        };
+        let refused = |name: &str| Some((400, name.to_string()));
+        assert_eq!(
+            check(&|ha| ha.restart_retry_ms = vec![0, MAX_WAIT_MS]),
+            None
+        );
+        assert_eq!(
+            check(&|ha| ha.restart_retry_ms = vec![0, MAX_WAIT_MS + 1]),
+            refused("restart_retry_ms[1]")
+        );
+        assert_eq!(
+            check(&|ha| ha.restart_retry_ms = vec![0; MAX_RETRIES as usize + 1]),
+            refused("restart_retry_ms")
+        );
+        assert_eq!(
+            check(&|ha| ha.same_host_restart_attempts = MAX_RETRIES),
+            None
+        );
+        assert_eq!(
+            check(&|ha| ha.same_host_restart_attempts = u32::MAX),
+            refused("same_host_restart_attempts")
+        );
+        assert_eq!(
+            check(&|ha| ha.orchestrated_wait_ms = Some(MAX_WAIT_MS)),
+            None
+        );
+        assert_eq!(
+            check(&|ha| ha.orchestrated_wait_ms = Some(u64::MAX)),
+            refused("orchestrated_wait_ms")
+        );
+        assert_eq!(
+            check(&|ha| ha.max_concurrent_power_ons_per_host = MAX_CONCURRENT_POWER_ONS),
+            None
+        );
+        assert_eq!(
+            check(&|ha| ha.max_concurrent_power_ons_per_host = MAX_CONCURRENT_POWER_ONS + 1),
+            refused("max_concurrent_power_ons_per_host")
+        );
+        assert_eq!(
+            check(&|ha| ha.admission =
+                AdmissionPolicy::HostFailuresTolerated(MAX_HOST_FAILURES_TOLERATED)),
+            None
+        );
+        assert_eq!(
+            check(&|ha| ha.admission = AdmissionPolicy::HostFailuresTolerated(u32::MAX)),
+            refused("admission.HostFailuresTolerated")
+        );
+        assert_eq!(
+            check(&|ha| ha.admission = AdmissionPolicy::PercentReserved {
+                cpu: 100,
+                memory: 100
+            }),
+            None
+        );
+        assert_eq!(
+            check(&|ha| ha.admission = AdmissionPolicy::PercentReserved {
+                cpu: u8::MAX,
+                memory: 0
+            }),
+            refused("admission.PercentReserved.cpu")
         );
     }
 

@@ -884,3 +884,302 @@ fn admission_control_verdicts() {
     assert_eq!(cfg.ha.failover_hosts, vec![HostId(3)]);
     assert_eq!(format!("{:?}", cfg.ha.admission), "DedicatedFailoverHosts");
 }
+
+#[test]
+fn timings_are_checked_with_the_agents_rules() {
+    let s = Server::start();
+    s.basic_inventory();
+    let (_, before) = s.call("GET", "/v1/state", None);
+    // Far beyond anything an agent accepts (it would refuse it; the shim refuses it first).
+    let (code, v) = s.call(
+        "PUT",
+        "/v1/config/ha",
+        Some(json!({"timings_ms": {"ds_lease": 9_223_372_036_854_775_807_u64}})),
+    );
+    assert_eq!((code, field(&v)), (400, "timings_ms.ds_lease"), "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("a day"), "{message}");
+    // Nothing was stored or published.
+    let (_, after) = s.call("GET", "/v1/state", None);
+    assert_eq!(after["config_generation"], before["config_generation"]);
+    assert!(read_config(&s.ds1()).unwrap().ha.timings_ms.is_empty());
+
+    // The timing the shim's old list lacked is accepted and reaches the datastores.
+    let (code, v) = s.call(
+        "PUT",
+        "/v1/config/ha",
+        Some(json!({"timings_ms": {"better_master_handover": 8000}})),
+    );
+    assert_eq!(code, 200, "{v}");
+    wait_until("better_master_handover on ds1", || {
+        let cfg = read_config(&s.ds1())?;
+        (cfg.ha.timings_ms.get("better_master_handover") == Some(&8000)).then_some(())
+    });
+
+    // An unknown name is refused, naming the known ones.
+    let (code, v) = s.call(
+        "PUT",
+        "/v1/config/ha",
+        Some(json!({"timings_ms": {"heartbeat_intervl": 100}})),
+    );
+    assert_eq!(
+        (code, field(&v)),
+        (400, "timings_ms.heartbeat_intervl"),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("unknown timing") && message.contains("better_master_handover"),
+        "{message}"
+    );
+
+    // A relation between timings (the watchdog must reset a hung agent before its leases expire),
+    // through fdmctl.
+    let (ok, _, err) = s.ctl(&[
+        "config",
+        "set",
+        "timings_ms",
+        r#"{"watchdog_timeout": 5000}"#,
+    ]);
+    assert!(
+        !ok && err.contains("400") && err.contains("field `timings_ms.watchdog_timeout`"),
+        "{err}"
+    );
+    assert!(err.contains("fence_margin"), "{err}");
+    let cfg = read_config(&s.ds1()).unwrap();
+    assert_eq!(cfg.ha.timings_ms.len(), 1, "{:?}", cfg.ha.timings_ms);
+}
+
+#[test]
+fn out_of_range_numbers_are_refused_and_never_crash_the_shim() {
+    let s = Server::start();
+    s.basic_inventory();
+    let host = |extra: Value| {
+        let mut body = json!({"id": 3, "name": "esx3", "address": "10.0.0.3:7400"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let vm = |extra: Value| {
+        let mut body = json!({"id": 1, "name": "vm1", "home": 1});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let cases: Vec<(&str, &str, Value, &str)> = vec![
+        // The request that used to panic the handler in admission control.
+        (
+            "POST",
+            "/v1/hosts",
+            host(
+                json!({"cpu_mhz": 4_294_967_295_u32, "memory_mb": 18_446_744_073_709_551_615_u64}),
+            ),
+            "memory_mb",
+        ),
+        (
+            "POST",
+            "/v1/hosts",
+            host(json!({"memory_mb": 1_073_741_825})),
+            "memory_mb",
+        ),
+        (
+            "POST",
+            "/v1/hosts",
+            host(json!({"cpu_mhz": 4_294_967_296_u64})),
+            "cpu_mhz",
+        ),
+        ("POST", "/v1/hosts", host(json!({"cpu_mhz": -1})), "cpu_mhz"),
+        (
+            "POST",
+            "/v1/hosts",
+            host(json!({"id": 4_294_967_296_u64})),
+            "id",
+        ),
+        (
+            "PUT",
+            "/v1/hosts/1",
+            json!({"memory_mb": u64::MAX}),
+            "memory_mb",
+        ),
+        (
+            "POST",
+            "/v1/vms",
+            vm(json!({"memory_mb": u64::MAX})),
+            "memory_mb",
+        ),
+        (
+            "POST",
+            "/v1/vms",
+            vm(json!({"cpu_mhz": i64::MIN})),
+            "cpu_mhz",
+        ),
+        (
+            "POST",
+            "/v1/datastores",
+            json!({"id": -1, "name": "neg"}),
+            "id",
+        ),
+        (
+            "PUT",
+            "/v1/config/ha",
+            json!({"restart_retry_ms": [0, u64::MAX]}),
+            "restart_retry_ms[1]",
+        ),
+        (
+            "PUT",
+            "/v1/config/ha",
+            json!({"same_host_restart_attempts": u32::MAX}),
+            "same_host_restart_attempts",
+        ),
+        (
+            "PUT",
+            "/v1/config/ha",
+            json!({"orchestrated_wait_ms": u64::MAX}),
+            "orchestrated_wait_ms",
+        ),
+        (
+            "PUT",
+            "/v1/config/ha",
+            json!({"max_concurrent_power_ons_per_host": 1001}),
+            "max_concurrent_power_ons_per_host",
+        ),
+        (
+            "PUT",
+            "/v1/config/ha",
+            json!({"admission": {"HostFailuresTolerated": u32::MAX}}),
+            "admission.HostFailuresTolerated",
+        ),
+        (
+            "PUT",
+            "/v1/config/ha",
+            json!({"admission": {"PercentReserved": {"cpu": 255, "memory": 0}}}),
+            "admission.PercentReserved.cpu",
+        ),
+        ("GET", "/v1/events?since=-1", Value::Null, "since"),
+        (
+            "GET",
+            "/v1/events?since=9223372036854775808",
+            Value::Null,
+            "since",
+        ),
+        ("GET", "/v1/events?limit=0", Value::Null, "limit"),
+        ("GET", "/v1/events?limit=1001", Value::Null, "limit"),
+        ("GET", "/v1/hosts/4294967296", Value::Null, "id"),
+    ];
+    for (method, path, body, want) in cases {
+        let body = (!body.is_null()).then_some(body.clone());
+        let (code, v) = s.call(method, path, body.clone());
+        assert_eq!(
+            (code, field(&v)),
+            (400, want),
+            "{method} {path} {body:?}: {v}"
+        );
+    }
+    let (_, st) = s.call("GET", "/v1/state", None);
+    assert_eq!(st["hosts"].as_array().unwrap().len(), 2, "{st}");
+
+    // The largest accepted values, and admission control's sums of them, exact.
+    for id in [3_u32, 4] {
+        let body = json!({"id": id, "name": format!("big{id}"), "address": "10.0.0.9:1",
+                          "cpu_mhz": u32::MAX, "memory_mb": 1_u64 << 30});
+        let (code, v) = s.call("POST", "/v1/hosts", Some(body));
+        assert_eq!(code, 201, "{v}");
+    }
+    for id in 1..=3 {
+        let body = json!({"id": id, "name": format!("vm{id}"), "home": 1,
+                          "cpu_mhz": u32::MAX, "memory_mb": 1_u64 << 30});
+        let (code, v) = s.call("POST", "/v1/vms", Some(body));
+        assert_eq!(code, 201, "{v}");
+    }
+    let max_cpu = u64::from(u32::MAX);
+    let (_, a) = s.call("GET", "/v1/admission", None);
+    assert_eq!(a["cpu_mhz"]["capacity"], 2 * 10_000 + 2 * max_cpu, "{a}");
+    assert_eq!(a["cpu_mhz"]["demand"], 3 * max_cpu, "{a}");
+    assert_eq!(
+        a["memory_mb"]["capacity"],
+        2 * 65_536 + 2 * (1_u64 << 30),
+        "{a}"
+    );
+    // HA settings are never refused for admission: accepted with a warning, verdict exact.
+    let (code, v) = s.call(
+        "PUT",
+        "/v1/config/ha",
+        Some(json!({"admission": {"PercentReserved": {"cpu": 100, "memory": 100}}})),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("admission control"),
+        "{v}"
+    );
+    let (_, a) = s.call("GET", "/v1/admission", None);
+    assert_eq!(a["ok"], false, "{a}");
+    assert_eq!(a["cpu_mhz"]["available"], 0, "{a}");
+    assert_eq!(
+        a["memory_mb"]["reserved_for_failover"],
+        2 * 65_536 + 2 * (1_u64 << 30),
+        "{a}"
+    );
+}
+
+#[test]
+fn writes_need_the_token_in_the_header() {
+    let s = Server::start();
+    let esx1 = json!({"id": 1, "name": "esx1", "address": "10.0.0.1:7400"});
+    assert_eq!(s.call("POST", "/v1/hosts", Some(esx1)).0, 201);
+    let q = format!("token={TOKEN}");
+    let writes: Vec<(&str, &str, Option<Value>)> = vec![
+        (
+            "POST",
+            "/v1/hosts",
+            Some(json!({"id": 2, "name": "esx2", "address": "10.0.0.2:7400"})),
+        ),
+        ("PUT", "/v1/hosts/1", Some(json!({"name": "renamed"}))),
+        (
+            "POST",
+            "/v1/hosts/1/maintenance",
+            Some(json!({"action": "enter"})),
+        ),
+        ("PUT", "/v1/config/ha", Some(json!({"paused": true}))),
+        ("DELETE", "/v1/hosts/1", None),
+    ];
+    for (method, path, body) in writes {
+        let (code, v) = s.request(method, &format!("{path}?{q}"), body, None);
+        assert_eq!(code, 401, "{method} {path}?token=: {v}");
+        assert_eq!(v["error"]["code"], "unauthorized");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("Authorization"), "{message}");
+    }
+    let resp = ureq::delete(&format!("{}/v1/hosts/1?{q}", s.url)).call();
+    let Err(ureq::Error::Status(401, r)) = resp else {
+        panic!("DELETE with the token in the query: {resp:?}");
+    };
+    assert_eq!(r.header("WWW-Authenticate"), Some("Bearer"));
+    // None of them changed anything.
+    let (_, hosts) = s.call("GET", "/v1/hosts", None);
+    assert_eq!(hosts.as_array().unwrap().len(), 1, "{hosts}");
+    assert_eq!(hosts[0]["name"], "esx1");
+    assert_eq!(hosts[0]["maintenance"], false);
+    let (_, ha) = s.call("GET", "/v1/config/ha", None);
+    assert_eq!(ha["paused"], false);
+
+    // Reads still take the token from the query, for the status page link.
+    for path in ["/v1/state", "/v1/hosts", "/v1/config/ha", "/v1/events"] {
+        let (code, v) = s.request("GET", &format!("{path}?{q}"), None, None);
+        assert_eq!(code, 200, "GET {path}?token=: {v}");
+    }
+    let head = ureq::head(&format!("{}/v1/state?{q}", s.url)).call();
+    assert_eq!(head.map(|r| r.status()).ok(), Some(200));
+    // With the header, a write works whatever the query says.
+    let (code, v) = s.request(
+        "PUT",
+        "/v1/hosts/1?token=wrong",
+        Some(json!({"name": "renamed"})),
+        Some(TOKEN),
+    );
+    assert_eq!(code, 200, "{v}");
+}
