@@ -8,7 +8,7 @@
 
 use crate::ids::{ClusterId, DatastoreId, Epoch, HostId, VmId};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Size of every fixed-size record: one 512-byte sector, so that a single aligned write is as close to
 /// atomic as the storage offers and a torn write is caught by the CRC.
@@ -330,6 +330,66 @@ impl ClusterConfig {
         self.datastore(ds)
             .is_some_and(|d| d.mounts.iter().any(|m| m.host == host))
     }
+
+    /// The datastores `host` mounts according to the configuration.
+    pub fn mounted_by(&self, host: HostId) -> BTreeSet<DatastoreId> {
+        self.datastores
+            .iter()
+            .filter(|d| d.mounts.iter().any(|m| m.host == host))
+            .map(|d| d.id)
+            .collect()
+    }
+
+    /// The datastore layout fdm can protect: the hosts' sets of mounted datastores are nested (of any
+    /// two hosts, one mounts every datastore the other mounts). The election prefers the host that
+    /// reaches the most datastores, so with nested sets the master of any group of hosts (a whole
+    /// cluster, or one side of a partition) mounts every datastore that any host of the group
+    /// mounts, and can claim it and restart the VMs homed there. Two hosts that each mount a
+    /// datastore the other does not could each be master without the other's datastore: its VMs
+    /// would never be restarted. fdm does not claim a datastore through another host (a proxy), so
+    /// such a layout is refused (`docs/safety.md`, "Datastore layout").
+    pub fn check_layout(&self) -> Result<(), LayoutError> {
+        let mut hosts: BTreeSet<HostId> = self.hosts.iter().map(|h| h.id).collect();
+        hosts.extend(
+            self.datastores
+                .iter()
+                .flat_map(|d| d.mounts.iter().map(|m| m.host)),
+        );
+        let sets: Vec<(HostId, BTreeSet<DatastoreId>)> =
+            hosts.into_iter().map(|h| (h, self.mounted_by(h))).collect();
+        for (i, (a, sa)) in sets.iter().enumerate() {
+            for (b, sb) in &sets[i + 1..] {
+                let only_a = sa.difference(sb).next();
+                let only_b = sb.difference(sa).next();
+                if let (Some(&only_a), Some(&only_b)) = (only_a, only_b) {
+                    return Err(LayoutError::NotNested {
+                        host_a: *a,
+                        only_a,
+                        host_b: *b,
+                        only_b,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A datastore layout fdm refuses (`ClusterConfig::check_layout`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error(
+        "{host_a} mounts {only_a} but not {only_b}, and {host_b} mounts {only_b} but not {only_a}: \
+         either could be master without the other's datastore, and the VMs homed there would not be \
+         restarted; every host must mount all the datastores of each host that mounts fewer \
+         (mount {only_b} on {host_a} or {only_a} on {host_b})"
+    )]
+    NotNested {
+        host_a: HostId,
+        only_a: DatastoreId,
+        host_b: HostId,
+        only_b: DatastoreId,
+    },
 }
 
 /// One decision or observation of the master, as reported to the management plane.
@@ -383,4 +443,109 @@ pub struct ClusterReport {
     pub vms: Vec<ReportedVm>,
     /// The most recent events (bounded); the management plane de-duplicates by `seq`.
     pub events: Vec<ReportEvent>,
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn layout(mounts: &[Vec<u32>], hosts: u32) -> ClusterConfig {
+        ClusterConfig {
+            cluster: ClusterId(1),
+            generation: 1,
+            ha: HaSettings::default(),
+            hosts: (1..=hosts)
+                .map(|h| HostConfig {
+                    id: HostId(h),
+                    name: format!("h{h}"),
+                    address: format!("10.0.0.{h}:7400"),
+                    capacity: Resources {
+                        cpu_mhz: 1,
+                        memory_mb: 1,
+                    },
+                    maintenance: false,
+                })
+                .collect(),
+            datastores: mounts
+                .iter()
+                .enumerate()
+                .map(|(i, hs)| DatastoreConfig {
+                    id: DatastoreId(i as u32 + 1),
+                    name: format!("ds{}", i + 1),
+                    mounts: hs
+                        .iter()
+                        .map(|&h| DatastoreMount {
+                            host: HostId(h),
+                            path: format!("/ds{}", i + 1),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            vms: vec![],
+        }
+    }
+
+    /// The master the election picks among `group` at full storage health: most datastores, then
+    /// the lowest id (`election::compare`).
+    fn master_of(cfg: &ClusterConfig, group: &[HostId]) -> HostId {
+        *group
+            .iter()
+            .max_by_key(|h| (cfg.mounted_by(**h).len(), std::cmp::Reverse(h.0)))
+            .expect("a group has hosts")
+    }
+
+    #[test]
+    fn nested_layouts_pass_and_crossed_ones_name_both_hosts() {
+        assert!(
+            layout(&[vec![1, 2, 3], vec![1, 2], vec![2]], 3)
+                .check_layout()
+                .is_ok()
+        );
+        let e = layout(&[vec![1, 2], vec![2, 3]], 3)
+            .check_layout()
+            .unwrap_err();
+        assert_eq!(
+            e,
+            LayoutError::NotNested {
+                host_a: HostId(1),
+                only_a: DatastoreId(1),
+                host_b: HostId(3),
+                only_b: DatastoreId(2),
+            }
+        );
+        assert!(
+            e.to_string()
+                .starts_with("host-1 mounts ds-1 but not ds-2, and host-3"),
+            "{e}"
+        );
+    }
+
+    proptest! {
+        /// The rule is exactly what protection needs: a layout passes if and only if, in every group
+        /// of hosts that could elect a master among themselves, the master mounts every datastore
+        /// that any host of the group mounts.
+        #[test]
+        fn a_layout_passes_iff_every_groups_master_mounts_all_its_datastores(
+            mounts in proptest::collection::vec(proptest::collection::vec(1u32..=5, 0..5), 1..4),
+            groups in proptest::collection::vec(proptest::collection::btree_set(1u32..=5, 1..5), 1..8),
+        ) {
+            let cfg = layout(&mounts, 5);
+            let complete = |group: &[HostId]| {
+                let master = cfg.mounted_by(master_of(&cfg, group));
+                group.iter().all(|h| cfg.mounted_by(*h).is_subset(&master))
+            };
+            match cfg.check_layout() {
+                Ok(()) => {
+                    for g in &groups {
+                        let g: Vec<HostId> = g.iter().copied().map(HostId).collect();
+                        prop_assert!(complete(&g), "{g:?} in {mounts:?}");
+                    }
+                }
+                Err(LayoutError::NotNested { host_a, host_b, .. }) => {
+                    prop_assert!(!complete(&[host_a, host_b]), "{mounts:?}");
+                }
+            }
+        }
+    }
 }

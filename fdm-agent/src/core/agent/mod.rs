@@ -794,21 +794,27 @@ impl Agent {
         if cfg.cluster != self.settings.cluster || cfg.generation <= self.config_seen() {
             return;
         }
-        match self
-            .settings
-            .timings
-            .clone()
-            .with_overrides(&cfg.ha.timings_ms)
-        {
+        // Keep running on the last good configuration: a bad value published to every datastore
+        // must not take every agent down with it, and a layout whose VMs a master might not be
+        // able to restart must not replace one whose VMs it can.
+        let checked = cfg
+            .check_layout()
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                self.settings
+                    .timings
+                    .clone()
+                    .with_overrides(&cfg.ha.timings_ms)
+                    .map_err(|e| e.to_string())
+            });
+        match checked {
             Ok(t) => self.t = t,
-            Err(e) => {
-                // Keep running on the last good configuration: a bad value published to every
-                // datastore must not take every agent down with it.
+            Err(reason) => {
                 self.config_refused = cfg.generation;
                 self.stats.configs_rejected += 1;
                 self.emit(Event::ConfigRejected {
                     generation: cfg.generation,
-                    reason: e.to_string(),
+                    reason,
                 });
                 return;
             }

@@ -468,6 +468,66 @@ fn a_configuration_with_absurd_timings_is_refused_and_failover_goes_on() {
 }
 
 #[test]
+fn a_datastore_layout_a_master_could_not_protect_is_refused() {
+    let vms = (1..=3)
+        .map(|i| vm(i, 1, RestartPriority::Medium, IsolationResponse::PowerOff))
+        .collect();
+    let mut c = Cluster::new(config(3, &[&[1, 2, 3]], vms));
+    for i in 1..=3 {
+        c.place(HostId(i), i);
+    }
+    settle(&mut c);
+    // ds-1 stops being mounted by host 3, which mounts a new ds-2 instead: host 1 and host 3 each
+    // mount a datastore the other does not, so either could be master without the other's.
+    let mut cfg = c.config.clone();
+    cfg.generation += 1;
+    cfg.datastores[0].mounts.retain(|m| m.host != HostId(3));
+    let mut ds2 = cfg.datastores[0].clone();
+    ds2.id = DatastoreId(2);
+    ds2.mounts = vec![heartbeat_fs::records::DatastoreMount {
+        host: HostId(3),
+        path: "/ds2".into(),
+    }];
+    cfg.datastores.push(ds2);
+    for d in c.ds.values_mut() {
+        d.config = Some(cfg.clone());
+    }
+    c.run_secs(12.0);
+    for h in 1..=3u32 {
+        let a = c.agent(h);
+        assert_eq!(
+            a.config().generation,
+            cfg.generation - 1,
+            "host-{h} kept its config"
+        );
+        let reasons: Vec<String> = c
+            .events(h)
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::ConfigRejected { generation, reason } if *generation == cfg.generation => {
+                    Some(reason.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reasons.len(), 1, "host-{h}: {reasons:?}");
+        assert!(
+            reasons[0].contains("host-1 mounts ds-1 but not ds-2")
+                && reasons[0].contains("host-3 mounts ds-2 but not ds-1"),
+            "{}",
+            reasons[0]
+        );
+    }
+    // Protection goes on under the last good layout.
+    let victim = (1..=3u32)
+        .find(|&h| !c.masters().contains(&HostId(h)))
+        .expect("a slave");
+    c.crash_host(HostId(victim));
+    c.run_until(Duration::from_secs(20), |c| c.where_runs(victim).len() == 1)
+        .expect("the dead host's VM runs again");
+}
+
+#[test]
 fn a_relayed_master_heartbeat_keeps_no_cut_off_host_alive() {
     // Host 3 runs vm1, then loses its storage and is cut off from everyone. An on-path relay hands
     // it copies of the master's heartbeats to host 2, whose sequence numbers run in lockstep with
