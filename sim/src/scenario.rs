@@ -478,6 +478,11 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
         datastores,
         vms,
     };
+    // The agents would refuse the layout and run without it; a scenario about such a cluster
+    // models nothing fdm runs.
+    config
+        .check_layout()
+        .map_err(|e| invalid("cluster.datastores", e.to_string()))?;
     Ok(Scenario {
         name: f.name,
         models: f.models,

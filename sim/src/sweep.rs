@@ -150,24 +150,54 @@ fn shuffled(r: &mut Rng, hosts: u32) -> Vec<u32> {
     ids
 }
 
+/// A datastore layout fdm protects (`ClusterConfig::check_layout`: the hosts' datastore sets are
+/// nested), drawn so that the master does not always mount every datastore: one to three
+/// datastores, each mounted by a prefix of one random order of the hosts, the first one not always
+/// by every host, at least one by every host (a host with no datastore has no secondary channel).
+/// When the hosts at the front of the order die or lose storage, the next master mounts fewer.
+fn layout(r: &mut Rng, hosts: u32) -> Vec<Vec<u32>> {
+    let order = shuffled(r, hosts);
+    let n = 1 + r.below(3) as usize;
+    let mut lens: Vec<usize> = (0..n)
+        .map(|_| 2 + r.below(u64::from(hosts) - 1) as usize)
+        .collect();
+    if !lens.contains(&(hosts as usize)) {
+        let k = r.below(n as u64) as usize;
+        lens[k] = hosts as usize;
+    }
+    lens.into_iter()
+        .map(|len| {
+            let mut m = order[..len].to_vec();
+            m.sort_unstable();
+            m
+        })
+        .collect()
+}
+
+/// The master the election picks at full health: the host that mounts the most datastores, the
+/// lowest id among equals.
+fn first_master(datastores: &[Vec<u32>], hosts: u32) -> HostId {
+    let count = |h: u32| datastores.iter().filter(|d| d.contains(&h)).count();
+    (1..=hosts)
+        .max_by_key(|&h| (count(h), std::cmp::Reverse(h)))
+        .map(HostId)
+        .unwrap_or(HostId(1))
+}
+
 /// The scenario of one sweep seed.
 pub fn scenario(hosts: u32, seed: u64, profile: Profile) -> Scenario {
     let mut r = Rng::new(seed ^ 0x5eed_f00d);
-    let ds2: Vec<u32> = (1..=hosts).filter(|_| r.chance(0.7)).collect();
-    let mut datastores = vec![(1..=hosts).collect::<Vec<u32>>()];
-    if ds2.len() >= 2 {
-        datastores.push(ds2.clone());
-    }
+    let datastores = layout(&mut Rng::new(seed ^ 0x1a70_u64), hosts);
+    let first_master = first_master(&datastores, hosts);
     let mut vms = Vec::new();
     let mut placement = Vec::new();
     let mut id = 1;
     for h in 1..=hosts {
-        for k in 0..2 {
-            let home = if k == 1 && ds2.contains(&h) && datastores.len() > 1 {
-                2
-            } else {
-                1
-            };
+        let mine: Vec<u32> = (1..=datastores.len() as u32)
+            .filter(|&d| datastores[d as usize - 1].contains(&h))
+            .collect();
+        for _ in 0..2 {
+            let home = *r.pick(&mine);
             let response = match r.below(3) {
                 0 => IsolationResponse::PowerOff,
                 1 => IsolationResponse::Shutdown,
@@ -295,13 +325,13 @@ pub fn scenario(hosts: u32, seed: u64, profile: Profile) -> Scenario {
                 }
             }
             "rack" => {
-                // Host 1 is the usual first master: half the racks hold it.
+                // Half the racks hold the first master.
                 let size = 1 + r.below(hosts as u64 / 2) as u32;
                 let ids = shuffled(&mut r, hosts);
                 let mut rack: Vec<HostId> =
                     ids[..size as usize].iter().map(|h| HostId(*h)).collect();
-                if r.chance(0.5) && !rack.contains(&HostId(1)) {
-                    rack[0] = HostId(1);
+                if r.chance(0.5) && !rack.contains(&first_master) {
+                    rack[0] = first_master;
                 }
                 if r.chance(0.5) {
                     Fault::RackCut { hosts: rack }
@@ -409,4 +439,32 @@ pub fn replay_command(hosts: u32, seed: u64, profile: Profile, knobs: FaultKnobs
         c.push_str(step.knob());
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_are_protectable_and_not_all_mounted_everywhere() {
+        let mut partial = 0;
+        let mut first_not_everywhere = 0;
+        for seed in 1..=200 {
+            let sc = scenario(8, seed, Profile::All);
+            sc.config
+                .check_layout()
+                .expect("the sweep draws layouts fdm accepts");
+            let everywhere = |d: &DatastoreConfig| d.mounts.len() == 8;
+            partial += usize::from(!sc.config.datastores.iter().all(everywhere));
+            first_not_everywhere += usize::from(!everywhere(&sc.config.datastores[0]));
+            for (h, vm) in &sc.placement {
+                let home = sc.config.vm(*vm).expect("placed VMs are configured").home;
+                assert!(sc.config.mounts(*h, home), "seed {seed}: {vm} on {h}");
+            }
+        }
+        assert!(
+            partial > 50 && first_not_everywhere > 20,
+            "{partial} {first_not_everywhere}"
+        );
+    }
 }

@@ -71,3 +71,24 @@ kind = "no-restarts"
     assert!(!r.passed());
     assert!(!r.expectations[0].ok, "{}", r.expectations[0].detail);
 }
+
+/// A layout in which two hosts each mount a datastore the other does not is refused, as the agents
+/// refuse it (`docs/safety.md`, "Datastore layout"), with the reason.
+#[test]
+fn a_crossed_datastore_layout_is_refused() {
+    let text = r#"
+# Two racks, each with its own NFS server, and no host that mounts both.
+name = "crossed"
+models = "two racks with one datastore each"
+duration = "30s"
+[cluster]
+hosts = 4
+datastores = [[1, 2], [3, 4]]
+vms_per_host = 1
+"#;
+    let e = scenario::parse(text).expect_err("refused").to_string();
+    assert!(
+        e.contains("cluster.datastores") && e.contains("host-1 mounts ds-1 but not ds-2"),
+        "{e}"
+    );
+}
