@@ -339,7 +339,9 @@ pub fn scenario(hosts: u32, seed: u64, profile: Profile) -> Scenario {
                     // The rack's network goes first; its storage paths fail seconds later (iSCSI
                     // and NFS sessions time out after the heartbeats), by then the other side has
                     // its own master watching the claims.
-                    let later = at + 1_000_000 + r.below(9_000_000);
+                    // Never after the heal: storage lost then would never come back, and the
+                    // checks after the heal bound would blame the agents for it.
+                    let later = (at + 1_000_000 + r.below(9_000_000)).min(FAULT_PHASE - 1);
                     for &h in &rack {
                         for d in 1..=nds as u32 {
                             faults.push((
@@ -457,6 +459,19 @@ mod tests {
             let everywhere = |d: &DatastoreConfig| d.mounts.len() == 8;
             partial += usize::from(!sc.config.datastores.iter().all(everywhere));
             first_not_everywhere += usize::from(!everywhere(&sc.config.datastores[0]));
+            for (at, f) in &sc.faults {
+                // After the heal only what restores: a fault then would never be healed.
+                let restores = matches!(
+                    f,
+                    Fault::HealAll
+                        | Fault::Protect {
+                            protected: true,
+                            ..
+                        }
+                        | Fault::PowerOnFails { fails: false, .. }
+                );
+                assert!(*at < FAULT_PHASE || restores, "seed {seed}: {f:?} at {at}");
+            }
             for (h, vm) in &sc.placement {
                 let home = sc.config.vm(*vm).expect("placed VMs are configured").home;
                 assert!(sc.config.mounts(*h, home), "seed {seed}: {vm} on {h}");

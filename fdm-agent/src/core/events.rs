@@ -131,6 +131,12 @@ pub enum Event {
         attempt: u32,
         error: String,
     },
+    /// Master: the target started the VM and an operator (or its guest) stopped it since; the
+    /// restart is over and the VM stays off.
+    RestartEndedByOperator {
+        vm: VmId,
+        on: HostId,
+    },
     /// Every retry used: reported, kept in the list, tried again when capacity or config changes.
     RestartGaveUp {
         vm: VmId,
@@ -193,6 +199,7 @@ impl Event {
             | Event::VmRestarted { .. }
             | Event::RestartFailed { .. }
             | Event::RestartGaveUp { .. }
+            | Event::RestartEndedByOperator { .. }
             | Event::NoCapacity { .. }
             | Event::AntiAffinityBroken { .. } => "restart",
             Event::PowerOnRefused { .. } | Event::PoweredOn { .. } | Event::Adopted { .. } => "vm",
@@ -215,7 +222,9 @@ impl Event {
             Event::RestartIssued { vm, target, .. } | Event::RestartFailed { vm, target, .. } => {
                 (Some(*target), Some(*vm))
             }
-            Event::VmRestarted { vm, on, .. } => (Some(*on), Some(*vm)),
+            Event::VmRestarted { vm, on, .. } | Event::RestartEndedByOperator { vm, on } => {
+                (Some(*on), Some(*vm))
+            }
             Event::AntiAffinityBroken { vm, host, .. } => (Some(*host), Some(*vm)),
             Event::PowerOnRefused { vm, from, .. } => (Some(*from), Some(*vm)),
             _ => (None, None),

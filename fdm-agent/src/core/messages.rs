@@ -73,6 +73,10 @@ pub struct PowerOnResult {
     /// The VM runs there (now, or already did).
     pub running: bool,
     pub error: Option<String>,
+    /// The target started the VM for this very attempt and an operator (or its guest) has stopped
+    /// it since: the restart is over, and the VM is off on purpose, not failed. A resent or resumed
+    /// command for the attempt must not start it a second time.
+    pub stopped_by_operator: bool,
     /// The target's VM report generation once this happened: a report older than this one does
     /// not know about it yet.
     pub vm_generation: u64,

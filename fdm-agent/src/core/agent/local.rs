@@ -86,6 +86,10 @@ pub(super) struct LocalVms {
     aborted: BTreeMap<VmId, AbortedStart>,
     /// Power-on attempts already answered with a failure (a late duplicate command gets the same).
     failed_attempts: BTreeMap<VmId, u32>,
+    /// The last attempt each VM was started for on a master's command: a command for that attempt
+    /// again (resent, or resumed by a new master) after an operator stopped the VM must not start
+    /// it again.
+    started_attempts: BTreeMap<VmId, u32>,
     /// Stop operations in flight: op -> (vm, cause).
     stops: HashMap<u64, (VmId, StopCause)>,
 }
@@ -331,6 +335,7 @@ impl Agent {
             attempt: p.attempt,
             running: false,
             error: Some(error),
+            stopped_by_operator: false,
             vm_generation: self.vms.generation,
         });
         self.send(p.from, &msg);
@@ -357,6 +362,7 @@ impl Agent {
                         attempt,
                         running: true,
                         error: None,
+                        stopped_by_operator: false,
                         vm_generation: self.vms.generation,
                     }),
                 );
@@ -366,12 +372,27 @@ impl Agent {
         if self.vms.pending.contains_key(&vm) {
             return;
         }
+        if self.vms.state(vm) == Some(VmRunState::StoppedByUser)
+            && self.vms.started_attempts.get(&vm) == Some(&attempt)
+        {
+            let msg = Message::PowerOnResult(PowerOnResult {
+                vm,
+                attempt,
+                running: false,
+                error: Some("an operator stopped the VM after this attempt started it".into()),
+                stopped_by_operator: true,
+                vm_generation: self.vms.generation,
+            });
+            self.send(from, &msg);
+            return;
+        }
         if self.vms.failed_attempts.get(&vm) == Some(&attempt) {
             let msg = Message::PowerOnResult(PowerOnResult {
                 vm,
                 attempt,
                 running: false,
                 error: Some("attempt already failed".into()),
+                stopped_by_operator: false,
                 vm_generation: self.vms.generation,
             });
             self.send(from, &msg);
@@ -507,6 +528,7 @@ impl Agent {
                 match result {
                     Ok(()) => {
                         self.vms.pending.remove(&vm);
+                        self.vms.started_attempts.insert(vm, p.attempt);
                         self.vms.set(vm, VmRunState::Running);
                         self.emit(Event::PoweredOn {
                             vm,
@@ -518,6 +540,7 @@ impl Agent {
                             attempt: p.attempt,
                             running: true,
                             error: None,
+                            stopped_by_operator: false,
                             vm_generation: self.vms.generation,
                         });
                         self.send(p.from, &msg);

@@ -1575,6 +1575,7 @@ impl Agent {
             attempt,
             running,
             error,
+            stopped_by_operator,
             vm_generation,
         } = r;
         let retry = self.config.ha.restart_retry_ms.clone();
@@ -1603,6 +1604,20 @@ impl Agent {
             return;
         }
         let d = tr.home;
+        if stopped_by_operator {
+            // Started, then stopped on purpose: not a failure to retry elsewhere.
+            m.tracks.remove(&vm);
+            if let Some(pd) = m.protected.get_mut(&d) {
+                if let Some(e) = pd.list.vms.iter_mut().find(|e| e.vm == vm) {
+                    e.restart = RestartState::Idle;
+                    e.last_host = Some(from);
+                    e.desired = DesiredPower::Off;
+                }
+                pd.dirty = true;
+            }
+            self.emit(Event::RestartEndedByOperator { vm, on: from });
+            return;
+        }
         if running {
             m.tracks.remove(&vm);
             if let Some(pd) = m.protected.get_mut(&d) {
