@@ -107,6 +107,42 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What every write must pass beyond its own object's rules, on the whole would-be inventory `next`:
+/// references between objects, the datastore layout the agents accept, and admission control
+/// (`gate`). Returns the warnings to answer with. Pure (no IO), so that tests drive exactly the
+/// decisions `Shim::write` takes.
+pub fn check_write(
+    before: &Inventory,
+    next: &Inventory,
+    gate: AdmissionGate,
+) -> Result<Vec<String>, ShimError> {
+    validate::validate_references(next)?;
+    let mut warnings = Vec::new();
+    warnings.extend(validate::validate_layout(before, next)?);
+    let after = admission::evaluate(next);
+    if !after.ok {
+        let old = admission::evaluate(before);
+        let adds_demand = after.cpu_mhz.demand > old.cpu_mhz.demand
+            || after.memory_mb.demand > old.memory_mb.demand;
+        let summary = after.problems.join("; ");
+        match gate {
+            AdmissionGate::Vm { field }
+                if adds_demand && next.admission_mode == AdmissionMode::Refuse =>
+            {
+                return Err(ShimError::Admission {
+                    field: field.to_string(),
+                    message: summary,
+                    report: Box::new(after),
+                });
+            }
+            _ => warnings.push(format!(
+                "admission control: the cluster cannot restart every protected VM: {summary}"
+            )),
+        }
+    }
+    Ok(warnings)
+}
+
 impl Shim {
     pub fn new(
         mut store: Store,
@@ -161,6 +197,11 @@ impl Shim {
         if next.generation > 0 && !next.datastores.is_empty() {
             let io = self.io.clone();
             let cfg = Arc::new(next.to_cluster_config());
+            // Only a database written before the shim checked layouts can hold a crossed one: the
+            // agents refuse it and keep their last good configuration; say so where it can be fixed.
+            if let Err(e) = cfg.check_layout() {
+                tracing::warn!(error = %e, "the stored datastore layout is not nested; agents refuse this configuration until the mounts are fixed");
+            }
             tokio::spawn(async move { io.publish(cfg).await });
         }
         Ok(())
@@ -189,29 +230,7 @@ impl Shim {
         let before = self.inventory();
         let mut next = (*before).clone();
         change(&mut next)?;
-        validate::validate_references(&next)?;
-        let mut warnings = Vec::new();
-        let after = admission::evaluate(&next);
-        if !after.ok {
-            let old = admission::evaluate(&before);
-            let adds_demand = after.cpu_mhz.demand > old.cpu_mhz.demand
-                || after.memory_mb.demand > old.memory_mb.demand;
-            let summary = after.problems.join("; ");
-            match gate {
-                AdmissionGate::Vm { field }
-                    if adds_demand && next.admission_mode == AdmissionMode::Refuse =>
-                {
-                    return Err(ShimError::Admission {
-                        field: field.to_string(),
-                        message: summary,
-                        report: Box::new(after),
-                    });
-                }
-                _ => warnings.push(format!(
-                    "admission control: the cluster cannot restart every protected VM: {summary}"
-                )),
-            }
-        }
+        let mut warnings = check_write(&before, &next, gate)?;
         next.generation = next
             .generation
             .checked_add(1)

@@ -413,6 +413,44 @@ pub fn validate_references(inv: &Inventory) -> Result<(), ShimError> {
     Ok(())
 }
 
+/// Which datastores each host mounts, for the hosts that mount any: what the layout rule looks at
+/// (a host that mounts none is nested in every other).
+fn mount_sets(inv: &Inventory) -> BTreeMap<HostId, BTreeSet<DatastoreId>> {
+    let mut sets: BTreeMap<HostId, BTreeSet<DatastoreId>> = BTreeMap::new();
+    for d in inv.datastores.values() {
+        for m in &d.mounts {
+            sets.entry(m.host).or_default().insert(d.id);
+        }
+    }
+    sets
+}
+
+/// The datastore layout of the configuration `next` would publish, checked by the agents' own rule
+/// (`ClusterConfig::check_layout`: the hosts' sets of mounted datastores must be nested). Agents
+/// refuse a crossed layout and keep their last good configuration, which the operator would only
+/// see in their events; refusing the write here says it where the change is made, with the same
+/// words (field `mounts`).
+///
+/// One exception: a database written before the rule may already hold a crossed layout, and fixing
+/// one can take several writes (one datastore at a time) that each leave it crossed. Refusing
+/// those would leave no way out, so a write that changes the mounts of an already crossed layout is
+/// accepted with the warning returned here; every other write to it is refused, because the
+/// agents would refuse the configuration it publishes as well.
+pub fn validate_layout(before: &Inventory, next: &Inventory) -> Result<Option<String>, ShimError> {
+    let Err(crossed) = next.to_cluster_config().check_layout() else {
+        return Ok(None);
+    };
+    let repairing = before.to_cluster_config().check_layout().is_err()
+        && mount_sets(before) != mount_sets(next);
+    if repairing {
+        return Ok(Some(format!(
+            "the datastore layout is still not nested, so agents keep their last good \
+             configuration until it is: {crossed}"
+        )));
+    }
+    Err(ShimError::invalid("mounts", crossed.to_string()))
+}
+
 /// Refuse to delete a host still named elsewhere: the operator must unmount or unlist it first,
 /// rather than have the shim rewrite other objects behind their back.
 pub fn check_host_removal(id: HostId, inv: &Inventory) -> Result<(), ShimError> {

@@ -1,17 +1,34 @@
 //! End-to-end tests: the real `fdm-shim` binary on a loopback port with a temporary database and
-//! temporary datastores, driven over HTTP and through the real `fdmctl` binary.
+//! temporary datastores, driven over HTTP and through the real `fdmctl` binary. The property test of
+//! every number a request carries drives the write path's own functions (request parsing, the
+//! rules, `service::check_write`) without HTTP, to run thousands of cases in seconds; one smaller
+//! run of it goes through the server.
 // Tests wait for the server's background poller with real sleeps.
 #![allow(clippy::disallowed_methods)]
 
+use fdm_agent::core::Timings;
 use heartbeat_fs::fs::DatastoreDir;
-use heartbeat_fs::records::{ClusterConfig, ClusterReport, ReportEvent, ReportedHost, ReportedVm};
-use heartbeat_fs::{ClusterId, Epoch, HostId, VmId};
-use serde_json::{Value, json};
+use heartbeat_fs::records::{
+    AdmissionPolicy, ClusterConfig, ClusterReport, LayoutError, ReportEvent, ReportedHost,
+    ReportedVm,
+};
+use heartbeat_fs::{ClusterId, DatastoreId, Epoch, HostId, VmId};
+use proptest::prelude::*;
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use vcenter_shim::error::ShimError;
+use vcenter_shim::model::{DatastoreSpec, HostSpec, Inventory, MountSpec, VmSpec};
+use vcenter_shim::service::{AdmissionGate, check_write};
+use vcenter_shim::validate::{
+    self, MAX_CONCURRENT_POWER_ONS, MAX_HOST_FAILURES_TOLERATED, MAX_MEMORY_MB, MAX_RETRIES,
+    MAX_WAIT_MS,
+};
+use vcenter_shim::{admission, api};
 
 const TOKEN: &str = "test-token-0123456789";
 
@@ -478,11 +495,13 @@ fn config_reaches_every_datastore_and_pause_is_visible() {
     );
 
     // A datastore the shim cannot reach yet: reported in the answer, written once it appears.
+    // Mounted by host 2, which mounts every datastore: on host 1 alone it would make a crossed
+    // layout (host 1 with ds-4 but not ds-2, host 2 the other way round), which is refused.
     let late = s.dir.path().join("late");
     let (code, v) = s.call(
         "POST",
         "/v1/datastores",
-        Some(json!({"id": 4, "name": "late", "mounts": [{"host": 1, "path": late.display().to_string()}]})),
+        Some(json!({"id": 4, "name": "late", "mounts": [{"host": 2, "path": late.display().to_string()}]})),
     );
     assert_eq!(code, 201, "{v}");
     let gen_late = v["generation"].as_u64().unwrap();
@@ -1182,4 +1201,854 @@ fn writes_need_the_token_in_the_header() {
         Some(TOKEN),
     );
     assert_eq!(code, 200, "{v}");
+}
+
+// ---- datastore layout ---------------------------------------------------------------------------
+
+/// The refusal `check_layout` gives for hosts `a` and `b` that each mount a datastore the other
+/// does not: the agents' own text, which the shim must answer with word for word.
+fn crossed(a: u32, only_a: u32, b: u32, only_b: u32) -> String {
+    LayoutError::NotNested {
+        host_a: HostId(a),
+        only_a: DatastoreId(only_a),
+        host_b: HostId(b),
+        only_b: DatastoreId(only_b),
+    }
+    .to_string()
+}
+
+#[test]
+fn a_crossed_datastore_layout_is_refused_before_any_agent_sees_it() {
+    let s = Server::start();
+    // host-1 mounts {ds-1}, host-2 mounts {ds-1, ds-2}: nested.
+    s.basic_inventory();
+    let (_, before) = s.call("GET", "/v1/state", None);
+    let published = read_config(&s.ds1()).unwrap().generation;
+    let ds1 = s.ds1().display().to_string();
+    let cases: Vec<(&str, &str, Value, String)> = vec![
+        // A new datastore on host 1 only: host 1 has ds-3 without ds-2, host 2 ds-2 without ds-3.
+        (
+            "POST",
+            "/v1/datastores",
+            json!({"id": 3, "name": "ds3", "mounts": [{"host": 1, "path": "/mnt/ds3"}]}),
+            crossed(1, 3, 2, 2),
+        ),
+        // Unmounting ds-1 from host 2 leaves host 1 with ds-1 only and host 2 with ds-2 only.
+        (
+            "PUT",
+            "/v1/datastores/1",
+            json!({"mounts": [{"host": 1, "path": ds1}]}),
+            crossed(1, 1, 2, 2),
+        ),
+    ];
+    for (method, path, body, want) in cases {
+        let (code, v) = s.call(method, path, Some(body.clone()));
+        assert_eq!(
+            (code, field(&v)),
+            (400, "mounts"),
+            "{method} {path} {body}: {v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert_eq!(message, want, "{method} {path} {body}");
+        assert!(
+            message.contains("host-1") && message.contains("host-2"),
+            "{message}"
+        );
+    }
+    // Nothing was stored or published.
+    let (_, after) = s.call("GET", "/v1/state", None);
+    assert_eq!(after["config_generation"], before["config_generation"]);
+    assert_eq!(s.call("GET", "/v1/datastores/3", None).0, 404);
+    let (_, stored) = s.call("GET", "/v1/datastores/1", None);
+    assert_eq!(stored["mounts"].as_array().unwrap().len(), 2, "{stored}");
+    for mount in [s.ds1(), s.ds2()] {
+        let cfg = read_config(&mount).unwrap();
+        assert_eq!(cfg.generation, published);
+        assert_eq!(cfg.datastores.len(), 2);
+        assert!(cfg.check_layout().is_ok());
+    }
+}
+
+#[test]
+fn a_nested_partial_layout_is_accepted() {
+    let s = Server::start();
+    s.basic_inventory();
+    s.add_host("3");
+    // ds-3 on host 2 only, ds-1 also on host 3: host-3 {ds-1} within host-1 {ds-1} within host-2
+    // {ds-1, ds-2, ds-3}. Most datastores are on some hosts only, and that is fine.
+    let ds1 = s.ds1().display().to_string();
+    let (code, v) = s.call(
+        "POST",
+        "/v1/datastores",
+        Some(json!({"id": 3, "name": "ds3", "mounts": [{"host": 2, "path": "/mnt/ds3"}]})),
+    );
+    assert_eq!(code, 201, "{v}");
+    let mounts: Vec<Value> = (1..=3).map(|h| json!({"host": h, "path": ds1})).collect();
+    let (code, v) = s.call("PUT", "/v1/datastores/1", Some(json!({"mounts": mounts})));
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| !w.as_str().unwrap().contains("layout")),
+        "{v}"
+    );
+    // A host that mounts nothing is nested in every other: adding and removing one is fine.
+    s.add_host("4");
+    assert_eq!(s.call("DELETE", "/v1/hosts/4", None).0, 200);
+    let cfg = read_config(&s.ds1()).unwrap();
+    assert_eq!(cfg.generation, v["generation"].as_u64().unwrap() + 2);
+    assert_eq!(cfg.datastores.len(), 3);
+    assert_eq!(cfg.datastores[0].mounts.len(), 3);
+    assert_eq!(cfg.check_layout(), Ok(()));
+}
+
+/// Hosts 1 and 2 of 10 GHz / 64 GB, ds-1 mounted by both and ds-2 by host 2 only (as
+/// `basic_inventory` builds it over HTTP), and vm-1 homed on ds-1.
+fn base_inventory() -> Inventory {
+    let mut inv = Inventory::new(ClusterId(1));
+    for id in [1, 2] {
+        inv.hosts.insert(
+            HostId(id),
+            HostSpec {
+                id: HostId(id),
+                name: format!("esx{id}"),
+                address: format!("10.0.0.{id}:7400"),
+                cpu_mhz: 10_000,
+                memory_mb: 65_536,
+                maintenance: false,
+            },
+        );
+    }
+    let ds = |id: u32, hosts: &[u32]| DatastoreSpec {
+        id: DatastoreId(id),
+        name: format!("ds{id}"),
+        mounts: hosts
+            .iter()
+            .map(|h| MountSpec {
+                host: HostId(*h),
+                path: format!("/mnt/ds{id}"),
+            })
+            .collect(),
+    };
+    inv.datastores.insert(DatastoreId(1), ds(1, &[1, 2]));
+    inv.datastores.insert(DatastoreId(2), ds(2, &[2]));
+    let vm: VmSpec = api::from_value(json!({"id": 1, "name": "vm1", "home": 1})).unwrap();
+    inv.vms.insert(vm.id, vm);
+    inv
+}
+
+#[test]
+fn a_crossed_layout_from_an_old_database_can_be_repaired_one_datastore_at_a_time() {
+    // A database written before the rule: three hosts, each with its own datastore only.
+    let mut old = base_inventory();
+    old.hosts.insert(
+        HostId(3),
+        HostSpec {
+            id: HostId(3),
+            ..old.hosts[&HostId(1)].clone()
+        },
+    );
+    old.hosts.get_mut(&HostId(3)).unwrap().name = "esx3".into();
+    let set_mounts = |inv: &mut Inventory, ds: u32, hosts: &[u32]| {
+        let d = inv
+            .datastores
+            .entry(DatastoreId(ds))
+            .or_insert(DatastoreSpec {
+                id: DatastoreId(ds),
+                name: format!("ds{ds}"),
+                mounts: vec![],
+            });
+        d.mounts = hosts
+            .iter()
+            .map(|h| MountSpec {
+                host: HostId(*h),
+                path: format!("/mnt/ds{ds}"),
+            })
+            .collect();
+    };
+    set_mounts(&mut old, 1, &[1]);
+    set_mounts(&mut old, 2, &[2]);
+    set_mounts(&mut old, 3, &[3]);
+    assert!(old.to_cluster_config().check_layout().is_err());
+
+    // A write that leaves the mounts alone would publish a configuration every agent refuses.
+    let mut paused = old.clone();
+    paused.ha.paused = true;
+    let e = check_write(&old, &paused, AdmissionGate::WarnOnly).unwrap_err();
+    assert_eq!(
+        (e.status(), e.body().error.field.as_deref()),
+        (400, Some("mounts"))
+    );
+    assert_eq!(e.body().error.message, crossed(1, 1, 2, 2));
+
+    // ds-2 on host 1 too: host-1 {ds-1, ds-2} still crosses host-3 {ds-3}, so no single write
+    // could fix it; the step is accepted with a warning naming what is still crossed.
+    let mut step1 = old.clone();
+    set_mounts(&mut step1, 2, &[1, 2]);
+    let warnings = check_write(&old, &step1, AdmissionGate::WarnOnly).unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("still not nested") && warnings[0].contains(&crossed(1, 1, 3, 3)),
+        "{warnings:?}"
+    );
+    // ds-3 on hosts 1 and 2 too: host-3 {ds-3} within host-2 {ds-2, ds-3} within host-1, which
+    // mounts everything: nested.
+    let mut step2 = step1.clone();
+    set_mounts(&mut step2, 3, &[1, 2, 3]);
+    assert_eq!(
+        check_write(&step1, &step2, AdmissionGate::WarnOnly).unwrap(),
+        Vec::<String>::new()
+    );
+    // From a nested layout, crossing it again is refused.
+    let e = check_write(&step2, &step1, AdmissionGate::WarnOnly).unwrap_err();
+    assert_eq!(
+        (e.status(), e.body().error.field.as_deref()),
+        (400, Some("mounts"))
+    );
+}
+
+// ---- every number a request carries -------------------------------------------------------------
+
+/// A number as a request may carry it: any u64, any negative i64, or beyond both (JSON allows any
+/// size; serde_json reads such a literal as a float, as the shim's body parser does).
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    U(u64),
+    Neg(i64),
+    Huge { magnitude: u128, negative: bool },
+}
+
+impl Num {
+    fn json(self) -> Value {
+        match self {
+            Num::U(n) => json!(n),
+            Num::Neg(n) => json!(n),
+            Num::Huge {
+                magnitude,
+                negative,
+            } => {
+                let sign = if negative { "-" } else { "" };
+                serde_json::from_str(&format!("{sign}{magnitude}")).unwrap()
+            }
+        }
+    }
+
+    /// Whether the shim must accept the number for a field of range `lo..=hi`.
+    fn within(self, lo: u64, hi: u64) -> bool {
+        matches!(self, Num::U(n) if (lo..=hi).contains(&n))
+    }
+
+    fn unsigned(self) -> Option<u64> {
+        match self {
+            Num::U(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// The edges of every range the shim and the agents apply, and of the types behind them.
+const EDGES: &[u64] = &[
+    0,
+    1,
+    2,
+    3,
+    9,
+    10,
+    100,
+    101,
+    255,
+    256,
+    1_000,
+    1_001,
+    100_000,
+    100_001,
+    86_400_000,
+    86_400_001,
+    1 << 30,
+    (1 << 30) + 1,
+    u32::MAX as u64,
+    u32::MAX as u64 + 1,
+    i64::MAX as u64,
+    i64::MAX as u64 + 1,
+    u64::MAX,
+];
+
+fn num() -> impl Strategy<Value = Num> {
+    prop_oneof![
+        4 => proptest::sample::select(EDGES).prop_map(Num::U),
+        3 => (0u64..5_000).prop_map(Num::U),
+        2 => any::<u32>().prop_map(|n| Num::U(n.into())),
+        2 => any::<u64>().prop_map(Num::U),
+        2 => (i64::MIN..0).prop_map(Num::Neg),
+        1 => ((u128::from(u64::MAX) + 1).., any::<bool>())
+            .prop_map(|(magnitude, negative)| Num::Huge { magnitude, negative }),
+    ]
+}
+
+/// Any number, or often one at an edge of the field's own range `lo..=hi`: the values where a
+/// limit one off would show.
+fn around(lo: u64, hi: u64) -> BoxedStrategy<Num> {
+    let edges = vec![lo.saturating_sub(1), lo, hi, hi.saturating_add(1)];
+    prop_oneof![
+        2 => num(),
+        1 => proptest::sample::select(edges).prop_map(Num::U),
+    ]
+    .boxed()
+}
+
+/// A field a write carries about a third of the time: with few fields per write, a write whose
+/// other fields are all in range is common, so that the edges of each range are seen accepted as
+/// well as refused.
+fn sometimes<T: Strategy>(s: T) -> proptest::option::OptionStrategy<T> {
+    proptest::option::weighted(0.35, s)
+}
+
+/// One write, as the numbers it carries.
+#[derive(Debug, Clone)]
+enum NumericWrite {
+    Host {
+        id: Num,
+        cpu_mhz: Option<Num>,
+        memory_mb: Option<Num>,
+    },
+    Vm {
+        id: Num,
+        home: Num,
+        cpu_mhz: Option<Num>,
+        memory_mb: Option<Num>,
+        /// The cluster the VM is added to: a policy and host capacities as an old database may
+        /// hold them (never validated), so that admission control sums whatever is stored.
+        policy: AdmissionPolicy,
+        hosts: Vec<(u32, u64)>,
+    },
+    Datastore {
+        id: Num,
+        mounts: Vec<Num>,
+    },
+    Ha(HaPatch),
+}
+
+#[derive(Debug, Clone, Default)]
+struct HaPatch {
+    timings_ms: Option<Vec<(&'static str, Num)>>,
+    restart_retry_ms: Option<Vec<Num>>,
+    same_host_restart_attempts: Option<Num>,
+    orchestrated_wait_ms: Option<Num>,
+    max_concurrent_power_ons_per_host: Option<Num>,
+    admission: Option<AdmissionNums>,
+}
+
+#[derive(Debug, Clone)]
+enum AdmissionNums {
+    HostFailuresTolerated(Num),
+    PercentReserved { cpu: Num, memory: Num },
+}
+
+fn ha_patch() -> impl Strategy<Value = HaPatch> {
+    let timings =
+        proptest::sample::subsequence(Timings::NAMES.to_vec(), 0..5).prop_flat_map(|names| {
+            let n = names.len();
+            (Just(names), proptest::collection::vec(num(), n))
+                .prop_map(|(names, values)| names.into_iter().zip(values).collect::<Vec<_>>())
+        });
+    let admission = prop_oneof![
+        around(1, u64::from(MAX_HOST_FAILURES_TOLERATED))
+            .prop_map(AdmissionNums::HostFailuresTolerated),
+        (around(0, 100), around(0, 100))
+            .prop_map(|(cpu, memory)| AdmissionNums::PercentReserved { cpu, memory }),
+    ];
+    (
+        sometimes(timings),
+        sometimes(proptest::collection::vec(around(0, MAX_WAIT_MS), 0..5)),
+        sometimes(around(0, u64::from(MAX_RETRIES))),
+        sometimes(around(0, MAX_WAIT_MS)),
+        sometimes(around(1, u64::from(MAX_CONCURRENT_POWER_ONS))),
+        sometimes(admission),
+    )
+        .prop_map(|(t, r, s, o, m, a)| HaPatch {
+            timings_ms: t,
+            restart_retry_ms: r,
+            same_host_restart_attempts: s,
+            orchestrated_wait_ms: o,
+            max_concurrent_power_ons_per_host: m,
+            admission: a,
+        })
+}
+
+fn numeric_write() -> impl Strategy<Value = NumericWrite> {
+    let policy = prop_oneof![
+        Just(AdmissionPolicy::Disabled),
+        any::<u32>().prop_map(AdmissionPolicy::HostFailuresTolerated),
+        (any::<u8>(), any::<u8>())
+            .prop_map(|(cpu, memory)| AdmissionPolicy::PercentReserved { cpu, memory }),
+        Just(AdmissionPolicy::DedicatedFailoverHosts),
+    ];
+    prop_oneof![
+        (
+            around(1, u32::MAX.into()),
+            sometimes(around(0, u32::MAX.into())),
+            sometimes(around(0, MAX_MEMORY_MB))
+        )
+            .prop_map(|(id, cpu_mhz, memory_mb)| {
+                NumericWrite::Host {
+                    id,
+                    cpu_mhz,
+                    memory_mb,
+                }
+            }),
+        (
+            around(1, u32::MAX.into()),
+            prop_oneof![1 => num(), 1 => (0u64..4).prop_map(Num::U)],
+            sometimes(around(0, u32::MAX.into())),
+            sometimes(around(0, MAX_MEMORY_MB)),
+            policy,
+            proptest::collection::vec((any::<u32>(), any::<u64>()), 2),
+        )
+            .prop_map(
+                |(id, home, cpu_mhz, memory_mb, policy, hosts)| NumericWrite::Vm {
+                    id,
+                    home,
+                    cpu_mhz,
+                    memory_mb,
+                    policy,
+                    hosts
+                }
+            ),
+        (
+            around(1, u32::MAX.into()),
+            proptest::collection::vec(
+                prop_oneof![1 => num(), 2 => (0u64..4).prop_map(Num::U)],
+                1..4
+            )
+        )
+            .prop_map(|(id, mounts)| NumericWrite::Datastore { id, mounts }),
+        ha_patch().prop_map(NumericWrite::Ha),
+    ]
+}
+
+impl HaPatch {
+    fn body(&self) -> Map<String, Value> {
+        let mut body = Map::new();
+        if let Some(t) = &self.timings_ms {
+            let map: Map<String, Value> = t.iter().map(|(k, v)| ((*k).into(), v.json())).collect();
+            body.insert("timings_ms".into(), Value::Object(map));
+        }
+        if let Some(r) = &self.restart_retry_ms {
+            body.insert(
+                "restart_retry_ms".into(),
+                r.iter().map(|n| n.json()).collect(),
+            );
+        }
+        for (name, n) in [
+            (
+                "same_host_restart_attempts",
+                self.same_host_restart_attempts,
+            ),
+            ("orchestrated_wait_ms", self.orchestrated_wait_ms),
+            (
+                "max_concurrent_power_ons_per_host",
+                self.max_concurrent_power_ons_per_host,
+            ),
+        ] {
+            if let Some(n) = n {
+                body.insert(name.into(), n.json());
+            }
+        }
+        match &self.admission {
+            Some(AdmissionNums::HostFailuresTolerated(n)) => {
+                body.insert(
+                    "admission".into(),
+                    json!({"HostFailuresTolerated": n.json()}),
+                );
+            }
+            Some(AdmissionNums::PercentReserved { cpu, memory }) => {
+                body.insert(
+                    "admission".into(),
+                    json!({"PercentReserved": {"cpu": cpu.json(), "memory": memory.json()}}),
+                );
+            }
+            None => {}
+        }
+        body
+    }
+
+    /// The fields whose value is out of range on its own, by the documented limits.
+    fn out_of_range(&self) -> BTreeSet<String> {
+        let mut bad = BTreeSet::new();
+        let mut check = |field: String, n: Num, lo: u64, hi: u64| {
+            if !n.within(lo, hi) {
+                bad.insert(field);
+            }
+        };
+        for (name, n) in self.timings_ms.iter().flatten() {
+            check(format!("timings_ms.{name}"), *n, 0, u64::MAX);
+        }
+        for (i, n) in self.restart_retry_ms.iter().flatten().enumerate() {
+            check(format!("restart_retry_ms[{i}]"), *n, 0, MAX_WAIT_MS);
+        }
+        let fields = [
+            (
+                "same_host_restart_attempts",
+                self.same_host_restart_attempts,
+                0,
+                u64::from(MAX_RETRIES),
+            ),
+            (
+                "orchestrated_wait_ms",
+                self.orchestrated_wait_ms,
+                0,
+                MAX_WAIT_MS,
+            ),
+            (
+                "max_concurrent_power_ons_per_host",
+                self.max_concurrent_power_ons_per_host,
+                1,
+                u64::from(MAX_CONCURRENT_POWER_ONS),
+            ),
+        ];
+        for (name, n, lo, hi) in fields {
+            if let Some(n) = n {
+                check(name.into(), n, lo, hi);
+            }
+        }
+        match &self.admission {
+            Some(AdmissionNums::HostFailuresTolerated(n)) => check(
+                "admission.HostFailuresTolerated".into(),
+                *n,
+                1,
+                u64::from(MAX_HOST_FAILURES_TOLERATED),
+            ),
+            Some(AdmissionNums::PercentReserved { cpu, memory }) => {
+                check("admission.PercentReserved.cpu".into(), *cpu, 0, 100);
+                check("admission.PercentReserved.memory".into(), *memory, 0, 100);
+            }
+            None => {}
+        }
+        bad
+    }
+
+    /// The timing overrides as the agent reads them, when every value is one.
+    fn timings(&self) -> Option<BTreeMap<String, u64>> {
+        self.timings_ms
+            .iter()
+            .flatten()
+            .map(|(k, v)| Some(((*k).to_string(), v.unsigned()?)))
+            .collect()
+    }
+}
+
+/// What a write of `w` to `inv` must come to, judged by the documented limits and the agents' own
+/// rules, and what it came to through the shim's own functions (request parsing, the object's rules,
+/// and the checks of the write path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relation {
+    /// `Timings::with_overrides` refuses the timings: the refusal names one of them.
+    Timings,
+    /// `ClusterConfig::check_layout` refuses the layout: the refusal names `mounts`.
+    Layout,
+}
+
+impl Relation {
+    fn names(self, field: &str) -> bool {
+        match self {
+            Relation::Timings => field
+                .strip_prefix("timings_ms.")
+                .is_some_and(|name| Timings::NAMES.contains(&name)),
+            Relation::Layout => field == "mounts",
+        }
+    }
+}
+
+struct Verdict {
+    /// Fields out of range on their own: a refusal must name one of them.
+    out_of_range: BTreeSet<String>,
+    /// A rule between values the agents' own checks find broken, which a refusal may name instead.
+    relation: Option<Relation>,
+    /// Whether admission control may refuse the write (a VM write that adds demand).
+    admission_may_refuse: bool,
+    outcome: Result<Inventory, ShimError>,
+}
+
+fn post<T: serde::de::DeserializeOwned>(
+    inv: &Inventory,
+    body: Value,
+    rules: fn(&T, &Inventory) -> Result<(), ShimError>,
+    insert: fn(&mut Inventory, T),
+    gate: AdmissionGate,
+) -> Result<Inventory, ShimError> {
+    let spec: T = api::from_value(body)?;
+    rules(&spec, inv)?;
+    let mut next = inv.clone();
+    insert(&mut next, spec);
+    check_write(inv, &next, gate)?;
+    Ok(next)
+}
+
+fn judge(w: &NumericWrite) -> Verdict {
+    let mut inv = base_inventory();
+    let mut out_of_range = BTreeSet::new();
+    fn flag(set: &mut BTreeSet<String>, field: &str, n: Option<Num>, lo: u64, hi: u64) {
+        if n.is_some_and(|n| !n.within(lo, hi)) {
+            set.insert(field.to_string());
+        }
+    }
+    let mut relation = None;
+    let mut admission_may_refuse = false;
+    let outcome = match w {
+        NumericWrite::Host {
+            id,
+            cpu_mhz,
+            memory_mb,
+        } => {
+            flag(&mut out_of_range, "id", Some(*id), 1, u32::MAX.into());
+            flag(&mut out_of_range, "cpu_mhz", *cpu_mhz, 0, u32::MAX.into());
+            flag(&mut out_of_range, "memory_mb", *memory_mb, 0, MAX_MEMORY_MB);
+            let mut body = json!({"id": id.json(), "name": "prop", "address": "10.0.0.9:7400"});
+            for (k, n) in [("cpu_mhz", cpu_mhz), ("memory_mb", memory_mb)] {
+                if let Some(n) = n {
+                    body[k] = n.json();
+                }
+            }
+            post(
+                &inv,
+                body,
+                validate::validate_host,
+                |inv, h: HostSpec| {
+                    inv.hosts.insert(h.id, h);
+                },
+                AdmissionGate::WarnOnly,
+            )
+        }
+        NumericWrite::Vm {
+            id,
+            home,
+            cpu_mhz,
+            memory_mb,
+            policy,
+            hosts,
+        } => {
+            flag(&mut out_of_range, "id", Some(*id), 1, u32::MAX.into());
+            // ds-1 and ds-2 are the datastores there are.
+            flag(&mut out_of_range, "home", Some(*home), 1, 2);
+            flag(&mut out_of_range, "cpu_mhz", *cpu_mhz, 0, u32::MAX.into());
+            flag(&mut out_of_range, "memory_mb", *memory_mb, 0, MAX_MEMORY_MB);
+            inv.ha.admission = policy.clone();
+            inv.ha.failover_hosts = vec![HostId(2)];
+            for (h, &(cpu_mhz, memory_mb)) in inv.hosts.values_mut().zip(hosts) {
+                h.cpu_mhz = cpu_mhz;
+                h.memory_mb = memory_mb;
+            }
+            admission_may_refuse = true;
+            let mut body = json!({"id": id.json(), "name": "propvm", "home": home.json()});
+            for (k, n) in [("cpu_mhz", cpu_mhz), ("memory_mb", memory_mb)] {
+                if let Some(n) = n {
+                    body[k] = n.json();
+                }
+            }
+            post(
+                &inv,
+                body,
+                validate::validate_vm,
+                |inv, v: VmSpec| {
+                    inv.vms.insert(v.id, v);
+                },
+                AdmissionGate::Vm {
+                    field: "reservation",
+                },
+            )
+        }
+        NumericWrite::Datastore { id, mounts } => {
+            flag(&mut out_of_range, "id", Some(*id), 1, u32::MAX.into());
+            let mut seen = BTreeSet::new();
+            for (i, h) in mounts.iter().enumerate() {
+                let known = h.within(1, 2) && seen.insert(h.unsigned());
+                if !known {
+                    out_of_range.insert(format!("mounts[{i}].host"));
+                }
+            }
+            // The layout the agents would get, when the datastore itself is fine.
+            if let (Some(ds), true) = (id.unsigned().filter(|d| *d >= 1), out_of_range.is_empty()) {
+                let mut next = inv.clone();
+                next.datastores.insert(
+                    DatastoreId(ds as u32),
+                    DatastoreSpec {
+                        id: DatastoreId(ds as u32),
+                        name: "propds".into(),
+                        mounts: seen
+                            .iter()
+                            .flatten()
+                            .map(|h| MountSpec {
+                                host: HostId(*h as u32),
+                                path: "/prop".into(),
+                            })
+                            .collect(),
+                    },
+                );
+                if next.to_cluster_config().check_layout().is_err() {
+                    relation = Some(Relation::Layout);
+                }
+            }
+            let body = json!({
+                "id": id.json(),
+                "name": "propds",
+                "mounts": mounts.iter().map(|h| json!({"host": h.json(), "path": "/prop"})).collect::<Vec<_>>(),
+            });
+            post(
+                &inv,
+                body,
+                validate::validate_datastore,
+                |inv, d: DatastoreSpec| {
+                    inv.datastores.insert(d.id, d);
+                },
+                AdmissionGate::WarnOnly,
+            )
+        }
+        NumericWrite::Ha(patch) => {
+            out_of_range = patch.out_of_range();
+            if patch
+                .timings()
+                .is_some_and(|t| Timings::default().with_overrides(&t).is_err())
+            {
+                relation = Some(Relation::Timings);
+            }
+            let mut next = inv.clone();
+            api::apply_ha_patch(&mut next, patch.body())
+                .and_then(|()| check_write(&inv, &next, AdmissionGate::WarnOnly))
+                .map(|_| next)
+        }
+    };
+    Verdict {
+        out_of_range,
+        relation,
+        admission_may_refuse,
+        outcome,
+    }
+}
+
+/// The property: every answer is a success or a 400 that names a field the request got wrong, a
+/// request with nothing wrong succeeds, and what is accepted is a configuration every agent takes.
+fn check_verdict(w: &NumericWrite, v: Verdict) -> Result<(), TestCaseError> {
+    match v.outcome {
+        Ok(next) => {
+            prop_assert!(
+                v.out_of_range.is_empty(),
+                "accepted {w:?} out of range: {:?}",
+                v.out_of_range
+            );
+            prop_assert!(
+                v.relation.is_none(),
+                "accepted {w:?} breaking {:?}",
+                v.relation
+            );
+            let cfg = next.to_cluster_config();
+            prop_assert!(
+                Timings::default()
+                    .with_overrides(&cfg.ha.timings_ms)
+                    .is_ok(),
+                "accepted {w:?}: an agent refuses its timings {:?}",
+                cfg.ha.timings_ms
+            );
+            prop_assert_eq!(cfg.check_layout(), Ok(()), "accepted {:?}", w);
+            // Admission control's figures are the exact sums, whatever the sizes.
+            let a = admission::evaluate(&next);
+            let cpu: u128 = next
+                .hosts
+                .values()
+                .filter(|h| !h.maintenance)
+                .map(|h| u128::from(h.cpu_mhz))
+                .sum();
+            let mem: u128 = next
+                .hosts
+                .values()
+                .filter(|h| !h.maintenance)
+                .map(|h| u128::from(h.memory_mb))
+                .sum();
+            prop_assert_eq!((a.cpu_mhz.capacity, a.memory_mb.capacity), (cpu, mem));
+        }
+        Err(ShimError::Admission { field, report, .. }) => {
+            prop_assert!(
+                v.admission_may_refuse,
+                "{w:?}: refused by admission control"
+            );
+            prop_assert!(
+                v.out_of_range.is_empty(),
+                "{w:?}: admission control before the ranges"
+            );
+            prop_assert_eq!(field, "reservation");
+            prop_assert!(!report.ok);
+        }
+        Err(e) => {
+            let body = e.body();
+            let field = body.error.field.clone().unwrap_or_default();
+            prop_assert_eq!(e.status(), 400, "{:?}: {}", w, e);
+            let named =
+                v.out_of_range.contains(&field) || v.relation.is_some_and(|r| r.names(&field));
+            prop_assert!(
+                named,
+                "{w:?}: refused naming {field:?} ({}), expected one of {:?} or {:?}",
+                body.error.message,
+                v.out_of_range,
+                v.relation
+            );
+            // Plain words: no Rust debug form of an id.
+            prop_assert!(
+                !body.error.message.contains("Id("),
+                "{}",
+                body.error.message
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+
+    /// Every numeric field the shim accepts (host, VM and datastore ids, capacities, reservations,
+    /// homes, mounts, every timing the agent knows, retries, waits, power-ons and the admission
+    /// policy's numbers), fed with any integer, through the functions the API's write path runs.
+    #[test]
+    fn any_number_is_accepted_in_range_or_refused_naming_its_field(w in numeric_write()) {
+        let v = judge(&w);
+        check_verdict(&w, v)?;
+    }
+}
+
+#[test]
+fn any_number_over_http_is_a_success_or_a_400_naming_the_field() {
+    // The same property for HA settings through the running server: the parser in front of the
+    // functions above, and a server that keeps answering. HA patches only, because their verdict
+    // does not depend on what earlier cases stored.
+    let s = Server::start();
+    s.basic_inventory();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 24,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&ha_patch(), |patch| {
+            let expected = judge(&NumericWrite::Ha(patch.clone()));
+            let (code, v) = s.call("PUT", "/v1/config/ha", Some(Value::Object(patch.body())));
+            match expected.outcome {
+                Ok(_) => {
+                    prop_assert_eq!(code, 200, "{:?}: {}", patch, v);
+                    let cfg = read_config(&s.ds1()).unwrap();
+                    prop_assert_eq!(cfg.generation, v["generation"].as_u64().unwrap());
+                    prop_assert!(
+                        Timings::default()
+                            .with_overrides(&cfg.ha.timings_ms)
+                            .is_ok()
+                    );
+                }
+                Err(e) => {
+                    prop_assert_eq!(code, 400, "{:?}: {}", patch, v);
+                    prop_assert_eq!(field(&v), e.body().error.field.unwrap(), "{:?}", patch);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(s.call("GET", "/v1/state", None).0, 200);
 }
