@@ -939,7 +939,7 @@ impl World {
         ) {
             let id = self.hosts[i].id;
             self.violate(
-                "no_false_restart",
+                crate::invariants::no_false_restart::NAME,
                 format!("{id} fenced {vm} although its storage for {home} was healthy"),
             );
         }
@@ -974,19 +974,9 @@ impl World {
         }
         if let Event::RestartIssued { vm, .. } = &e {
             self.restarts_issued.push((self.now, *vm));
-            // An unprotected VM is the operator's: HA may act on it only until the new
-            // configuration has reached the master (a poll interval, a read, a margin).
-            let grace = us(self.params.timings.config_poll_interval) + 5_000_000;
-            if let Some(&since) = self.unprotected_since.get(vm)
-                && self.now.saturating_sub(since) > grace
-            {
-                self.violate(
-                    "unprotected_vm_left_alone",
-                    format!(
-                        "{h} issued a restart of {vm}, unprotected {:.1} s ago",
-                        (self.now - since) as f64 / 1e6
-                    ),
-                );
+            use crate::invariants::unprotected_vm_left_alone as inv;
+            if let Some(detail) = inv::at_restart_issued(self, h, *vm) {
+                self.violate(inv::NAME, detail);
             }
         }
         if matches!(
@@ -1025,23 +1015,12 @@ impl World {
         let result = if fail {
             Err("power-on failed".to_string())
         } else {
-            let elsewhere: Vec<HostId> = self
-                .hosts
-                .iter()
-                .filter(|o| o.id != h && o.powered && o.running.contains_key(&vm))
-                .map(|o| o.id)
-                .collect();
-            if !elsewhere.is_empty() {
-                self.violate(
-                    "no_vm_on_two_hosts",
-                    format!("{vm} powered on at {h} while running on {elsewhere:?}"),
-                );
+            use crate::invariants::{no_vm_on_two_hosts, operator_stop_respected};
+            if let Some(detail) = no_vm_on_two_hosts::at_power_on(self, h, vm) {
+                self.violate(no_vm_on_two_hosts::NAME, detail);
             }
-            if self.operator_stopped.contains(&vm) && !self.operator_stop_unknowable.contains(&vm) {
-                self.violate(
-                    "operator_stop_respected",
-                    format!("{vm} restarted at {h} after an operator stopped it"),
-                );
+            if let Some(detail) = operator_stop_respected::at_power_on(self, h, vm) {
+                self.violate(operator_stop_respected::NAME, detail);
             }
             self.hosts[i].running.insert(vm, self.now);
             self.power_ons.push((self.now, h, vm));
@@ -1399,12 +1378,12 @@ impl World {
             };
             let ev = *ev;
             same_instant = if at == self.now { same_instant + 1 } else { 0 };
-            if same_instant > 200_000 {
-                // Virtual time no longer advances: some timer re-fires at the same instant forever.
+            use crate::invariants::time_advances;
+            if same_instant > time_advances::MAX_EVENTS_AT_ONE_INSTANT {
                 // Report it instead of spinning.
                 self.violate(
-                    "time_advances",
-                    format!("{} events at one instant; last {ev:?}", same_instant),
+                    time_advances::NAME,
+                    time_advances::detail(same_instant, &ev),
                 );
                 self.queue.clear();
                 break;

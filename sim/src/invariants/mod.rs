@@ -5,7 +5,10 @@ pub mod dead_host_vms_restarted;
 pub mod no_false_restart;
 pub mod no_vm_on_two_hosts;
 pub mod one_master_per_partition;
+pub mod operator_stop_respected;
 pub mod protected_never_forgotten;
+pub mod time_advances;
+pub mod unprotected_vm_left_alone;
 
 use crate::world::{Violation, World};
 

@@ -6,6 +6,8 @@ use crate::world::{Micros, SimHost};
 use heartbeat_fs::DatastoreId;
 use std::collections::BTreeSet;
 
+pub const NAME: &str = "no_false_restart";
+
 /// True when host `h` fencing a VM of datastore `home` at `now` is needless.
 pub fn needless_fence(
     h: &SimHost,

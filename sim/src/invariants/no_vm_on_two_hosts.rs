@@ -1,8 +1,23 @@
-//! No VM runs on two hosts at any instant. Checked at every power-on (in `world::power_on_done`) and
-//! on a snapshot at the end.
+//! No VM runs on two hosts at any instant. Checked at every power-on (`at_power_on`, called by the
+//! world the instant a hypervisor start completes) and on a snapshot at the end (`check`).
 
 use crate::world::{Violation, World};
+use heartbeat_fs::{HostId, VmId};
 use std::collections::BTreeMap;
+
+pub const NAME: &str = "no_vm_on_two_hosts";
+
+/// `vm` has just come up on `h`: a violation when another powered host runs it.
+pub fn at_power_on(w: &World, h: HostId, vm: VmId) -> Option<String> {
+    let elsewhere: Vec<HostId> = w
+        .hosts
+        .iter()
+        .filter(|o| o.id != h && o.powered && o.running.contains_key(&vm))
+        .map(|o| o.id)
+        .collect();
+    (!elsewhere.is_empty())
+        .then(|| format!("{vm} powered on at {h} while running on {elsewhere:?}"))
+}
 
 pub fn check(w: &World) -> Vec<Violation> {
     let mut seen = BTreeMap::new();
@@ -11,7 +26,7 @@ pub fn check(w: &World) -> Vec<Violation> {
         for vm in h.running.keys() {
             if let Some(other) = seen.insert(*vm, h.id) {
                 out.push(Violation {
-                    invariant: "no_vm_on_two_hosts",
+                    invariant: NAME,
                     at: w.now,
                     detail: format!("{vm} runs on {other} and {}", h.id),
                 });
