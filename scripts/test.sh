@@ -46,5 +46,11 @@ if [ -z "${FDM_QUICK:-}" ] && [ -f sim/src/main.rs ]; then
   [ "${PIPESTATUS[0]}" = 0 ] || { echo "safety step tests failed"; exit 1; }
 fi
 
+if [ -z "${FDM_QUICK:-}" ]; then
+  # Release agents on loopback; fails if any verdict or role changes under the flood.
+  step "forged-datagram flood at a release master (50 000/s for 20 s: no verdict may change)"
+  cargo bench -q -p fdm-benches --bench flood -- --check
+fi
+
 echo
 echo "${passed} passed, ${failed} failed"

@@ -2,12 +2,15 @@
 //! hypervisor results and timer expiries into the `Agent` and carries its outputs out.
 //!
 //! Datastore IO runs on `heartbeat_fs::fs::DatastoreExecutor` threads with a deadline and hypervisor
-//! calls on blocking threads, so neither can stall the heartbeats.
+//! calls on blocking threads, so neither can stall the heartbeats. Datagrams are received in
+//! batches with a bound per turn of the loop (`udp`), so that a flood of garbage at the port cannot
+//! stall them either.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod config;
 pub mod report;
 pub mod status;
+mod udp;
 
 use crate::core::{
     Agent, AgentSettings, HypervisorAction, HypervisorEvent, OperatorCommand, Output, Time,
@@ -45,6 +48,106 @@ pub struct Shared {
     pub status: Option<serde_json::Value>,
     pub metrics: String,
     pub events: VecDeque<String>,
+}
+
+/// The shared state, also after a thread panicked while holding it: what it holds is only ever
+/// replaced whole, so it is still fit to serve, and the agent must not stop over a status page.
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The event loop's own counters, for `/metrics`: how the receive path and the timers fare.
+#[derive(Debug, Default)]
+struct LoopStats {
+    /// UDP receive buffer the kernel granted, bytes as it counts them.
+    receive_buffer: usize,
+    /// Datagrams the kernel dropped at the socket because its queue was full.
+    kernel_drops: udp::KernelDrops,
+    /// Turns of the loop that handled the full budget of datagrams: the socket had more.
+    full_receive_turns: u64,
+    receive_errors: u64,
+    /// Timer expiries handled more than [`LATE_TIMER`] after their deadline, and the latest one.
+    late_timers: u64,
+    latest_timer: Duration,
+}
+
+/// A timer this late means the event loop was too busy to keep time (heartbeats every 500 ms by
+/// default, a verdict turns after 1.5 s).
+const LATE_TIMER: Duration = Duration::from_millis(50);
+
+impl LoopStats {
+    fn timer_fired(&mut self, deadline: Option<Time>, now: Time) {
+        let Some(d) = deadline else { return };
+        let late = now.since(d);
+        if late > LATE_TIMER {
+            self.late_timers += 1;
+        }
+        self.latest_timer = self.latest_timer.max(late);
+    }
+}
+
+/// The core's clock: microseconds since `start` (saturating; u64 microseconds last 584 000 years).
+fn clock(start: Instant) -> Time {
+    Time::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX))
+}
+
+/// When the event loop must wake for a core deadline. A deadline beyond what `Instant` can hold is
+/// looked at again in an hour rather than overflowing; no deadline at all, in 100 ms (as before).
+fn wake_at(start: Instant, deadline: Option<Time>) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    match deadline {
+        Some(t) => start
+            .checked_add(Duration::from_micros(t.as_micros()))
+            .map(tokio::time::Instant::from_std)
+            .or_else(|| now.checked_add(Duration::from_secs(3600)))
+            .unwrap_or(now),
+        None => now.checked_add(Duration::from_millis(100)).unwrap_or(now),
+    }
+}
+
+/// One turn's worth of datagrams: up to [`udp::TURN_BUDGET`], fewer when the queue runs dry. Then
+/// the core's timer, if it fell due meanwhile, so that a steady flood delays it by one turn at
+/// most, whatever order the event loop's branches are polled in.
+fn receive_turn(
+    socket: &UdpSocket,
+    receiver: &mut udp::Receiver,
+    agent: &mut Agent,
+    start: Instant,
+    stats: &mut LoopStats,
+) {
+    let mut handled = 0;
+    while handled < udp::TURN_BUDGET {
+        let n = match receiver.receive(socket) {
+            Ok(n) => n,
+            Err(e) => {
+                stats.receive_errors += 1;
+                if stats.receive_errors.is_power_of_two() {
+                    tracing::warn!(error = %e, times = stats.receive_errors, "receiving from the UDP socket failed");
+                }
+                break;
+            }
+        };
+        // One batch arrived in one system call: one reading of the clock dates all of it.
+        let t = clock(start);
+        for i in 0..n {
+            agent.handle_datagram(t, receiver.datagram(i));
+        }
+        handled += n;
+        if n < udp::BATCH {
+            break;
+        }
+    }
+    if handled >= udp::TURN_BUDGET {
+        stats.full_receive_turns += 1;
+    }
+    let deadline = agent.poll_timeout();
+    let t = clock(start);
+    if deadline.is_some_and(|d| d <= t) {
+        stats.timer_fired(deadline, t);
+        agent.handle_timeout(t);
+    }
 }
 
 trait Watchdog: Send {
@@ -123,22 +226,6 @@ fn incarnation() -> u64 {
         .unwrap_or(1)
 }
 
-fn udp_socket(bind: SocketAddr) -> anyhow::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
-    let _ = s.set_recv_buffer_size(1 << 20);
-    let _ = s.set_send_buffer_size(1 << 20);
-    if bind.is_ipv4() {
-        // DSCP CS6 (network control): heartbeats ahead of bulk traffic where the network honours it.
-        let _ = s.set_tos(0xc0);
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&bind.into())
-        .with_context(|| format!("binding {bind}"))?;
-    Ok(UdpSocket::from_std(s.into())?)
-}
-
 /// Ping an address once (ICMP through the `ping` binary); false when it does not answer or `ping`
 /// is missing.
 async fn ping(addr: String) -> bool {
@@ -171,9 +258,14 @@ pub async fn run(
     std::fs::create_dir_all(&cfg.file.state_dir)
         .with_context(|| format!("state dir {}", cfg.file.state_dir.display()))?;
     let driver = make_driver(&cfg)?;
-    let socket = Arc::new(udp_socket(cfg.bind)?);
+    let (socket, receive_buffer) = udp::bind(cfg.bind)?;
     let start = Instant::now();
-    let now = || Time::from_micros(start.elapsed().as_micros() as u64);
+    let now = || clock(start);
+    let mut loop_stats = LoopStats {
+        receive_buffer,
+        ..LoopStats::default()
+    };
+    let mut receiver = udp::Receiver::new();
     let incarnation = incarnation();
     let mut reporter = report::Reporter::new(incarnation, &cfg.datastores)?;
     let mut settings = AgentSettings::new(
@@ -237,10 +329,9 @@ pub async fn run(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut stop = stop;
-    let mut buf = vec![0u8; 2048];
     let mut shutting_down: Option<Instant> = None;
     let mut known_config = u64::MAX;
-    let mut last_publish = Instant::now() - Duration::from_secs(1);
+    let mut last_publish: Option<Instant> = None;
     let mut events_since_publish = false;
     tracing::info!(host = %cfg.host, bind = %cfg.bind, "fdm-agent started");
     if crate::core::FAULT_KNOBS_COMPILED {
@@ -305,7 +396,7 @@ pub async fn run(
                     reporter.record(&e);
                     let line = format!("{e:?}");
                     tracing::info!(target: "fdm::event", event = %line);
-                    let mut s = shared.lock().expect("shared");
+                    let mut s = lock(&shared);
                     s.events
                         .push_back(format!("{:.3} {line}", start.elapsed().as_secs_f64()));
                     while s.events.len() > 200 {
@@ -324,11 +415,14 @@ pub async fn run(
                 .collect();
             driver.set_known_vms(&vms);
         }
-        if events_since_publish || last_publish.elapsed() >= Duration::from_millis(200) {
-            last_publish = Instant::now();
+        if events_since_publish
+            || last_publish.is_none_or(|t| t.elapsed() >= Duration::from_millis(200))
+        {
+            last_publish = Some(Instant::now());
             events_since_publish = false;
+            loop_stats.kernel_drops.refresh(&socket);
             let snapshot = agent.status(now());
-            status::publish(&agent, &snapshot, &shared);
+            status::publish(&agent, &snapshot, &shared, &loop_stats);
             reporter.tick(&agent, &snapshot);
         }
         if let Some(t0) = shutting_down
@@ -338,15 +432,8 @@ pub async fn run(
             tracing::info!("fdm-agent stopped");
             return Ok(());
         }
-        let deadline = agent
-            .poll_timeout()
-            .map(|t| start + Duration::from_micros(t.as_micros()));
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
+        let deadline = agent.poll_timeout();
+        let sleep = tokio::time::sleep_until(wake_at(start, deadline));
         let stopper = async {
             match stop.as_mut() {
                 Some(s) => {
@@ -356,9 +443,9 @@ pub async fn run(
             }
         };
         tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                if let Ok((n, _)) = r {
-                    agent.handle_datagram(now(), &buf[..n]);
+            r = socket.readable() => {
+                if r.is_ok() {
+                    receive_turn(&socket, &mut receiver, &mut agent, start, &mut loop_stats);
                 }
             }
             Some(input) = rx.recv() => {
@@ -372,7 +459,11 @@ pub async fn run(
                     Input::Reloaded(r) => apply_reload(&mut cfg, &mut agent, *r),
                 }
             }
-            _ = sleep => agent.handle_timeout(now()),
+            _ = sleep => {
+                let t = now();
+                loop_stats.timer_fired(deadline, t);
+                agent.handle_timeout(t);
+            }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: handing over and stopping");
                 agent.handle_command(now(), OperatorCommand::Shutdown);
@@ -461,5 +552,38 @@ fn run_action(d: &dyn Driver, action: HypervisorAction) -> HypervisorEvent {
                 run_action(d, HypervisorAction::List { op })
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn deadlines_beyond_the_clock_do_not_panic() {
+        let start = Instant::now();
+        let now = tokio::time::Instant::now();
+        // The far end of the core's clock: an hour from now, not an overflow.
+        let far = wake_at(start, Some(Time(u64::MAX)));
+        assert!(far >= now + Duration::from_secs(3599));
+        let soon = wake_at(start, Some(Time::from_millis(5)));
+        assert!(soon <= tokio::time::Instant::from_std(start) + Duration::from_millis(5));
+        let idle = wake_at(start, None);
+        assert!(idle >= now + Duration::from_millis(100));
+        assert!(clock(start) <= Time::from_millis(60_000));
+    }
+
+    #[test]
+    fn late_timers_are_counted() {
+        let mut s = LoopStats::default();
+        s.timer_fired(None, Time::from_millis(900));
+        s.timer_fired(Some(Time::from_millis(100)), Time::from_millis(120));
+        assert_eq!(s.late_timers, 0);
+        s.timer_fired(Some(Time::from_millis(100)), Time::from_millis(200));
+        assert_eq!(s.late_timers, 1);
+        assert_eq!(s.latest_timer, Duration::from_millis(100));
+        // A timer handled before its deadline (a spurious wake-up) is not late.
+        s.timer_fired(Some(Time::from_millis(500)), Time::from_millis(400));
+        assert_eq!(s.late_timers, 1);
     }
 }

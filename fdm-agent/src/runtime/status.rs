@@ -1,6 +1,6 @@
 //! The local status socket (`fdm-agent status`, maintenance commands) and the Prometheus endpoint.
 
-use super::{Input, Shared};
+use super::{Input, LoopStats, Shared, lock};
 use crate::core::{Agent, OperatorCommand, Role, StatusSnapshot, Verdict};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -18,7 +18,12 @@ fn role_name(r: Role) -> String {
 }
 
 /// Refresh what the status socket and `/metrics` serve.
-pub(super) fn publish(agent: &Agent, st: &StatusSnapshot, shared: &Mutex<Shared>) {
+pub(super) fn publish(
+    agent: &Agent,
+    st: &StatusSnapshot,
+    shared: &Mutex<Shared>,
+    loop_stats: &LoopStats,
+) {
     let hosts: Vec<serde_json::Value> = st
         .hosts
         .iter()
@@ -34,7 +39,7 @@ pub(super) fn publish(agent: &Agent, st: &StatusSnapshot, shared: &Mutex<Shared>
         .iter()
         .map(|v| serde_json::json!({"vm": v.vm.0, "host": v.host.map(|h| h.0), "state": v.state.map(|s| format!("{s:?}")), "restart": v.restart}))
         .collect();
-    let mut s = shared.lock().expect("shared");
+    let mut s = lock(shared);
     let events: Vec<String> = s.events.iter().rev().take(20).rev().cloned().collect();
     s.status = Some(serde_json::json!({
         "host": st.host.0, "role": role_name(st.role), "master": st.master.map(|m| m.0),
@@ -102,6 +107,32 @@ pub(super) fn publish(agent: &Agent, st: &StatusSnapshot, shared: &Mutex<Shared>
         "fdm_datagrams_dropped_total{{reason=\"UnknownSender\"}} {}\n",
         stats.unknown_sender
     ));
+    // The receive path under load: what the kernel granted and dropped (the agent did not keep up),
+    // turns that had more datagrams queued than one turn handles, and how late the timers ran.
+    m.push_str(&format!(
+        "# TYPE fdm_udp_receive_buffer_bytes gauge\nfdm_udp_receive_buffer_bytes {}\n",
+        loop_stats.receive_buffer
+    ));
+    m.push_str(&format!(
+        "# TYPE fdm_udp_kernel_drops_total counter\nfdm_udp_kernel_drops_total {}\n",
+        loop_stats.kernel_drops.total
+    ));
+    m.push_str(&format!(
+        "# TYPE fdm_udp_full_receive_turns_total counter\nfdm_udp_full_receive_turns_total {}\n",
+        loop_stats.full_receive_turns
+    ));
+    m.push_str(&format!(
+        "# TYPE fdm_udp_receive_errors_total counter\nfdm_udp_receive_errors_total {}\n",
+        loop_stats.receive_errors
+    ));
+    m.push_str(&format!(
+        "# TYPE fdm_timers_late_total counter\nfdm_timers_late_total {}\n",
+        loop_stats.late_timers
+    ));
+    m.push_str(&format!(
+        "# TYPE fdm_timer_latest_seconds gauge\nfdm_timer_latest_seconds {:.6}\n",
+        loop_stats.latest_timer.as_secs_f64()
+    ));
     m.push_str(&format!(
         "# TYPE fdm_datastore_ops_failed_total counter\nfdm_datastore_ops_failed_total {}\n",
         stats.ds_ops_failed
@@ -138,9 +169,7 @@ pub(super) fn serve_status(
                     continue;
                 }
                 let reply = match line.trim() {
-                    "status" | "" => shared
-                        .lock()
-                        .expect("shared")
+                    "status" | "" => lock(&shared)
                         .status
                         .clone()
                         .map(|s| s.to_string())
@@ -172,7 +201,7 @@ pub(super) async fn serve_metrics(
             let Ok((mut conn, _)) = listener.accept().await else {
                 continue;
             };
-            let body = shared.lock().expect("shared").metrics.clone();
+            let body = lock(&shared).metrics.clone();
             tokio::spawn(async move {
                 let mut req = [0u8; 1024];
                 let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut req).await;
