@@ -37,7 +37,7 @@ traces() {
   done
 }
 traces "$work/target/release/fdm-sim" "$work/traces/base"
-traces "$root/target/release/fdm-sim" "$work/traces/new"
+traces "${CARGO_TARGET_DIR:-$root/target}/release/fdm-sim" "$work/traces/new"
 
 total=0
 differ=0
