@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark of fdm-benches and joins their sections into target/bench-report/REPORT.md
-# (the source of the figures in docs/performance.md). About 12 minutes on the 2-core CI machine;
+# (the source of the figures in docs/performance.md). About 19 minutes on the 2-core CI machine (the flood ramps 7 of them);
 # as root it also measures the veth path between two network namespaces.
 #
 #   scripts/bench-report.sh
@@ -19,7 +19,7 @@ cargo bench -p fdm-benches 2>&1 | tee "$out/bench-output.txt"
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo),"\
        "$(uname -m), Linux $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)."
   echo
-  for f in net_latency ds_latency detection foca_peer scale; do
+  for f in net_latency ds_latency detection foca_peer scale flood; do
     if [ -f "$out/$f.md" ]; then
       cat "$out/$f.md"
       echo
