@@ -294,6 +294,59 @@ mod tests {
     }
 
     #[test]
+    fn renewal_and_release_need_both_owner_and_epoch() {
+        // The same host at an older epoch (it lost the claim and took it again) and another host
+        // at the same epoch are both not the writer: neither may renew, neither may release.
+        for current in [claim(1, 5, false), claim(2, 3, false)] {
+            let d = decide_claim_write(
+                Some(current),
+                &claim(1, 3, false),
+                ClaimWrite::Renew,
+                || unreachable!("renewal does not look at the lock"),
+            )
+            .unwrap();
+            assert_eq!(
+                d.outcome,
+                Err(DsError::ClaimMismatch {
+                    current: Some(current)
+                }),
+                "renewing over {current:?}"
+            );
+            let d =
+                decide_claim_write(Some(current), &claim(1, 3, true), ClaimWrite::Release, free)
+                    .unwrap();
+            assert_eq!(d.outcome, Ok(None), "releasing over {current:?}");
+        }
+        let d = decide_claim_write(
+            Some(claim(1, 3, false)),
+            &claim(1, 3, false),
+            ClaimWrite::Renew,
+            free,
+        )
+        .unwrap();
+        assert_eq!(d.outcome, Ok(Some(claim(1, 3, false))));
+    }
+
+    #[test]
+    fn claims_are_described_in_plain_words() {
+        let mut nobody = claim(1, 2, false);
+        nobody.owner = HostId::NONE;
+        assert_eq!(describe_claim(None), "the datastore has no claim");
+        assert_eq!(
+            describe_claim(Some(nobody)),
+            "nobody holds the datastore's claim"
+        );
+        assert_eq!(
+            describe_claim(Some(claim(3, 7, true))),
+            "host-3 released the claim at e7"
+        );
+        assert_eq!(
+            describe_claim(Some(claim(3, 7, false))),
+            "host-3 holds the claim at e7"
+        );
+    }
+
+    #[test]
     fn a_corrupt_claim_refuses_gated_writes_with_a_corrupt_error() {
         let list = ProtectedVmList {
             cluster: ClusterId(1),
