@@ -8,13 +8,13 @@
 # SET (required):
 #   claim   heartbeat-fs/src/claim.rs, tested by `cargo test -p heartbeat-fs`
 #           (32 mutants, about 15 min on 2 cores)
-#   agent   fdm-agent/src/core/agent/*.rs, tested by `cargo test -p fdm-agent --lib` (the core tests)
+#   agent   fdm-agent/core/src/agent/*.rs, tested by `cargo test -p fdm-core --lib` (the core tests)
 #           (about 700 mutants, about 40 s each: the long run, many hours; bound it with the options)
 #   all     claim, then agent
 #
 # OPTIONS (anything else is passed to cargo mutants as it is):
 #   --file GLOB   mutate only these files instead of the set's (repeatable), e.g.
-#                 --file fdm-agent/src/core/agent/local.rs
+#                 --file fdm-agent/core/src/agent/local.rs
 #   --shard K/N   run only shard K of N (0-based: 0/8 .. 7/8); shards are consecutive slices
 #   --re REGEX    only mutants whose name (as --list shows it) matches, e.g. --re 'in judge$'
 #   --list        list the mutants and stop (quick: nothing is built)
@@ -38,7 +38,7 @@
 #
 # Examples:
 #   scripts/mutants.sh claim
-#   scripts/mutants.sh agent --file fdm-agent/src/core/agent/local.rs
+#   scripts/mutants.sh agent --file fdm-agent/core/src/agent/local.rs
 #   scripts/mutants.sh agent --shard 3/8
 #   scripts/mutants.sh agent --re 'Agent::schedule_restarts' --list
 #
@@ -87,8 +87,8 @@ run_set() {
       test_args=()
       ;;
     agent)
-      package=fdm-agent
-      default_glob='fdm-agent/src/core/agent/*.rs'
+      package=fdm-core
+      default_glob='fdm-agent/core/src/agent/*.rs'
       timeout=${MUTANTS_TIMEOUT:-60}
       # The core's own tests: the library's unit tests, not the binary's or integration tests.
       test_args=(--lib)

@@ -11,8 +11,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// The version, and whether this build can remove safety steps: a build with the simulator's
-/// `fault-knobs` feature (any build of the whole workspace, or `cargo test`) must be told apart from
-/// a release build (`cargo build --release -p fdm-agent`) by anyone who installs it.
+/// `fdm-core/fault-knobs` feature (any build or test of the whole workspace, which has the simulator)
+/// must be told apart from a release build (`cargo build --release -p fdm-agent`) by anyone who
+/// installs it.
 const VERSION: &str = if fdm_agent::core::FAULT_KNOBS_COMPILED {
     concat!(
         env!("CARGO_PKG_VERSION"),

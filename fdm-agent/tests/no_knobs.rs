@@ -1,7 +1,7 @@
 //! The agent as built for production has no fault knobs: building `fdm-agent` (and the shim, which
-//! links its core) on its own, as `docs/operations.md` says, does not enable the `fault-knobs`
-//! feature through any dependency. The simulator's build does, and the check sees it there, so it
-//! would see a production dependency that turned the feature on.
+//! links its core) on its own, as `docs/operations.md` says, does not enable `fdm-core`'s
+//! `fault-knobs` feature through any dependency. The simulator's build does, and the check sees it
+//! there, so it would see a production dependency that turned the feature on.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::process::Command;
@@ -36,13 +36,14 @@ fn features_of(packages: &[&str]) -> String {
 fn a_production_build_has_no_fault_knobs() {
     let production = features_of(&["fdm-agent", "vcenter-shim"]);
     assert!(production.contains("fdm-agent"), "{production}");
+    assert!(production.contains("fdm-core"), "{production}");
     assert!(
         !production.contains("fault-knobs"),
         "a production dependency enables the fault knobs:\n{production}"
     );
     let simulator = features_of(&["fdm-sim"]);
     assert!(
-        simulator.contains("fdm-agent feature \"fault-knobs\""),
+        simulator.contains("fdm-core feature \"fault-knobs\""),
         "the check does not see the simulator's knobs, so it sees nothing:\n{simulator}"
     );
 }

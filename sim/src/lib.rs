@@ -1,4 +1,4 @@
-//! fdm-sim: a deterministic discrete-event simulator that runs the real `fdm_agent::core::Agent` of
+//! fdm-sim: a deterministic discrete-event simulator that runs the real `fdm_core::Agent` of
 //! every host in virtual time under injected faults (network partitions, loss, storage failures and
 //! hangs, host crashes, agent hangs, clock drift, a master dying mid-failover), checks the safety and
 //! liveness invariants continuously, and replays any run exactly from its seed.

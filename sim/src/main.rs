@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fdm_agent::core::{FaultKnobs, SafetyStep};
+use fdm_core::{FaultKnobs, SafetyStep};
 use fdm_sim::report;
 use fdm_sim::run::{self, pct};
 use fdm_sim::sweep::{self, Profile};

@@ -3,7 +3,7 @@
 use crate::invariants;
 use crate::scenario::{Expect, Scenario};
 use crate::world::{Micros, StopKind, Violation, World};
-use fdm_agent::core::FaultKnobs;
+use fdm_core::FaultKnobs;
 use heartbeat_fs::VmId;
 
 #[derive(Debug, Clone)]

@@ -2,7 +2,7 @@
 //! expectations checked at given times.
 
 use crate::world::{Fault, Micros, NetParams, SimParams};
-use fdm_agent::core::Timings;
+use fdm_core::Timings;
 use heartbeat_fs::records::*;
 use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
 use serde::Deserialize;

@@ -6,7 +6,7 @@
 use crate::rng::Rng;
 use crate::scenario::Scenario;
 use crate::world::{Fault, Micros, SimParams};
-use fdm_agent::core::{FaultKnobs, Timings};
+use fdm_core::{FaultKnobs, Timings};
 use heartbeat_fs::records::*;
 use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! and a discrete-event queue in virtual time. Every source of nondeterminism is the seeded `Rng`.
 
 use crate::rng::Rng;
-use fdm_agent::core::{
+use fdm_core::{
     Agent, AgentSettings, Event, FaultKnobs, HypervisorAction, HypervisorEvent, Output, Role,
     StopCause, Time, Timings, Verdict, VmRunState,
 };
@@ -355,7 +355,7 @@ pub struct World {
     oneway: BTreeSet<(HostId, HostId)>,
     pub config: ClusterConfig,
     /// The configuration every agent starts from, shared (one copy for thousands of agents).
-    view: std::sync::Arc<fdm_agent::core::cluster::ClusterView>,
+    view: std::sync::Arc<fdm_core::cluster::ClusterView>,
     pub trace: Vec<TraceLine>,
     pub violations: Vec<Violation>,
     pub events_processed: u64,
@@ -459,7 +459,7 @@ impl World {
             ds_dead: BTreeSet::new(),
             groups: BTreeMap::new(),
             oneway: BTreeSet::new(),
-            view: std::sync::Arc::new(fdm_agent::core::cluster::ClusterView::new(config.clone())),
+            view: std::sync::Arc::new(fdm_core::cluster::ClusterView::new(config.clone())),
             config,
             trace: Vec::new(),
             violations: Vec::new(),
@@ -1249,9 +1249,8 @@ impl World {
             Fault::PauseHa { paused } => {
                 self.config.generation += 1;
                 self.config.ha.paused = paused;
-                self.view = std::sync::Arc::new(fdm_agent::core::cluster::ClusterView::new(
-                    self.config.clone(),
-                ));
+                self.view =
+                    std::sync::Arc::new(fdm_core::cluster::ClusterView::new(self.config.clone()));
                 for d in self.ds.values_mut() {
                     d.config = Some(self.config.clone());
                 }
@@ -1521,7 +1520,7 @@ impl World {
 
 #[cfg(test)]
 mod tests {
-    use fdm_agent::core::messages::Message;
+    use fdm_core::messages::Message;
     use heartbeat_fs::{DatastoreId, Epoch, VmId};
 
     #[test]

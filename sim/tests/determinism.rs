@@ -1,7 +1,7 @@
 //! The same seed gives the same run, byte for byte: the trace of a sweep seed and of a scenario,
 //! produced twice, are identical.
 
-use fdm_agent::core::FaultKnobs;
+use fdm_core::FaultKnobs;
 use fdm_sim::sweep::{self, Profile};
 use fdm_sim::{report, run};
 

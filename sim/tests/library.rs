@@ -1,7 +1,7 @@
 //! Every scenario of `sim/scenarios/` passes its expectations and every invariant.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use fdm_agent::core::FaultKnobs;
+use fdm_core::FaultKnobs;
 use fdm_sim::{report, run, scenario};
 use std::path::Path;
 

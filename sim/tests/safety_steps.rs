@@ -6,7 +6,7 @@
 //! Slow in a debug build (hundreds of simulated minutes): `scripts/test.sh` runs it in release
 //! (`cargo test --release -p fdm-sim --test safety_steps`); a debug `cargo test` skips it, saying so.
 
-use fdm_agent::core::{FaultKnobs, SafetyStep};
+use fdm_core::{FaultKnobs, SafetyStep};
 use fdm_sim::run::{self, Report};
 use fdm_sim::scenario::{self, Scenario};
 use fdm_sim::sweep::{self, Profile};

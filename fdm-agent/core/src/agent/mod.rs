@@ -10,9 +10,7 @@
 macro_rules! step_removed {
     ($settings:expr, $step:ident) => {{
         #[cfg(feature = "fault-knobs")]
-        let removed = $settings
-            .fault_knobs
-            .removes($crate::core::SafetyStep::$step);
+        let removed = $settings.fault_knobs.removes($crate::SafetyStep::$step);
         #[cfg(not(feature = "fault-knobs"))]
         let removed = false;
         removed

@@ -1,7 +1,7 @@
 //! Failover decisions (issue 5's behaviours).
 
 use super::harness::*;
-use crate::core::{Event, FaultKnobs, Role, SafetyStep, Timings, Verdict};
+use crate::{Event, FaultKnobs, Role, SafetyStep, Timings, Verdict};
 use heartbeat_fs::ops::{DsOp, DsReply};
 use heartbeat_fs::records::{IsolationResponse, Resources, RestartPriority, RestartState};
 use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
@@ -252,9 +252,9 @@ fn operator_stopped_vm_stays_stopped() {
     let now = c.now;
     a.handle_hypervisor(
         now,
-        crate::core::HypervisorEvent::VmStopped {
+        crate::HypervisorEvent::VmStopped {
             vm: VmId(1),
-            state: crate::core::VmRunState::StoppedByUser,
+            state: crate::VmRunState::StoppedByUser,
         },
     );
     c.run_secs(5.0);
@@ -287,9 +287,9 @@ fn crashed_vm_is_restarted_on_its_own_host_first() {
     let a = c.hosts.get_mut(&HostId(2)).unwrap().agent.as_mut().unwrap();
     a.handle_hypervisor(
         now,
-        crate::core::HypervisorEvent::VmStopped {
+        crate::HypervisorEvent::VmStopped {
             vm: VmId(1),
-            state: crate::core::VmRunState::Crashed,
+            state: crate::VmRunState::Crashed,
         },
     );
     c.run_until(Duration::from_secs(10), |c| c.where_runs(1).len() == 1)

@@ -1,7 +1,7 @@
 //! Election, heartbeats and verdicts (issue 3's behaviours).
 
 use super::harness::*;
-use crate::core::{Agent, Event, Output, Role, Time, Verdict};
+use crate::{Agent, Event, Output, Role, Time, Verdict};
 use heartbeat_fs::records::{IsolationResponse, RestartPriority};
 use heartbeat_fs::{DatastoreId, HostId};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! network with partitions, toy hypervisors and a fake clock. The full simulator lives in `sim/`;
 //! this one is deliberately tiny so that each test reads as a story.
 
-use crate::core::{
+use crate::{
     Agent, AgentSettings, Event, HypervisorAction, HypervisorEvent, Output, Role, Time, Timings,
     Verdict,
 };
@@ -69,7 +69,7 @@ pub struct Cluster {
     pub groups: BTreeMap<HostId, u32>,
     queue: VecDeque<(Time, Pending)>,
     pub timings: Timings,
-    pub knobs: crate::core::FaultKnobs,
+    pub knobs: crate::FaultKnobs,
     /// Every power-on that completed: (time, host, vm).
     pub power_ons: Vec<(Time, HostId, VmId)>,
     /// Messages dropped on purpose to prove they change nothing, or duplicated.
@@ -143,18 +143,10 @@ pub fn config(n: u32, mounts: &[&[u32]], vms: Vec<VmConfig>) -> ClusterConfig {
 
 impl Cluster {
     pub fn new(config: ClusterConfig) -> Self {
-        Self::with_timings(
-            config,
-            Timings::default(),
-            crate::core::FaultKnobs::default(),
-        )
+        Self::with_timings(config, Timings::default(), crate::FaultKnobs::default())
     }
 
-    pub fn with_timings(
-        config: ClusterConfig,
-        timings: Timings,
-        knobs: crate::core::FaultKnobs,
-    ) -> Self {
+    pub fn with_timings(config: ClusterConfig, timings: Timings, knobs: crate::FaultKnobs) -> Self {
         let mut ds = BTreeMap::new();
         for d in &config.datastores {
             let mut m = MemDatastore::new(d.id);

@@ -73,7 +73,7 @@ pub(super) struct LocalVms {
     vms: BTreeMap<VmId, LocalVm>,
     /// The shared configuration, for VMs' home datastores (no per-agent copy: a simulator runs
     /// thousands of agents on one configuration).
-    homes: Option<std::sync::Arc<crate::core::cluster::ClusterView>>,
+    homes: Option<std::sync::Arc<crate::cluster::ClusterView>>,
     /// Bumped on every change of `vms`, reported to the master.
     pub(super) generation: u64,
     pub(super) inventory_op: Option<u64>,
@@ -95,10 +95,7 @@ pub(super) struct LocalVms {
 }
 
 impl LocalVms {
-    pub(super) fn rebuild_homes(
-        &mut self,
-        cfg: &std::sync::Arc<crate::core::cluster::ClusterView>,
-    ) {
+    pub(super) fn rebuild_homes(&mut self, cfg: &std::sync::Arc<crate::cluster::ClusterView>) {
         self.homes = Some(cfg.clone());
         for (vm, v) in self.vms.iter_mut() {
             v.home = cfg.vm(*vm).map(|c| c.home);

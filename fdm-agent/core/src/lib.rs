@@ -1,8 +1,10 @@
-//! The sans-IO agent core (DESIGN.md section 2).
+//! fdm-core: the sans-IO core of the fdm HA agent, and the authenticated wire envelope it speaks.
 //!
-//! One [`Agent`] per host. It is fed inputs, each with the current [`Time`] (`handle_*`), and drained of
-//! outputs (`poll_output`, `poll_timeout`). It owns no socket, file, thread, clock or RNG, so the tokio
-//! runtime, the simulator and unit tests all drive the very same code.
+//! The protocol (election, heartbeats, verdicts, isolation, self-fencing, claims and failover) as a
+//! pure state machine. One [`Agent`] per host. It is fed inputs, each with the current [`Time`]
+//! (`handle_*`), and drained of outputs (`poll_output`, `poll_timeout`). It owns no socket, file,
+//! thread, clock or RNG, so the tokio runtime (`fdm-agent`), the simulator (`fdm-sim`) and unit tests
+//! all drive the very same code.
 
 mod agent;
 pub mod cluster;
@@ -14,6 +16,7 @@ pub mod knobs;
 pub mod messages;
 pub mod placement;
 mod time;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;

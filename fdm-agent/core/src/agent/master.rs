@@ -195,7 +195,7 @@ pub(super) struct MasterState {
     /// A slave that has reached more datastores than us, and since when (for the handover).
     better_since: Option<(HostId, Time)>,
     #[cfg(feature = "fault-knobs")]
-    fault_knobs: crate::core::FaultKnobs,
+    fault_knobs: crate::FaultKnobs,
 }
 
 impl MasterState {
