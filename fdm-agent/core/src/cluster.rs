@@ -3,16 +3,16 @@
 
 use heartbeat_fs::records::{ClusterConfig, HostConfig, VmConfig};
 use heartbeat_fs::{DatastoreId, HostId, VmId};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::ops::Deref;
 
 #[derive(Debug)]
 pub struct ClusterView {
     cfg: ClusterConfig,
-    vms: HashMap<VmId, usize>,
-    hosts: HashMap<HostId, usize>,
-    host_ds: HashMap<HostId, Vec<DatastoreId>>,
-    ds_hosts: HashMap<DatastoreId, Vec<HostId>>,
+    vms: BTreeMap<VmId, usize>,
+    hosts: BTreeMap<HostId, usize>,
+    host_ds: BTreeMap<HostId, Vec<DatastoreId>>,
+    ds_hosts: BTreeMap<DatastoreId, Vec<HostId>>,
 }
 
 impl ClusterView {
@@ -24,8 +24,8 @@ impl ClusterView {
             .enumerate()
             .map(|(i, h)| (h.id, i))
             .collect();
-        let mut host_ds: HashMap<HostId, Vec<DatastoreId>> = HashMap::new();
-        let mut ds_hosts: HashMap<DatastoreId, Vec<HostId>> = HashMap::new();
+        let mut host_ds: BTreeMap<HostId, Vec<DatastoreId>> = BTreeMap::new();
+        let mut ds_hosts: BTreeMap<DatastoreId, Vec<HostId>> = BTreeMap::new();
         for d in &cfg.datastores {
             for m in &d.mounts {
                 host_ds.entry(m.host).or_default().push(d.id);

@@ -25,7 +25,7 @@
 //! dropped.
 
 use heartbeat_fs::{ClusterId, HostId};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use thiserror::Error;
 
 pub const MAGIC: [u8; 4] = *b"FDMw";
@@ -58,7 +58,7 @@ pub struct Recipient {
 }
 
 /// Why a datagram was dropped. Each has its own counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Error)]
 pub enum WireError {
     #[error("shorter than header and MAC")]
     Truncated,
@@ -221,7 +221,7 @@ struct Window {
 /// reordering up to [`REPLAY_WINDOW`] behind the newest is tolerated.
 #[derive(Debug, Default, Clone)]
 pub struct ReplayGuard {
-    senders: HashMap<HostId, Window>,
+    senders: BTreeMap<HostId, Window>,
 }
 
 impl ReplayGuard {
@@ -286,7 +286,7 @@ impl ReplayGuard {
 /// Counters of dropped datagrams by reason, for metrics.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DropCounters {
-    pub by_reason: HashMap<WireError, u64>,
+    pub by_reason: BTreeMap<WireError, u64>,
 }
 
 impl DropCounters {

@@ -10,7 +10,7 @@ use super::{Agent, DsPurpose, VmView};
 use heartbeat_fs::ops::{DsError, DsOp, DsReply};
 use heartbeat_fs::records::{IsolationResponse, PowerOnEntry, PowerOnList, PowerOnState};
 use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct IsolationState {
@@ -91,7 +91,7 @@ pub(super) struct LocalVms {
     /// it again.
     started_attempts: BTreeMap<VmId, u32>,
     /// Stop operations in flight: op -> (vm, cause).
-    stops: HashMap<u64, (VmId, StopCause)>,
+    stops: BTreeMap<u64, (VmId, StopCause)>,
 }
 
 impl LocalVms {

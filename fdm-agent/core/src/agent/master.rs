@@ -15,7 +15,7 @@ use heartbeat_fs::records::{
     ProtectedVmList, Resources, RestartPolicy, RestartPriority, RestartState,
 };
 use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// How old a liveness-probe answer may be and still count.
@@ -188,7 +188,7 @@ pub(super) struct MasterState {
     ds_read_ok: BTreeMap<DatastoreId, Time>,
     protected: BTreeMap<DatastoreId, ProtectedDs>,
     /// Where each VM is reported running or starting (by non-dead hosts).
-    running: HashMap<VmId, BTreeSet<HostId>>,
+    running: BTreeMap<VmId, BTreeSet<HostId>>,
     tracks: BTreeMap<VmId, RestartTrack>,
     reconcile_due: bool,
     last_reconcile: Time,
@@ -214,7 +214,7 @@ impl MasterState {
             claims: BTreeMap::new(),
             ds_read_ok: BTreeMap::new(),
             protected: BTreeMap::new(),
-            running: HashMap::new(),
+            running: BTreeMap::new(),
             tracks: BTreeMap::new(),
             reconcile_due: true,
             last_reconcile: now,

@@ -33,7 +33,7 @@ use heartbeat_fs::records::{ClusterConfig, HaSettings, HeartbeatRecord, HostFlag
 use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
 use local::LocalVms;
 use master::MasterState;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,7 +170,7 @@ pub struct Agent {
     replay: ReplayGuard,
     next_request: RequestId,
     next_op: u64,
-    inflight: HashMap<RequestId, Inflight>,
+    inflight: BTreeMap<RequestId, Inflight>,
     deadlines: Deadlines,
     mounted: BTreeMap<DatastoreId, MountedDs>,
     /// Our recent `SlaveHeartbeat`s, for the network lease: sequence, echo token, send time.
@@ -267,7 +267,7 @@ impl Agent {
             replay: ReplayGuard::new(),
             next_request: 1,
             next_op: 1,
-            inflight: HashMap::new(),
+            inflight: BTreeMap::new(),
             mounted,
             hb_sent: VecDeque::new(),
             hb_seq: 0,
