@@ -5,6 +5,11 @@
 //! (`handle_*`), and drained of outputs (`poll_output`, `poll_timeout`). It owns no socket, file,
 //! thread, clock or RNG, so the tokio runtime (`fdm-agent`), the simulator (`fdm-sim`) and unit tests
 //! all drive the very same code.
+//!
+//! `clippy.toml` next to this crate's `Cargo.toml` bans clocks, sleeps, threads, files, sockets,
+//! processes, environment reads and the OS-seeded `HashMap`/`HashSet`; forbidden here, so that no
+//! module can allow them back.
+#![forbid(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod agent;
 pub mod cluster;
