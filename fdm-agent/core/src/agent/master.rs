@@ -2160,3 +2160,57 @@ fn sync_protected_with_config(
     pd.list.vms.sort_by_key(|e| e.vm);
     pd.dirty = true;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heartbeat_fs::records::{IsolationResponse, VmConfig, VmHaSettings};
+
+    fn vm(restart_policy: RestartPolicy, priority: RestartPriority) -> VmConfig {
+        VmConfig {
+            id: VmId(1),
+            name: "vm1".into(),
+            home: DatastoreId(1),
+            definition: "def".into(),
+            reservation: Resources {
+                cpu_mhz: 1000,
+                memory_mb: 1024,
+            },
+            ha: VmHaSettings {
+                priority,
+                isolation_response: IsolationResponse::PowerOff,
+                restart_policy,
+            },
+            depends_on: vec![],
+            anti_affinity_group: None,
+            protected: true,
+        }
+    }
+
+    #[test]
+    fn restart_policy_and_priority_decide_what_ha_restarts() {
+        use RestartPolicy::{Always, HostFailureOnly, Never};
+        // (policy, priority, after a host failure, after a failure on a live host)
+        let cases = [
+            (Always, RestartPriority::Medium, true, true),
+            (HostFailureOnly, RestartPriority::Medium, true, false),
+            (Never, RestartPriority::Medium, false, false),
+            (Always, RestartPriority::Disabled, false, false),
+            (HostFailureOnly, RestartPriority::Disabled, false, false),
+            (Always, RestartPriority::Lowest, true, true),
+        ];
+        for (policy, priority, host_failure, same_host) in cases {
+            let cfg = vm(policy, priority);
+            assert_eq!(
+                restart_allowed(&cfg, false),
+                host_failure,
+                "{policy:?} at {priority:?} after a host failure"
+            );
+            assert_eq!(
+                restart_allowed(&cfg, true),
+                same_host,
+                "{policy:?} at {priority:?} on a live host"
+            );
+        }
+    }
+}
