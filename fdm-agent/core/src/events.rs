@@ -32,7 +32,7 @@ impl Role {
     }
 }
 
-/// The master's verdict on another host (DESIGN.md section 3).
+/// The master's verdict on another host (rules in `docs/protocol.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Verdict {
     /// Network heartbeats arrive.

@@ -1,4 +1,4 @@
-//! The authenticated datagram envelope (DESIGN.md section 6, layout in `docs/protocol.md`).
+//! The authenticated datagram envelope (layout and rules in `docs/protocol.md`, "Envelope").
 //!
 //! Pure: encoding, MAC, and the per-sender replay window. The core seals every message it sends and
 //! opens every datagram it receives; the runtime only moves bytes.

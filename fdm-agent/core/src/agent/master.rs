@@ -1944,7 +1944,8 @@ fn observe(
     }
 }
 
-/// The verdict on one host (DESIGN.md section 3) and the reason, from the master's observations.
+/// The verdict on one host and the reason, from the master's observations (the rules: `docs/protocol.md`,
+/// "The master's verdicts on each host").
 #[allow(clippy::too_many_arguments)]
 fn judge(
     h: HostId,
