@@ -39,7 +39,7 @@
     clippy::print_stdout
 )]
 
-use fdm_agent::core::messages::Message;
+use fdm_agent::core::messages::{Message, SlaveHeartbeat};
 use fdm_agent::driver::process::{pid_files, start_detached};
 use fdm_agent::wire::{Header, Key, MAX_BODY, seal};
 use heartbeat_fs::fs::DatastoreDir;
@@ -111,14 +111,14 @@ impl Rng {
 }
 
 fn heartbeat_body(seq: u64) -> Vec<u8> {
-    postcard::to_stdvec(&Message::SlaveHeartbeat {
+    postcard::to_stdvec(&Message::SlaveHeartbeat(SlaveHeartbeat {
         seq,
         token: seq.wrapping_mul(0x9e37_79b9_7f4a_7c15),
         reachable: vec![DatastoreId(1), DatastoreId(2)],
         vm_generation: 3,
         maintenance: false,
         config_generation: 1,
-    })
+    }))
     .expect("heartbeat encodes")
 }
 

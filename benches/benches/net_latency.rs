@@ -17,7 +17,7 @@
 //! wake-up adds a little on top of these numbers.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use fdm_agent::core::messages::Message;
+use fdm_agent::core::messages::{Message, SlaveHeartbeat};
 use fdm_agent::core::{Agent, AgentSettings, Role, Time, Timings, Verdict};
 use fdm_agent::wire::{Header, Key, seal};
 use fdm_benches::{Samples, iterations, md_percentiles, mono_ns};
@@ -118,14 +118,14 @@ fn seal_from_sender(key: &Key, sequence: u64, msg: &Message) -> Vec<u8> {
 }
 
 fn heartbeat(seq: u64) -> Message {
-    Message::SlaveHeartbeat {
+    Message::SlaveHeartbeat(SlaveHeartbeat {
         seq,
         token: seq,
         reachable: vec![DatastoreId(1)],
         vm_generation: 1,
         maintenance: false,
         config_generation: 1,
-    }
+    })
 }
 
 /// A receiver agent that is master of a two-host cluster and has not heard from the sender yet.

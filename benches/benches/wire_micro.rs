@@ -1,7 +1,7 @@
 //! Encode + MAC + verify + decode of heartbeat datagrams, per message.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use fdm_agent::core::messages::Message;
+use fdm_agent::core::messages::{MasterHeartbeat, Message, SlaveHeartbeat};
 use fdm_agent::wire::{Header, Key, Recipient, ReplayGuard, open, seal};
 use fdm_benches::{Samples, header, iterations};
 use heartbeat_fs::{ClusterId, DatastoreId, Epoch, HostId};
@@ -18,25 +18,25 @@ fn main() {
     let msgs = [
         (
             "SlaveHeartbeat (2 datastores)",
-            Message::SlaveHeartbeat {
+            Message::SlaveHeartbeat(SlaveHeartbeat {
                 seq: 1,
                 token: 0x1234_5678_9abc_def0,
                 reachable: vec![DatastoreId(1), DatastoreId(2)],
                 vm_generation: 9,
                 maintenance: false,
                 config_generation: 3,
-            },
+            }),
         ),
         (
             "MasterHeartbeat (4 claims)",
-            Message::MasterHeartbeat {
+            Message::MasterHeartbeat(MasterHeartbeat {
                 echo_seq: 1,
                 echo_token: 0x1234_5678_9abc_def0,
                 reachable_datastores: 4,
                 claims: (1..=4).map(|d| (DatastoreId(d), Epoch(d as u64))).collect(),
                 want_vm_report: false,
                 config_generation: 3,
-            },
+            }),
         ),
     ];
     println!("{}", header());

@@ -3,7 +3,9 @@
 //! decoder must survive.
 
 use fdm_agent::core::VmRunState;
-use fdm_agent::core::messages::{Message, PowerOnResult, VM_REPORT_PART, VmStatus};
+use fdm_agent::core::messages::{
+    MasterHeartbeat, Message, PowerOnResult, SlaveHeartbeat, VM_REPORT_PART, VmStatus,
+};
 use fdm_agent::wire::*;
 use heartbeat_fs::{ClusterId, DatastoreId, Epoch, HostId, VmId};
 use proptest::prelude::*;
@@ -47,22 +49,22 @@ fn examples() -> Vec<Message> {
             reachable_datastores: 2,
             incumbent: false,
         },
-        Message::MasterHeartbeat {
+        Message::MasterHeartbeat(MasterHeartbeat {
             echo_seq: 77,
             echo_token: 0x0102_0304_0506_0708,
             reachable_datastores: 2,
             claims: vec![(DatastoreId(1), Epoch(5)), (DatastoreId(2), Epoch(6))],
             want_vm_report: true,
             config_generation: 12,
-        },
-        Message::SlaveHeartbeat {
+        }),
+        Message::SlaveHeartbeat(SlaveHeartbeat {
             seq: 78,
             token: 0x1112_1314_1516_1718,
             reachable: vec![DatastoreId(1), DatastoreId(2)],
             vm_generation: 4,
             maintenance: false,
             config_generation: 12,
-        },
+        }),
         Message::VmReport {
             generation: 4,
             part: 0,
@@ -139,7 +141,7 @@ fn every_message_round_trips() {
 #[test]
 fn largest_realistic_messages_fit_one_datagram() {
     let big = [
-        Message::MasterHeartbeat {
+        Message::MasterHeartbeat(MasterHeartbeat {
             echo_seq: u64::MAX,
             echo_token: u64::MAX,
             reachable_datastores: 64,
@@ -148,15 +150,15 @@ fn largest_realistic_messages_fit_one_datagram() {
                 .collect(),
             want_vm_report: true,
             config_generation: u64::MAX,
-        },
-        Message::SlaveHeartbeat {
+        }),
+        Message::SlaveHeartbeat(SlaveHeartbeat {
             seq: u64::MAX,
             token: u64::MAX,
             reachable: (0..64).map(|d| DatastoreId(u32::MAX - d)).collect(),
             vm_generation: u64::MAX,
             maintenance: true,
             config_generation: u64::MAX,
-        },
+        }),
         Message::VmReport {
             generation: u64::MAX,
             part: u16::MAX,

@@ -14,6 +14,34 @@ pub struct VmStatus {
     pub state: VmRunState,
 }
 
+/// Master -> every configured host, each heartbeat interval. `echo_seq` and `echo_token` are the
+/// sequence and token of the last `SlaveHeartbeat` received from the recipient (0: none): the
+/// recipient's network lease runs from the moment it sent that heartbeat, and covers VMs on the
+/// datastores in `claims` only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterHeartbeat {
+    pub echo_seq: u64,
+    pub echo_token: u64,
+    pub reachable_datastores: u32,
+    pub claims: Vec<(DatastoreId, Epoch)>,
+    /// Ask the recipient for its full VM report (its generation differs from what the master has).
+    pub want_vm_report: bool,
+    pub config_generation: u64,
+}
+
+/// Slave -> its master, each heartbeat interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlaveHeartbeat {
+    pub seq: u64,
+    /// `wire::Key::echo_token` of this host, incarnation and `seq`: what the master must echo.
+    pub token: u64,
+    /// Datastores this host wrote its heartbeat to within the lease time.
+    pub reachable: Vec<DatastoreId>,
+    pub vm_generation: u64,
+    pub maintenance: bool,
+    pub config_generation: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// A host without a master stands for election (sent to every configured host).
@@ -21,30 +49,10 @@ pub enum Message {
         reachable_datastores: u32,
         incumbent: bool,
     },
-    /// Master -> every configured host, each heartbeat interval. `echo_seq` and `echo_token` are
-    /// the sequence and token of the last `SlaveHeartbeat` received from the recipient (0: none):
-    /// the recipient's network lease runs from the moment it sent that heartbeat, and covers VMs on
-    /// the datastores in `claims` only.
-    MasterHeartbeat {
-        echo_seq: u64,
-        echo_token: u64,
-        reachable_datastores: u32,
-        claims: Vec<(DatastoreId, Epoch)>,
-        /// Ask the recipient for its full VM report (its generation differs from what the master has).
-        want_vm_report: bool,
-        config_generation: u64,
-    },
+    /// Master -> every configured host, each heartbeat interval.
+    MasterHeartbeat(MasterHeartbeat),
     /// Slave -> its master, each heartbeat interval.
-    SlaveHeartbeat {
-        seq: u64,
-        /// `wire::Key::echo_token` of this host, incarnation and `seq`: what the master must echo.
-        token: u64,
-        /// Datastores this host wrote its heartbeat to within the lease time.
-        reachable: Vec<DatastoreId>,
-        vm_generation: u64,
-        maintenance: bool,
-        config_generation: u64,
-    },
+    SlaveHeartbeat(SlaveHeartbeat),
     /// Slave -> master: the full list of VMs it runs, in parts of at most `VM_REPORT_PART` entries.
     VmReport {
         generation: u64,
@@ -90,8 +98,8 @@ impl Message {
     pub fn kind(&self) -> u8 {
         match self {
             Message::Candidacy { .. } => 1,
-            Message::MasterHeartbeat { .. } => 2,
-            Message::SlaveHeartbeat { .. } => 3,
+            Message::MasterHeartbeat(_) => 2,
+            Message::SlaveHeartbeat(_) => 3,
             Message::VmReport { .. } => 4,
             Message::PowerOn { .. } => 5,
             Message::PowerOnResult { .. } => 6,

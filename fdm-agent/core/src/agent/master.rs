@@ -5,7 +5,7 @@ use super::super::cluster::ClusterView;
 use super::super::config::{AgentSettings, Timings};
 use super::super::events::{Event, Role, Verdict};
 use super::super::io::{Output, VmRunState};
-use super::super::messages::{Message, PowerOnResult, VmStatus};
+use super::super::messages::{MasterHeartbeat, Message, PowerOnResult, SlaveHeartbeat, VmStatus};
 use super::super::placement::{self, HostCandidate, PlanInput, RestartRequest, WaitReason};
 use super::super::time::Time;
 use super::{Agent, DsPurpose, HostView, VmView};
@@ -472,14 +472,14 @@ impl Agent {
             (0, 0)
         };
         let want_vm_report = p.vm_gen_have != Some(p.vm_gen_reported) && p.last_net.is_some();
-        let msg = Message::MasterHeartbeat {
+        let msg = Message::MasterHeartbeat(MasterHeartbeat {
             echo_seq,
             echo_token,
             reachable_datastores,
             claims,
             want_vm_report,
             config_generation,
-        };
+        });
         self.send(to, &msg);
     }
 
@@ -488,11 +488,16 @@ impl Agent {
         &mut self,
         now: Time,
         (from, incarnation): (HostId, u64),
-        (seq, token): (u64, u64),
-        reachable: Vec<DatastoreId>,
-        vm_generation: u64,
-        maintenance: bool,
+        hb: SlaveHeartbeat,
     ) {
+        let SlaveHeartbeat {
+            seq,
+            token,
+            reachable,
+            vm_generation,
+            maintenance,
+            config_generation: _,
+        } = hb;
         let m = self.m();
         let p = m.peers.entry(from).or_default();
         if !p.note_incarnation(incarnation) {
@@ -796,15 +801,13 @@ impl Agent {
             if rec.cluster != cluster || rec.host != slot.host {
                 continue;
             }
-            observe(
-                p,
-                d,
-                (issued, now),
-                rec.incarnation,
-                rec.sequence,
-                rec.flags,
-                rec.power_on_generation,
-            );
+            let seen_now = HeartbeatSeen {
+                incarnation: rec.incarnation,
+                sequence: rec.sequence,
+                flags: rec.flags,
+                power_on_generation: rec.power_on_generation,
+            };
+            observe(p, d, (issued, now), seen_now);
         }
         // A host that mounts the datastore but never wrote there: a clean read of "nothing".
         for h in mounts {
@@ -812,7 +815,7 @@ impl Agent {
                 continue;
             }
             if let Some(p) = m.peers.get_mut(&h) {
-                observe(p, d, (issued, now), 0, 0, HostFlags::default(), 0);
+                observe(p, d, (issued, now), HeartbeatSeen::default());
             }
         }
     }
@@ -1244,19 +1247,18 @@ impl Agent {
         let Some(m) = self.master.as_mut() else {
             return;
         };
+        let ctx = VerdictContext {
+            now,
+            t: &t,
+            skip_lease_wait,
+            config,
+            mounted: &mounted,
+            ds_read_ok: &m.ds_read_ok,
+            read_fresh,
+            master_since: m.since,
+        };
         for (&h, p) in m.peers.iter_mut() {
-            let (v, why) = judge(
-                h,
-                p,
-                now,
-                &t,
-                skip_lease_wait,
-                config,
-                &mounted,
-                &m.ds_read_ok,
-                read_fresh,
-                m.since,
-            );
+            let (v, why) = judge(h, p, &ctx);
             // Probe a silent host early and keep the answer fresh, so that the probe never delays
             // a dead verdict once the leases have run out.
             let stale = p.probe.is_none_or(|(at, _)| now.since(at) >= PROBE_REFRESH);
@@ -1898,19 +1900,27 @@ fn add(a: Resources, b: Resources) -> Resources {
     }
 }
 
-/// One host's heartbeat record as a read returned it. `(issued, now)`: the read's request and reply
-/// times. A new value counts from the reply (it was surely there by then), an unchanged one from the
-/// request (it was surely there no later): so that a slow read can only delay a "stopped", never
-/// hasten it.
-fn observe(
-    p: &mut Peer,
-    d: DatastoreId,
-    (issued, now): (Time, Time),
+/// What the master takes from one host's datastore heartbeat record (all zero: the host mounts the
+/// datastore but never wrote there).
+#[derive(Debug, Clone, Copy, Default)]
+struct HeartbeatSeen {
     incarnation: u64,
     sequence: u64,
     flags: HostFlags,
     power_on_generation: u64,
-) {
+}
+
+/// One host's heartbeat record as a read returned it. `(issued, now)`: the read's request and reply
+/// times. A new value counts from the reply (it was surely there by then), an unchanged one from the
+/// request (it was surely there no later): so that a slow read can only delay a "stopped", never
+/// hasten it.
+fn observe(p: &mut Peer, d: DatastoreId, (issued, now): (Time, Time), seen: HeartbeatSeen) {
+    let HeartbeatSeen {
+        incarnation,
+        sequence,
+        flags,
+        power_on_generation,
+    } = seen;
     match p.ds.get_mut(&d) {
         Some(o) => {
             let have = (o.incarnation, o.sequence);
@@ -1944,21 +1954,36 @@ fn observe(
     }
 }
 
+/// What the master knows that every host's verdict depends on, gathered once per evaluation.
+struct VerdictContext<'a> {
+    now: Time,
+    t: &'a Timings,
+    /// The lease-wait step removed (fault knobs only).
+    skip_lease_wait: bool,
+    config: &'a ClusterView,
+    /// The datastores this master mounts.
+    mounted: &'a BTreeSet<DatastoreId>,
+    /// When each datastore was last read successfully.
+    ds_read_ok: &'a BTreeMap<DatastoreId, Time>,
+    /// How recent a successful read must be to count as evidence.
+    read_fresh: Duration,
+    /// Since when this host is master.
+    master_since: Time,
+}
+
 /// The verdict on one host and the reason, from the master's observations (the rules: `docs/protocol.md`,
 /// "The master's verdicts on each host").
-#[allow(clippy::too_many_arguments)]
-fn judge(
-    h: HostId,
-    p: &Peer,
-    now: Time,
-    t: &Timings,
-    skip_lease_wait: bool,
-    config: &ClusterView,
-    mounted: &BTreeSet<DatastoreId>,
-    ds_read_ok: &BTreeMap<DatastoreId, Time>,
-    read_fresh: Duration,
-    master_since: Time,
-) -> (Verdict, &'static str) {
+fn judge(h: HostId, p: &Peer, ctx: &VerdictContext<'_>) -> (Verdict, &'static str) {
+    let &VerdictContext {
+        now,
+        t,
+        skip_lease_wait,
+        config,
+        mounted,
+        ds_read_ok,
+        read_fresh,
+        master_since,
+    } = ctx;
     if p.last_net
         .is_some_and(|t0| now.since(t0) < t.host_unreachable_after)
     {

@@ -24,7 +24,7 @@ use super::cluster::ClusterView;
 use super::config::{AgentSettings, Timings, TimingsError};
 use super::events::{Event, Role, Verdict};
 use super::io::{HypervisorEvent, OperatorCommand, Output, Transmit, VmRunState};
-use super::messages::Message;
+use super::messages::{MasterHeartbeat, Message, SlaveHeartbeat};
 use super::time::Time;
 use crate::wire::{self, DropCounters, Header, Key, Recipient, ReplayGuard};
 use election::Candidacy;
@@ -153,6 +153,40 @@ struct Deadlines {
     claim_renew: Time,
 }
 
+/// One host's agent: the whole protocol as a state machine, with no IO of its own.
+///
+/// # The contract
+///
+/// **Inputs.** Everything that happens to the agent arrives through one `handle_*` method per kind
+/// of input, each with the current time:
+///
+/// - [`handle_datagram`](Self::handle_datagram): a UDP payload as received, unchecked;
+/// - [`handle_datastore`](Self::handle_datastore): the completion of an `Output::Datastore` request
+///   (late, duplicate or unknown completions are ignored);
+/// - [`handle_hypervisor`](Self::handle_hypervisor): the result of an `Output::Hypervisor` action, or
+///   an event the hypervisor reports on its own (a VM started, crashed, was stopped);
+/// - [`handle_isolation_check`](Self::handle_isolation_check) and
+///   [`handle_probe`](Self::handle_probe): answers to `Output::CheckIsolation` and `Output::Probe`;
+/// - [`handle_command`](Self::handle_command): an operator's command (maintenance, shutdown);
+/// - [`handle_timeout`](Self::handle_timeout): a timer fired. Spurious or early calls do nothing.
+///
+/// **Time.** `now` is a monotonic clock of the host (`Time` counts from an arbitrary origin) and
+/// must never decrease from one call to the next (checked in debug builds). It is never compared
+/// with another host's clock: the safety argument assumes only bounded drift of rates
+/// (`docs/safety.md`).
+///
+/// **Outputs.** After every `handle_*` call the driver drains [`poll_output`](Self::poll_output)
+/// until it returns `None`, carries each output out (send, datastore request, hypervisor action,
+/// ping, watchdog kick, event to log), and then asks [`poll_timeout`](Self::poll_timeout) for the
+/// next deadline, calling `handle_timeout` once it has passed. An output's answer may come at any
+/// later time or never: the agent gives up on unanswered requests itself. Answers are fed back with
+/// the matching `handle_*` call, at once or later, also while outputs are still queued: new outputs
+/// queue behind the old ones, and the order of outputs is the order to carry them out in.
+///
+/// **Start.** [`new`](Self::new) (or [`with_shared_config`](Self::with_shared_config)), then drain
+/// the outputs: the first ones ask for the hypervisor's inventory (so that VMs already running are
+/// adopted, never restarted), write this host's datastore heartbeats and read the configuration
+/// from the datastores.
 #[derive(Debug)]
 pub struct Agent {
     settings: AgentSettings,
@@ -197,8 +231,8 @@ pub struct Agent {
 fn needs_bound_recipient(msg: &Message) -> bool {
     match msg {
         Message::PowerOn { .. } | Message::PowerOnResult(_) | Message::VmReport { .. } => true,
-        Message::MasterHeartbeat { echo_seq, .. } => *echo_seq != 0,
-        Message::Candidacy { .. } | Message::SlaveHeartbeat { .. } | Message::Yield { .. } => false,
+        Message::MasterHeartbeat(hb) => hb.echo_seq != 0,
+        Message::Candidacy { .. } | Message::SlaveHeartbeat(_) | Message::Yield { .. } => false,
     }
 }
 
@@ -296,6 +330,18 @@ impl Agent {
         agent
     }
 
+    /// Every input starts here: time only moves forward (a driver that feeds an earlier `now` has a
+    /// broken clock or a reordered queue; leases judged on such a clock would be wrong).
+    fn enter(&mut self, now: Time) {
+        debug_assert!(
+            now >= self.now,
+            "time went backwards: {} after {}",
+            now.as_micros(),
+            self.now.as_micros()
+        );
+        self.now = now;
+    }
+
     fn start(&mut self, now: Time) {
         // Adopt whatever runs already (agent restart, upgrade): never restart it.
         let op = self.op();
@@ -310,7 +356,7 @@ impl Agent {
     // ----- inputs -------------------------------------------------------------------------------
 
     pub fn handle_datagram(&mut self, now: Time, payload: &[u8]) {
-        self.now = now;
+        self.enter(now);
         self.stats.datagrams_received += 1;
         let me = Recipient {
             host: self.settings.host,
@@ -354,7 +400,7 @@ impl Agent {
     }
 
     pub fn handle_datastore(&mut self, now: Time, completion: DsCompletion) {
-        self.now = now;
+        self.enter(now);
         let Some(inflight) = self.inflight.remove(&completion.id) else {
             // Unknown or already abandoned request: nothing to learn from it.
             return;
@@ -367,21 +413,21 @@ impl Agent {
     }
 
     pub fn handle_hypervisor(&mut self, now: Time, event: HypervisorEvent) {
-        self.now = now;
+        self.enter(now);
         self.on_hypervisor(now, event);
         self.after_input(now);
     }
 
     /// Answer to `Output::CheckIsolation`: whether any isolation address answered.
     pub fn handle_isolation_check(&mut self, now: Time, reachable: bool) {
-        self.now = now;
+        self.enter(now);
         self.on_isolation_check(now, reachable);
         self.after_input(now);
     }
 
     /// Answer to `Output::Probe`.
     pub fn handle_probe(&mut self, now: Time, host: HostId, answered: bool) {
-        self.now = now;
+        self.enter(now);
         if let Some(m) = self.master.as_mut() {
             m.on_probe(now, host, answered);
         }
@@ -389,7 +435,7 @@ impl Agent {
     }
 
     pub fn handle_command(&mut self, now: Time, command: OperatorCommand) {
-        self.now = now;
+        self.enter(now);
         match command {
             OperatorCommand::Maintenance(on) => {
                 self.maintenance = on;
@@ -411,7 +457,7 @@ impl Agent {
 
     /// A timer fired (or the driver is not sure: spurious calls are no-ops).
     pub fn handle_timeout(&mut self, now: Time) {
-        self.now = now;
+        self.enter(now);
         if self.shutting_down {
             return;
         }
@@ -914,7 +960,7 @@ impl Agent {
                 while self.hb_sent.len() > 64 {
                     self.hb_sent.pop_front();
                 }
-                let msg = Message::SlaveHeartbeat {
+                let msg = Message::SlaveHeartbeat(SlaveHeartbeat {
                     seq: self.hb_seq,
                     token,
                     reachable: self.reachable_datastores(now),
@@ -927,7 +973,7 @@ impl Agent {
                     },
                     maintenance: self.maintenance,
                     config_generation: self.config.generation,
-                };
+                });
                 self.send(master, &msg);
                 if self.want_vm_report {
                     self.want_vm_report = false;
@@ -993,41 +1039,13 @@ impl Agent {
                     _ => {}
                 }
             }
-            Message::MasterHeartbeat {
-                echo_seq,
-                echo_token,
-                reachable_datastores,
-                claims,
-                want_vm_report,
-                config_generation,
-            } => {
-                self.on_master_heartbeat(
-                    now,
-                    from,
-                    (echo_seq, echo_token),
-                    reachable_datastores,
-                    claims,
-                    want_vm_report,
-                    config_generation,
-                );
+            Message::MasterHeartbeat(hb) => {
+                self.on_master_heartbeat(now, from, hb);
             }
-            Message::SlaveHeartbeat {
-                seq,
-                token,
-                reachable,
-                vm_generation,
-                maintenance,
-                config_generation,
-            } => {
+            Message::SlaveHeartbeat(hb) => {
                 if self.role == Role::Master {
-                    self.master_on_slave_heartbeat(
-                        now,
-                        (from, incarnation),
-                        (seq, token),
-                        reachable,
-                        vm_generation,
-                        maintenance,
-                    );
+                    let config_generation = hb.config_generation;
+                    self.master_on_slave_heartbeat(now, (from, incarnation), hb);
                     if config_generation > self.config_seen() {
                         self.read_config(now);
                     }
@@ -1069,16 +1087,15 @@ impl Agent {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn on_master_heartbeat(
-        &mut self,
-        now: Time,
-        from: HostId,
-        (echo_seq, echo_token): (u64, u64),
-        reachable_datastores: u32,
-        claims: Vec<(DatastoreId, heartbeat_fs::Epoch)>,
-        want_vm_report: bool,
-        config_generation: u64,
-    ) {
+    fn on_master_heartbeat(&mut self, now: Time, from: HostId, hb: MasterHeartbeat) {
+        let MasterHeartbeat {
+            echo_seq,
+            echo_token,
+            reachable_datastores,
+            claims,
+            want_vm_report,
+            config_generation,
+        } = hb;
         if config_generation > self.config_seen() {
             self.read_config(now);
         }
