@@ -6,16 +6,19 @@ use super::super::config::{AgentSettings, Timings};
 use super::super::events::{Event, Role, Verdict};
 use super::super::io::{Output, VmRunState};
 use super::super::messages::{MasterHeartbeat, Message, PowerOnResult, SlaveHeartbeat, VmStatus};
-use super::super::placement::{self, HostCandidate, PlanInput, RestartRequest, WaitReason};
+use super::super::placement::{
+    self, HostCandidate, PlanInput, RestartPlan, RestartRequest, WaitReason,
+};
 use super::super::time::Time;
 use super::{Agent, DsPurpose, HostView, VmView};
 use heartbeat_fs::ops::{ClaimWrite, DsError, DsOp, DsReply};
 use heartbeat_fs::records::{
     ClusterConfig, DatastoreClaim, DesiredPower, HostFlags, PowerOnList, ProtectedVm,
-    ProtectedVmList, Resources, RestartPolicy, RestartPriority, RestartState,
+    ProtectedVmList, Resources, RestartPolicy, RestartPriority, RestartState, VmConfig,
 };
 use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How old a liveness-probe answer may be and still count.
@@ -157,6 +160,198 @@ impl RestartTrack {
             excluded: Vec::new(),
             stage: Stage::Waiting,
             reported_waiting: false,
+        }
+    }
+}
+
+/// What `reconcile` needs of the agent besides the master's state, gathered once per pass.
+struct ReconcileContext {
+    now: Time,
+    me: HostId,
+    /// The first restart delay (ms).
+    retry0: u64,
+    same_host_attempts: u32,
+    config: Arc<ClusterView>,
+    /// This host's own VMs, as its hypervisor last reported them.
+    local: BTreeMap<VmId, VmRunState>,
+}
+
+impl MasterState {
+    /// Our own VMs are reported directly, including the ones gone from our list altogether (a
+    /// power-on that failed here): a stale "runs on the master" would hide a lost VM forever.
+    fn note_own_vms(&mut self, me: HostId, local: &BTreeMap<VmId, VmRunState>) {
+        let active = |s: &VmRunState| matches!(s, VmRunState::Running | VmRunState::PoweringOn);
+        for (vm, on) in self.running.iter_mut() {
+            if on.contains(&me) && !local.get(vm).is_some_and(active) {
+                on.remove(&me);
+            }
+        }
+        for (vm, s) in local {
+            if active(s) {
+                self.running.entry(*vm).or_default().insert(me);
+            }
+        }
+    }
+
+    /// The hosts a VM runs on as far as evidence goes. Reports from hosts we cannot hear are stale;
+    /// an isolated host's power-on list is the better authority for what its isolation response
+    /// stopped.
+    fn running_on(&self, d: DatastoreId, vm: VmId) -> Vec<HostId> {
+        self.running
+            .get(&vm)
+            .map(|s| {
+                s.iter()
+                    .copied()
+                    .filter(|&h| match self.verdict(h) {
+                        Some(Verdict::Dead) => false,
+                        Some(Verdict::Isolated) => !self.powered_off_by_isolation(h, d, vm),
+                        _ => true,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// One protected-list entry: the entry as it must now read, if it changes.
+    fn reconcile_entry(
+        &mut self,
+        ctx: &ReconcileContext,
+        d: DatastoreId,
+        e: &ProtectedVm,
+        events: &mut Vec<Event>,
+    ) -> Option<ProtectedVm> {
+        let cfg = ctx.config.vm(e.vm)?;
+        if let Some(&h) = self.running_on(d, e.vm).first() {
+            return self.found_running(e, h);
+        }
+        if self.tracks.contains_key(&e.vm) || e.desired == DesiredPower::Off {
+            // In progress, or off on purpose.
+            return None;
+        }
+        let stopped_at = e
+            .last_host
+            .is_none()
+            .then(|| {
+                if ctx.local.get(&e.vm) == Some(&VmRunState::StoppedByUser) {
+                    Some(ctx.me)
+                } else {
+                    stopped_by_user_on(self, e.vm)
+                }
+            })
+            .flatten();
+        if let Some(h) = stopped_at {
+            // Stopped by an operator (or its guest) before any report showed it running:
+            // off on purpose, not lost.
+            let mut ne = e.clone();
+            ne.last_host = Some(h);
+            ne.desired = DesiredPower::Off;
+            return Some(ne);
+        }
+        match e.last_host {
+            None => self.never_seen_running(ctx, d, e, cfg, events),
+            Some(h) => self.judge_last_host(ctx, d, e, h, cfg, events),
+        }
+    }
+
+    /// Running (or starting) on `h`: that is where it lives now.
+    fn found_running(&mut self, e: &ProtectedVm, h: HostId) -> Option<ProtectedVm> {
+        let mut ne = e.clone();
+        ne.last_host = Some(h);
+        ne.desired = DesiredPower::On;
+        let stage = self.tracks.get(&e.vm).map(|tr| &tr.stage);
+        if matches!(stage, Some(Stage::Issued { target, .. } | Stage::Resume { target, .. }) if *target == h)
+        {
+            // The power-on result will close the track.
+        } else if matches!(stage, Some(Stage::Waiting)) {
+            self.tracks.remove(&e.vm);
+            ne.restart = RestartState::Idle;
+        } else if stage.is_none() && e.restart != RestartState::Idle {
+            ne.restart = RestartState::Idle;
+        }
+        (ne != *e).then_some(ne)
+    }
+
+    /// Protected but never seen running (a new master's list, written before any report came in).
+    /// Start it only when every host that mounts its datastore is dead or has reported, completely,
+    /// that it does not run it.
+    fn never_seen_running(
+        &mut self,
+        ctx: &ReconcileContext,
+        d: DatastoreId,
+        e: &ProtectedVm,
+        cfg: &VmConfig,
+        events: &mut Vec<Event>,
+    ) -> Option<ProtectedVm> {
+        let active =
+            |s: Option<VmRunState>| matches!(s, Some(VmRunState::Running | VmRunState::PoweringOn));
+        let nowhere = ctx.config.hosts_of(d).iter().all(|&h| {
+            if h == ctx.me {
+                return !active(ctx.local.get(&e.vm).copied());
+            }
+            match self.verdict(h) {
+                Some(Verdict::Dead) => true,
+                Some(Verdict::Alive) => {
+                    reported_state(self.peers.get(&h), e.vm).is_some_and(|s| !active(s))
+                }
+                _ => false,
+            }
+        });
+        if !(nowhere && restart_allowed(cfg, false)) {
+            return None;
+        }
+        let next_try = ctx.now + Duration::from_millis(ctx.retry0);
+        self.tracks
+            .insert(e.vm, RestartTrack::waiting(d, next_try, None, None));
+        events.push(Event::RestartNeeded {
+            vm: e.vm,
+            from: None,
+            reason: "protected but running nowhere".to_string(),
+        });
+        Some(pending(e))
+    }
+
+    /// Last seen on `h` and running nowhere now: what `h`'s verdict and report say to do.
+    fn judge_last_host(
+        &mut self,
+        ctx: &ReconcileContext,
+        d: DatastoreId,
+        e: &ProtectedVm,
+        h: HostId,
+        cfg: &VmConfig,
+        events: &mut Vec<Event>,
+    ) -> Option<ProtectedVm> {
+        let state = if h == ctx.me {
+            Some(ctx.local.get(&e.vm).copied())
+        } else {
+            reported_state(self.peers.get(&h), e.vm)
+        };
+        let stopped_by_isolation = self.powered_off_by_isolation(h, d, e.vm);
+        match restart_decision(self.verdict(h), state, stopped_by_isolation) {
+            Decision::Restart { reason, same_host } => {
+                if !restart_allowed(cfg, same_host) {
+                    return None;
+                }
+                let next_try = ctx.now + Duration::from_millis(ctx.retry0);
+                let preferred = (same_host && ctx.same_host_attempts > 0).then_some(h);
+                let mut track = RestartTrack::waiting(d, next_try, Some(h), preferred);
+                if same_host && ctx.same_host_attempts == 0 {
+                    // No restart on the host it crashed on: another host first.
+                    track.excluded.push(h);
+                }
+                self.tracks.insert(e.vm, track);
+                events.push(Event::RestartNeeded {
+                    vm: e.vm,
+                    from: Some(h),
+                    reason: reason.to_string(),
+                });
+                Some(pending(e))
+            }
+            Decision::DesiredOff => {
+                let mut ne = e.clone();
+                ne.desired = DesiredPower::Off;
+                Some(ne)
+            }
+            Decision::Wait => None,
         }
     }
 }
@@ -1293,39 +1488,31 @@ impl Agent {
     /// Decide, for every protected VM, whether it must be restarted, and open a restart track.
     fn reconcile(&mut self, now: Time) {
         let t = self.t.clone();
-        let me = self.settings.host;
         let local: BTreeMap<VmId, VmRunState> = self
             .vms
             .statuses()
             .into_iter()
             .map(|s| (s.vm, s.state))
             .collect();
-        let retry0 = self
-            .config
-            .ha
-            .restart_retry_ms
-            .first()
-            .copied()
-            .unwrap_or(0);
-        let same_host_attempts = self.config.ha.same_host_restart_attempts;
-        let config = self.config.clone();
+        let ctx = ReconcileContext {
+            now,
+            me: self.settings.host,
+            retry0: self
+                .config
+                .ha
+                .restart_retry_ms
+                .first()
+                .copied()
+                .unwrap_or(0),
+            same_host_attempts: self.config.ha.same_host_restart_attempts,
+            config: self.config.clone(),
+            local,
+        };
         let mut events = Vec::new();
         let Some(m) = self.master.as_mut() else {
             return;
         };
-        // Our own VMs are reported directly, including the ones gone from our list altogether (a
-        // power-on that failed here): a stale "runs on the master" would hide a lost VM forever.
-        let active = |s: &VmRunState| matches!(s, VmRunState::Running | VmRunState::PoweringOn);
-        for (vm, on) in m.running.iter_mut() {
-            if on.contains(&me) && !local.get(vm).is_some_and(active) {
-                on.remove(&me);
-            }
-        }
-        for (vm, s) in &local {
-            if active(s) {
-                m.running.entry(*vm).or_default().insert(me);
-            }
-        }
+        m.note_own_vms(ctx.me, &ctx.local);
         let ds_list: Vec<DatastoreId> = m.protected.keys().copied().collect();
         for d in ds_list {
             if m.settled(d, now, &t).is_none() || !m.protected[&d].loaded {
@@ -1334,128 +1521,7 @@ impl Agent {
             let n = m.protected[&d].list.vms.len();
             for i in 0..n {
                 let e = m.protected[&d].list.vms[i].clone();
-                let Some(cfg) = config.vm(e.vm) else { continue };
-                // Reports from hosts we cannot hear are stale; an isolated host's power-on list is
-                // the better authority for what its isolation response stopped.
-                let running_on: Vec<HostId> = m
-                    .running
-                    .get(&e.vm)
-                    .map(|s| {
-                        s.iter()
-                            .copied()
-                            .filter(|&h| match m.verdict(h) {
-                                Some(Verdict::Dead) => false,
-                                Some(Verdict::Isolated) => !m.powered_off_by_isolation(h, d, e.vm),
-                                _ => true,
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let mut changed = None::<ProtectedVm>;
-                if let Some(&h) = running_on.first() {
-                    // Running (or starting) somewhere: that is where it lives now.
-                    let mut ne = e.clone();
-                    ne.last_host = Some(h);
-                    ne.desired = DesiredPower::On;
-                    if m.tracks.get(&e.vm).is_some_and(|tr| matches!(tr.stage, Stage::Issued { target, .. } | Stage::Resume { target, .. } if target == h)) {
-                        // The power-on result will close the track.
-                    } else if m.tracks.get(&e.vm).is_some_and(|tr| matches!(tr.stage, Stage::Waiting)) {
-                        m.tracks.remove(&e.vm);
-                        ne.restart = RestartState::Idle;
-                    } else if !m.tracks.contains_key(&e.vm) && e.restart != RestartState::Idle {
-                        ne.restart = RestartState::Idle;
-                    }
-                    if ne != e {
-                        changed = Some(ne);
-                    }
-                } else if m.tracks.contains_key(&e.vm) || e.desired == DesiredPower::Off {
-                    // In progress, or off on purpose.
-                } else if let Some(h) = e
-                    .last_host
-                    .is_none()
-                    .then(|| {
-                        if local.get(&e.vm) == Some(&VmRunState::StoppedByUser) {
-                            Some(me)
-                        } else {
-                            stopped_by_user_on(m, e.vm)
-                        }
-                    })
-                    .flatten()
-                {
-                    // Stopped by an operator (or its guest) before any report showed it running:
-                    // off on purpose, not lost.
-                    let mut ne = e.clone();
-                    ne.last_host = Some(h);
-                    ne.desired = DesiredPower::Off;
-                    changed = Some(ne);
-                } else if e.last_host.is_none() {
-                    // Protected but never seen running (a new master's list, written before any
-                    // report came in). Start it only when every host that mounts its datastore is
-                    // dead or has reported, completely, that it does not run it.
-                    let nowhere = config.hosts_of(d).iter().all(|&h| {
-                        let active = |s: Option<VmRunState>| {
-                            matches!(s, Some(VmRunState::Running | VmRunState::PoweringOn))
-                        };
-                        if h == me {
-                            return !active(local.get(&e.vm).copied());
-                        }
-                        match m.verdict(h) {
-                            Some(Verdict::Dead) => true,
-                            Some(Verdict::Alive) => {
-                                reported_state(m.peers.get(&h), e.vm).is_some_and(|s| !active(s))
-                            }
-                            _ => false,
-                        }
-                    });
-                    if nowhere && restart_allowed(cfg, false) {
-                        let next_try = now + Duration::from_millis(retry0);
-                        m.tracks
-                            .insert(e.vm, RestartTrack::waiting(d, next_try, None, None));
-                        changed = Some(pending(&e));
-                        events.push(Event::RestartNeeded {
-                            vm: e.vm,
-                            from: None,
-                            reason: "protected but running nowhere".to_string(),
-                        });
-                    }
-                } else if let Some(h) = e.last_host {
-                    let state = if h == me {
-                        Some(local.get(&e.vm).copied())
-                    } else {
-                        reported_state(m.peers.get(&h), e.vm)
-                    };
-                    let verdict = m.verdict(h);
-                    let stopped_by_isolation = m.powered_off_by_isolation(h, d, e.vm);
-                    let decision = restart_decision(verdict, state, stopped_by_isolation);
-                    match decision {
-                        Decision::Restart { reason, same_host } => {
-                            if restart_allowed(cfg, same_host) {
-                                let next_try = now + Duration::from_millis(retry0);
-                                let preferred = (same_host && same_host_attempts > 0).then_some(h);
-                                let mut track =
-                                    RestartTrack::waiting(d, next_try, Some(h), preferred);
-                                if same_host && same_host_attempts == 0 {
-                                    // No restart on the host it crashed on: another host first.
-                                    track.excluded.push(h);
-                                }
-                                m.tracks.insert(e.vm, track);
-                                changed = Some(pending(&e));
-                                events.push(Event::RestartNeeded {
-                                    vm: e.vm,
-                                    from: Some(h),
-                                    reason: reason.to_string(),
-                                });
-                            }
-                        }
-                        Decision::DesiredOff => {
-                            let mut ne = e.clone();
-                            ne.desired = DesiredPower::Off;
-                            changed = Some(ne);
-                        }
-                        Decision::Wait => {}
-                    }
-                }
-                if let Some(ne) = changed {
+                if let Some(ne) = m.reconcile_entry(&ctx, d, &e, &mut events) {
                     let pd = m.protected.get_mut(&d).expect("listed");
                     pd.list.vms[i] = ne;
                     pd.dirty = true;
@@ -1473,38 +1539,186 @@ impl Agent {
         let Some(m) = self.master.as_mut() else {
             return;
         };
-        let mut resend = Vec::new();
-        let mut restamp = Vec::new();
-        let mut abandon = Vec::new();
-        for (&vm, tr) in &m.tracks {
+        let f = m.follow_ups(now, &t);
+        let sends = m.resend_power_ons(f.resend, now, &t);
+        m.restamp_intents(f.restamp, now, &t);
+        m.abandon_targets(f.abandon, now);
+        for (target, msg) in sends {
+            self.send(target, &msg);
+        }
+    }
+
+    pub(super) fn master_on_power_on_result(&mut self, now: Time, from: HostId, r: PowerOnResult) {
+        let retry = self.config.ha.restart_retry_ms.clone();
+        let Some(m) = self.master.as_mut() else {
+            return;
+        };
+        if r.running {
+            m.note_started(from, r.vm, r.vm_generation);
+        }
+        let Some(tr) = m.tracks.get(&r.vm).cloned() else {
+            return;
+        };
+        let Stage::Issued {
+            target, attempt: a, ..
+        } = tr.stage
+        else {
+            return;
+        };
+        if target != from || a != r.attempt {
+            return;
+        }
+        let (vm, attempt) = (r.vm, r.attempt);
+        if r.stopped_by_operator || r.running {
+            // Done: running there, or started and then stopped on purpose (not a failure to retry
+            // elsewhere).
+            let desired = if r.stopped_by_operator {
+                DesiredPower::Off
+            } else {
+                DesiredPower::On
+            };
+            m.restart_ended(vm, tr.home, from, desired);
+            self.emit(if r.stopped_by_operator {
+                Event::RestartEndedByOperator { vm, on: from }
+            } else {
+                Event::VmRestarted {
+                    vm,
+                    on: from,
+                    attempt,
+                }
+            });
+            return;
+        }
+        let attempts = tr.attempts + 1;
+        let gave_up = m.restart_failed(vm, tr.home, from, attempts, &retry, now);
+        self.emit(Event::RestartFailed {
+            vm,
+            target: from,
+            attempt,
+            error: r.error.unwrap_or_else(|| "unknown error".into()),
+        });
+        if gave_up {
+            self.emit(Event::RestartGaveUp { vm, attempts });
+        }
+    }
+
+    /// Place the restarts that are due, write their intents.
+    fn schedule_restarts(&mut self, now: Time) {
+        if self.paused() {
+            self.report_paused_restarts();
+            return;
+        }
+        let t = self.t.clone();
+        let me = self.settings.host;
+        let me_as_target = TargetSelf {
+            host: me,
+            reachable: self.reachable_datastores(now).into_iter().collect(),
+            maintenance: self.maintenance || self.shutting_down,
+        };
+        let config = self.config.clone();
+        let Some(m) = self.master.as_mut() else {
+            return;
+        };
+        let due = m.due_restarts(now, &t);
+        if due.is_empty() {
+            return;
+        }
+        let plan = placement::plan_restarts(&PlanInput {
+            hosts: m.restart_candidates(&config, &me_as_target),
+            requests: m.restart_requests(&config, &due),
+            running: m.running_vms(),
+            max_concurrent_per_host: config.ha.max_concurrent_power_ons_per_host.max(1),
+            hold_below: m.hold_below(&config, now),
+        });
+        let mut events = Vec::new();
+        let early_commands = m.write_intents(&plan, now, &t, &mut events);
+        m.note_waiting(&plan, &mut events);
+        for e in events {
+            self.emit(e);
+        }
+        for (vm, target, d, epoch, attempt) in early_commands {
+            self.issue_power_on(vm, target, d, epoch, attempt);
+        }
+        // Generations above assume one write per pass: flush now so they line up.
+        self.flush_protected(now);
+    }
+
+    /// HA is paused: say once per waiting restart that it does not happen.
+    fn report_paused_restarts(&mut self) {
+        let pending: Vec<VmId> = self
+            .master
+            .as_ref()
+            .map(|m| {
+                m.tracks
+                    .iter()
+                    .filter(|(_, t)| t.stage == Stage::Waiting && !t.reported_waiting)
+                    .map(|(&v, _)| v)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for vm in pending {
+            if let Some(tr) = self.m().tracks.get_mut(&vm) {
+                tr.reported_waiting = true;
+            }
+            self.emit(Event::ActionSuppressed {
+                what: format!("restart of {vm} (HA paused)"),
+            });
+        }
+    }
+}
+
+/// What `follow_up_restarts` found to do: `(vm, target, attempt, datastore)` to resend or to
+/// re-stamp under this master's epoch, `(vm, target)` to give up on.
+#[derive(Default)]
+struct FollowUps {
+    resend: Vec<(VmId, HostId, u32, DatastoreId)>,
+    restamp: Vec<(VmId, HostId, u32, DatastoreId)>,
+    abandon: Vec<(VmId, HostId)>,
+}
+
+impl MasterState {
+    fn follow_ups(&self, now: Time, t: &Timings) -> FollowUps {
+        let mut f = FollowUps::default();
+        for (&vm, tr) in &self.tracks {
             match tr.stage {
                 Stage::Issued {
                     target,
                     attempt,
                     sent_at,
                 } => {
-                    let v = m.verdict(target);
+                    let v = self.verdict(target);
                     let overdue = now.since(sent_at) >= t.power_on_timeout;
-                    if v == Some(Verdict::Dead) || (overdue && step_removed!(m, OneTarget)) {
-                        abandon.push((vm, target));
+                    if v == Some(Verdict::Dead) || (overdue && step_removed!(self, OneTarget)) {
+                        f.abandon.push((vm, target));
                     } else if overdue && v == Some(Verdict::Alive) {
-                        resend.push((vm, target, attempt, tr.home));
+                        f.resend.push((vm, target, attempt, tr.home));
                     }
                 }
-                Stage::Resume { target, attempt } => match m.verdict(target) {
-                    Some(Verdict::Dead) => abandon.push((vm, target)),
-                    Some(Verdict::Alive) => restamp.push((vm, target, attempt, tr.home)),
+                Stage::Resume { target, attempt } => match self.verdict(target) {
+                    Some(Verdict::Dead) => f.abandon.push((vm, target)),
+                    Some(Verdict::Alive) => f.restamp.push((vm, target, attempt, tr.home)),
                     _ => {}
                 },
                 _ => {}
             }
         }
+        f
+    }
+
+    /// Power-on commands that went unanswered by a live target: the same attempt again, under the
+    /// claim as it is now.
+    fn resend_power_ons(
+        &mut self,
+        resend: Vec<(VmId, HostId, u32, DatastoreId)>,
+        now: Time,
+        t: &Timings,
+    ) -> Vec<(HostId, Message)> {
         let mut sends = Vec::new();
         for (vm, target, attempt, d) in resend {
-            let Some(epoch) = m.held_valid(d, now, &t) else {
+            let Some(epoch) = self.held_valid(d, now, t) else {
                 continue;
             };
-            if let Some(tr) = m.tracks.get_mut(&vm) {
+            if let Some(tr) = self.tracks.get_mut(&vm) {
                 tr.stage = Stage::Issued {
                     target,
                     attempt,
@@ -1521,11 +1735,21 @@ impl Agent {
                 },
             ));
         }
+        sends
+    }
+
+    /// Intents of a previous master whose target lives: written again under our epoch.
+    fn restamp_intents(
+        &mut self,
+        restamp: Vec<(VmId, HostId, u32, DatastoreId)>,
+        now: Time,
+        t: &Timings,
+    ) {
         for (vm, target, attempt, d) in restamp {
-            let Some(epoch) = m.held_valid(d, now, &t) else {
+            let Some(epoch) = self.held_valid(d, now, t) else {
                 continue;
             };
-            let Some(pd) = m.protected.get_mut(&d) else {
+            let Some(pd) = self.protected.get_mut(&d) else {
                 continue;
             };
             let generation = pd.list.generation + 1;
@@ -1537,7 +1761,7 @@ impl Agent {
                 };
                 pd.dirty = true;
             }
-            if let Some(tr) = m.tracks.get_mut(&vm) {
+            if let Some(tr) = self.tracks.get_mut(&vm) {
                 tr.stage = Stage::IntentWriting {
                     target,
                     attempt,
@@ -1545,111 +1769,81 @@ impl Agent {
                 };
             }
         }
+    }
+
+    /// The target died: its lease on the VM expired with it, so another host may start it.
+    fn abandon_targets(&mut self, abandon: Vec<(VmId, HostId)>, now: Time) {
         for (vm, target) in abandon {
-            // The target died: its lease on the VM expired with it, so another host may start it.
-            if let Some(tr) = m.tracks.get_mut(&vm) {
+            if let Some(tr) = self.tracks.get_mut(&vm) {
                 tr.attempts += 1;
                 tr.excluded.push(target);
                 tr.stage = Stage::Waiting;
                 tr.next_try = now;
                 let d = tr.home;
                 let attempts = tr.attempts;
-                if let Some(e) = m
+                if let Some(e) = self
                     .protected
                     .get_mut(&d)
                     .and_then(|pd| pd.list.vms.iter_mut().find(|e| e.vm == vm))
                 {
                     e.restart = RestartState::Pending { attempts };
                 }
-                if let Some(pd) = m.protected.get_mut(&d) {
+                if let Some(pd) = self.protected.get_mut(&d) {
                     pd.dirty = true;
                 }
             }
         }
-        for (target, msg) in sends {
-            self.send(target, &msg);
-        }
     }
+}
 
-    pub(super) fn master_on_power_on_result(&mut self, now: Time, from: HostId, r: PowerOnResult) {
-        let PowerOnResult {
-            vm,
-            attempt,
-            running,
-            error,
-            stopped_by_operator,
-            vm_generation,
-        } = r;
-        let retry = self.config.ha.restart_retry_ms.clone();
-        let Some(m) = self.master.as_mut() else {
-            return;
-        };
-        if running && let Some(p) = m.peers.get_mut(&from) {
-            // The target's reports up to this generation do not know the VM runs there: until a
-            // newer one arrives, none of them may say it does not.
+impl MasterState {
+    /// A target says it runs `vm`. Its reports up to this generation do not know the VM runs
+    /// there: until a newer one arrives, none of them may say it does not.
+    fn note_started(&mut self, from: HostId, vm: VmId, vm_generation: u64) {
+        if let Some(p) = self.peers.get_mut(&from) {
             let newer_than_report = p.vm_gen_have.is_none_or(|g| vm_generation >= g);
             p.vm_gen_reported = p.vm_gen_reported.max(vm_generation);
             if newer_than_report {
-                m.running.entry(vm).or_default().insert(from);
+                self.running.entry(vm).or_default().insert(from);
             }
         }
-        let Some(tr) = m.tracks.get(&vm).cloned() else {
-            return;
-        };
-        let Stage::Issued {
-            target, attempt: a, ..
-        } = tr.stage
-        else {
-            return;
-        };
-        if target != from || a != attempt {
-            return;
-        }
-        let d = tr.home;
-        if stopped_by_operator {
-            // Started, then stopped on purpose: not a failure to retry elsewhere.
-            m.tracks.remove(&vm);
-            if let Some(pd) = m.protected.get_mut(&d) {
-                if let Some(e) = pd.list.vms.iter_mut().find(|e| e.vm == vm) {
-                    e.restart = RestartState::Idle;
-                    e.last_host = Some(from);
-                    e.desired = DesiredPower::Off;
-                }
-                pd.dirty = true;
+    }
+
+    /// A restart is over: the VM lives on `on`, powered as `desired`.
+    fn restart_ended(&mut self, vm: VmId, d: DatastoreId, on: HostId, desired: DesiredPower) {
+        self.tracks.remove(&vm);
+        if let Some(pd) = self.protected.get_mut(&d) {
+            if let Some(e) = pd.list.vms.iter_mut().find(|e| e.vm == vm) {
+                e.restart = RestartState::Idle;
+                e.last_host = Some(on);
+                e.desired = desired;
             }
-            self.emit(Event::RestartEndedByOperator { vm, on: from });
-            return;
+            pd.dirty = true;
         }
-        if running {
-            m.tracks.remove(&vm);
-            if let Some(pd) = m.protected.get_mut(&d) {
-                if let Some(e) = pd.list.vms.iter_mut().find(|e| e.vm == vm) {
-                    e.restart = RestartState::Idle;
-                    e.last_host = Some(from);
-                    e.desired = DesiredPower::On;
-                }
-                pd.dirty = true;
-            }
-            self.emit(Event::VmRestarted {
-                vm,
-                on: from,
-                attempt,
-            });
-            return;
-        }
-        let error = error.unwrap_or_else(|| "unknown error".into());
-        let attempts = tr.attempts + 1;
+    }
+
+    /// A power-on failed on `on`: wait for the next delay of the retry schedule and try another
+    /// host, or give up for now once the schedule is used up. Returns whether it gave up.
+    fn restart_failed(
+        &mut self,
+        vm: VmId,
+        d: DatastoreId,
+        on: HostId,
+        attempts: u32,
+        retry: &[u64],
+        now: Time,
+    ) -> bool {
         let gave_up = attempts as usize >= retry.len().max(1);
         let delay = if gave_up {
             retry.last().copied().unwrap_or(60_000).max(60_000)
         } else {
             retry.get(attempts as usize).copied().unwrap_or(0)
         };
-        if let Some(tr) = m.tracks.get_mut(&vm) {
+        if let Some(tr) = self.tracks.get_mut(&vm) {
             tr.attempts = attempts;
             tr.stage = Stage::Waiting;
             tr.next_try = now + Duration::from_millis(delay);
-            tr.excluded.push(from);
+            tr.excluded.push(on);
             tr.preferred = None;
             tr.reported_waiting = false;
             if gave_up {
@@ -1657,7 +1851,7 @@ impl Agent {
                 tr.excluded.clear();
             }
         }
-        if let Some(pd) = m.protected.get_mut(&d) {
+        if let Some(pd) = self.protected.get_mut(&d) {
             if let Some(e) = pd.list.vms.iter_mut().find(|e| e.vm == vm) {
                 e.restart = if gave_up {
                     RestartState::Failed { attempts }
@@ -1667,67 +1861,38 @@ impl Agent {
             }
             pd.dirty = true;
         }
-        self.emit(Event::RestartFailed {
-            vm,
-            target: from,
-            attempt,
-            error,
-        });
-        if gave_up {
-            self.emit(Event::RestartGaveUp { vm, attempts });
-        }
+        gave_up
     }
+}
 
-    /// Place the restarts that are due, write their intents.
-    fn schedule_restarts(&mut self, now: Time) {
-        if self.paused() {
-            let pending: Vec<VmId> = self
-                .master
-                .as_ref()
-                .map(|m| {
-                    m.tracks
-                        .iter()
-                        .filter(|(_, t)| t.stage == Stage::Waiting && !t.reported_waiting)
-                        .map(|(&v, _)| v)
-                        .collect()
-                })
-                .unwrap_or_default();
-            for vm in pending {
-                if let Some(tr) = self.m().tracks.get_mut(&vm) {
-                    tr.reported_waiting = true;
-                }
-                self.emit(Event::ActionSuppressed {
-                    what: format!("restart of {vm} (HA paused)"),
-                });
-            }
-            return;
-        }
-        let t = self.t.clone();
-        let me = self.settings.host;
-        let my_reachable: BTreeSet<DatastoreId> =
-            self.reachable_datastores(now).into_iter().collect();
-        let my_maintenance = self.maintenance || self.shutting_down;
-        let config = self.config.clone();
-        let Some(m) = self.master.as_mut() else {
-            return;
-        };
-        let due: Vec<VmId> = m
-            .tracks
+/// The master's own host as a restart target (its verdict is not in its peer table).
+struct TargetSelf {
+    host: HostId,
+    reachable: BTreeSet<DatastoreId>,
+    maintenance: bool,
+}
+
+/// A restart that the master has decided but not yet sent: `(vm, target, datastore, epoch, attempt)`.
+type EarlyCommand = (VmId, HostId, DatastoreId, Epoch, u32);
+
+impl MasterState {
+    /// Waiting restarts whose time has come, on datastores whose claim is settled.
+    fn due_restarts(&self, now: Time, t: &Timings) -> Vec<VmId> {
+        self.tracks
             .iter()
             .filter(|(_, tr)| {
                 tr.stage == Stage::Waiting
                     && tr.next_try <= now
-                    && m.settled(tr.home, now, &t).is_some()
+                    && self.settled(tr.home, now, t).is_some()
             })
             .map(|(&vm, _)| vm)
-            .collect();
-        if due.is_empty() {
-            return;
-        }
-        // Hosts that can take VMs now.
-        let mut hosts = Vec::new();
+            .collect()
+    }
+
+    /// Hosts that can take VMs now, with what they run and what is on its way to them.
+    fn restart_candidates(&self, config: &ClusterView, me: &TargetSelf) -> Vec<HostCandidate> {
         let mut in_flight: BTreeMap<HostId, (u32, Resources)> = BTreeMap::new();
-        for (vm, tr) in &m.tracks {
+        for (vm, tr) in &self.tracks {
             if let Stage::IntentWriting { target, .. }
             | Stage::Issued { target, .. }
             | Stage::Resume { target, .. } = tr.stage
@@ -1739,7 +1904,7 @@ impl Agent {
             }
         }
         let mut used: BTreeMap<HostId, (Resources, u32, Vec<String>)> = BTreeMap::new();
-        for (vm, on) in &m.running {
+        for (vm, on) in &self.running {
             for h in on {
                 let cfg = config.vm(*vm);
                 let e = used.entry(*h).or_default();
@@ -1750,11 +1915,12 @@ impl Agent {
                 }
             }
         }
+        let mut hosts = Vec::new();
         for hc in &config.hosts {
-            let (alive, maintenance, reachable) = if hc.id == me {
-                (true, my_maintenance, my_reachable.clone())
+            let (alive, maintenance, reachable) = if hc.id == me.host {
+                (true, me.maintenance, me.reachable.clone())
             } else {
-                match m.peers.get(&hc.id) {
+                match self.peers.get(&hc.id) {
                     Some(p) if p.verdict == Some(Verdict::Alive) => {
                         (true, p.maintenance, p.reachable.iter().copied().collect())
                     }
@@ -1777,11 +1943,14 @@ impl Agent {
                 vm_count: count,
             });
         }
-        let requests: Vec<RestartRequest> = due
-            .iter()
+        hosts
+    }
+
+    fn restart_requests(&self, config: &ClusterView, due: &[VmId]) -> Vec<RestartRequest> {
+        due.iter()
             .filter_map(|vm| {
                 let c = config.vm(*vm)?;
-                let tr = &m.tracks[vm];
+                let tr = &self.tracks[vm];
                 Some(RestartRequest {
                     vm: *vm,
                     home: tr.home,
@@ -1793,9 +1962,14 @@ impl Agent {
                     excluded_hosts: tr.excluded.clone(),
                 })
             })
-            .collect();
-        let hold_below = config.ha.orchestrated_wait_ms.and_then(|wait| {
-            m.tracks
+            .collect()
+    }
+
+    /// Orchestrated restarts: the highest priority still starting (within the configured wait),
+    /// below which nothing is placed yet.
+    fn hold_below(&self, config: &ClusterView, now: Time) -> Option<RestartPriority> {
+        config.ha.orchestrated_wait_ms.and_then(|wait| {
+            self.tracks
                 .iter()
                 .filter(|(_, tr)| match tr.stage {
                     Stage::Issued { sent_at, .. } => {
@@ -1806,32 +1980,37 @@ impl Agent {
                 })
                 .filter_map(|(vm, _)| config.vm(*vm).map(|c| c.ha.priority))
                 .max()
-        });
-        let running: BTreeSet<VmId> = m
-            .running
+        })
+    }
+
+    fn running_vms(&self) -> BTreeSet<VmId> {
+        self.running
             .iter()
             .filter(|(_, s)| !s.is_empty())
             .map(|(&v, _)| v)
-            .collect();
-        let plan = placement::plan_restarts(&PlanInput {
-            hosts,
-            requests,
-            running,
-            max_concurrent_per_host: config.ha.max_concurrent_power_ons_per_host.max(1),
-            hold_below,
-        });
-        let mut events = Vec::new();
+            .collect()
+    }
+
+    /// Write each placement's intent into its protected list (the write-ahead step). Returns the
+    /// commands to send at once, which exist only with the write-ahead step removed.
+    fn write_intents(
+        &mut self,
+        plan: &RestartPlan,
+        now: Time,
+        t: &Timings,
+        events: &mut Vec<Event>,
+    ) -> Vec<EarlyCommand> {
         let mut early_commands = Vec::new();
-        for p in plan.placements {
-            let Some(tr) = m.tracks.get(&p.vm) else {
+        for p in &plan.placements {
+            let Some(tr) = self.tracks.get(&p.vm) else {
                 continue;
             };
             let d = tr.home;
-            let Some(epoch) = m.settled(d, now, &t) else {
+            let Some(epoch) = self.settled(d, now, t) else {
                 continue;
             };
             let attempt = tr.attempts + 1;
-            let Some(pd) = m.protected.get_mut(&d) else {
+            let Some(pd) = self.protected.get_mut(&d) else {
                 continue;
             };
             let generation = pd.list.generation + 1;
@@ -1845,8 +2024,8 @@ impl Agent {
                 continue;
             }
             pd.dirty = true;
-            let early = step_removed!(m, WriteAheadIntent);
-            if let Some(tr) = m.tracks.get_mut(&p.vm) {
+            let early = step_removed!(self, WriteAheadIntent);
+            if let Some(tr) = self.tracks.get_mut(&p.vm) {
                 tr.stage = if early {
                     Stage::Issued {
                         target: p.host,
@@ -1864,7 +2043,7 @@ impl Agent {
             if early {
                 early_commands.push((p.vm, p.host, d, epoch, attempt));
             }
-            if let Some(group) = p.broke_anti_affinity {
+            if let Some(group) = p.broke_anti_affinity.clone() {
                 events.push(Event::AntiAffinityBroken {
                     vm: p.vm,
                     host: p.host,
@@ -1872,24 +2051,21 @@ impl Agent {
                 });
             }
         }
-        for (vm, why) in plan.waiting {
-            if let Some(tr) = m.tracks.get_mut(&vm)
+        early_commands
+    }
+
+    /// Restarts the plan could not place: reported once each.
+    fn note_waiting(&mut self, plan: &RestartPlan, events: &mut Vec<Event>) {
+        for (vm, why) in &plan.waiting {
+            if let Some(tr) = self.tracks.get_mut(vm)
                 && !tr.reported_waiting
             {
                 tr.reported_waiting = true;
-                if why == WaitReason::NoCapacity {
-                    events.push(Event::NoCapacity { vm });
+                if *why == WaitReason::NoCapacity {
+                    events.push(Event::NoCapacity { vm: *vm });
                 }
             }
         }
-        for e in events {
-            self.emit(e);
-        }
-        for (vm, target, d, epoch, attempt) in early_commands {
-            self.issue_power_on(vm, target, d, epoch, attempt);
-        }
-        // Generations above assume one write per pass: flush now so they line up.
-        self.flush_protected(now);
     }
 }
 
@@ -2190,7 +2366,7 @@ fn sync_protected_with_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use heartbeat_fs::records::{IsolationResponse, VmConfig, VmHaSettings};
+    use heartbeat_fs::records::{IsolationResponse, VmHaSettings};
 
     fn vm(restart_policy: RestartPolicy, priority: RestartPriority) -> VmConfig {
         VmConfig {
