@@ -4,7 +4,8 @@
 
 use fdm_agent::core::VmRunState;
 use fdm_agent::core::messages::{
-    MasterHeartbeat, Message, PowerOnResult, SlaveHeartbeat, VM_REPORT_PART, VmStatus,
+    MasterHeartbeat, Message, PowerOnCommand, PowerOnResult, SlaveHeartbeat, VM_REPORT_PART,
+    VmReport, VmStatus,
 };
 use fdm_agent::wire::*;
 use heartbeat_fs::{ClusterId, DatastoreId, Epoch, HostId, VmId};
@@ -65,7 +66,7 @@ fn examples() -> Vec<Message> {
             maintenance: false,
             config_generation: 12,
         }),
-        Message::VmReport {
+        Message::VmReport(VmReport {
             generation: 4,
             part: 0,
             parts: 1,
@@ -79,13 +80,13 @@ fn examples() -> Vec<Message> {
                     state: VmRunState::Crashed,
                 },
             ],
-        },
-        Message::PowerOn {
+        }),
+        Message::PowerOn(PowerOnCommand {
             vm: VmId(10),
             datastore: DatastoreId(1),
             epoch: Epoch(5),
             attempt: 2,
-        },
+        }),
         Message::PowerOnResult(PowerOnResult {
             vm: VmId(10),
             attempt: 2,
@@ -159,7 +160,7 @@ fn largest_realistic_messages_fit_one_datagram() {
             maintenance: true,
             config_generation: u64::MAX,
         }),
-        Message::VmReport {
+        Message::VmReport(VmReport {
             generation: u64::MAX,
             part: u16::MAX,
             parts: u16::MAX,
@@ -169,7 +170,7 @@ fn largest_realistic_messages_fit_one_datagram() {
                     state: VmRunState::StoppedByAgent,
                 })
                 .collect(),
-        },
+        }),
     ];
     for m in big {
         let body = postcard::to_stdvec(&m).unwrap();

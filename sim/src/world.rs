@@ -1520,17 +1520,17 @@ impl World {
 
 #[cfg(test)]
 mod tests {
-    use fdm_core::messages::Message;
+    use fdm_core::messages::{Message, PowerOnCommand};
     use heartbeat_fs::{DatastoreId, Epoch, VmId};
 
     #[test]
     fn the_stalled_kind_is_the_power_on_command() {
-        let m = Message::PowerOn {
+        let m = Message::PowerOn(PowerOnCommand {
             vm: VmId(1),
             datastore: DatastoreId(1),
             epoch: Epoch(1),
             attempt: 1,
-        };
+        });
         assert_eq!(m.kind(), super::POWER_ON_KIND);
     }
 }

@@ -54,23 +54,31 @@ pub enum Message {
     /// Slave -> its master, each heartbeat interval.
     SlaveHeartbeat(SlaveHeartbeat),
     /// Slave -> master: the full list of VMs it runs, in parts of at most `VM_REPORT_PART` entries.
-    VmReport {
-        generation: u64,
-        part: u16,
-        parts: u16,
-        vms: Vec<VmStatus>,
-    },
-    /// Master -> target host: start `vm` (its home datastore `datastore`) under claim `epoch`.
-    PowerOn {
-        vm: VmId,
-        datastore: DatastoreId,
-        epoch: Epoch,
-        attempt: u32,
-    },
+    VmReport(VmReport),
+    /// Master -> target host: start a VM.
+    PowerOn(PowerOnCommand),
     /// Target -> master: how that went.
     PowerOnResult(PowerOnResult),
     /// A master that steps down tells every host whom to follow.
     Yield { to: heartbeat_fs::HostId },
+}
+
+/// Slave -> master: the VMs it runs, part `part` of `parts` of the report at `generation`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmReport {
+    pub generation: u64,
+    pub part: u16,
+    pub parts: u16,
+    pub vms: Vec<VmStatus>,
+}
+
+/// Master -> target host: start `vm` (its home datastore `datastore`) under claim `epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerOnCommand {
+    pub vm: VmId,
+    pub datastore: DatastoreId,
+    pub epoch: Epoch,
+    pub attempt: u32,
 }
 
 /// Target -> master: how a power-on went.
@@ -100,8 +108,8 @@ impl Message {
             Message::Candidacy { .. } => 1,
             Message::MasterHeartbeat(_) => 2,
             Message::SlaveHeartbeat(_) => 3,
-            Message::VmReport { .. } => 4,
-            Message::PowerOn { .. } => 5,
+            Message::VmReport(_) => 4,
+            Message::PowerOn(_) => 5,
             Message::PowerOnResult { .. } => 6,
             Message::Yield { .. } => 7,
         }

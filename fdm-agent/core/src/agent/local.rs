@@ -4,12 +4,12 @@
 
 use super::super::events::{Event, Role};
 use super::super::io::{HypervisorAction, HypervisorEvent, Output, StopCause, VmRunState};
-use super::super::messages::{Message, PowerOnResult, VmStatus};
+use super::super::messages::{Message, PowerOnCommand, PowerOnResult, VmStatus};
 use super::super::time::Time;
 use super::{Agent, DsPurpose, VmView};
 use heartbeat_fs::ops::{DsError, DsOp, DsReply};
 use heartbeat_fs::records::{IsolationResponse, PowerOnEntry, PowerOnList, PowerOnState};
-use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
+use heartbeat_fs::{DatastoreId, HostId, VmId};
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, Default)]
@@ -339,15 +339,13 @@ impl Agent {
     }
 
     /// A master asks us to start a VM. Checked against the datastore before anything happens.
-    pub(super) fn on_power_on_command(
-        &mut self,
-        now: Time,
-        from: HostId,
-        vm: VmId,
-        datastore: DatastoreId,
-        epoch: Epoch,
-        attempt: u32,
-    ) {
+    pub(super) fn on_power_on_command(&mut self, now: Time, from: HostId, command: PowerOnCommand) {
+        let PowerOnCommand {
+            vm,
+            datastore,
+            epoch,
+            attempt,
+        } = command;
         if let Some(state) = self.vms.state(vm)
             && matches!(state, VmRunState::Running | VmRunState::PoweringOn)
         {
@@ -476,141 +474,16 @@ impl Agent {
         }
     }
 
-    pub(super) fn on_hypervisor(&mut self, now: Time, event: HypervisorEvent) {
+    pub(super) fn on_hypervisor(&mut self, event: HypervisorEvent) {
         match event {
-            HypervisorEvent::Inventory { op, running } => {
-                if self.vms.inventory_op != Some(op) {
-                    return;
-                }
-                self.vms.inventory_op = None;
-                self.vms.inventoried = true;
-                self.vms.generation += 1;
-                for vm in running {
-                    if !self.vms.is_active(vm) {
-                        self.vms.set(vm, VmRunState::Running);
-                        self.emit(Event::Adopted { vm });
-                        self.local_vm_changed(vm);
-                    }
-                }
-            }
+            HypervisorEvent::Inventory { op, running } => self.on_inventory(op, running),
             HypervisorEvent::PowerOnResult { op, vm, result } => {
-                if self.vms.aborted.get(&vm).is_some_and(|a| a.op == op) {
-                    match result {
-                        Ok(()) => {
-                            // Up after all, without a lease we still want: stop it, and let any
-                            // stop that raced ahead of the start be forgotten.
-                            self.vms.stops.retain(|_, (v, _)| *v != vm);
-                            if let Some(a) = self.vms.aborted.get_mut(&vm) {
-                                a.came_up = true;
-                            }
-                            self.vms.set(vm, VmRunState::Running);
-                            self.local_vm_changed(vm);
-                            self.stop_vm(vm, StopCause::Abort, IsolationResponse::PowerOff);
-                        }
-                        Err(_) => {
-                            self.vms.vms.remove(&vm);
-                            self.vms.generation += 1;
-                            self.finish_abort(vm);
-                            self.local_vm_changed(vm);
-                        }
-                    }
-                    return;
-                }
-                let Some(&p) = self.vms.pending.get(&vm) else {
-                    return;
-                };
-                if p.stage != (PowerOnStage::Starting { op }) {
-                    return;
-                }
-                match result {
-                    Ok(()) => {
-                        self.vms.pending.remove(&vm);
-                        self.vms.started_attempts.insert(vm, p.attempt);
-                        self.vms.set(vm, VmRunState::Running);
-                        self.emit(Event::PoweredOn {
-                            vm,
-                            attempt: p.attempt,
-                        });
-                        self.local_vm_changed(vm);
-                        let msg = Message::PowerOnResult(PowerOnResult {
-                            vm,
-                            attempt: p.attempt,
-                            running: true,
-                            error: None,
-                            stopped_by_operator: false,
-                            vm_generation: self.vms.generation,
-                        });
-                        self.send(p.from, &msg);
-                    }
-                    Err(e) => {
-                        self.vms.vms.remove(&vm);
-                        self.vms.generation += 1;
-                        self.fail_power_on(vm, p, e);
-                        self.local_vm_changed(vm);
-                    }
-                }
+                self.on_power_on_done(op, vm, result);
             }
             HypervisorEvent::PowerOffResult { op, vm, result } => {
-                let Some((_, cause)) = self.vms.stops.remove(&op) else {
-                    return;
-                };
-                let starting = self
-                    .vms
-                    .pending
-                    .get(&vm)
-                    .is_some_and(|p| matches!(p.stage, PowerOnStage::Starting { .. }))
-                    || self.vms.aborted.get(&vm).is_some_and(|a| !a.came_up);
-                if starting {
-                    // The stop ran before the hypervisor's start finished: the VM may still come
-                    // up, so it is not "stopped" yet (its start's result decides).
-                    return;
-                }
-                match result {
-                    Ok(()) => {
-                        if self.vms.aborted.contains_key(&vm) {
-                            self.vms.set(vm, VmRunState::StoppedByAgent);
-                            self.finish_abort(vm);
-                            self.local_vm_changed(vm);
-                            return;
-                        }
-                        self.vms.set(vm, VmRunState::StoppedByAgent);
-                        if cause == StopCause::Isolation
-                            && let Some(d) = self.vms.home(vm)
-                        {
-                            self.vms
-                                .lists
-                                .entry(d)
-                                .or_default()
-                                .isolation_powered_off
-                                .insert(vm);
-                        }
-                        self.local_vm_changed(vm);
-                    }
-                    Err(e) => {
-                        // Still running: when fencing, the watchdog is no longer kicked (see
-                        // evaluate_leases), so the host is reset before any lease can expire.
-                        tracing::error!(%vm, error = %e, ?cause, "stopping VM failed");
-                    }
-                }
+                self.on_power_off_done(op, vm, result);
             }
-            HypervisorEvent::VmStopped { vm, state } => {
-                if self.vms.state(vm).is_some() || self.vms.home(vm).is_some() {
-                    // A stop we asked for is recorded by its PowerOffResult.
-                    if self.vms.stops.values().any(|(v, _)| *v == vm) {
-                        return;
-                    }
-                    if let Some(p) = self.vms.pending.get(&vm).copied() {
-                        self.abort_power_on(vm, p, "the VM stopped while it was starting".into());
-                    }
-                    if self.vms.aborted.get(&vm).is_some_and(|a| !a.came_up) {
-                        // The hypervisor is still inside its start: its result says what runs.
-                        return;
-                    }
-                    self.finish_abort(vm);
-                    self.vms.set(vm, state);
-                    self.local_vm_changed(vm);
-                }
-            }
+            HypervisorEvent::VmStopped { vm, state } => self.on_vm_stopped(vm, state),
             HypervisorEvent::VmStarted { vm } => {
                 if !self.vms.is_active(vm) {
                     self.vms.set(vm, VmRunState::Running);
@@ -618,7 +491,145 @@ impl Agent {
                 }
             }
         }
-        let _ = now;
+    }
+
+    /// The VMs the hypervisor runs at start: adopted, never restarted.
+    fn on_inventory(&mut self, op: u64, running: Vec<VmId>) {
+        if self.vms.inventory_op != Some(op) {
+            return;
+        }
+        self.vms.inventory_op = None;
+        self.vms.inventoried = true;
+        self.vms.generation += 1;
+        for vm in running {
+            if !self.vms.is_active(vm) {
+                self.vms.set(vm, VmRunState::Running);
+                self.emit(Event::Adopted { vm });
+                self.local_vm_changed(vm);
+            }
+        }
+    }
+
+    fn on_power_on_done(&mut self, op: u64, vm: VmId, result: Result<(), String>) {
+        if self.vms.aborted.get(&vm).is_some_and(|a| a.op == op) {
+            match result {
+                Ok(()) => {
+                    // Up after all, without a lease we still want: stop it, and let any
+                    // stop that raced ahead of the start be forgotten.
+                    self.vms.stops.retain(|_, (v, _)| *v != vm);
+                    if let Some(a) = self.vms.aborted.get_mut(&vm) {
+                        a.came_up = true;
+                    }
+                    self.vms.set(vm, VmRunState::Running);
+                    self.local_vm_changed(vm);
+                    self.stop_vm(vm, StopCause::Abort, IsolationResponse::PowerOff);
+                }
+                Err(_) => {
+                    self.vms.vms.remove(&vm);
+                    self.vms.generation += 1;
+                    self.finish_abort(vm);
+                    self.local_vm_changed(vm);
+                }
+            }
+            return;
+        }
+        let Some(&p) = self.vms.pending.get(&vm) else {
+            return;
+        };
+        if p.stage != (PowerOnStage::Starting { op }) {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                self.vms.pending.remove(&vm);
+                self.vms.started_attempts.insert(vm, p.attempt);
+                self.vms.set(vm, VmRunState::Running);
+                self.emit(Event::PoweredOn {
+                    vm,
+                    attempt: p.attempt,
+                });
+                self.local_vm_changed(vm);
+                let msg = Message::PowerOnResult(PowerOnResult {
+                    vm,
+                    attempt: p.attempt,
+                    running: true,
+                    error: None,
+                    stopped_by_operator: false,
+                    vm_generation: self.vms.generation,
+                });
+                self.send(p.from, &msg);
+            }
+            Err(e) => {
+                self.vms.vms.remove(&vm);
+                self.vms.generation += 1;
+                self.fail_power_on(vm, p, e);
+                self.local_vm_changed(vm);
+            }
+        }
+    }
+
+    fn on_power_off_done(&mut self, op: u64, vm: VmId, result: Result<(), String>) {
+        let Some((_, cause)) = self.vms.stops.remove(&op) else {
+            return;
+        };
+        let starting = self
+            .vms
+            .pending
+            .get(&vm)
+            .is_some_and(|p| matches!(p.stage, PowerOnStage::Starting { .. }))
+            || self.vms.aborted.get(&vm).is_some_and(|a| !a.came_up);
+        if starting {
+            // The stop ran before the hypervisor's start finished: the VM may still come
+            // up, so it is not "stopped" yet (its start's result decides).
+            return;
+        }
+        match result {
+            Ok(()) => {
+                if self.vms.aborted.contains_key(&vm) {
+                    self.vms.set(vm, VmRunState::StoppedByAgent);
+                    self.finish_abort(vm);
+                    self.local_vm_changed(vm);
+                    return;
+                }
+                self.vms.set(vm, VmRunState::StoppedByAgent);
+                if cause == StopCause::Isolation
+                    && let Some(d) = self.vms.home(vm)
+                {
+                    self.vms
+                        .lists
+                        .entry(d)
+                        .or_default()
+                        .isolation_powered_off
+                        .insert(vm);
+                }
+                self.local_vm_changed(vm);
+            }
+            Err(e) => {
+                // Still running: when fencing, the watchdog is no longer kicked (see
+                // evaluate_leases), so the host is reset before any lease can expire.
+                tracing::error!(%vm, error = %e, ?cause, "stopping VM failed");
+            }
+        }
+    }
+
+    /// The hypervisor reports a VM stopped on its own (crash, guest shutdown, an operator).
+    fn on_vm_stopped(&mut self, vm: VmId, state: VmRunState) {
+        if self.vms.state(vm).is_some() || self.vms.home(vm).is_some() {
+            // A stop we asked for is recorded by its PowerOffResult.
+            if self.vms.stops.values().any(|(v, _)| *v == vm) {
+                return;
+            }
+            if let Some(p) = self.vms.pending.get(&vm).copied() {
+                self.abort_power_on(vm, p, "the VM stopped while it was starting".into());
+            }
+            if self.vms.aborted.get(&vm).is_some_and(|a| !a.came_up) {
+                // The hypervisor is still inside its start: its result says what runs.
+                return;
+            }
+            self.finish_abort(vm);
+            self.vms.set(vm, state);
+            self.local_vm_changed(vm);
+        }
     }
 
     fn stop_vm(&mut self, vm: VmId, cause: StopCause, response: IsolationResponse) {

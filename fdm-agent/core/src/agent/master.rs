@@ -5,7 +5,9 @@ use super::super::cluster::ClusterView;
 use super::super::config::{AgentSettings, Timings};
 use super::super::events::{Event, Role, Verdict};
 use super::super::io::{Output, VmRunState};
-use super::super::messages::{MasterHeartbeat, Message, PowerOnResult, SlaveHeartbeat, VmStatus};
+use super::super::messages::{
+    MasterHeartbeat, Message, PowerOnCommand, PowerOnResult, SlaveHeartbeat, VmReport, VmStatus,
+};
 use super::super::placement::{
     self, HostCandidate, PlanInput, RestartPlan, RestartRequest, WaitReason,
 };
@@ -511,15 +513,13 @@ impl MasterState {
         (confirmed && now.since(h.acquired_at) >= t.stretch(t.net_lease)).then_some(epoch)
     }
 
-    pub(super) fn on_vm_report(
-        &mut self,
-        from: HostId,
-        incarnation: u64,
-        generation: u64,
-        part: u16,
-        parts: u16,
-        vms: Vec<VmStatus>,
-    ) {
+    pub(super) fn on_vm_report(&mut self, (from, incarnation): (HostId, u64), report: VmReport) {
+        let VmReport {
+            generation,
+            part,
+            parts,
+            vms,
+        } = report;
         let Some(p) = self.peers.get_mut(&from) else {
             return;
         };
@@ -1283,12 +1283,12 @@ impl Agent {
         });
         self.send(
             target,
-            &Message::PowerOn {
+            &Message::PowerOn(PowerOnCommand {
                 vm,
                 datastore: d,
                 epoch,
                 attempt,
-            },
+            }),
         );
     }
 
@@ -1727,12 +1727,12 @@ impl MasterState {
             }
             sends.push((
                 target,
-                Message::PowerOn {
+                Message::PowerOn(PowerOnCommand {
                     vm,
                     datastore: d,
                     epoch,
                     attempt,
-                },
+                }),
             ));
         }
         sends

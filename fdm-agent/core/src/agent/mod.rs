@@ -24,7 +24,7 @@ use super::cluster::ClusterView;
 use super::config::{AgentSettings, Timings, TimingsError};
 use super::events::{Event, Role, Verdict};
 use super::io::{HypervisorEvent, OperatorCommand, Output, Transmit, VmRunState};
-use super::messages::{MasterHeartbeat, Message, SlaveHeartbeat};
+use super::messages::{MasterHeartbeat, Message, SlaveHeartbeat, VmReport};
 use super::time::Time;
 use crate::wire::{self, DropCounters, Header, Key, Recipient, ReplayGuard};
 use election::Candidacy;
@@ -230,7 +230,7 @@ pub struct Agent {
 /// the recipient's current incarnation.
 fn needs_bound_recipient(msg: &Message) -> bool {
     match msg {
-        Message::PowerOn { .. } | Message::PowerOnResult(_) | Message::VmReport { .. } => true,
+        Message::PowerOn(_) | Message::PowerOnResult(_) | Message::VmReport(_) => true,
         Message::MasterHeartbeat(hb) => hb.echo_seq != 0,
         Message::Candidacy { .. } | Message::SlaveHeartbeat(_) | Message::Yield { .. } => false,
     }
@@ -414,7 +414,7 @@ impl Agent {
 
     pub fn handle_hypervisor(&mut self, now: Time, event: HypervisorEvent) {
         self.enter(now);
-        self.on_hypervisor(now, event);
+        self.on_hypervisor(event);
         self.after_input(now);
     }
 
@@ -999,12 +999,12 @@ impl Agent {
         };
         let parts = chunks.len() as u16;
         for (i, vms) in chunks.into_iter().enumerate() {
-            let msg = Message::VmReport {
+            let msg = Message::VmReport(VmReport {
                 generation: self.vms.generation,
                 part: i as u16,
                 parts,
                 vms,
-            };
+            });
             self.send(to, &msg);
         }
     }
@@ -1051,24 +1051,12 @@ impl Agent {
                     }
                 }
             }
-            Message::VmReport {
-                generation,
-                part,
-                parts,
-                vms,
-            } => {
+            Message::VmReport(report) => {
                 if let Some(m) = self.master.as_mut() {
-                    m.on_vm_report(from, incarnation, generation, part, parts, vms);
+                    m.on_vm_report((from, incarnation), report);
                 }
             }
-            Message::PowerOn {
-                vm,
-                datastore,
-                epoch,
-                attempt,
-            } => {
-                self.on_power_on_command(now, from, vm, datastore, epoch, attempt);
-            }
+            Message::PowerOn(command) => self.on_power_on_command(now, from, command),
             Message::PowerOnResult(result) => {
                 if self.role == Role::Master {
                     self.master_on_power_on_result(now, from, result);
@@ -1086,7 +1074,6 @@ impl Agent {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_master_heartbeat(&mut self, now: Time, from: HostId, hb: MasterHeartbeat) {
         let MasterHeartbeat {
             echo_seq,
