@@ -242,16 +242,23 @@ impl Timings {
 
     /// Every relation broken, each naming the timing to change.
     pub fn problems(&self) -> Vec<TimingsError> {
-        let mut out = Vec::new();
-        let mut bad = |field: &'static str, reason: String| {
-            out.push(TimingsError::Invalid { field, reason });
-        };
-        let ms = |d: Duration| format!("{} ms", d.as_millis());
+        let mut out = Problems::default();
         // Sizes first: once every value is within [0, a day], no relation below can overflow.
+        if self.size_problems(&mut out) {
+            self.interval_problems(&mut out);
+            self.lease_problems(&mut out);
+            self.renewal_problems(&mut out);
+            self.watchdog_and_claim_problems(&mut out);
+        }
+        out.0
+    }
+
+    /// Values beyond a day, drift beyond 10 %. Returns whether every duration is within a day.
+    fn size_problems(&self, out: &mut Problems) -> bool {
         let mut sized = true;
         for (field, d) in self.durations() {
             if d > MAX_TIMING {
-                bad(
+                out.bad(
                     field,
                     format!("{}; at most {} (a day)", ms(d), ms(MAX_TIMING)),
                 );
@@ -259,7 +266,7 @@ impl Timings {
             }
         }
         if self.max_clock_drift_ppm > MAX_DRIFT_PPM {
-            bad(
+            out.bad(
                 "max_clock_drift_ppm",
                 format!(
                     "{} ppm; at most {MAX_DRIFT_PPM} (10 %): more drift is not a clock",
@@ -267,9 +274,10 @@ impl Timings {
                 ),
             );
         }
-        if !sized {
-            return out;
-        }
+        sized
+    }
+
+    fn interval_problems(&self, out: &mut Problems) {
         // Zero or too fine: periodic work that would spin, waits that would not wait.
         for (field, d) in [
             ("heartbeat_interval", self.heartbeat_interval),
@@ -279,7 +287,7 @@ impl Timings {
             ("config_poll_interval", self.config_poll_interval),
         ] {
             if d < MIN_INTERVAL {
-                bad(field, format!("{}; at least {}", ms(d), ms(MIN_INTERVAL)));
+                out.bad(field, format!("{}; at least {}", ms(d), ms(MIN_INTERVAL)));
             }
         }
         for (field, d) in [
@@ -291,12 +299,16 @@ impl Timings {
             ("isolation_detect_after", self.isolation_detect_after),
         ] {
             if d.is_zero() {
-                bad(field, "must be greater than 0".into());
+                out.bad(field, "must be greater than 0".into());
             }
         }
+    }
+
+    /// Detection times against heartbeats, and each lease against what must fit inside it.
+    fn lease_problems(&self, out: &mut Problems) {
         let hb = self.heartbeat_interval;
         if self.host_unreachable_after < hb * 2 {
-            bad(
+            out.bad(
                 "host_unreachable_after",
                 format!(
                     "{}; at least two heartbeat intervals ({})",
@@ -306,7 +318,7 @@ impl Timings {
             );
         }
         if self.master_lost_after < hb * 2 {
-            bad(
+            out.bad(
                 "master_lost_after",
                 format!(
                     "{}; at least two heartbeat intervals ({})",
@@ -316,7 +328,7 @@ impl Timings {
             );
         }
         if self.ds_lease < self.ds_heartbeat_interval * 3 {
-            bad(
+            out.bad(
                 "ds_lease",
                 format!(
                     "{}; at least three datastore heartbeat intervals ({}), or one slow write fences VMs",
@@ -326,7 +338,7 @@ impl Timings {
             );
         }
         if self.ds_lease <= self.datastore_call_deadline {
-            bad(
+            out.bad(
                 "datastore_call_deadline",
                 format!(
                     "{}; must be shorter than ds_lease ({}): a write may take the whole deadline",
@@ -336,7 +348,7 @@ impl Timings {
             );
         }
         if self.ds_read_interval * 2 > self.ds_lease {
-            bad(
+            out.bad(
                 "ds_read_interval",
                 format!(
                     "{}; at most half of ds_lease ({})",
@@ -346,7 +358,7 @@ impl Timings {
             );
         }
         if self.net_lease < hb * 3 {
-            bad(
+            out.bad(
                 "net_lease",
                 format!(
                     "{}; at least three heartbeat intervals ({}), or one lost acknowledgement fences VMs",
@@ -359,7 +371,7 @@ impl Timings {
             || self.fence_margin >= self.shrink(self.net_lease)
             || self.fence_margin >= self.shrink(self.claim_lease)
         {
-            bad(
+            out.bad(
                 "fence_margin",
                 format!(
                     "{}; must be shorter than ds_lease, net_lease and claim_lease (shrunk by the drift bound)",
@@ -367,6 +379,9 @@ impl Timings {
                 ),
             );
         }
+    }
+
+    fn renewal_problems(&self, out: &mut Problems) {
         // A lease must outlive two renewals plus the margin, or a host fences between two healthy
         // renewals (one slow or lost renewal must not stop VMs either).
         for (field, lease, lease_name, every, every_name) in [
@@ -394,7 +409,7 @@ impl Timings {
         ] {
             let need = self.fence_margin + every * 2;
             if self.shrink(lease) < need {
-                bad(
+                out.bad(
                     field,
                     format!(
                         "{}; {lease_name} shrunk by the drift bound must cover fence_margin plus two {every_name}s ({}), or healthy hosts fence between renewals",
@@ -405,7 +420,7 @@ impl Timings {
             }
         }
         if self.fence_margin < self.ds_heartbeat_interval {
-            bad(
+            out.bad(
                 "fence_margin",
                 format!(
                     "{}; at least one datastore heartbeat interval ({})",
@@ -414,8 +429,11 @@ impl Timings {
                 ),
             );
         }
+    }
+
+    fn watchdog_and_claim_problems(&self, out: &mut Problems) {
         if self.watchdog_timeout > self.fence_margin {
-            bad(
+            out.bad(
                 "watchdog_timeout",
                 format!(
                     "{}; must not exceed fence_margin ({}): a hung agent must be reset before its leases expire",
@@ -426,7 +444,7 @@ impl Timings {
         }
         let tick = self.evaluate_interval();
         if tick * 2 > self.watchdog_timeout {
-            bad(
+            out.bad(
                 "watchdog_timeout",
                 format!(
                     "{}; at least twice the evaluation tick ({}, half the heartbeat interval), or a healthy host is reset between two kicks",
@@ -436,7 +454,7 @@ impl Timings {
             );
         }
         if self.claim_renew_interval * 3 > self.claim_lease {
-            bad(
+            out.bad(
                 "claim_renew_interval",
                 format!(
                     "{}; at most a third of claim_lease ({})",
@@ -446,7 +464,7 @@ impl Timings {
             );
         }
         if self.claim_lease <= self.datastore_call_deadline {
-            bad(
+            out.bad(
                 "claim_lease",
                 format!(
                     "{}; must be longer than datastore_call_deadline ({}), or a slow renewal loses the claim",
@@ -459,7 +477,7 @@ impl Timings {
             .shrink(self.claim_lease)
             .saturating_sub(self.fence_margin);
         if self.claim_renew_interval >= validity {
-            bad(
+            out.bad(
                 "claim_renew_interval",
                 format!(
                     "{}; must be shorter than the time a master trusts its claim after a renewal (claim_lease shrunk, minus fence_margin: {})",
@@ -470,7 +488,7 @@ impl Timings {
         }
         let election = self.master_lost_after + self.election_window;
         if self.isolation_detect_after < election {
-            bad(
+            out.bad(
                 "isolation_detect_after",
                 format!(
                     "{}; at least master_lost_after + election_window ({}), so that a lost master alone is not isolation",
@@ -479,8 +497,21 @@ impl Timings {
                 ),
             );
         }
-        out
     }
+}
+
+/// The broken relations found so far, in the order they were checked.
+#[derive(Default)]
+struct Problems(Vec<TimingsError>);
+
+impl Problems {
+    fn bad(&mut self, field: &'static str, reason: String) {
+        self.0.push(TimingsError::Invalid { field, reason });
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
 }
 
 /// What one agent knows about itself before any configuration is read from a datastore.

@@ -346,71 +346,16 @@ impl Agent {
             epoch,
             attempt,
         } = command;
-        if let Some(state) = self.vms.state(vm)
-            && matches!(state, VmRunState::Running | VmRunState::PoweringOn)
-        {
-            if state == VmRunState::Running {
-                self.send(
-                    from,
-                    &Message::PowerOnResult(PowerOnResult {
-                        vm,
-                        attempt,
-                        running: true,
-                        error: None,
-                        stopped_by_operator: false,
-                        vm_generation: self.vms.generation,
-                    }),
-                );
-            }
+        if self.answer_repeated_power_on(from, vm, attempt) {
             return;
         }
-        if self.vms.pending.contains_key(&vm) {
-            return;
-        }
-        if self.vms.state(vm) == Some(VmRunState::StoppedByUser)
-            && self.vms.started_attempts.get(&vm) == Some(&attempt)
-        {
-            let msg = Message::PowerOnResult(PowerOnResult {
-                vm,
-                attempt,
-                running: false,
-                error: Some("an operator stopped the VM after this attempt started it".into()),
-                stopped_by_operator: true,
-                vm_generation: self.vms.generation,
-            });
-            self.send(from, &msg);
-            return;
-        }
-        if self.vms.failed_attempts.get(&vm) == Some(&attempt) {
-            let msg = Message::PowerOnResult(PowerOnResult {
-                vm,
-                attempt,
-                running: false,
-                error: Some("attempt already failed".into()),
-                stopped_by_operator: false,
-                vm_generation: self.vms.generation,
-            });
-            self.send(from, &msg);
-            return;
-        }
-        let reject = if self.config.vm(vm).is_none() {
-            Some("unknown VM".to_string())
-        } else if self.vms.home(vm) != Some(datastore) {
-            Some(format!("{vm} does not live on {datastore}"))
-        } else if !self.reachable_datastores(now).contains(&datastore) {
-            Some(format!("{datastore} is not reachable from this host"))
-        } else if self.role == Role::Isolated || self.maintenance || self.shutting_down {
-            Some("host cannot take VMs now".to_string())
-        } else {
-            None
-        };
         let p = PendingPowerOn {
             from,
             datastore,
             attempt,
             stage: PowerOnStage::CheckingIntent,
         };
-        if let Some(error) = reject {
+        if let Some(error) = self.power_on_refusal(now, vm, datastore) {
             self.fail_power_on(vm, p, error);
             return;
         }
@@ -427,6 +372,66 @@ impl Agent {
             attempt,
         };
         self.ds_request(now, datastore, op, DsPurpose::CheckIntent { vm, attempt });
+    }
+
+    /// A command this host already acted on (masters resend until they hear back): answered from
+    /// what happened, or left to the answer already on its way. Returns whether it was one.
+    fn answer_repeated_power_on(&mut self, from: HostId, vm: VmId, attempt: u32) -> bool {
+        let answer = |running: bool, error: Option<&str>, stopped_by_operator: bool| {
+            Message::PowerOnResult(PowerOnResult {
+                vm,
+                attempt,
+                running,
+                error: error.map(str::to_string),
+                stopped_by_operator,
+                vm_generation: self.vms.generation,
+            })
+        };
+        let state = self.vms.state(vm);
+        if let Some(state) = state
+            && matches!(state, VmRunState::Running | VmRunState::PoweringOn)
+        {
+            if state == VmRunState::Running {
+                let msg = answer(true, None, false);
+                self.send(from, &msg);
+            }
+            return true;
+        }
+        if self.vms.pending.contains_key(&vm) {
+            return true;
+        }
+        if state == Some(VmRunState::StoppedByUser)
+            && self.vms.started_attempts.get(&vm) == Some(&attempt)
+        {
+            let msg = answer(
+                false,
+                Some("an operator stopped the VM after this attempt started it"),
+                true,
+            );
+            self.send(from, &msg);
+            return true;
+        }
+        if self.vms.failed_attempts.get(&vm) == Some(&attempt) {
+            let msg = answer(false, Some("attempt already failed"), false);
+            self.send(from, &msg);
+            return true;
+        }
+        false
+    }
+
+    /// Why this host must refuse to start `vm` from `datastore` now, if it must.
+    fn power_on_refusal(&self, now: Time, vm: VmId, datastore: DatastoreId) -> Option<String> {
+        if self.config.vm(vm).is_none() {
+            Some("unknown VM".to_string())
+        } else if self.vms.home(vm) != Some(datastore) {
+            Some(format!("{vm} does not live on {datastore}"))
+        } else if !self.reachable_datastores(now).contains(&datastore) {
+            Some(format!("{datastore} is not reachable from this host"))
+        } else if self.role == Role::Isolated || self.maintenance || self.shutting_down {
+            Some("host cannot take VMs now".to_string())
+        } else {
+            None
+        }
     }
 
     pub(super) fn on_intent_checked(

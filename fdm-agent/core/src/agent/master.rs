@@ -16,7 +16,7 @@ use super::{Agent, DsPurpose, HostView, VmView};
 use heartbeat_fs::ops::{ClaimWrite, DsError, DsOp, DsReply};
 use heartbeat_fs::records::{
     ClusterConfig, DatastoreClaim, DesiredPower, HostFlags, PowerOnList, ProtectedVm,
-    ProtectedVmList, Resources, RestartPolicy, RestartPriority, RestartState, VmConfig,
+    ProtectedVmList, Resources, RestartPolicy, RestartPriority, RestartState,
 };
 use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +31,14 @@ pub(super) enum ClaimWriteKind {
     Acquire,
     Renew,
     Release,
+}
+
+/// A claim write on its way: when it left, what it does, the record it writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct ClaimWriteSent {
+    pub(super) started: Time,
+    pub(super) mode: ClaimWriteKind,
+    pub(super) record: DatastoreClaim,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -222,7 +230,7 @@ impl MasterState {
         e: &ProtectedVm,
         events: &mut Vec<Event>,
     ) -> Option<ProtectedVm> {
-        let cfg = ctx.config.vm(e.vm)?;
+        ctx.config.vm(e.vm)?;
         if let Some(&h) = self.running_on(d, e.vm).first() {
             return self.found_running(e, h);
         }
@@ -250,8 +258,8 @@ impl MasterState {
             return Some(ne);
         }
         match e.last_host {
-            None => self.never_seen_running(ctx, d, e, cfg, events),
-            Some(h) => self.judge_last_host(ctx, d, e, h, cfg, events),
+            None => self.never_seen_running(ctx, d, e, events),
+            Some(h) => self.judge_last_host(ctx, (d, h), e, events),
         }
     }
 
@@ -281,9 +289,9 @@ impl MasterState {
         ctx: &ReconcileContext,
         d: DatastoreId,
         e: &ProtectedVm,
-        cfg: &VmConfig,
         events: &mut Vec<Event>,
     ) -> Option<ProtectedVm> {
+        let cfg = ctx.config.vm(e.vm)?;
         let active =
             |s: Option<VmRunState>| matches!(s, Some(VmRunState::Running | VmRunState::PoweringOn));
         let nowhere = ctx.config.hosts_of(d).iter().all(|&h| {
@@ -312,16 +320,16 @@ impl MasterState {
         Some(pending(e))
     }
 
-    /// Last seen on `h` and running nowhere now: what `h`'s verdict and report say to do.
+    /// Last seen on `h` and running nowhere now (home datastore `d`): what `h`'s verdict and
+    /// report say to do.
     fn judge_last_host(
         &mut self,
         ctx: &ReconcileContext,
-        d: DatastoreId,
+        (d, h): (DatastoreId, HostId),
         e: &ProtectedVm,
-        h: HostId,
-        cfg: &VmConfig,
         events: &mut Vec<Event>,
     ) -> Option<ProtectedVm> {
+        let cfg = ctx.config.vm(e.vm)?;
         let state = if h == ctx.me {
             Some(ctx.local.get(&e.vm).copied())
         } else {
@@ -762,7 +770,7 @@ impl Agent {
                 .is_some_and(|c| c.held.is_some());
             if !held
                 && !self.has_inflight(d, |p| {
-                    matches!(p, DsPurpose::ClaimRead | DsPurpose::ClaimWrite { .. })
+                    matches!(p, DsPurpose::ClaimRead | DsPurpose::ClaimWrite(_))
                 })
             {
                 self.ds_request(now, d, DsOp::ReadClaim, DsPurpose::ClaimRead);
@@ -803,7 +811,7 @@ impl Agent {
             })
             .unwrap_or_default();
         for (d, h) in held {
-            if self.has_inflight(d, |p| matches!(p, DsPurpose::ClaimWrite { .. })) {
+            if self.has_inflight(d, |p| matches!(p, DsPurpose::ClaimWrite(_))) {
                 continue;
             }
             let record = DatastoreClaim {
@@ -822,11 +830,11 @@ impl Agent {
                     record,
                     mode: ClaimWrite::Renew,
                 },
-                DsPurpose::ClaimWrite {
+                DsPurpose::ClaimWrite(ClaimWriteSent {
                     started: now,
                     mode: ClaimWriteKind::Renew,
                     record,
-                },
+                }),
             );
         }
     }
@@ -859,11 +867,11 @@ impl Agent {
                     record,
                     mode: ClaimWrite::Release,
                 },
-                DsPurpose::ClaimWrite {
+                DsPurpose::ClaimWrite(ClaimWriteSent {
                     started: now,
                     mode: ClaimWriteKind::Release,
                     record,
-                },
+                }),
             );
             self.emit(Event::ClaimLost {
                 datastore: d,
@@ -903,11 +911,11 @@ impl Agent {
                     lapsed,
                 },
             },
-            DsPurpose::ClaimWrite {
+            DsPurpose::ClaimWrite(ClaimWriteSent {
                 started: now,
                 mode: ClaimWriteKind::Acquire,
                 record,
-            },
+            }),
         );
     }
 
@@ -933,14 +941,7 @@ impl Agent {
             (DsPurpose::ClaimRead, Ok(DsReply::Claim(current))) => {
                 self.on_claim_read(now, issued, d, current)
             }
-            (
-                DsPurpose::ClaimWrite {
-                    started,
-                    mode,
-                    record,
-                },
-                result,
-            ) => self.on_claim_written(now, d, started, mode, record, result),
+            (DsPurpose::ClaimWrite(sent), result) => self.on_claim_written(now, d, sent, result),
             (DsPurpose::ProtectedRead, Ok(DsReply::ProtectedList(list))) => {
                 self.on_protected_read(now, d, list)
             }
@@ -1054,11 +1055,14 @@ impl Agent {
         &mut self,
         now: Time,
         d: DatastoreId,
-        started: Time,
-        mode: ClaimWriteKind,
-        record: DatastoreClaim,
+        sent: ClaimWriteSent,
         result: Result<DsReply, DsError>,
     ) {
+        let ClaimWriteSent {
+            started,
+            mode,
+            record,
+        } = sent;
         match (mode, result) {
             (ClaimWriteKind::Acquire, Ok(_)) => {
                 let m = self.m();
@@ -1589,8 +1593,7 @@ impl Agent {
             });
             return;
         }
-        let attempts = tr.attempts + 1;
-        let gave_up = m.restart_failed(vm, tr.home, from, attempts, &retry, now);
+        let (attempts, gave_up) = m.restart_failed(vm, from, &retry, now);
         self.emit(Event::RestartFailed {
             vm,
             target: from,
@@ -1823,16 +1826,12 @@ impl MasterState {
     }
 
     /// A power-on failed on `on`: wait for the next delay of the retry schedule and try another
-    /// host, or give up for now once the schedule is used up. Returns whether it gave up.
-    fn restart_failed(
-        &mut self,
-        vm: VmId,
-        d: DatastoreId,
-        on: HostId,
-        attempts: u32,
-        retry: &[u64],
-        now: Time,
-    ) -> bool {
+    /// host, or give up for now once the schedule is used up. Returns the attempts so far and
+    /// whether it gave up.
+    fn restart_failed(&mut self, vm: VmId, on: HostId, retry: &[u64], now: Time) -> (u32, bool) {
+        let Some((d, attempts)) = self.tracks.get(&vm).map(|tr| (tr.home, tr.attempts + 1)) else {
+            return (0, false);
+        };
         let gave_up = attempts as usize >= retry.len().max(1);
         let delay = if gave_up {
             retry.last().copied().unwrap_or(60_000).max(60_000)
@@ -1861,7 +1860,7 @@ impl MasterState {
             }
             pd.dirty = true;
         }
-        gave_up
+        (attempts, gave_up)
     }
 }
 
@@ -2154,11 +2153,8 @@ fn judge(h: HostId, p: &Peer, ctx: &VerdictContext<'_>) -> (Verdict, &'static st
         now,
         t,
         skip_lease_wait,
-        config,
-        mounted,
-        ds_read_ok,
-        read_fresh,
         master_since,
+        ..
     } = ctx;
     if p.last_net
         .is_some_and(|t0| now.since(t0) < t.host_unreachable_after)
@@ -2168,53 +2164,13 @@ fn judge(h: HostId, p: &Peer, ctx: &VerdictContext<'_>) -> (Verdict, &'static st
     if p.last_net.is_none() && now.since(master_since) < t.host_unreachable_after {
         return (p.verdict.unwrap_or(Verdict::Unreachable), "not heard yet");
     }
-    // Datastores both of us use, that we read successfully of late.
-    let shared: Vec<DatastoreId> = config
-        .datastores_of(h)
-        .iter()
-        .copied()
-        .filter(|d| mounted.contains(d))
-        .filter(|d| {
-            ds_read_ok
-                .get(d)
-                .is_some_and(|t0| now.since(*t0) < read_fresh)
-        })
-        .collect();
+    let shared = shared_fresh_datastores(h, ctx);
     if shared.is_empty() {
         return (Verdict::Unreachable, "no shared datastore to confirm");
     }
-    let lease = t.stretch(t.ds_lease);
-    let mut advancing = false;
-    let mut isolated = false;
-    let mut all_stopped = true;
-    for d in &shared {
-        match p.ds.get(d) {
-            None => {
-                // Not read yet: no evidence either way.
-                all_stopped = false;
-            }
-            Some(o) => {
-                // Advancing means alive elsewhere only if it advanced after the network went
-                // quiet, by more than one write and one read: a dead host's last write, read late,
-                // must not look like a partitioned host for a lease time.
-                let quiet_since =
-                    p.last_net.unwrap_or(Time::ZERO) + t.ds_heartbeat_interval + t.ds_read_interval;
-                if now.since(o.last_advance) < lease
-                    && o.last_advance > quiet_since
-                    && !skip_lease_wait
-                {
-                    advancing = true;
-                    isolated |= o.flags.contains(HostFlags::ISOLATED);
-                }
-                // Stopped only on positive evidence: a clean read, a lease after the last advance.
-                if o.last_clean_read.since(o.last_advance) < lease && !skip_lease_wait {
-                    all_stopped = false;
-                }
-            }
-        }
-    }
-    if advancing {
-        return if isolated {
+    let evidence = datastore_evidence(p, &shared, ctx);
+    if evidence.advancing {
+        return if evidence.isolated {
             (
                 Verdict::Isolated,
                 "datastore heartbeat advancing, host reports isolation",
@@ -2223,7 +2179,7 @@ fn judge(h: HostId, p: &Peer, ctx: &VerdictContext<'_>) -> (Verdict, &'static st
             (Verdict::Partitioned, "datastore heartbeat advancing")
         };
     }
-    if !all_stopped {
+    if !evidence.all_stopped {
         return (
             Verdict::Unreachable,
             "datastore heartbeat not yet confirmed stopped",
@@ -2236,6 +2192,78 @@ fn judge(h: HostId, p: &Peer, ctx: &VerdictContext<'_>) -> (Verdict, &'static st
     {
         return (Verdict::Unreachable, "network lease not yet expired");
     }
+    probe_verdict(p, now)
+}
+
+/// Datastores both of us use, that we read successfully of late.
+fn shared_fresh_datastores(h: HostId, ctx: &VerdictContext<'_>) -> Vec<DatastoreId> {
+    ctx.config
+        .datastores_of(h)
+        .iter()
+        .copied()
+        .filter(|d| ctx.mounted.contains(d))
+        .filter(|d| {
+            ctx.ds_read_ok
+                .get(d)
+                .is_some_and(|t0| ctx.now.since(*t0) < ctx.read_fresh)
+        })
+        .collect()
+}
+
+/// What a host's datastore heartbeats say, over the datastores both of us read.
+struct DatastoreEvidence {
+    /// Advanced since the network went quiet, within a lease: alive somewhere.
+    advancing: bool,
+    /// One that advanced carries the host's own isolation flag.
+    isolated: bool,
+    /// Every one is positively stopped: a clean read a lease after its last advance.
+    all_stopped: bool,
+}
+
+fn datastore_evidence(
+    p: &Peer,
+    shared: &[DatastoreId],
+    ctx: &VerdictContext<'_>,
+) -> DatastoreEvidence {
+    let (now, t, skip_lease_wait) = (ctx.now, ctx.t, ctx.skip_lease_wait);
+    let lease = t.stretch(t.ds_lease);
+    let mut e = DatastoreEvidence {
+        advancing: false,
+        isolated: false,
+        all_stopped: true,
+    };
+    for d in shared {
+        match p.ds.get(d) {
+            None => {
+                // Not read yet: no evidence either way.
+                e.all_stopped = false;
+            }
+            Some(o) => {
+                // Advancing means alive elsewhere only if it advanced after the network went
+                // quiet, by more than one write and one read: a dead host's last write, read late,
+                // must not look like a partitioned host for a lease time.
+                let quiet_since =
+                    p.last_net.unwrap_or(Time::ZERO) + t.ds_heartbeat_interval + t.ds_read_interval;
+                if now.since(o.last_advance) < lease
+                    && o.last_advance > quiet_since
+                    && !skip_lease_wait
+                {
+                    e.advancing = true;
+                    e.isolated |= o.flags.contains(HostFlags::ISOLATED);
+                }
+                // Stopped only on positive evidence: a clean read, a lease after the last advance.
+                if o.last_clean_read.since(o.last_advance) < lease && !skip_lease_wait {
+                    e.all_stopped = false;
+                }
+            }
+        }
+    }
+    e
+}
+
+/// Both heartbeats stopped and both leases over: dead only if a fresh liveness probe, sent after
+/// we last heard the host, went unanswered.
+fn probe_verdict(p: &Peer, now: Time) -> (Verdict, &'static str) {
     match p.probe {
         Some((at, answered))
             if at >= p.last_net.unwrap_or(Time::ZERO) && now.since(at) < PROBE_REFRESH * 2 =>
@@ -2366,7 +2394,7 @@ fn sync_protected_with_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use heartbeat_fs::records::{IsolationResponse, VmHaSettings};
+    use heartbeat_fs::records::{IsolationResponse, VmConfig, VmHaSettings};
 
     fn vm(restart_policy: RestartPolicy, priority: RestartPriority) -> VmConfig {
         VmConfig {

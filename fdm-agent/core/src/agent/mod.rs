@@ -85,31 +85,16 @@ pub struct StatusSnapshot {
 /// What the datastore request in flight was for.
 #[derive(Debug, Clone, PartialEq)]
 enum DsPurpose {
-    HeartbeatWrite {
-        started: Time,
-    },
+    HeartbeatWrite { started: Time },
     HeartbeatRead,
-    PowerOnListWrite {
-        generation: u64,
-    },
-    PowerOnListRead {
-        host: HostId,
-    },
+    PowerOnListWrite { generation: u64 },
+    PowerOnListRead { host: HostId },
     ClaimRead,
-    ClaimWrite {
-        started: Time,
-        mode: master::ClaimWriteKind,
-        record: heartbeat_fs::records::DatastoreClaim,
-    },
+    ClaimWrite(master::ClaimWriteSent),
     ProtectedRead,
-    ProtectedWrite {
-        generation: u64,
-    },
+    ProtectedWrite { generation: u64 },
     ConfigRead,
-    CheckIntent {
-        vm: VmId,
-        attempt: u32,
-    },
+    CheckIntent { vm: VmId, attempt: u32 },
 }
 
 #[derive(Debug, Clone)]
@@ -826,7 +811,7 @@ impl Agent {
             DsPurpose::HeartbeatRead
             | DsPurpose::PowerOnListRead { .. }
             | DsPurpose::ClaimRead
-            | DsPurpose::ClaimWrite { .. }
+            | DsPurpose::ClaimWrite(_)
             | DsPurpose::ProtectedRead
             | DsPurpose::ProtectedWrite { .. } => {
                 self.master_ds_completion(now, f.issued, d, f.purpose, result)
