@@ -1056,6 +1056,7 @@ fn every_answer_fdmctl_reads_is_the_type_the_server_builds_it_from() {
         &["datastore", "list"],
         &["vm", "list"],
         &["vm", "show", "9"],
+        &["config", "show"],
         &["vm", "set", "9", "--priority", "High"],
         &["host", "maintenance", "enter", "2"],
         &[
@@ -1071,6 +1072,21 @@ fn every_answer_fdmctl_reads_is_the_type_the_server_builds_it_from() {
     assert!(
         admission.contains("policy: PercentReserved: 10% of CPU and 20% of memory"),
         "{admission}"
+    );
+    let settings = s.ctl_ok(&["config", "show"]);
+    assert!(
+        settings.lines().any(|l| l.split_whitespace().eq([
+            "admission",
+            "PercentReserved:",
+            "10%",
+            "of",
+            "CPU",
+            "and",
+            "20%",
+            "of",
+            "memory"
+        ])),
+        "{settings}"
     );
     let status = s.ctl_ok(&["status"]);
     assert!(

@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use heartbeat_fs::records::{AdmissionPolicy, IsolationResponse, RestartPolicy, RestartPriority};
+use heartbeat_fs::records::{
+    AdmissionPolicy, HaSettings, IsolationResponse, RestartPolicy, RestartPriority,
+};
 use heartbeat_fs::{DatastoreId, HostId, VmId};
 use serde::Serialize;
 use serde::de::{DeserializeOwned, IntoDeserializer};
@@ -14,7 +16,7 @@ use vcenter_shim::admission::{AdmissionReport, ResourceNumbers};
 use vcenter_shim::cli;
 use vcenter_shim::client::Client;
 use vcenter_shim::model::{
-    DatastoreSpec, HostSpec, MaintenanceAction, MountSpec, VmSpec, WriteAnswer,
+    DatastoreSpec, HaView, HostSpec, MaintenanceAction, MountSpec, VmSpec, WriteAnswer,
 };
 use vcenter_shim::service::{ClusterState, HostState, VmState, WriteOutcome};
 use vcenter_shim::store::StoredEvent;
@@ -440,12 +442,7 @@ fn run(cli: Cli) -> Result<()> {
             DsCmd::Rm { id } => ctl.removed(&c.remove_datastore(id)?, id),
         },
         Cmd::Config(cmd) => match cmd {
-            // The settings are nested (admission policy, timings): JSON is their readable form.
-            ConfigCmd::Show => ctl.show(&c.ha()?, |ha| {
-                serde_json::to_string_pretty(ha)
-                    .map(|text| vec![text])
-                    .unwrap_or_default()
-            }),
+            ConfigCmd::Show => ctl.show(&c.ha()?, ha_text),
             ConfigCmd::Set { key, value } => {
                 // The one untyped request: the operator names the field, and its value is theirs
                 // to write in JSON (a policy, a map of timings); the server reads it into the
@@ -658,6 +655,63 @@ fn status_text(s: &ClusterState) -> Vec<String> {
     lines
 }
 
+/// The HA settings a line each, under the names `config set` takes.
+fn ha_text(view: &HaView) -> Vec<String> {
+    // Destructured so that a new setting cannot be left out.
+    let HaView {
+        ha:
+            HaSettings {
+                paused,
+                timings_ms,
+                isolation_addresses,
+                default_isolation_response,
+                restart_retry_ms,
+                same_host_restart_attempts,
+                failover_hosts,
+                admission,
+                orchestrated_wait_ms,
+                max_concurrent_power_ons_per_host,
+                failback,
+            },
+        admission_mode,
+    } = view;
+    let timings: Vec<(&String, &u64)> = timings_ms.iter().collect();
+    let settings = [
+        ("paused", yes_no(*paused)),
+        ("timings_ms", joined(&timings, |(k, v)| format!("{k}={v}"))),
+        (
+            "isolation_addresses",
+            joined(isolation_addresses, String::clone),
+        ),
+        (
+            "default_isolation_response",
+            word(default_isolation_response),
+        ),
+        ("restart_retry_ms", joined(restart_retry_ms, u64::to_string)),
+        (
+            "same_host_restart_attempts",
+            same_host_restart_attempts.to_string(),
+        ),
+        ("failover_hosts", joined(failover_hosts, HostId::to_string)),
+        ("admission", policy_text(admission)),
+        (
+            "orchestrated_wait_ms",
+            or_dash(orchestrated_wait_ms.as_ref()),
+        ),
+        (
+            "max_concurrent_power_ons_per_host",
+            max_concurrent_power_ons_per_host.to_string(),
+        ),
+        ("failback", yes_no(*failback)),
+        ("admission_mode", word(admission_mode)),
+    ];
+    let width = settings.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    settings
+        .iter()
+        .map(|(k, v)| format!("{k:<width$}  {v}"))
+        .collect()
+}
+
 fn admission_text(a: &AdmissionReport) -> Vec<String> {
     let verdict = if !a.enforced {
         "not enforced (policy Disabled)"
@@ -781,6 +835,50 @@ mod tests {
         };
         assert!(fields.is_empty());
         assert_eq!(serde_json::to_string(&fields).unwrap(), "{}");
+    }
+
+    #[test]
+    fn ha_settings_are_a_line_each_under_their_config_set_names() {
+        let mut view = HaView {
+            ha: HaSettings::default(),
+            admission_mode: Default::default(),
+        };
+        view.ha.timings_ms.insert("ds_lease".into(), 9000);
+        view.ha.timings_ms.insert("heartbeat_interval".into(), 500);
+        view.ha.failover_hosts = vec![HostId(3), HostId(4)];
+        view.ha.admission = AdmissionPolicy::DedicatedFailoverHosts;
+        let lines = ha_text(&view);
+        let json = serde_json::to_value(&view).unwrap();
+        let names: Vec<&str> = lines
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(sorted, keys, "one line per setting");
+        let line = |name: &str| {
+            let l = lines
+                .iter()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap();
+            l[name.len()..].trim().to_string()
+        };
+        assert_eq!(line("paused"), "no");
+        assert_eq!(line("timings_ms"), "ds_lease=9000, heartbeat_interval=500");
+        assert_eq!(line("isolation_addresses"), "-");
+        assert_eq!(line("default_isolation_response"), "PowerOff");
+        assert_eq!(line("restart_retry_ms"), "0, 2000, 10000, 30000, 120000");
+        assert_eq!(line("failover_hosts"), "host-3, host-4");
+        assert_eq!(line("admission"), "DedicatedFailoverHosts");
+        assert_eq!(line("orchestrated_wait_ms"), "-");
+        assert_eq!(line("admission_mode"), "refuse");
     }
 
     #[test]
