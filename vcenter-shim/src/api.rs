@@ -5,8 +5,11 @@
 //! the same JSON error shape naming the offending field. `PUT` merges the given top-level fields into
 //! the stored object, so `fdmctl vm set 3 --priority High` sends only what changes.
 
-use crate::error::ShimError;
-use crate::model::{AdmissionMode, DatastoreSpec, HostSpec, Inventory, VmSpec};
+use crate::error::{ErrorBody, ErrorDetail, ShimError};
+use crate::model::{
+    AdmissionMode, DatastoreSpec, HaView, HostSpec, Inventory, MaintenanceAction,
+    MaintenanceRequest, Stored, VmSpec, WriteAnswer,
+};
 use crate::service::{AdmissionGate, Shim, WriteOutcome};
 use crate::validate;
 use axum::Router;
@@ -20,7 +23,7 @@ use heartbeat_fs::records::HaSettings;
 use heartbeat_fs::{DatastoreId, HostId, VmId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -84,21 +87,13 @@ fn ok<T: Serialize>(value: &T) -> ApiResult {
     Ok(json_response(StatusCode::OK, value))
 }
 
-/// A write's answer: the outcome plus the object as now stored, under `key`.
-fn written<T: Serialize>(
-    status: StatusCode,
-    key: &str,
-    value: Option<&T>,
-    out: WriteOutcome,
-) -> ApiResult {
-    let mut body = to_json(&out, "response")?;
-    if let (Some(v), Value::Object(map)) = (value, &mut body) {
-        map.insert(
-            key.to_string(),
-            serde_json::to_value(v).unwrap_or(Value::Null),
-        );
-    }
-    Ok(json_response(status, &body))
+/// A write's answer: the outcome plus the object as now stored.
+fn written(status: StatusCode, (stored, outcome): (impl Into<Stored>, WriteOutcome)) -> ApiResult {
+    let answer = WriteAnswer {
+        outcome,
+        stored: stored.into(),
+    };
+    Ok(json_response(status, &answer))
 }
 
 pub fn router(shim: Arc<Shim>, token: String) -> Router {
@@ -158,10 +153,15 @@ async fn auth(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response
     } else {
         "missing or wrong bearer token"
     };
-    let mut resp = json_response(
-        StatusCode::UNAUTHORIZED,
-        &json!({"error": {"code": "unauthorized", "message": message}}),
-    );
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: "unauthorized".into(),
+            field: None,
+            message: message.into(),
+        },
+        admission: None,
+    };
+    let mut resp = json_response(StatusCode::UNAUTHORIZED, &body);
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     resp
@@ -263,19 +263,8 @@ async fn get_config(State(api): State<Arc<Api>>) -> ApiResult {
     ok(&api.shim.inventory().to_cluster_config())
 }
 
-fn ha_view(inv: &Inventory) -> Result<Value, ShimError> {
-    let mut v = to_json(&inv.ha, "HA settings")?;
-    if let Value::Object(map) = &mut v {
-        map.insert(
-            "admission_mode".into(),
-            serde_json::to_value(inv.admission_mode).unwrap_or(Value::Null),
-        );
-    }
-    Ok(v)
-}
-
 async fn get_ha(State(api): State<Arc<Api>>) -> ApiResult {
-    ok(&ha_view(&api.shim.inventory())?)
+    ok(&HaView::of(&api.shim.inventory()))
 }
 
 /// Merge a `PUT /v1/config/ha` body into `inv` and check the result; on error `inv` may be half
@@ -286,7 +275,7 @@ pub fn apply_ha_patch(inv: &mut Inventory, mut patch: Map<String, Value>) -> Res
             ShimError::invalid("admission_mode", format!("{e}; expected refuse or warn"))
         })?;
     }
-    let Value::Object(mut merged) = ha_view(inv)? else {
+    let Value::Object(mut merged) = to_json(&HaView::of(inv), "HA settings")? else {
         return Err(ShimError::invalid("body", "expected a JSON object"));
     };
     merged.remove("admission_mode");
@@ -303,12 +292,14 @@ pub fn apply_ha_patch(inv: &mut Inventory, mut patch: Map<String, Value>) -> Res
 
 async fn put_ha(State(api): State<Arc<Api>>, body: Bytes) -> ApiResult {
     let patch = parse_object(&body)?;
-    let out = api
+    let answer = api
         .shim
-        .write(AdmissionGate::WarnOnly, |inv| apply_ha_patch(inv, patch))
+        .write(AdmissionGate::WarnOnly, |inv| {
+            apply_ha_patch(inv, patch)?;
+            Ok(Stored::Ha(HaView::of(inv)))
+        })
         .await?;
-    let view = ha_view(&api.shim.inventory())?;
-    written(StatusCode::OK, "ha", Some(&view), out)
+    written(StatusCode::OK, answer)
 }
 
 async fn get_state(State(api): State<Arc<Api>>) -> ApiResult {
@@ -361,9 +352,9 @@ async fn get_events(State(api): State<Arc<Api>>, req: Request) -> ApiResult {
 
 /// What tells hosts, datastores and VMs apart to their list/get/add/put/delete routes, so that one
 /// set of handlers serves all three with the same checks in the same order.
-trait Entity: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+trait Entity: Serialize + DeserializeOwned + Clone + Into<Stored> + Send + Sync + 'static {
     type Id: Ord + Copy + fmt::Display + Send + Sync + 'static;
-    /// Names the object in messages ("no host host-1") and keys it in write answers.
+    /// Names the object in messages ("no host host-1").
     const NOUN: &'static str;
     const COLLECTION: &'static str;
     const FIELDS: &'static [&'static str];
@@ -486,8 +477,7 @@ async fn add<T: Entity>(State(api): State<Arc<Api>>, body: Bytes) -> ApiResult {
     let map = parse_object(&body)?;
     check_keys(&map, T::FIELDS)?;
     let spec: T = from_value(Value::Object(map))?;
-    let stored = spec.clone();
-    let out = api
+    let answer = api
         .shim
         .write(T::GATE, |inv| {
             let id = spec.id();
@@ -495,11 +485,11 @@ async fn add<T: Entity>(State(api): State<Arc<Api>>, body: Bytes) -> ApiResult {
                 return Err(ShimError::conflict("id", format!("{id} already exists")));
             }
             spec.validate(inv)?;
-            T::all_mut(inv).insert(id, spec);
-            Ok(())
+            T::all_mut(inv).insert(id, spec.clone());
+            Ok(spec)
         })
         .await?;
-    written(StatusCode::CREATED, T::NOUN, Some(&stored), out)
+    written(StatusCode::CREATED, answer)
 }
 
 async fn put<T: Entity>(
@@ -510,24 +500,22 @@ async fn put<T: Entity>(
     let raw = parse_id(&id)?;
     let id = T::id_from(raw);
     let patch = parse_object(&body)?;
-    let mut stored = None;
-    let out = api
+    let answer = api
         .shim
         .write(T::GATE, |inv| {
             let cur = T::all(inv).get(&id).ok_or_else(|| missing::<T>(id))?;
             let spec: T = from_value(merge(cur, patch, raw, T::FIELDS)?)?;
             spec.validate(inv)?;
-            stored = Some(spec.clone());
-            T::all_mut(inv).insert(spec.id(), spec);
-            Ok(())
+            T::all_mut(inv).insert(spec.id(), spec.clone());
+            Ok(spec)
         })
         .await?;
-    written(StatusCode::OK, T::NOUN, stored.as_ref(), out)
+    written(StatusCode::OK, answer)
 }
 
 async fn delete<T: Entity>(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
     let id = T::id_from(parse_id(&id)?);
-    let out = api
+    let ((), outcome) = api
         .shim
         .write(T::GATE, |inv| {
             if !T::all(inv).contains_key(&id) {
@@ -538,7 +526,7 @@ async fn delete<T: Entity>(State(api): State<Arc<Api>>, Path(id): Path<String>) 
             Ok(())
         })
         .await?;
-    written::<()>(StatusCode::OK, "", None, out)
+    ok(&outcome)
 }
 
 async fn host_maintenance(
@@ -549,32 +537,26 @@ async fn host_maintenance(
     let id = HostId(parse_id(&id)?);
     let map = parse_object(&body)?;
     check_keys(&map, &["action"])?;
-    let enter = match map.get("action").and_then(Value::as_str) {
-        Some("enter") => true,
-        Some("exit") => false,
-        _ => {
-            return Err(ShimError::invalid("action", "expected \"enter\" or \"exit\"").into());
-        }
-    };
-    let mut stored = None;
-    let out = api
+    let request: MaintenanceRequest = from_value(Value::Object(map))
+        .map_err(|_| ShimError::invalid("action", "expected \"enter\" or \"exit\""))?;
+    let answer = api
         .shim
         .write(AdmissionGate::WarnOnly, |inv| {
             let h = inv
                 .hosts
                 .get_mut(&id)
                 .ok_or_else(|| missing::<HostSpec>(id))?;
-            h.maintenance = enter;
-            stored = Some(h.clone());
-            Ok(())
+            h.maintenance = request.action == MaintenanceAction::Enter;
+            Ok(h.clone())
         })
         .await?;
-    written(StatusCode::OK, HostSpec::NOUN, stored.as_ref(), out)
+    written(StatusCode::OK, answer)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn token_comparison() {

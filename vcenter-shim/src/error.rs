@@ -1,7 +1,7 @@
 //! The shim's typed errors, each mapping to one HTTP status and a JSON body that names the field.
 
 use crate::admission::AdmissionReport;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
@@ -94,14 +94,15 @@ impl ShimError {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The body of every error answer, also of the 401 the token check gives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admission: Option<AdmissionReport>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     pub code: String,
     #[serde(skip_serializing_if = "Option::is_none")]

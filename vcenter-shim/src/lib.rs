@@ -4,11 +4,13 @@
 //! computes admission control, and publishes the resulting `ClusterConfig` to every datastore, where
 //! the agents read it. It reads back the master's `ClusterReport` from the datastores to serve state
 //! and events. Agents never talk to it directly, so HA keeps working while it is down. `fdm-shim`
-//! serves the HTTP API (module `api`); `fdmctl` is the operator's client for it.
+//! serves the HTTP API (module `api`); `fdmctl` is the operator's client for it, built on the
+//! typed client in module `client`.
 
 pub mod admission;
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod dsio;
 pub mod error;
 pub mod model;

@@ -2,7 +2,13 @@
 //!
 //! API specs are flatter than the on-disk records and have defaults, so that an operator can add a VM
 //! with three fields; the record format stays the single source of truth for what agents see.
+//!
+//! The shapes of the HTTP API that are not an inventory object (the HA view, write answers, the
+//! maintenance request) are here too, so that `fdm-shim` builds them and `fdmctl` reads them with
+//! one definition. The other answers are the types their modules compute: `service::ClusterState`,
+//! `store::StoredEvent`, `admission::AdmissionReport`, `error::ErrorBody`.
 
+use crate::service::WriteOutcome;
 use heartbeat_fs::records::{
     ClusterConfig, DatastoreConfig, DatastoreMount, HaSettings, HostConfig, IsolationResponse,
     Resources, RestartPolicy, RestartPriority, VmConfig, VmHaSettings,
@@ -121,6 +127,77 @@ pub enum AdmissionMode {
     #[default]
     Refuse,
     Warn,
+}
+
+/// `GET /v1/config/ha`: the cluster's `HaSettings` fields with the shim's `admission_mode` beside
+/// them, one flat object, so that `PUT /v1/config/ha` sets any of them by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaView {
+    #[serde(flatten)]
+    pub ha: HaSettings,
+    pub admission_mode: AdmissionMode,
+}
+
+impl HaView {
+    pub fn of(inv: &Inventory) -> Self {
+        Self {
+            ha: inv.ha.clone(),
+            admission_mode: inv.admission_mode,
+        }
+    }
+}
+
+/// The object a write stored, keyed in its answer by what it is (`"host": {...}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stored {
+    Host(HostSpec),
+    Datastore(DatastoreSpec),
+    Vm(VmSpec),
+    Ha(HaView),
+}
+
+impl From<HostSpec> for Stored {
+    fn from(h: HostSpec) -> Self {
+        Self::Host(h)
+    }
+}
+
+impl From<DatastoreSpec> for Stored {
+    fn from(d: DatastoreSpec) -> Self {
+        Self::Datastore(d)
+    }
+}
+
+impl From<VmSpec> for Stored {
+    fn from(v: VmSpec) -> Self {
+        Self::Vm(v)
+    }
+}
+
+/// The answer to a write that creates or changes an object: the outcome and, beside its fields, the
+/// object as now stored. A removal answers the bare `WriteOutcome`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteAnswer {
+    #[serde(flatten)]
+    pub outcome: WriteOutcome,
+    #[serde(flatten)]
+    pub stored: Stored,
+}
+
+/// What `POST /v1/hosts/{id}/maintenance` does to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaintenanceAction {
+    Enter,
+    Exit,
+}
+
+/// The body of `POST /v1/hosts/{id}/maintenance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    pub action: MaintenanceAction,
 }
 
 /// Everything the shim manages, as one value: writes clone it, change it, validate the result and

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-/// Answer to every successful write.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Answer to every successful write (a removal answers only this; other writes answer
+/// `model::WriteAnswer`, this and the object stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteOutcome {
     /// Config generation the write produced.
     pub generation: u64,
@@ -221,15 +222,20 @@ impl Shim {
     }
 
     /// The one write path: apply `change` to a copy of the inventory, check it, run admission
-    /// control, store it with the next generation and publish it to the datastores.
-    pub async fn write<F>(&self, gate: AdmissionGate, change: F) -> Result<WriteOutcome, ShimError>
+    /// control, store it with the next generation and publish it to the datastores. Returns what
+    /// `change` returned (the object it stored, for the answer) with the outcome.
+    pub async fn write<F, R>(
+        &self,
+        gate: AdmissionGate,
+        change: F,
+    ) -> Result<(R, WriteOutcome), ShimError>
     where
-        F: FnOnce(&mut Inventory) -> Result<(), ShimError>,
+        F: FnOnce(&mut Inventory) -> Result<R, ShimError>,
     {
         let guard = self.write_gate.lock().await;
         let before = self.inventory();
         let mut next = (*before).clone();
-        change(&mut next)?;
+        let changed = change(&mut next)?;
         let mut warnings = check_write(&before, &next, gate)?;
         next.generation = next
             .generation
@@ -248,11 +254,12 @@ impl Shim {
                 d.error.as_deref().unwrap_or("unknown error")
             ));
         }
-        Ok(WriteOutcome {
+        let outcome = WriteOutcome {
             generation,
             warnings,
             datastores,
-        })
+        };
+        Ok((changed, outcome))
     }
 
     pub fn events_since(&self, since: i64, limit: u32) -> Result<Vec<StoredEvent>, ShimError> {

@@ -9,11 +9,13 @@
 use fdm_agent::core::Timings;
 use heartbeat_fs::fs::DatastoreDir;
 use heartbeat_fs::records::{
-    AdmissionPolicy, ClusterConfig, ClusterReport, LayoutError, ReportEvent, ReportedHost,
-    ReportedVm,
+    AdmissionPolicy, ClusterConfig, ClusterReport, IsolationResponse, LayoutError, ReportEvent,
+    ReportedHost, ReportedVm,
 };
 use heartbeat_fs::{ClusterId, DatastoreId, Epoch, HostId, VmId};
 use proptest::prelude::*;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -21,9 +23,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use vcenter_shim::error::ShimError;
-use vcenter_shim::model::{DatastoreSpec, HostSpec, Inventory, MountSpec, VmSpec};
-use vcenter_shim::service::{AdmissionGate, check_write};
+use vcenter_shim::admission::AdmissionReport;
+use vcenter_shim::client::{self, Client};
+use vcenter_shim::error::{ErrorBody, ShimError};
+use vcenter_shim::model::{
+    DatastoreSpec, HaView, HostSpec, Inventory, MaintenanceAction, MountSpec, Stored, VmSpec,
+    WriteAnswer,
+};
+use vcenter_shim::service::{AdmissionGate, ClusterState, WriteOutcome, check_write};
+use vcenter_shim::store::StoredEvent;
 use vcenter_shim::validate::{
     self, MAX_CONCURRENT_POWER_ONS, MAX_HOST_FAILURES_TOLERATED, MAX_MEMORY_MB, MAX_RETRIES,
     MAX_WAIT_MS,
@@ -403,8 +411,13 @@ fn writes_are_validated_and_errors_name_the_field() {
         !ok && err.contains("field `depends_on`") && err.contains("cyclic"),
         "{err}"
     );
+    // A word the API does not take is refused by fdmctl itself, naming the flag and the words.
     let (ok, _, err) = s.ctl(&["vm", "set", "1", "--restart-policy", "Sometimes"]);
-    assert!(!ok && err.contains("field `restart_policy`"), "{err}");
+    assert!(
+        !ok && err.contains("'--restart-policy <RESTART_POLICY>'")
+            && err.contains("expected one of `Always`, `HostFailureOnly`, `Never`"),
+        "{err}"
+    );
     // Removing a VM another depends on is refused; the dependent first works.
     let (ok, _, err) = s.ctl(&["vm", "rm", "1"]);
     assert!(!ok && err.contains("409"), "{err}");
@@ -790,6 +803,296 @@ fn lists_are_tables_in_text_mode_and_json_on_request() {
     let json: Value =
         serde_json::from_str(&s.ctl_ok(&["--output", "json", "vm", "show", "7"])).unwrap();
     assert_eq!(json["depends_on"], json!([6]));
+}
+
+/// `v`, an answer of the server, read into `T` the way fdmctl reads it (`client::parse_answer`) and
+/// written back: the same JSON, so that `T` has every field of the answer under the same name.
+fn typed<T: Serialize + DeserializeOwned>(v: &Value, what: &str) -> T {
+    let t: T = client::parse_answer(&v.to_string(), what).unwrap_or_else(|e| panic!("{e:#}\n{v}"));
+    assert_eq!(serde_json::to_value(&t).unwrap(), *v, "{what} written back");
+    t
+}
+
+/// What fdmctl prints for people has no Rust debug text and no JSON in it.
+fn assert_plain_words(args: &[&str], text: &str) {
+    for mark in ["Some(", "None", "Id(", "{", "}", "\""] {
+        assert!(
+            !text.contains(mark),
+            "fdmctl {args:?} prints {mark:?}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn every_answer_fdmctl_reads_is_the_type_the_server_builds_it_from() {
+    let s = Server::start();
+    let c = Client::new(&s.url, Some(TOKEN.into()));
+    let ds1 = s.ds1().display().to_string();
+
+    // Requests built from the model's types, through the client fdmctl is built on; each answer
+    // carries the object as stored.
+    for id in 1..=2 {
+        let host = esx(id);
+        let answer = c.add_host(&host).unwrap();
+        assert_eq!(answer.stored, Stored::Host(host));
+        assert_eq!(answer.outcome.generation, u64::from(id));
+    }
+    let mount = |host, path: &str| MountSpec {
+        host: HostId(host),
+        path: path.into(),
+    };
+    for datastore in [
+        DatastoreSpec {
+            id: DatastoreId(1),
+            name: "ds1".into(),
+            mounts: vec![mount(1, &ds1), mount(2, &ds1)],
+        },
+        DatastoreSpec {
+            id: DatastoreId(2),
+            name: "ds2".into(),
+            mounts: vec![mount(2, "/vmfs/volumes/ds2")],
+        },
+    ] {
+        let answer = c.add_datastore(&datastore).unwrap();
+        assert_eq!(answer.stored, Stored::Datastore(datastore));
+    }
+    let db: VmSpec = api::from_value(json!({"id": 6, "name": "db", "home": 1})).unwrap();
+    assert_eq!(c.add_vm(&db).unwrap().stored, Stored::Vm(db.clone()));
+    let mut web = db.clone();
+    web.id = VmId(7);
+    web.name = "web".into();
+    web.home = DatastoreId(2);
+    web.depends_on = vec![VmId(6)];
+    web.isolation_response = Some(IsolationResponse::Shutdown);
+    web.definition = "<domain>\n</domain>".into();
+    c.add_vm(&web).unwrap();
+    web.cpu_mhz = 500;
+    let answer = c.update_vm(VmId(7), &json!({"cpu_mhz": 500})).unwrap();
+    assert_eq!(answer.stored, Stored::Vm(web.clone()));
+    let Stored::Host(h) = c
+        .maintenance(HostId(2), MaintenanceAction::Enter)
+        .unwrap()
+        .stored
+    else {
+        panic!("maintenance answers with the host");
+    };
+    assert!(h.maintenance);
+    c.maintenance(HostId(2), MaintenanceAction::Exit).unwrap();
+    let Stored::Ha(view) = c
+        .update_ha(&json!({"admission": {"HostFailuresTolerated": 1}}))
+        .unwrap()
+        .stored
+    else {
+        panic!("an HA write answers with the HA settings");
+    };
+    assert_eq!(view.ha.admission, AdmissionPolicy::HostFailuresTolerated(1));
+    // A report, so that the state has a master and there are events.
+    DatastoreDir::open(s.ds1())
+        .unwrap()
+        .write_report(&report(1, vec![event(1, "role"), event(2, "restart")]))
+        .unwrap();
+    wait_until("the report's events", || {
+        (c.events_since(0).ok()?.len() == 2).then_some(())
+    });
+
+    // Every read fdmctl makes: the raw answer is its type written, and the client reads the same.
+    let (_, raw) = s.call("GET", "/v1/state", None);
+    let state: ClusterState = typed(&raw, "the cluster state");
+    assert_eq!(state.report.as_ref().map(|r| r.master), Some(HostId(1)));
+    let mut from_client = c.state().unwrap();
+    // The report's age is the one thing that changes between two reads.
+    if let (Some(a), Some(b)) = (from_client.report.as_mut(), state.report.as_ref()) {
+        a.age_ms = b.age_ms;
+    }
+    assert_eq!(serde_json::to_value(&from_client).unwrap(), raw);
+    let (_, raw) = s.call("GET", "/v1/events?since=0", None);
+    let events: Vec<StoredEvent> = typed(&raw, "a list of events");
+    assert_eq!(c.events_since(0).unwrap(), events);
+    assert_eq!(c.events_since(events[0].id).unwrap(), events[1..]);
+    let (_, raw) = s.call("GET", "/v1/admission", None);
+    let verdict: AdmissionReport = typed(&raw, "the admission verdict");
+    assert_eq!(c.admission().unwrap(), verdict);
+    let (_, raw) = s.call("GET", "/v1/config/ha", None);
+    let ha: HaView = typed(&raw, "the HA settings");
+    assert_eq!(c.ha().unwrap(), ha);
+    assert_eq!(ha, view);
+    let (_, raw) = s.call("GET", "/v1/hosts", None);
+    let hosts: Vec<HostSpec> = typed(&raw, "a list of hosts");
+    assert_eq!(c.hosts().unwrap(), hosts);
+    let (_, raw) = s.call("GET", "/v1/datastores", None);
+    let datastores: Vec<DatastoreSpec> = typed(&raw, "a list of datastores");
+    assert_eq!(c.datastores().unwrap(), datastores);
+    let (_, raw) = s.call("GET", "/v1/vms", None);
+    let vms: Vec<VmSpec> = typed(&raw, "a list of VMs");
+    assert_eq!(c.vms().unwrap(), vms);
+    assert_eq!(vms, [db, web.clone()]);
+    let (_, raw) = s.call("GET", "/v1/vms/7", None);
+    assert_eq!(typed::<VmSpec>(&raw, "a VM"), web);
+    assert_eq!(c.vm(VmId(7)).unwrap(), web);
+
+    // Every write answer, raw: an object's write has it beside the outcome, a removal does not.
+    let host3 = json!({"id": 3, "name": "esx3", "address": "10.0.0.3:7400"});
+    let writes = [
+        ("POST", "/v1/hosts", Some(host3), 201, "host"),
+        ("PUT", "/v1/vms/7", Some(json!({"cpu_mhz": 600})), 200, "vm"),
+        (
+            "PUT",
+            "/v1/datastores/2",
+            Some(json!({"name": "ds-two"})),
+            200,
+            "datastore",
+        ),
+        (
+            "POST",
+            "/v1/hosts/3/maintenance",
+            Some(json!({"action": "enter"})),
+            200,
+            "host",
+        ),
+        (
+            "PUT",
+            "/v1/config/ha",
+            Some(json!({"failback": true})),
+            200,
+            "ha",
+        ),
+    ];
+    for (method, path, body, status, key) in writes {
+        let (code, raw) = s.call(method, path, body);
+        assert_eq!(code, status, "{method} {path}: {raw}");
+        let answer: WriteAnswer = typed(&raw, "a write answer");
+        assert_eq!(
+            serde_json::to_value(&answer.stored).unwrap().get(key),
+            raw.get(key),
+            "{method} {path}"
+        );
+    }
+    let (code, raw) = s.call("DELETE", "/v1/hosts/3", None);
+    assert_eq!(code, 200, "{raw}");
+    let removed: WriteOutcome = typed(&raw, "a removal's answer");
+    let removed_from_client = c.remove_vm(VmId(7)).unwrap();
+    assert_eq!(removed_from_client.generation, removed.generation + 1);
+
+    // Every kind of error answer, and fdmctl's message for it.
+    let too_big = json!({"id": 8, "name": "big", "home": 1, "cpu_mhz": 20_000});
+    let refusals = [
+        (
+            "POST",
+            "/v1/hosts",
+            Some(json!({"id": 1})),
+            400,
+            "invalid",
+            Some("name"),
+        ),
+        ("GET", "/v1/vms/99", None, 404, "not_found", Some("id")),
+        (
+            "DELETE",
+            "/v1/datastores/1",
+            None,
+            409,
+            "conflict",
+            Some("id"),
+        ),
+        (
+            "POST",
+            "/v1/vms",
+            Some(too_big.clone()),
+            409,
+            "admission",
+            Some("reservation"),
+        ),
+    ];
+    for (method, path, body, status, code_word, field) in refusals {
+        let (code, raw) = s.call(method, path, body);
+        assert_eq!(code, status, "{method} {path}: {raw}");
+        let e: ErrorBody = typed(&raw, "an error answer");
+        assert_eq!(
+            (e.error.code.as_str(), e.error.field.as_deref()),
+            (code_word, field),
+            "{raw}"
+        );
+        assert_eq!(e.admission.is_some(), code_word == "admission", "{raw}");
+    }
+    let too_big: VmSpec = api::from_value(too_big).unwrap();
+    let e = c.add_vm(&too_big).unwrap_err().to_string();
+    assert!(
+        e.starts_with("HTTP 409 (admission): field `reservation`: "),
+        "{e}"
+    );
+    let (code, raw) = s.request("GET", "/v1/state", None, None);
+    assert_eq!(code, 401);
+    let e: ErrorBody = typed(&raw, "the token check's answer");
+    assert_eq!(
+        (e.error.code.as_str(), e.error.field),
+        ("unauthorized", None)
+    );
+    let e = Client::new(&s.url, None).hosts().unwrap_err().to_string();
+    assert_eq!(e, "HTTP 401 (unauthorized): missing or wrong bearer token");
+
+    // What fdmctl prints for people from these answers is words, not debug text or JSON.
+    s.ctl_ok(&[
+        "vm",
+        "add",
+        "--id",
+        "9",
+        "--name",
+        "app",
+        "--home",
+        "2",
+        "--isolation-response",
+        "LeaveRunning",
+        "--depends-on",
+        "6",
+        "--anti-affinity-group",
+        "front",
+        "--definition",
+        "<domain/>",
+    ]);
+    for args in [
+        &["status"][..],
+        &["events"],
+        &["admission"],
+        &["host", "list"],
+        &["datastore", "list"],
+        &["vm", "list"],
+        &["vm", "show", "9"],
+        &["config", "show"],
+        &["vm", "set", "9", "--priority", "High"],
+        &["host", "maintenance", "enter", "2"],
+        &[
+            "config",
+            "set",
+            "admission",
+            r#"{"PercentReserved":{"cpu":10,"memory":20}}"#,
+        ],
+    ] {
+        assert_plain_words(args, &s.ctl_ok(args));
+    }
+    let admission = s.ctl_ok(&["admission"]);
+    assert!(
+        admission.contains("policy: PercentReserved: 10% of CPU and 20% of memory"),
+        "{admission}"
+    );
+    let settings = s.ctl_ok(&["config", "show"]);
+    assert!(
+        settings.lines().any(|l| l.split_whitespace().eq([
+            "admission",
+            "PercentReserved:",
+            "10%",
+            "of",
+            "CPU",
+            "and",
+            "20%",
+            "of",
+            "memory"
+        ])),
+        "{settings}"
+    );
+    let status = s.ctl_ok(&["status"]);
+    assert!(
+        status.contains("master host-1 (incarnation 77, epoch 3), report seq 1 from ds-1"),
+        "{status}"
+    );
 }
 
 #[test]
@@ -1304,22 +1607,24 @@ fn a_nested_partial_layout_is_accepted() {
     assert_eq!(cfg.check_layout(), Ok(()));
 }
 
+/// Host `esx<id>` of 10 GHz / 64 GB, as `Server::add_host` adds it.
+fn esx(id: u32) -> HostSpec {
+    HostSpec {
+        id: HostId(id),
+        name: format!("esx{id}"),
+        address: format!("10.0.0.{id}:7400"),
+        cpu_mhz: 10_000,
+        memory_mb: 65_536,
+        maintenance: false,
+    }
+}
+
 /// Hosts 1 and 2 of 10 GHz / 64 GB, ds-1 mounted by both and ds-2 by host 2 only (as
 /// `basic_inventory` builds it over HTTP), and vm-1 homed on ds-1.
 fn base_inventory() -> Inventory {
     let mut inv = Inventory::new(ClusterId(1));
     for id in [1, 2] {
-        inv.hosts.insert(
-            HostId(id),
-            HostSpec {
-                id: HostId(id),
-                name: format!("esx{id}"),
-                address: format!("10.0.0.{id}:7400"),
-                cpu_mhz: 10_000,
-                memory_mb: 65_536,
-                maintenance: false,
-            },
-        );
+        inv.hosts.insert(HostId(id), esx(id));
     }
     let ds = |id: u32, hosts: &[u32]| DatastoreSpec {
         id: DatastoreId(id),

@@ -1,11 +1,25 @@
 //! `fdmctl`: the operator's command line for `fdm-shim`. See `docs/shim.md`.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use serde_json::{Map, Value, json};
+use heartbeat_fs::records::{
+    AdmissionPolicy, HaSettings, IsolationResponse, RestartPolicy, RestartPriority,
+};
+use heartbeat_fs::{DatastoreId, HostId, VmId};
+use serde::Serialize;
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use std::collections::BTreeMap;
+use std::num::ParseIntError;
 use std::path::PathBuf;
 use std::time::Duration;
+use vcenter_shim::admission::{AdmissionReport, ResourceNumbers};
 use vcenter_shim::cli;
+use vcenter_shim::client::Client;
+use vcenter_shim::model::{
+    DatastoreSpec, HaView, HostSpec, MaintenanceAction, MountSpec, VmSpec, WriteAnswer,
+};
+use vcenter_shim::service::{ClusterState, HostState, VmState, WriteOutcome};
+use vcenter_shim::store::StoredEvent;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,58 +78,133 @@ enum Cmd {
     Ha(HaCmd),
 }
 
-/// Named as the API's VM fields, so that the flags given serialise straight into a request body.
-#[derive(Debug, clap::Args, serde::Serialize)]
+/// The VM flags given, named and typed as `VmSpec`'s fields, so that they serialise straight into
+/// a request body: `vm set` sends only what changes, `vm add` fills in the rest with `VmSpec`'s own
+/// defaults.
+#[derive(Debug, clap::Args, Serialize)]
 struct VmFields {
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
     /// Home datastore id.
-    #[arg(long)]
-    home: Option<u32>,
+    #[arg(long, value_parser = id(DatastoreId))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    home: Option<DatastoreId>,
     /// Hypervisor definition (libvirt XML or process command spec); `@FILE` reads it from a file.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     definition: Option<String>,
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     cpu_mhz: Option<u32>,
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     memory_mb: Option<u64>,
     /// Disabled, Lowest, Low, Medium, High, Highest.
-    #[arg(long)]
-    priority: Option<String>,
+    #[arg(long, value_parser = parse_word::<RestartPriority>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<RestartPriority>,
     /// PowerOff, Shutdown, LeaveRunning.
-    #[arg(long)]
-    isolation_response: Option<String>,
+    #[arg(long, value_parser = parse_word::<IsolationResponse>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    isolation_response: Option<IsolationResponse>,
     /// Always, HostFailureOnly, Never.
-    #[arg(long)]
-    restart_policy: Option<String>,
+    #[arg(long, value_parser = parse_word::<RestartPolicy>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restart_policy: Option<RestartPolicy>,
     /// Comma-separated VM ids this VM starts after.
-    #[arg(long, value_delimiter = ',')]
-    depends_on: Option<Vec<u32>>,
+    #[arg(long, value_delimiter = ',', value_parser = id(VmId))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    depends_on: Option<Vec<VmId>>,
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     anti_affinity_group: Option<String>,
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     protected: Option<bool>,
+}
+
+impl VmFields {
+    fn is_empty(&self) -> bool {
+        // Destructured so that a new field cannot be forgotten here.
+        let Self {
+            name,
+            home,
+            definition,
+            cpu_mhz,
+            memory_mb,
+            priority,
+            isolation_response,
+            restart_policy,
+            depends_on,
+            anti_affinity_group,
+            protected,
+        } = self;
+        name.is_none()
+            && home.is_none()
+            && definition.is_none()
+            && cpu_mhz.is_none()
+            && memory_mb.is_none()
+            && priority.is_none()
+            && isolation_response.is_none()
+            && restart_policy.is_none()
+            && depends_on.is_none()
+            && anti_affinity_group.is_none()
+            && protected.is_none()
+    }
+
+    /// Replaces an `@FILE` definition with the file's text.
+    fn read_definition(&mut self) -> Result<()> {
+        if let Some(path) = self.definition.as_deref().and_then(|d| d.strip_prefix('@')) {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading definition file {path}"))?;
+            self.definition = Some(text);
+        }
+        Ok(())
+    }
+}
+
+/// The VM `vm add` creates: the flags given with `VmSpec`'s defaults for the others, read through
+/// serde so that those defaults are the ones the server applies, written once in `VmSpec`.
+fn new_vm(id: VmId, fields: &VmFields) -> Result<VmSpec> {
+    if fields.name.is_none() {
+        bail!("vm add needs --name");
+    }
+    if fields.home.is_none() {
+        bail!("vm add needs --home");
+    }
+    #[derive(Serialize)]
+    struct Given<'a> {
+        id: VmId,
+        #[serde(flatten)]
+        fields: &'a VmFields,
+    }
+    let given = serde_json::to_string(&Given { id, fields })?;
+    serde_json::from_str(&given).context("the VM flags do not make a VM")
 }
 
 #[derive(Debug, Subcommand)]
 enum VmCmd {
     List,
     Show {
-        id: u32,
+        #[arg(value_parser = id(VmId))]
+        id: VmId,
     },
     Add {
-        #[arg(long)]
-        id: u32,
+        #[arg(long, value_parser = id(VmId))]
+        id: VmId,
         #[command(flatten)]
         fields: VmFields,
     },
     Set {
-        id: u32,
+        #[arg(value_parser = id(VmId))]
+        id: VmId,
         #[command(flatten)]
         fields: VmFields,
     },
     Rm {
-        id: u32,
+        #[arg(value_parser = id(VmId))]
+        id: VmId,
     },
 }
 
@@ -123,8 +212,8 @@ enum VmCmd {
 enum HostCmd {
     List,
     Add {
-        #[arg(long)]
-        id: u32,
+        #[arg(long, value_parser = id(HostId))]
+        id: HostId,
         #[arg(long)]
         name: String,
         /// ip:port of the agent's heartbeat socket.
@@ -136,34 +225,33 @@ enum HostCmd {
         memory_mb: u64,
     },
     Rm {
-        id: u32,
+        #[arg(value_parser = id(HostId))]
+        id: HostId,
     },
     Maintenance {
+        /// enter or exit.
+        #[arg(value_parser = parse_word::<MaintenanceAction>)]
         action: MaintenanceAction,
-        id: u32,
+        #[arg(value_parser = id(HostId))]
+        id: HostId,
     },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum MaintenanceAction {
-    Enter,
-    Exit,
 }
 
 #[derive(Debug, Subcommand)]
 enum DsCmd {
     List,
     Add {
-        #[arg(long)]
-        id: u32,
+        #[arg(long, value_parser = id(DatastoreId))]
+        id: DatastoreId,
         #[arg(long)]
         name: String,
         /// HOST_ID=PATH, repeatable: a host that mounts it and where.
-        #[arg(long = "mount")]
-        mounts: Vec<String>,
+        #[arg(long = "mount", value_parser = mount)]
+        mounts: Vec<MountSpec>,
     },
     Rm {
-        id: u32,
+        #[arg(value_parser = id(DatastoreId))]
+        id: DatastoreId,
     },
 }
 
@@ -182,43 +270,48 @@ enum HaCmd {
     Resume,
 }
 
-struct Client {
-    agent: ureq::Agent,
-    base: String,
-    token: Option<String>,
+/// A parser of an id flag into its type (`id(VmId)`), so that ids of different kinds cannot be
+/// passed for one another.
+fn id<T>(wrap: fn(u32) -> T) -> impl Fn(&str) -> Result<T, ParseIntError> + Clone {
+    move |s| s.parse().map(wrap)
 }
 
-impl Client {
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
-        let url = format!("{}{}", self.base.trim_end_matches('/'), path);
-        let mut req = self.agent.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
+/// `--mount HOST_ID=PATH`.
+fn mount(s: &str) -> Result<MountSpec, String> {
+    let (host, path) = cli::id_and_path(s, "HOST_ID", "host")?;
+    Ok(MountSpec {
+        host: HostId(host),
+        path: path.to_string(),
+    })
+}
+
+/// A flag's word as the API's enum value (`High`, `HostFailureOnly`, `enter`): the words the API
+/// takes are the only ones accepted, and a wrong one is refused naming the right ones.
+fn parse_word<T: DeserializeOwned>(s: &str) -> Result<T, String> {
+    T::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(s))
+        .map_err(|e| e.to_string())
+}
+
+/// The API's word for an enum value without data, the one `parse_word` reads back.
+fn word<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v)
+        .ok()
+        .and_then(|json| serde_json::from_str::<String>(&json).ok())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The policy as the API names it, with its numbers in words.
+fn policy_text(p: &AdmissionPolicy) -> String {
+    match p {
+        AdmissionPolicy::Disabled => "Disabled".into(),
+        AdmissionPolicy::HostFailuresTolerated(1) => "HostFailuresTolerated: 1 host failure".into(),
+        AdmissionPolicy::HostFailuresTolerated(n) => {
+            format!("HostFailuresTolerated: {n} host failures")
         }
-        let resp = match body {
-            Some(b) => req
-                .set("Content-Type", "application/json")
-                .send_string(&b.to_string()),
-            None => req.call(),
-        };
-        match resp {
-            Ok(r) => {
-                let text = r.into_string().context("reading the answer")?;
-                serde_json::from_str(&text).context("the answer is not JSON")
-            }
-            Err(ureq::Error::Status(code, r)) => {
-                let text = r.into_string().unwrap_or_default();
-                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                let err = &v["error"];
-                let msg = err["message"].as_str().unwrap_or(text.as_str());
-                let kind = err["code"].as_str().unwrap_or("error");
-                match err["field"].as_str() {
-                    Some(f) => bail!("HTTP {code} ({kind}): field `{f}`: {msg}"),
-                    None => bail!("HTTP {code} ({kind}): {msg}"),
-                }
-            }
-            Err(e) => Err(anyhow!("cannot reach {url}: {e}")),
+        AdmissionPolicy::PercentReserved { cpu, memory } => {
+            format!("PercentReserved: {cpu}% of CPU and {memory}% of memory")
         }
+        AdmissionPolicy::DedicatedFailoverHosts => "DedicatedFailoverHosts".into(),
     }
 }
 
@@ -229,55 +322,40 @@ struct Ctl {
 }
 
 impl Ctl {
-    fn show(&self, path: &str, text: fn(&Value)) -> Result<()> {
-        let v = self.client.call("GET", path, None)?;
+    /// An answer as JSON, or as the lines `text` makes of it.
+    fn show<T: Serialize>(&self, answer: &T, text: impl Fn(&T) -> Vec<String>) -> Result<()> {
         if self.json_out {
-            print_json(&v);
+            println!("{}", serde_json::to_string_pretty(answer)?);
         } else {
-            text(&v);
+            for line in text(answer) {
+                println!("{line}");
+            }
         }
         Ok(())
     }
 
-    /// Sends a change and prints its outcome; `what` is the text-mode summary of it.
-    fn write(&self, method: &str, path: &str, body: Option<Value>, what: &str) -> Result<()> {
-        let r = self.client.call(method, path, body.as_ref())?;
-        if self.json_out {
-            print_json(&r);
-            return Ok(());
-        }
-        println!("{what} (config generation {})", r["generation"]);
-        for w in r["warnings"].as_array().into_iter().flatten() {
-            println!("warning: {}", w.as_str().unwrap_or_default());
-        }
-        Ok(())
+    /// Prints a write's answer; `what` is the text-mode summary of it.
+    fn wrote<T: Serialize>(&self, answer: &T, outcome: &WriteOutcome, what: &str) -> Result<()> {
+        self.show(answer, |_| write_text(outcome, what))
     }
 
-    /// `prefix` names the object in the summary the way `status` does (`ds-4 removed`).
-    fn remove(&self, collection: &str, prefix: &str, id: u32) -> Result<()> {
-        let what = format!("{prefix}-{id} removed");
-        self.write("DELETE", &format!("{collection}/{id}"), None, &what)
+    fn wrote_object(&self, answer: &WriteAnswer, what: &str) -> Result<()> {
+        self.wrote(answer, &answer.outcome, what)
+    }
+
+    fn removed(&self, answer: &WriteOutcome, what: impl std::fmt::Display) -> Result<()> {
+        self.wrote(answer, answer, &format!("{what} removed"))
     }
 
     fn events(&self, mut since: i64, follow: bool) -> Result<()> {
         loop {
-            let page = self
-                .client
-                .call("GET", &format!("/v1/events?since={since}"), None)?;
-            let page = page.as_array().map(Vec::as_slice).unwrap_or_default();
-            for e in page {
-                since = since.max(e["id"].as_i64().unwrap_or(since));
+            let page = self.client.events_since(since)?;
+            for e in &page {
+                since = since.max(e.id);
                 if self.json_out {
-                    println!("{e}");
+                    println!("{}", serde_json::to_string(e)?);
                 } else {
-                    println!(
-                        "{:>6}  host-{} #{:<5} {:<10} {}",
-                        e["id"],
-                        e["master"],
-                        e["seq"],
-                        e["kind"].as_str().unwrap_or(""),
-                        e["message"].as_str().unwrap_or("")
-                    );
+                    println!("{}", event_line(e));
                 }
             }
             // The server caps a page, so only an empty one says everything has been printed.
@@ -304,45 +382,34 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     let token = cli.token_file.as_deref().map(cli::read_token).transpose()?;
     let ctl = Ctl {
-        client: Client {
-            agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(60))
-                .build(),
-            base: cli.url.clone(),
-            token,
-        },
+        client: Client::new(&cli.url, token),
         json_out: cli.output == Output::Json,
     };
+    let c = &ctl.client;
     match cli.cmd {
-        Cmd::Status => ctl.show("/v1/state", print_status),
+        Cmd::Status => ctl.show(&c.state()?, status_text),
         Cmd::Events { since, follow } => ctl.events(since, follow),
-        Cmd::Admission => ctl.show("/v1/admission", print_admission),
+        Cmd::Admission => ctl.show(&c.admission()?, admission_text),
         Cmd::Vm(cmd) => match cmd {
-            VmCmd::List => ctl.show("/v1/vms", |v| print_table(VM_COLUMNS, v)),
-            VmCmd::Show { id } => ctl.show(&format!("/v1/vms/{id}"), print_vm),
-            VmCmd::Add { id, fields } => {
-                let mut body = vm_body(fields)?;
-                body.insert("id".into(), json!(id));
-                let body = Some(Value::Object(body));
-                ctl.write("POST", "/v1/vms", body, &format!("vm-{id} added"))
+            VmCmd::List => ctl.show(&c.vms()?, |vms| table(VM_COLUMNS, vms)),
+            VmCmd::Show { id } => ctl.show(&c.vm(id)?, vm_text),
+            VmCmd::Add { id, mut fields } => {
+                fields.read_definition()?;
+                let answer = c.add_vm(&new_vm(id, &fields)?)?;
+                ctl.wrote_object(&answer, &format!("{id} added"))
             }
-            VmCmd::Set { id, fields } => {
-                let body = vm_body(fields)?;
-                if body.is_empty() {
+            VmCmd::Set { id, mut fields } => {
+                if fields.is_empty() {
                     bail!("nothing to set: give at least one --field");
                 }
-                let body = Some(Value::Object(body));
-                ctl.write(
-                    "PUT",
-                    &format!("/v1/vms/{id}"),
-                    body,
-                    &format!("vm-{id} updated"),
-                )
+                fields.read_definition()?;
+                let answer = c.update_vm(id, &fields)?;
+                ctl.wrote_object(&answer, &format!("{id} updated"))
             }
-            VmCmd::Rm { id } => ctl.remove("/v1/vms", "vm", id),
+            VmCmd::Rm { id } => ctl.removed(&c.remove_vm(id)?, id),
         },
         Cmd::Host(cmd) => match cmd {
-            HostCmd::List => ctl.show("/v1/hosts", |v| print_table(HOST_COLUMNS, v)),
+            HostCmd::List => ctl.show(&c.hosts()?, |hosts| table(HOST_COLUMNS, hosts)),
             HostCmd::Add {
                 id,
                 name,
@@ -350,161 +417,135 @@ fn run(cli: Cli) -> Result<()> {
                 cpu_mhz,
                 memory_mb,
             } => {
-                let body = json!({"id": id, "name": name, "address": address,
-                    "cpu_mhz": cpu_mhz, "memory_mb": memory_mb});
-                ctl.write("POST", "/v1/hosts", Some(body), &format!("host-{id} added"))
-            }
-            HostCmd::Rm { id } => ctl.remove("/v1/hosts", "host", id),
-            HostCmd::Maintenance { action, id } => {
-                let action = match action {
-                    MaintenanceAction::Enter => "enter",
-                    MaintenanceAction::Exit => "exit",
+                let host = HostSpec {
+                    id,
+                    name,
+                    address,
+                    cpu_mhz,
+                    memory_mb,
+                    maintenance: false,
                 };
-                ctl.write(
-                    "POST",
-                    &format!("/v1/hosts/{id}/maintenance"),
-                    Some(json!({ "action": action })),
-                    &format!("host-{id} maintenance {action}"),
-                )
+                ctl.wrote_object(&c.add_host(&host)?, &format!("{id} added"))
+            }
+            HostCmd::Rm { id } => ctl.removed(&c.remove_host(id)?, id),
+            HostCmd::Maintenance { action, id } => {
+                let answer = c.maintenance(id, action)?;
+                ctl.wrote_object(&answer, &format!("{id} maintenance {}", word(&action)))
             }
         },
         Cmd::Datastore(cmd) => match cmd {
-            DsCmd::List => ctl.show("/v1/datastores", |v| print_table(DATASTORE_COLUMNS, v)),
+            DsCmd::List => ctl.show(&c.datastores()?, |ds| table(DATASTORE_COLUMNS, ds)),
             DsCmd::Add { id, name, mounts } => {
-                let mut ms = Vec::new();
-                for m in &mounts {
-                    let (host, path) = cli::id_and_path(m, "HOST_ID", "host")
-                        .map_err(|e| anyhow!("--mount {e}"))?;
-                    ms.push(json!({"host": host, "path": path}));
-                }
-                let body = json!({"id": id, "name": name, "mounts": ms});
-                ctl.write(
-                    "POST",
-                    "/v1/datastores",
-                    Some(body),
-                    &format!("ds-{id} added"),
-                )
+                let datastore = DatastoreSpec { id, name, mounts };
+                ctl.wrote_object(&c.add_datastore(&datastore)?, &format!("{id} added"))
             }
-            DsCmd::Rm { id } => ctl.remove("/v1/datastores", "ds", id),
+            DsCmd::Rm { id } => ctl.removed(&c.remove_datastore(id)?, id),
         },
         Cmd::Config(cmd) => match cmd {
-            // The settings are nested (admission policy, timings): JSON is their readable form.
-            ConfigCmd::Show => ctl.show("/v1/config/ha", print_json),
+            ConfigCmd::Show => ctl.show(&c.ha()?, ha_text),
             ConfigCmd::Set { key, value } => {
-                let v = serde_json::from_str::<Value>(&value).unwrap_or(Value::String(value));
-                let body = Some(Value::Object(Map::from_iter([(key.clone(), v)])));
-                ctl.write("PUT", "/v1/config/ha", body, &format!("{key} set"))
+                // The one untyped request: the operator names the field, and its value is theirs
+                // to write in JSON (a policy, a map of timings); the server reads it into the
+                // field's type and names what does not fit.
+                let value = serde_json::from_str::<serde_json::Value>(&value)
+                    .unwrap_or(serde_json::Value::String(value));
+                let answer = c.update_ha(&BTreeMap::from([(key.as_str(), value)]))?;
+                ctl.wrote_object(&answer, &format!("{key} set"))
             }
         },
         Cmd::Ha(cmd) => {
             let paused = matches!(cmd, HaCmd::Pause);
             let what = if paused { "HA paused" } else { "HA resumed" };
-            let body = Some(json!({ "paused": paused }));
-            ctl.write("PUT", "/v1/config/ha", body, what)
+            let answer = c.update_ha(&HaPause { paused })?;
+            ctl.wrote_object(&answer, what)
         }
     }
 }
 
-fn vm_body(mut f: VmFields) -> Result<Map<String, Value>> {
-    if let Some(path) = f.definition.as_deref().and_then(|d| d.strip_prefix('@')) {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading definition file {path}"))?;
-        f.definition = Some(text);
-    }
-    let Value::Object(mut body) = serde_json::to_value(&f)? else {
-        bail!("VM fields did not serialise to an object");
-    };
-    // A flag not given must be absent, not null: `vm set` sends only what changes.
-    body.retain(|_, v| !v.is_null());
-    Ok(body)
+/// The body of `ha pause` and `ha resume`: the one `HaView` field they set.
+#[derive(Debug, Serialize)]
+struct HaPause {
+    paused: bool,
 }
 
-fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
+fn write_text(outcome: &WriteOutcome, what: &str) -> Vec<String> {
+    std::iter::once(format!("{what} (config generation {})", outcome.generation))
+        .chain(outcome.warnings.iter().map(|w| format!("warning: {w}")))
+        .collect()
 }
 
-fn opt(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+fn event_line(e: &StoredEvent) -> String {
+    format!(
+        "{:>6}  {} #{:<5} {:<10} {}",
+        e.id, e.master, e.seq, e.kind, e.message
+    )
 }
 
-/// `host-1` rather than `1`, so that ids of different kinds cannot be mistaken for one another.
-fn named_id(prefix: &str, id: &Value) -> String {
-    match id.as_u64() {
-        Some(n) => format!("{prefix}-{n}"),
-        None => "-".into(),
-    }
+/// An absent value as `-`.
+fn or_dash(v: Option<impl std::fmt::Display>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-fn flag(v: &Value, yes: &str, no: &str) -> String {
-    if v.as_bool() == Some(true) { yes } else { no }.into()
+fn yes_no(v: bool) -> String {
+    if v { "yes" } else { "no" }.into()
 }
 
-/// The items of a JSON array rendered by `item`, or `-` for none.
-fn joined(list: &Value, item: impl Fn(&Value) -> String) -> String {
-    let items: Vec<String> = list.as_array().into_iter().flatten().map(item).collect();
-    if items.is_empty() {
+/// The items rendered by `item`, or `-` for none.
+fn joined<T>(list: &[T], item: impl Fn(&T) -> String) -> String {
+    if list.is_empty() {
         "-".into()
     } else {
-        items.join(", ")
+        list.iter().map(item).collect::<Vec<_>>().join(", ")
     }
 }
 
-/// A table column: its header and how an object's cell is rendered.
-type Column = (&'static str, fn(&Value) -> String);
+/// A table column: its header and how a row's cell is rendered.
+type Column<T> = (&'static str, fn(&T) -> String);
 
-const HOST_COLUMNS: &[Column] = &[
-    ("HOST", |h| named_id("host", &h["id"])),
-    ("NAME", |h| opt(&h["name"])),
-    ("ADDRESS", |h| opt(&h["address"])),
-    ("CPU_MHZ", |h| opt(&h["cpu_mhz"])),
-    ("MEMORY_MB", |h| opt(&h["memory_mb"])),
-    ("MAINTENANCE", |h| flag(&h["maintenance"], "yes", "no")),
+const HOST_COLUMNS: &[Column<HostSpec>] = &[
+    ("HOST", |h| h.id.to_string()),
+    ("NAME", |h| h.name.clone()),
+    ("ADDRESS", |h| h.address.clone()),
+    ("CPU_MHZ", |h| h.cpu_mhz.to_string()),
+    ("MEMORY_MB", |h| h.memory_mb.to_string()),
+    ("MAINTENANCE", |h| yes_no(h.maintenance)),
 ];
 
-const DATASTORE_COLUMNS: &[Column] = &[
-    ("DATASTORE", |d| named_id("ds", &d["id"])),
-    ("NAME", |d| opt(&d["name"])),
+const DATASTORE_COLUMNS: &[Column<DatastoreSpec>] = &[
+    ("DATASTORE", |d| d.id.to_string()),
+    ("NAME", |d| d.name.clone()),
     ("MOUNTS", |d| {
-        joined(&d["mounts"], |m| {
-            format!("{}:{}", named_id("host", &m["host"]), opt(&m["path"]))
-        })
+        joined(&d.mounts, |m| format!("{}:{}", m.host, m.path))
     }),
 ];
 
-const VM_COLUMNS: &[Column] = &[
-    ("VM", |v| named_id("vm", &v["id"])),
-    ("NAME", |v| opt(&v["name"])),
-    ("HOME", |v| named_id("ds", &v["home"])),
-    ("CPU_MHZ", |v| opt(&v["cpu_mhz"])),
-    ("MEMORY_MB", |v| opt(&v["memory_mb"])),
-    ("PRIORITY", |v| opt(&v["priority"])),
-    ("RESTART_POLICY", |v| opt(&v["restart_policy"])),
+const VM_COLUMNS: &[Column<VmSpec>] = &[
+    ("VM", |v| v.id.to_string()),
+    ("NAME", |v| v.name.clone()),
+    ("HOME", |v| v.home.to_string()),
+    ("CPU_MHZ", |v| v.cpu_mhz.to_string()),
+    ("MEMORY_MB", |v| v.memory_mb.to_string()),
+    ("PRIORITY", |v| word(&v.priority)),
+    ("RESTART_POLICY", |v| word(&v.restart_policy)),
     // Absent means the VM follows the cluster's default, which can change under it.
-    ("ISOLATION_RESPONSE", |v| match &v["isolation_response"] {
-        Value::Null => "cluster default".into(),
-        other => opt(other),
+    ("ISOLATION_RESPONSE", |v| match &v.isolation_response {
+        None => "cluster default".into(),
+        Some(r) => word(r),
     }),
-    ("PROTECTED", |v| flag(&v["protected"], "yes", "no")),
-    ("DEPENDS_ON", |v| {
-        joined(&v["depends_on"], |d| named_id("vm", d))
+    ("PROTECTED", |v| yes_no(v.protected)),
+    ("DEPENDS_ON", |v| joined(&v.depends_on, VmId::to_string)),
+    ("ANTI_AFFINITY_GROUP", |v| {
+        or_dash(v.anti_affinity_group.as_ref())
     }),
-    ("ANTI_AFFINITY_GROUP", |v| opt(&v["anti_affinity_group"])),
 ];
 
-/// The rows of a JSON array under `columns`, each column as wide as its widest cell, so that long
-/// names and mount paths neither get cut nor push the rest out of line.
-fn print_table(columns: &[Column], rows: &Value) {
+/// `rows` under `columns`, each column as wide as its widest cell, so that long names and mount
+/// paths neither get cut nor push the rest out of line.
+fn table<T>(columns: &[Column<T>], rows: &[T]) -> Vec<String> {
     let header = columns.iter().map(|(h, _)| h.to_string()).collect();
     let cells = |row| columns.iter().map(|(_, cell)| cell(row)).collect();
     let lines: Vec<Vec<String>> = std::iter::once(header)
-        .chain(rows.as_array().into_iter().flatten().map(cells))
+        .chain(rows.iter().map(cells))
         .collect();
     let widths: Vec<usize> = (0..columns.len())
         .map(|i| {
@@ -515,132 +556,348 @@ fn print_table(columns: &[Column], rows: &Value) {
                 .unwrap_or(0)
         })
         .collect();
-    for line in lines {
-        let text: String = line
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}  "))
-            .collect();
-        // Trimmed rather than leaving the last column unpadded, because an empty last cell (no
-        // MASTER mark) would still leave the padding of the one before it.
-        println!("{}", text.trim_end());
-    }
+    lines
+        .iter()
+        .map(|line| {
+            let text: String = line
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}  "))
+                .collect();
+            // Trimmed rather than leaving the last column unpadded, because an empty last cell
+            // (no MASTER mark) would still leave the padding of the one before it.
+            text.trim_end().to_string()
+        })
+        .collect()
 }
 
 /// One VM, a field a line: the list's columns plus the definition, too long for a table.
-fn print_vm(v: &Value) {
-    for (header, cell) in VM_COLUMNS {
-        println!("{:<20} {}", header.to_lowercase(), cell(v));
+fn vm_text(v: &VmSpec) -> Vec<String> {
+    let mut lines: Vec<String> = VM_COLUMNS
+        .iter()
+        .map(|(header, cell)| format!("{:<20} {}", header.to_lowercase(), cell(v)))
+        .collect();
+    if v.definition.is_empty() {
+        lines.push(format!("{:<20} -", "definition"));
+    } else {
+        lines.push("definition:".into());
+        lines.extend(v.definition.lines().map(|line| format!("  {line}")));
     }
-    match v["definition"].as_str() {
-        Some(def) if !def.is_empty() => {
-            println!("definition:");
-            for line in def.lines() {
-                println!("  {line}");
-            }
-        }
-        _ => println!("{:<20} -", "definition"),
-    }
+    lines
 }
 
-const STATUS_HOST_COLUMNS: &[Column] = &[
-    ("HOST", |h| named_id("host", &h["id"])),
-    ("NAME", |h| opt(&h["name"])),
-    ("VERDICT", |h| opt(&h["verdict"])),
-    ("MAINTENANCE", |h| flag(&h["maintenance"], "yes", "no")),
-    ("MASTER", |h| flag(&h["is_master"], "*", "")),
+const STATUS_HOST_COLUMNS: &[Column<HostState>] = &[
+    ("HOST", |h| h.id.to_string()),
+    ("NAME", |h| h.name.clone()),
+    ("VERDICT", |h| or_dash(h.verdict.as_ref())),
+    ("MAINTENANCE", |h| yes_no(h.maintenance)),
+    ("MASTER", |h| if h.is_master { "*" } else { "" }.into()),
 ];
 
-const STATUS_VM_COLUMNS: &[Column] = &[
-    ("VM", |v| named_id("vm", &v["id"])),
-    ("NAME", |v| opt(&v["name"])),
-    ("PROTECTED", |v| flag(&v["protected"], "yes", "no")),
-    ("HOST", |v| named_id("host", &v["host"])),
-    ("STATE", |v| opt(&v["state"])),
-    ("RESTART", |v| opt(&v["restart"])),
+const STATUS_VM_COLUMNS: &[Column<VmState>] = &[
+    ("VM", |v| v.id.to_string()),
+    ("NAME", |v| v.name.clone()),
+    ("PROTECTED", |v| yes_no(v.protected)),
+    ("HOST", |v| or_dash(v.host)),
+    ("STATE", |v| or_dash(v.state.as_ref())),
+    ("RESTART", |v| or_dash(v.restart.as_ref())),
 ];
 
-fn print_status(s: &Value) {
-    if s["paused"].as_bool() == Some(true) {
-        println!("*** HA PAUSED: agents take no restart, isolation or fence action ***");
+fn status_text(s: &ClusterState) -> Vec<String> {
+    let mut lines = Vec::new();
+    if s.paused {
+        lines.push("*** HA PAUSED: agents take no restart, isolation or fence action ***".into());
     }
-    println!(
+    // The cluster id in decimal, as `fdm-shim --cluster-id` takes it.
+    lines.push(format!(
         "cluster {}  config generation {}",
-        opt(&s["cluster"]),
-        opt(&s["config_generation"])
-    );
-    match s["report"].as_object() {
-        Some(r) => println!(
-            "master host-{} (incarnation {}, epoch {}), report seq {} from ds-{}, {} ms ago, agents on config generation {}{}",
-            opt(&r["master"]),
-            opt(&r["master_incarnation"]),
-            opt(&r["epoch"]),
-            opt(&r["sequence"]),
-            opt(&r["datastore"]),
-            opt(&r["age_ms"]),
-            opt(&r["config_generation"]),
-            if r["ha_paused"].as_bool() == Some(true) {
+        s.cluster.0, s.config_generation
+    ));
+    lines.push(match &s.report {
+        Some(r) => format!(
+            "master {} (incarnation {}, epoch {}), report seq {} from {}, {} ms ago, agents on config generation {}{}",
+            r.master,
+            r.master_incarnation,
+            r.epoch,
+            r.sequence,
+            r.datastore,
+            r.age_ms,
+            r.config_generation,
+            if r.ha_paused {
                 " (master reports HA paused)"
             } else {
                 ""
             }
         ),
-        None => println!("master: unknown (no report read from any datastore yet)"),
-    }
-    println!();
-    print_table(STATUS_HOST_COLUMNS, &s["hosts"]);
-    println!();
-    print_table(STATUS_VM_COLUMNS, &s["vms"]);
-    let bad: Vec<String> = s["datastores"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|d| {
-            d["written_generation"].as_u64() != s["config_generation"].as_u64()
-                || !d["write_error"].is_null()
-        })
+        None => "master: unknown (no report read from any datastore yet)".into(),
+    });
+    lines.push(String::new());
+    lines.extend(table(STATUS_HOST_COLUMNS, &s.hosts));
+    lines.push(String::new());
+    lines.extend(table(STATUS_VM_COLUMNS, &s.vms));
+    let bad: Vec<String> = s
+        .datastores
+        .iter()
+        .filter(|d| d.written_generation != s.config_generation || d.write_error.is_some())
         .map(|d| {
             format!(
-                "ds-{} has config generation {} ({})",
-                opt(&d["datastore"]),
-                opt(&d["written_generation"]),
-                opt(&d["write_error"])
+                "warning: {} has config generation {} ({})",
+                d.datastore,
+                d.written_generation,
+                or_dash(d.write_error.as_ref())
             )
         })
         .collect();
     if !bad.is_empty() {
-        println!();
-        for b in bad {
-            println!("warning: {b}");
-        }
+        lines.push(String::new());
+        lines.extend(bad);
     }
+    lines
 }
 
-fn print_admission(a: &Value) {
-    let verdict = match (a["enforced"].as_bool(), a["ok"].as_bool()) {
-        (Some(false), _) => "not enforced (policy Disabled)",
-        (_, Some(true)) => "OK: every protected VM can be restarted",
-        _ => "VIOLATED: the cluster cannot restart every protected VM",
+/// The HA settings a line each, under the names `config set` takes.
+fn ha_text(view: &HaView) -> Vec<String> {
+    // Destructured so that a new setting cannot be left out.
+    let HaView {
+        ha:
+            HaSettings {
+                paused,
+                timings_ms,
+                isolation_addresses,
+                default_isolation_response,
+                restart_retry_ms,
+                same_host_restart_attempts,
+                failover_hosts,
+                admission,
+                orchestrated_wait_ms,
+                max_concurrent_power_ons_per_host,
+                failback,
+            },
+        admission_mode,
+    } = view;
+    let timings: Vec<(&String, &u64)> = timings_ms.iter().collect();
+    let settings = [
+        ("paused", yes_no(*paused)),
+        ("timings_ms", joined(&timings, |(k, v)| format!("{k}={v}"))),
+        (
+            "isolation_addresses",
+            joined(isolation_addresses, String::clone),
+        ),
+        (
+            "default_isolation_response",
+            word(default_isolation_response),
+        ),
+        ("restart_retry_ms", joined(restart_retry_ms, u64::to_string)),
+        (
+            "same_host_restart_attempts",
+            same_host_restart_attempts.to_string(),
+        ),
+        ("failover_hosts", joined(failover_hosts, HostId::to_string)),
+        ("admission", policy_text(admission)),
+        (
+            "orchestrated_wait_ms",
+            or_dash(orchestrated_wait_ms.as_ref()),
+        ),
+        (
+            "max_concurrent_power_ons_per_host",
+            max_concurrent_power_ons_per_host.to_string(),
+        ),
+        ("failback", yes_no(*failback)),
+        ("admission_mode", word(admission_mode)),
+    ];
+    let width = settings.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    settings
+        .iter()
+        .map(|(k, v)| format!("{k:<width$}  {v}"))
+        .collect()
+}
+
+fn admission_text(a: &AdmissionReport) -> Vec<String> {
+    let verdict = if !a.enforced {
+        "not enforced (policy Disabled)"
+    } else if a.ok {
+        "OK: every protected VM can be restarted"
+    } else {
+        "VIOLATED: the cluster cannot restart every protected VM"
     };
-    println!("admission control: {verdict}");
-    println!("policy: {}", a["policy"]);
-    println!("rule: {}", opt(&a["rule"]));
-    println!(
-        "hosts considered: {}, protected VMs: {}",
-        opt(&a["hosts_considered"]),
-        opt(&a["protected_vms"])
-    );
-    for (label, key) in [("cpu MHz", "cpu_mhz"), ("memory MB", "memory_mb")] {
-        let r = &a[key];
-        println!(
+    let resource = |label: &str, r: &ResourceNumbers| {
+        format!(
             "{label:<10} capacity {:>10}  failover reserve {:>10}  available {:>10}  demand {:>10}",
-            opt(&r["capacity"]),
-            opt(&r["reserved_for_failover"]),
-            opt(&r["available"]),
-            opt(&r["demand"])
+            r.capacity, r.reserved_for_failover, r.available, r.demand
+        )
+    };
+    let mut lines = vec![
+        format!("admission control: {verdict}"),
+        format!("policy: {}", policy_text(&a.policy)),
+        format!("rule: {}", a.rule),
+        format!(
+            "hosts considered: {}, protected VMs: {}",
+            a.hosts_considered, a.protected_vms
+        ),
+        resource("cpu MHz", &a.cpu_mhz),
+        resource("memory MB", &a.memory_mb),
+    ];
+    lines.extend(a.problems.iter().map(|p| format!("problem: {p}")));
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vcenter_shim::api;
+
+    fn parse(args: &[&str]) -> Result<Cmd, clap::Error> {
+        Cli::try_parse_from(std::iter::once("fdmctl").chain(args.iter().copied())).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn flag_words_are_the_api_words_and_read_back() {
+        fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(all: &[T]) {
+            for v in all {
+                let w = word(v);
+                assert_eq!(serde_json::to_string(v).unwrap(), format!("\"{w}\""));
+                assert_eq!(parse_word::<T>(&w).as_ref(), Ok(v));
+            }
+        }
+        use RestartPriority::*;
+        check(&[Disabled, Lowest, Low, Medium, High, Highest]);
+        check(&[
+            IsolationResponse::PowerOff,
+            IsolationResponse::Shutdown,
+            IsolationResponse::LeaveRunning,
+        ]);
+        check(&[
+            RestartPolicy::Always,
+            RestartPolicy::HostFailureOnly,
+            RestartPolicy::Never,
+        ]);
+        check(&[MaintenanceAction::Enter, MaintenanceAction::Exit]);
+        assert_eq!(word(&MaintenanceAction::Enter), "enter");
+        assert_eq!(
+            parse_word::<RestartPolicy>("Sometimes"),
+            Err(
+                "unknown variant `Sometimes`, expected one of `Always`, `HostFailureOnly`, `Never`"
+                    .into()
+            )
+        );
+        let e = parse(&["vm", "set", "3", "--priority", "Urgent"]).unwrap_err();
+        assert!(e.to_string().contains("'--priority <PRIORITY>'"), "{e}");
+        let e = parse(&["host", "maintenance", "leave", "2"]).unwrap_err();
+        assert!(e.to_string().contains("expected `enter` or `exit`"), "{e}");
+    }
+
+    #[test]
+    fn vm_add_is_a_spec_with_the_servers_defaults() {
+        let Ok(Cmd::Vm(VmCmd::Add { id, fields })) =
+            parse(&["vm", "add", "--id", "3", "--name", "db", "--home", "1"])
+        else {
+            panic!("vm add parses");
+        };
+        let vm = new_vm(id, &fields).unwrap();
+        let server: VmSpec =
+            api::from_value(serde_json::json!({"id": 3, "name": "db", "home": 1})).unwrap();
+        assert_eq!(vm, server);
+        assert!(vm.protected);
+        let Ok(Cmd::Vm(VmCmd::Add { id, fields })) =
+            parse(&["vm", "add", "--id", "3", "--home", "1"])
+        else {
+            panic!("vm add parses");
+        };
+        assert_eq!(
+            new_vm(id, &fields).unwrap_err().to_string(),
+            "vm add needs --name"
         );
     }
-    for p in a["problems"].as_array().into_iter().flatten() {
-        println!("problem: {}", p.as_str().unwrap_or_default());
+
+    #[test]
+    fn vm_set_sends_only_the_flags_given() {
+        let Ok(Cmd::Vm(VmCmd::Set { id, fields })) = parse(&[
+            "vm",
+            "set",
+            "3",
+            "--priority",
+            "High",
+            "--depends-on",
+            "6,7",
+            "--home",
+            "2",
+        ]) else {
+            panic!("vm set parses");
+        };
+        assert_eq!(id, VmId(3));
+        assert!(!fields.is_empty());
+        assert_eq!(
+            serde_json::to_string(&fields).unwrap(),
+            r#"{"home":2,"priority":"High","depends_on":[6,7]}"#
+        );
+        let Ok(Cmd::Vm(VmCmd::Set { fields, .. })) = parse(&["vm", "set", "3"]) else {
+            panic!("vm set parses");
+        };
+        assert!(fields.is_empty());
+        assert_eq!(serde_json::to_string(&fields).unwrap(), "{}");
+    }
+
+    #[test]
+    fn ha_settings_are_a_line_each_under_their_config_set_names() {
+        let mut view = HaView {
+            ha: HaSettings::default(),
+            admission_mode: Default::default(),
+        };
+        view.ha.timings_ms.insert("ds_lease".into(), 9000);
+        view.ha.timings_ms.insert("heartbeat_interval".into(), 500);
+        view.ha.failover_hosts = vec![HostId(3), HostId(4)];
+        view.ha.admission = AdmissionPolicy::DedicatedFailoverHosts;
+        let lines = ha_text(&view);
+        let json = serde_json::to_value(&view).unwrap();
+        let names: Vec<&str> = lines
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(sorted, keys, "one line per setting");
+        let line = |name: &str| {
+            let l = lines
+                .iter()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap();
+            l[name.len()..].trim().to_string()
+        };
+        assert_eq!(line("paused"), "no");
+        assert_eq!(line("timings_ms"), "ds_lease=9000, heartbeat_interval=500");
+        assert_eq!(line("isolation_addresses"), "-");
+        assert_eq!(line("default_isolation_response"), "PowerOff");
+        assert_eq!(line("restart_retry_ms"), "0, 2000, 10000, 30000, 120000");
+        assert_eq!(line("failover_hosts"), "host-3, host-4");
+        assert_eq!(line("admission"), "DedicatedFailoverHosts");
+        assert_eq!(line("orchestrated_wait_ms"), "-");
+        assert_eq!(line("admission_mode"), "refuse");
+    }
+
+    #[test]
+    fn policies_read_as_words() {
+        assert_eq!(policy_text(&AdmissionPolicy::Disabled), "Disabled");
+        assert_eq!(
+            policy_text(&AdmissionPolicy::HostFailuresTolerated(1)),
+            "HostFailuresTolerated: 1 host failure"
+        );
+        assert_eq!(
+            policy_text(&AdmissionPolicy::HostFailuresTolerated(2)),
+            "HostFailuresTolerated: 2 host failures"
+        );
+        assert_eq!(
+            policy_text(&AdmissionPolicy::PercentReserved {
+                cpu: 10,
+                memory: 25
+            }),
+            "PercentReserved: 10% of CPU and 25% of memory"
+        );
     }
 }
