@@ -278,6 +278,18 @@ impl Agent {
 
     /// The VM's lease is taken: ask the hypervisor to start it.
     fn start_pending(&mut self, vm: VmId) {
+        // The target's half of the argument (docs/safety.md, steps 4 and 5): only a power-on whose
+        // intent the datastore confirmed reaches TakingLease, and it starts only once its entry
+        // in our power-on list is on disk.
+        debug_assert!(
+            step_removed!(self.settings, PowerOnListEntry)
+                || self.vms.pending.get(&vm).is_some_and(|p| matches!(
+                    p.stage,
+                    PowerOnStage::TakingLease { generation }
+                        if self.vms.list_generation(p.datastore) >= generation
+                )),
+            "{vm} would start before its intent was confirmed and its power-on list entry written"
+        );
         let definition = self
             .config
             .vm(vm)

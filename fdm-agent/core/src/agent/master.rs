@@ -1278,6 +1278,18 @@ impl Agent {
         epoch: Epoch,
         attempt: u32,
     ) {
+        // Write-ahead (docs/safety.md): a command goes out only for the intent its datastore's
+        // protected list records, under the claim it names.
+        debug_assert!(
+            step_removed!(self.settings, WriteAheadIntent)
+                || self.master.as_ref().is_some_and(|m| m.intent_recorded(
+                    vm,
+                    (target, attempt),
+                    d,
+                    epoch
+                )),
+            "a power-on command for {vm} on {target} (attempt {attempt}, {epoch}) without its intent under a held claim"
+        );
         self.stats.restarts_issued += 1;
         self.emit(Event::RestartIssued {
             vm,
@@ -1875,6 +1887,34 @@ struct TargetSelf {
 type EarlyCommand = (VmId, HostId, DatastoreId, Epoch, u32);
 
 impl MasterState {
+    /// Whether `d`'s protected list records exactly this intent and we hold `d`'s claim at its
+    /// epoch.
+    fn intent_recorded(
+        &self,
+        vm: VmId,
+        (target, attempt): (HostId, u32),
+        d: DatastoreId,
+        epoch: Epoch,
+    ) -> bool {
+        let held = self
+            .claims
+            .get(&d)
+            .and_then(|c| c.held)
+            .is_some_and(|h| h.epoch == epoch);
+        let recorded = self.protected.get(&d).is_some_and(|pd| {
+            pd.list.vms.iter().any(|e| {
+                e.vm == vm
+                    && e.restart
+                        == RestartState::Intent {
+                            target,
+                            epoch,
+                            attempt,
+                        }
+            })
+        });
+        held && recorded
+    }
+
     /// Waiting restarts whose time has come, on datastores whose claim is settled.
     fn due_restarts(&self, now: Time, t: &Timings) -> Vec<VmId> {
         self.tracks
