@@ -6,7 +6,7 @@ use super::super::events::{Event, Role};
 use super::super::io::{HypervisorAction, HypervisorEvent, Output, StopCause, VmRunState};
 use super::super::messages::{Message, PowerOnCommand, PowerOnResult, VmStatus};
 use super::super::time::Time;
-use super::{Agent, DsPurpose, VmView};
+use super::{Agent, DsPurpose, ElectionRound, RoleState, VmView};
 use heartbeat_fs::ops::{DsError, DsOp, DsReply};
 use heartbeat_fs::records::{IsolationResponse, PowerOnEntry, PowerOnList, PowerOnState};
 use heartbeat_fs::{DatastoreId, HostId, VmId};
@@ -230,7 +230,7 @@ impl Agent {
             host: self.settings.host,
             incarnation: self.settings.incarnation,
             generation: l.wanted,
-            isolated: self.role == Role::Isolated,
+            isolated: self.role() == Role::Isolated,
             entries,
             isolation_powered_off: l.isolation_powered_off.iter().copied().collect(),
         }
@@ -439,7 +439,7 @@ impl Agent {
             Some(format!("{vm} does not live on {datastore}"))
         } else if !self.reachable_datastores(now).contains(&datastore) {
             Some(format!("{datastore} is not reachable from this host"))
-        } else if self.role == Role::Isolated || self.maintenance || self.shutting_down {
+        } else if self.role() == Role::Isolated || self.maintenance || self.shutting_down {
             Some("host cannot take VMs now".to_string())
         } else {
             None
@@ -670,7 +670,7 @@ impl Agent {
     // ----- isolation -----------------------------------------------------------------------------
 
     pub(super) fn evaluate_isolation(&mut self, now: Time) {
-        if self.role == Role::Starting || self.other_hosts().is_empty() {
+        if self.role() == Role::Starting || self.other_hosts().is_empty() {
             return;
         }
         let silent = now.since(self.last_heard_anyone) >= self.t.isolation_detect_after;
@@ -678,12 +678,12 @@ impl Agent {
             .isolation
             .last_check
             .is_none_or(|t| now.since(t) >= self.t.isolation_detect_after);
-        if (silent || self.role == Role::Isolated) && check_due && !self.isolation.checking {
+        if (silent || self.role() == Role::Isolated) && check_due && !self.isolation.checking {
             self.isolation.checking = true;
             self.isolation.last_check = Some(now);
             self.outputs.push_back(Output::CheckIsolation);
         }
-        if self.role == Role::Isolated
+        if self.role() == Role::Isolated
             && !self.isolation.responded
             && self
                 .isolation
@@ -699,21 +699,20 @@ impl Agent {
         self.isolation.checking = false;
         let silent = now.since(self.last_heard_anyone) >= self.t.isolation_detect_after;
         if reachable {
-            if self.role == Role::Isolated {
+            if self.role() == Role::Isolated {
                 self.end_isolation(now);
             }
             return;
         }
-        if !silent || self.role == Role::Isolated {
+        if !silent || self.role() == Role::Isolated {
             return;
         }
-        if self.role == Role::Master {
+        if self.role() == Role::Master {
             // An isolated master protects nothing: release the claims for the other side's master.
             self.step_down(now, None, "isolated");
         }
-        self.election = None;
         self.set_role(
-            Role::Isolated,
+            RoleState::Isolated,
             "no host heard and no isolation address answers",
         );
         self.isolation.declared_at = Some(now);
@@ -728,7 +727,7 @@ impl Agent {
     }
 
     pub(super) fn end_isolation(&mut self, now: Time) {
-        if self.role != Role::Isolated {
+        if self.role() != Role::Isolated {
             return;
         }
         self.emit(Event::IsolationEnded);
@@ -741,12 +740,11 @@ impl Agent {
             }
             self.vms.touch_list(Some(d));
         }
-        self.role = Role::Candidate;
-        self.emit(Event::RoleChanged {
-            from: Role::Isolated,
-            to: Role::Candidate,
-            reason: "network back".into(),
-        });
+        // Leave Isolated first: become_candidate stays put while isolated.
+        self.set_role(
+            RoleState::Candidate(ElectionRound::new(now)),
+            "network back",
+        );
         self.become_candidate(now, "network back");
         self.flush_power_on_lists(now);
     }
@@ -792,8 +790,8 @@ impl Agent {
         let ds_expiry = base + self.t.shrink(self.t.ds_lease);
         let net_expiry = self.net_lease.get(&d).copied().unwrap_or(Time::ZERO);
         let claim_expiry = self
-            .master
-            .as_ref()
+            .role
+            .master()
             .and_then(|m| m.claim_valid_until(d, &self.t))
             .unwrap_or(Time::ZERO);
         ds_expiry.max(net_expiry).max(claim_expiry)

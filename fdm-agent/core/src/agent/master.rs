@@ -636,8 +636,8 @@ impl MasterState {
 
 impl Agent {
     fn m(&mut self) -> &mut MasterState {
-        self.master
-            .as_mut()
+        self.role
+            .master_mut()
             .expect("master duties run only as master")
     }
 
@@ -653,7 +653,7 @@ impl Agent {
         let t = self.t.clone();
         let reachable_datastores = self.reachable_datastores(now).len() as u32;
         let config_generation = self.config.generation;
-        let Some(m) = self.master.as_mut() else {
+        let Some(m) = self.role.master_mut() else {
             return;
         };
         let claims: Vec<(DatastoreId, Epoch)> = m
@@ -764,8 +764,8 @@ impl Agent {
                 self.ds_request(now, d, DsOp::ReadHeartbeats, DsPurpose::HeartbeatRead);
             }
             let held = self
-                .master
-                .as_ref()
+                .role
+                .master()
                 .and_then(|m| m.claims.get(&d))
                 .is_some_and(|c| c.held.is_some());
             if !held
@@ -776,8 +776,8 @@ impl Agent {
                 self.ds_request(now, d, DsOp::ReadClaim, DsPurpose::ClaimRead);
             }
             let wanted: Vec<HostId> = self
-                .master
-                .as_ref()
+                .role
+                .master()
                 .map(|m| {
                     m.peers
                         .iter()
@@ -801,8 +801,8 @@ impl Agent {
 
     pub(super) fn master_renew_claims(&mut self, now: Time) {
         let held: Vec<(DatastoreId, HeldClaim)> = self
-            .master
-            .as_ref()
+            .role
+            .master()
             .map(|m| {
                 m.claims
                     .iter()
@@ -841,8 +841,8 @@ impl Agent {
 
     pub(super) fn master_release_claims(&mut self, now: Time) {
         let held: Vec<(DatastoreId, HeldClaim)> = self
-            .master
-            .as_ref()
+            .role
+            .master()
             .map(|m| {
                 m.claims
                     .iter()
@@ -888,7 +888,7 @@ impl Agent {
         current: Option<DatastoreClaim>,
         lapsed: bool,
     ) {
-        if self.role != Role::Master || self.shutting_down {
+        if self.role() != Role::Master || self.shutting_down {
             return;
         }
         let epoch = Epoch(current.map_or(0, |c| c.epoch.0) + 1);
@@ -929,7 +929,7 @@ impl Agent {
         purpose: DsPurpose,
         result: Result<DsReply, DsError>,
     ) {
-        if self.master.is_none() {
+        if self.role.master().is_none() {
             return;
         }
         match (purpose, result) {
@@ -1254,7 +1254,7 @@ impl Agent {
                 .unwrap_or_default();
             (std::cmp::Reverse(prio), *vm)
         });
-        let m = self.master.as_mut().expect("master");
+        let m = self.role.master_mut().expect("master");
         let epoch = m.claims.get(&d).and_then(|c| c.held).map(|h| h.epoch);
         let Some(epoch) = epoch else { return };
         for (vm, target, attempt) in ready {
@@ -1282,7 +1282,7 @@ impl Agent {
         // protected list records, under the claim it names.
         debug_assert!(
             step_removed!(self.settings, WriteAheadIntent)
-                || self.master.as_ref().is_some_and(|m| m.intent_recorded(
+                || self.role.master().is_some_and(|m| m.intent_recorded(
                     vm,
                     (target, attempt),
                     d,
@@ -1310,7 +1310,7 @@ impl Agent {
 
     fn flush_protected(&mut self, now: Time) {
         let t = self.t.clone();
-        let Some(m) = self.master.as_mut() else {
+        let Some(m) = self.role.master_mut() else {
             return;
         };
         let mut writes = Vec::new();
@@ -1325,8 +1325,8 @@ impl Agent {
         }
         for (d, list) in writes {
             if self
-                .master
-                .as_ref()
+                .role
+                .master()
                 .and_then(|m| m.held_valid(d, now, &t))
                 .is_none()
             {
@@ -1378,7 +1378,7 @@ impl Agent {
         let mine = self.reachable_datastores(now).len() as u32;
         let wait = self.t.better_master_handover;
         let me = self.settings.host;
-        let Some(m) = self.master.as_mut() else {
+        let Some(m) = self.role.master_mut() else {
             return false;
         };
         let best = m.best_successor(me).filter(|h| {
@@ -1408,8 +1408,8 @@ impl Agent {
     fn expire_claims(&mut self, now: Time) {
         let t = self.t.clone();
         let expired: Vec<DatastoreId> = self
-            .master
-            .as_ref()
+            .role
+            .master()
             .map(|m| {
                 m.claims
                     .iter()
@@ -1425,8 +1425,8 @@ impl Agent {
 
     fn load_missing_lists(&mut self, now: Time) {
         let need: Vec<DatastoreId> = self
-            .master
-            .as_ref()
+            .role
+            .master()
             .map(|m| {
                 m.claims
                     .iter()
@@ -1455,7 +1455,7 @@ impl Agent {
         let mut changes: Vec<(HostId, Verdict, &'static str)> = Vec::new();
         let mut probes: Vec<HostId> = Vec::new();
         let config = &self.config;
-        let Some(m) = self.master.as_mut() else {
+        let Some(m) = self.role.master_mut() else {
             return;
         };
         let ctx = VerdictContext {
@@ -1525,7 +1525,7 @@ impl Agent {
             local,
         };
         let mut events = Vec::new();
-        let Some(m) = self.master.as_mut() else {
+        let Some(m) = self.role.master_mut() else {
             return;
         };
         m.note_own_vms(ctx.me, &ctx.local);
@@ -1552,7 +1552,7 @@ impl Agent {
     /// Power-on commands that went unanswered, targets that died, intents of a previous master.
     fn follow_up_restarts(&mut self, now: Time) {
         let t = self.t.clone();
-        let Some(m) = self.master.as_mut() else {
+        let Some(m) = self.role.master_mut() else {
             return;
         };
         let f = m.follow_ups(now, &t);
@@ -1566,7 +1566,7 @@ impl Agent {
 
     pub(super) fn master_on_power_on_result(&mut self, now: Time, from: HostId, r: PowerOnResult) {
         let retry = self.config.ha.restart_retry_ms.clone();
-        let Some(m) = self.master.as_mut() else {
+        let Some(m) = self.role.master_mut() else {
             return;
         };
         if r.running {
@@ -1631,7 +1631,7 @@ impl Agent {
             maintenance: self.maintenance || self.shutting_down,
         };
         let config = self.config.clone();
-        let Some(m) = self.master.as_mut() else {
+        let Some(m) = self.role.master_mut() else {
             return;
         };
         let due = m.due_restarts(now, &t);
@@ -1661,8 +1661,8 @@ impl Agent {
     /// HA is paused: say once per waiting restart that it does not happen.
     fn report_paused_restarts(&mut self) {
         let pending: Vec<VmId> = self
-            .master
-            .as_ref()
+            .role
+            .master()
             .map(|m| {
                 m.tracks
                     .iter()

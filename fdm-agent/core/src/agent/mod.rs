@@ -115,6 +115,65 @@ struct MountedDs {
     reported_lost: bool,
 }
 
+/// What this agent is in the cluster, with the data that only that role has.
+#[derive(Debug)]
+enum RoleState {
+    /// Just started: reading the datastores and the hypervisor inventory.
+    Starting,
+    /// No master heard: standing in an election.
+    Candidate(ElectionRound),
+    /// Following `master`, last heard at `heard`.
+    Slave { master: HostId, heard: Time },
+    /// Master: its peer table, claims, protected lists and restarts. Boxed: most agents are
+    /// slaves, and a slave should not carry a master's size.
+    Master(Box<MasterState>),
+    /// Heard nobody and cannot reach any isolation address.
+    Isolated,
+}
+
+impl RoleState {
+    fn role(&self) -> Role {
+        match self {
+            RoleState::Starting => Role::Starting,
+            RoleState::Candidate(_) => Role::Candidate,
+            RoleState::Slave { master, .. } => Role::Slave { master: *master },
+            RoleState::Master(_) => Role::Master,
+            RoleState::Isolated => Role::Isolated,
+        }
+    }
+    fn master(&self) -> Option<&MasterState> {
+        match self {
+            RoleState::Master(m) => Some(m),
+            _ => None,
+        }
+    }
+    fn master_mut(&mut self) -> Option<&mut MasterState> {
+        match self {
+            RoleState::Master(m) => Some(m),
+            _ => None,
+        }
+    }
+    fn election(&self) -> Option<&ElectionRound> {
+        match self {
+            RoleState::Candidate(r) => Some(r),
+            _ => None,
+        }
+    }
+    fn election_mut(&mut self) -> Option<&mut ElectionRound> {
+        match self {
+            RoleState::Candidate(r) => Some(r),
+            _ => None,
+        }
+    }
+    /// When the master we follow was last heard (slaves only).
+    fn master_heard(&self) -> Option<Time> {
+        match self {
+            RoleState::Slave { heard, .. } => Some(*heard),
+            _ => None,
+        }
+    }
+}
+
 /// An election in progress.
 #[derive(Debug, Clone)]
 struct ElectionRound {
@@ -123,6 +182,16 @@ struct ElectionRound {
     heard: BTreeMap<HostId, Candidacy<HostId>>,
     /// The winner we wait for, when it is not us.
     awaiting: Option<(HostId, Time)>,
+}
+
+impl ElectionRound {
+    fn new(started: Time) -> Self {
+        ElectionRound {
+            started,
+            heard: BTreeMap::new(),
+            awaiting: None,
+        }
+    }
 }
 
 /// Deadlines of the periodic duties. Timers are data: `poll_timeout` is their minimum, and a duty runs
@@ -178,7 +247,7 @@ pub struct Agent {
     t: Timings,
     key: Key,
     config: Arc<ClusterView>,
-    role: Role,
+    role: RoleState,
     started_at: Time,
     now: Time,
     outputs: VecDeque<Output>,
@@ -197,15 +266,12 @@ pub struct Agent {
     hb_seq: u64,
     /// Network lease per datastore: until when a master's acknowledgement covers our VMs there.
     net_lease: BTreeMap<DatastoreId, Time>,
-    master_heard: Option<Time>,
     last_heard_anyone: Time,
     want_vm_report: bool,
-    election: Option<ElectionRound>,
     isolation: local::IsolationState,
     vms: LocalVms,
     maintenance: bool,
     shutting_down: bool,
-    master: Option<MasterState>,
     inventory_requested: bool,
     /// Highest configuration generation refused: not read again until a newer one is announced.
     config_refused: u64,
@@ -276,7 +342,7 @@ impl Agent {
             t,
             key,
             config,
-            role: Role::Starting,
+            role: RoleState::Starting,
             started_at: now,
             now,
             outputs: VecDeque::new(),
@@ -291,15 +357,12 @@ impl Agent {
             hb_sent: VecDeque::new(),
             hb_seq: 0,
             net_lease: BTreeMap::new(),
-            master_heard: None,
             last_heard_anyone: now,
             want_vm_report: true,
-            election: None,
             isolation: local::IsolationState::default(),
             vms: LocalVms::default(),
             maintenance: false,
             shutting_down: false,
-            master: None,
             inventory_requested: false,
             config_refused: 0,
         };
@@ -413,7 +476,7 @@ impl Agent {
     /// Answer to `Output::Probe`.
     pub fn handle_probe(&mut self, now: Time, host: HostId, answered: bool) {
         self.enter(now);
-        if let Some(m) = self.master.as_mut() {
+        if let Some(m) = self.role.master_mut() {
             m.on_probe(now, host, answered);
         }
         self.after_input(now);
@@ -427,10 +490,10 @@ impl Agent {
             }
             OperatorCommand::Shutdown => {
                 self.shutting_down = true;
-                if self.role == Role::Master {
+                if self.role() == Role::Master {
                     let successor = self
-                        .master
-                        .as_ref()
+                        .role
+                        .master()
                         .and_then(|m| m.best_successor(self.settings.host));
                     self.step_down(now, successor, "agent shutting down");
                 }
@@ -459,7 +522,7 @@ impl Agent {
             self.deadlines.config_poll = now + self.t.config_poll_interval;
             self.read_config(now);
         }
-        if self.master.is_some() {
+        if self.role.master().is_some() {
             if now >= self.deadlines.ds_read {
                 self.deadlines.ds_read = now + self.t.ds_read_interval;
                 self.master_read_datastores(now);
@@ -491,14 +554,14 @@ impl Agent {
             .min(d.ds_heartbeat)
             .min(d.evaluate)
             .min(d.config_poll);
-        if self.master.is_some() {
+        if self.role.master().is_some() {
             t = t.min(d.ds_read).min(d.claim_renew);
         }
         Some(t)
     }
 
     pub fn role(&self) -> Role {
-        self.role
+        self.role.role()
     }
     pub fn host(&self) -> HostId {
         self.settings.host
@@ -524,7 +587,7 @@ impl Agent {
     }
     /// The master this host follows (itself when master).
     pub fn current_master(&self) -> Option<HostId> {
-        match self.role {
+        match self.role() {
             Role::Master => Some(self.settings.host),
             Role::Slave { master } => Some(master),
             _ => None,
@@ -532,17 +595,17 @@ impl Agent {
     }
     /// The master's verdict on `host`, when this agent is master.
     pub fn verdict_of(&self, host: HostId) -> Option<Verdict> {
-        self.master.as_ref().and_then(|m| m.verdict(host))
+        self.role.master().and_then(|m| m.verdict(host))
     }
 
     pub fn status(&self, now: Time) -> StatusSnapshot {
-        let (hosts, vms) = match &self.master {
+        let (hosts, vms) = match self.role.master() {
             Some(m) => (m.host_views(now), m.vm_views()),
             None => (Vec::new(), self.vms.views()),
         };
         StatusSnapshot {
             host: self.settings.host,
-            role: self.role,
+            role: self.role(),
             master: self.current_master(),
             hosts,
             vms,
@@ -678,17 +741,19 @@ impl Agent {
         }
     }
 
-    fn set_role(&mut self, to: Role, reason: &str) {
-        if self.role == to {
-            return;
-        }
-        let from = self.role;
+    /// Enter a role (or a fresh state of the same role); the change, if the role changes, is an
+    /// event.
+    fn set_role(&mut self, to: RoleState, reason: &str) {
+        let from = self.role.role();
         self.role = to;
-        self.emit(Event::RoleChanged {
-            from,
-            to,
-            reason: reason.to_string(),
-        });
+        let to = self.role.role();
+        if from != to {
+            self.emit(Event::RoleChanged {
+                from,
+                to,
+                reason: reason.to_string(),
+            });
+        }
     }
 
     // ----- datastore heartbeats ------------------------------------------------------------------
@@ -707,10 +772,10 @@ impl Agent {
 
     fn host_flags(&self) -> HostFlags {
         HostFlags::default()
-            .with(HostFlags::ISOLATED, self.role == Role::Isolated)
+            .with(HostFlags::ISOLATED, self.role() == Role::Isolated)
             .with(HostFlags::SHUTTING_DOWN, self.shutting_down)
             .with(HostFlags::MAINTENANCE, self.maintenance)
-            .with(HostFlags::MASTER, self.role == Role::Master)
+            .with(HostFlags::MASTER, self.role() == Role::Master)
     }
 
     fn write_ds_heartbeats(&mut self, now: Time) {
@@ -793,7 +858,7 @@ impl Agent {
                         }
                     }
                 }
-                if self.role == Role::Starting {
+                if self.role() == Role::Starting {
                     self.maybe_leave_starting(now);
                 }
             }
@@ -852,7 +917,7 @@ impl Agent {
         self.config = Arc::new(ClusterView::new(cfg));
         self.vms.rebuild_homes(&self.config);
         self.emit(Event::ConfigApplied { generation });
-        if let Some(m) = self.master.as_mut() {
+        if let Some(m) = self.role.master_mut() {
             m.config_changed(now, &self.config);
         }
     }
@@ -875,20 +940,15 @@ impl Agent {
         Candidacy {
             host: self.settings.host,
             reachable_datastores: self.reachable_datastores(now).len() as u32,
-            incumbent: self.role == Role::Master,
+            incumbent: self.role() == Role::Master,
         }
     }
 
     fn become_candidate(&mut self, now: Time, reason: &str) {
-        if self.role == Role::Isolated {
+        if self.role() == Role::Isolated {
             return;
         }
-        self.election = Some(ElectionRound {
-            started: now,
-            heard: BTreeMap::new(),
-            awaiting: None,
-        });
-        self.set_role(Role::Candidate, reason);
+        self.set_role(RoleState::Candidate(ElectionRound::new(now)), reason);
         // Candidacies go out staggered by host rank over the first half heartbeat interval, and a
         // candidate that has heard a better one stays quiet (see `send_net_heartbeat`): with every
         // host broadcasting at once an election costs n^2 datagrams (a million at 1024 hosts); this
@@ -906,7 +966,7 @@ impl Agent {
     /// This round has heard a candidacy that beats ours: saying ours changes nothing.
     fn heard_better(&self, now: Time) -> bool {
         let me = self.my_candidacy(now);
-        self.election.as_ref().is_some_and(|r| {
+        self.role.election().is_some_and(|r| {
             r.heard
                 .values()
                 .any(|c| election::compare(c, &me) == std::cmp::Ordering::Greater)
@@ -925,7 +985,7 @@ impl Agent {
     }
 
     fn send_net_heartbeat(&mut self, now: Time) {
-        match self.role {
+        match self.role() {
             Role::Starting => {}
             Role::Candidate => {
                 if !self.heard_better(now) {
@@ -997,7 +1057,7 @@ impl Agent {
     fn on_message(&mut self, now: Time, from: HostId, incarnation: u64, msg: Message) {
         if from != self.settings.host {
             self.last_heard_anyone = now;
-            if self.role == Role::Isolated {
+            if self.role() == Role::Isolated {
                 self.end_isolation(now);
             }
         }
@@ -1011,13 +1071,13 @@ impl Agent {
                     reachable_datastores,
                     incumbent,
                 };
-                match self.role {
+                match self.role() {
                     Role::Master => {
                         // A host without a master: tell it at once who is master.
                         self.master_send_heartbeat_to(now, from);
                     }
                     Role::Candidate => {
-                        if let Some(r) = self.election.as_mut() {
+                        if let Some(r) = self.role.election_mut() {
                             r.heard.insert(from, c);
                         }
                     }
@@ -1028,7 +1088,7 @@ impl Agent {
                 self.on_master_heartbeat(now, from, hb);
             }
             Message::SlaveHeartbeat(hb) => {
-                if self.role == Role::Master {
+                if self.role() == Role::Master {
                     let config_generation = hb.config_generation;
                     self.master_on_slave_heartbeat(now, (from, incarnation), hb);
                     if config_generation > self.config_seen() {
@@ -1037,22 +1097,22 @@ impl Agent {
                 }
             }
             Message::VmReport(report) => {
-                if let Some(m) = self.master.as_mut() {
+                if let Some(m) = self.role.master_mut() {
                     m.on_vm_report((from, incarnation), report);
                 }
             }
             Message::PowerOn(command) => self.on_power_on_command(now, from, command),
             Message::PowerOnResult(result) => {
-                if self.role == Role::Master {
+                if self.role() == Role::Master {
                     self.master_on_power_on_result(now, from, result);
                 }
             }
             Message::Yield { to } => {
                 if to == self.settings.host {
-                    if self.role != Role::Master {
+                    if self.role() != Role::Master {
                         self.become_master(now, "previous master handed over");
                     }
-                } else if self.role != Role::Master && self.config.host(to).is_some() {
+                } else if self.role() != Role::Master && self.config.host(to).is_some() {
                     self.follow(now, to, "previous master handed over");
                 }
             }
@@ -1071,7 +1131,7 @@ impl Agent {
         if config_generation > self.config_seen() {
             self.read_config(now);
         }
-        match self.role {
+        match self.role() {
             Role::Master => {
                 let me = self.my_candidacy(now);
                 let other = Candidacy {
@@ -1088,7 +1148,8 @@ impl Agent {
             Role::Slave { master } if master != from => {
                 // Two masters reach us; stay with ours until it is lost (the masters sort it out).
                 if self
-                    .master_heard
+                    .role
+                    .master_heard()
                     .is_some_and(|t| now.since(t) < self.t.master_lost_after)
                 {
                     return;
@@ -1099,7 +1160,9 @@ impl Agent {
             Role::Starting | Role::Candidate => self.follow(now, from, "master found"),
             Role::Isolated => return,
         }
-        self.master_heard = Some(now);
+        if let RoleState::Slave { heard, .. } = &mut self.role {
+            *heard = now;
+        }
         if want_vm_report {
             self.want_vm_report = true;
         }
@@ -1122,21 +1185,15 @@ impl Agent {
     }
 
     fn follow(&mut self, now: Time, master: HostId, reason: &str) {
-        self.election = None;
-        self.master_heard = Some(now);
         self.want_vm_report = true;
-        if self.master.is_some() {
-            self.master = None;
-        }
-        self.set_role(Role::Slave { master }, reason);
+        self.set_role(RoleState::Slave { master, heard: now }, reason);
         // Tell the new master about us at once.
         self.deadlines.net_heartbeat = now;
     }
 
     fn become_master(&mut self, now: Time, reason: &str) {
-        self.election = None;
-        self.master = Some(MasterState::new(now, &self.config, &self.settings));
-        self.set_role(Role::Master, reason);
+        let master = MasterState::new(now, &self.config, &self.settings);
+        self.set_role(RoleState::Master(Box::new(master)), reason);
         self.deadlines.ds_read = now;
         self.deadlines.claim_renew = now;
         self.deadlines.net_heartbeat = now;
@@ -1144,11 +1201,12 @@ impl Agent {
 
     /// Leave the master role: stop restarts at once, release claims, tell everyone whom to follow.
     fn step_down(&mut self, now: Time, successor: Option<HostId>, reason: &str) {
-        if self.role != Role::Master {
+        if self.role() != Role::Master {
             return;
         }
+        // The master's state goes with the role, when follow or become_candidate replaces it; in
+        // between only Yields are sent.
         self.master_release_claims(now);
-        self.master = None;
         if let Some(to) = successor {
             for h in self.other_hosts() {
                 self.send(h, &Message::Yield { to });
@@ -1162,7 +1220,7 @@ impl Agent {
     }
 
     fn evaluate_election(&mut self, now: Time) {
-        let Some(round) = self.election.as_ref() else {
+        let Some(round) = self.role.election() else {
             return;
         };
         if let Some((winner, since)) = round.awaiting {
@@ -1187,29 +1245,30 @@ impl Agent {
                 candidates,
             });
             self.become_master(now, "won election");
-        } else if let Some(r) = self.election.as_mut() {
+        } else if let Some(r) = self.role.election_mut() {
             r.awaiting = Some((winner.host, now));
         }
     }
 
     /// Periodic checks: election end, lost master, isolation, leases and fencing, the master's work.
     fn evaluate(&mut self, now: Time) {
-        if self.role == Role::Starting {
+        if self.role() == Role::Starting {
             self.maybe_leave_starting(now);
         }
-        if let Role::Slave { .. } = self.role
+        if let Role::Slave { .. } = self.role()
             && self
-                .master_heard
+                .role
+                .master_heard()
                 .is_none_or(|t| now.since(t) >= self.t.master_lost_after)
         {
             self.become_candidate(now, "master lost");
         }
-        if self.role == Role::Candidate {
+        if self.role() == Role::Candidate {
             self.evaluate_election(now);
         }
         self.evaluate_isolation(now);
         self.evaluate_leases(now);
-        if self.master.is_some() {
+        if self.role.master().is_some() {
             self.master_evaluate(now);
         }
     }
