@@ -69,25 +69,43 @@ struct DsObs {
     power_on_generation: u64,
 }
 
+/// A VM report arriving in parts: its generation, and each part once it came.
+#[derive(Debug, Clone)]
+struct PartialReport {
+    generation: u64,
+    parts: Vec<Option<Vec<VmStatus>>>,
+}
+
+/// What the master knows of one other host.
 #[derive(Debug, Clone, Default)]
 struct Peer {
     /// Agent incarnation the reports below came from; a new one voids them.
     incarnation: u64,
+    /// When its last network heartbeat arrived.
     last_net: Option<Time>,
     /// The newest heartbeat heard: its sequence and the token to echo with it.
     last_seq: u64,
     last_token: u64,
+    /// Datastores it wrote its heartbeat to of late, as it says.
     reachable: Vec<DatastoreId>,
     maintenance: bool,
+    /// The newest generation of its VM list it announced (heartbeats, power-on results).
     vm_gen_reported: u64,
+    /// The generation of the complete report `vms` holds.
     vm_gen_have: Option<u64>,
+    /// Its VMs, from its last complete report.
     vms: BTreeMap<VmId, VmRunState>,
-    parts: Option<(u64, Vec<Option<Vec<VmStatus>>>)>,
+    /// A report still arriving.
+    report: Option<PartialReport>,
     verdict: Option<Verdict>,
+    /// Its heartbeat record on each datastore, as last read.
     ds: BTreeMap<DatastoreId, DsObs>,
     probe_in_flight: bool,
+    /// The last liveness probe: when it was sent and whether it was answered.
     probe: Option<(Time, bool)>,
+    /// Its power-on lists as last read (they tell isolation apart from death).
     power_on_lists: BTreeMap<DatastoreId, PowerOnList>,
+    /// Datastores whose power-on list of this host is to be read again.
     lists_wanted: BTreeSet<DatastoreId>,
 }
 
@@ -103,7 +121,7 @@ impl Peer {
             self.incarnation = incarnation;
             self.vm_gen_have = None;
             self.vm_gen_reported = 0;
-            self.parts = None;
+            self.report = None;
             self.last_seq = 0;
             self.last_token = 0;
         }
@@ -542,14 +560,17 @@ impl MasterState {
         if generation < p.vm_gen_reported || p.vm_gen_have.is_some_and(|g| generation < g) {
             return;
         }
-        let fresh = match &p.parts {
-            Some((g, v)) => *g != generation || v.len() != parts as usize,
+        let fresh = match &p.report {
+            Some(r) => r.generation != generation || r.parts.len() != parts as usize,
             None => true,
         };
         if fresh {
-            p.parts = Some((generation, vec![None; parts as usize]));
+            p.report = Some(PartialReport {
+                generation,
+                parts: vec![None; parts as usize],
+            });
         }
-        let Some((_, buf)) = p.parts.as_mut() else {
+        let Some(PartialReport { parts: buf, .. }) = p.report.as_mut() else {
             return;
         };
         buf[part as usize] = Some(vms);
@@ -560,7 +581,7 @@ impl MasterState {
                 .flatten()
                 .map(|s| (s.vm, s.state))
                 .collect();
-            p.parts = None;
+            p.report = None;
             p.vm_gen_have = Some(generation);
             let old = std::mem::replace(&mut p.vms, all);
             for vm in old.keys() {
