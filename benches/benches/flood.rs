@@ -211,53 +211,18 @@ fn free_tcp_port() -> u16 {
 }
 
 fn cluster_config(ports: &[u16], ds: &[PathBuf]) -> ClusterConfig {
-    ClusterConfig {
-        cluster: CLUSTER,
-        generation: 1,
-        ha: HaSettings::default(),
-        hosts: (1..=HOSTS)
-            .map(|i| HostConfig {
-                id: HostId(i),
-                name: format!("host{i}"),
-                address: format!("127.0.0.1:{}", ports[i as usize - 1]),
-                capacity: Resources {
-                    cpu_mhz: 8_000,
-                    memory_mb: 8_192,
-                },
-                maintenance: false,
-            })
-            .collect(),
-        datastores: ds
-            .iter()
-            .enumerate()
-            .map(|(i, p)| DatastoreConfig {
-                id: DatastoreId(i as u32 + 1),
-                name: format!("ds{}", i + 1),
-                mounts: (1..=HOSTS)
-                    .map(|h| DatastoreMount {
-                        host: HostId(h),
-                        path: p.display().to_string(),
-                    })
-                    .collect(),
-            })
-            .collect(),
-        vms: (1..=HOSTS)
-            .map(|v| VmConfig {
-                id: VmId(v),
-                name: format!("vm{v}"),
-                home: DatastoreId(1 + (v % 2)),
-                definition: "exec sleep 100000".into(),
-                reservation: Resources {
-                    cpu_mhz: 1_000,
-                    memory_mb: 1_024,
-                },
-                ha: VmHaSettings::default(),
-                depends_on: vec![],
-                anti_affinity_group: None,
-                protected: true,
-            })
-            .collect(),
-    }
+    let host = |i: u32| {
+        HostConfig::new(HostId(i), format!("127.0.0.1:{}", ports[i as usize - 1]))
+            .with_name(format!("host{i}"))
+            .with_capacity(Resources::new(8_000, 8_192))
+    };
+    let vm = |v: u32| {
+        VmConfig::new(VmId(v), DatastoreId(1 + (v % 2))).with_definition("exec sleep 100000")
+    };
+    ClusterConfig::new(CLUSTER)
+        .with_hosts((1..=HOSTS).map(host))
+        .with_shared_datastores(ds.iter().map(|p| p.display().to_string()))
+        .with_vms((1..=HOSTS).map(vm))
 }
 
 impl Cluster {

@@ -21,9 +21,7 @@ use fdm_agent::core::messages::{Message, SlaveHeartbeat};
 use fdm_agent::core::{Agent, AgentSettings, Role, Time, Timings, Verdict};
 use fdm_agent::wire::{Header, Key, seal};
 use fdm_benches::{Samples, iterations, md_percentiles, mono_ns};
-use heartbeat_fs::records::{
-    ClusterConfig, DatastoreConfig, DatastoreMount, HaSettings, HostConfig, Resources,
-};
+use heartbeat_fs::records::{ClusterConfig, HostConfig};
 use heartbeat_fs::{ClusterId, DatastoreId, HostId};
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -67,34 +65,10 @@ struct Path {
 }
 
 fn cluster_config() -> ClusterConfig {
-    let host = |id: u32| HostConfig {
-        id: HostId(id),
-        name: format!("h{id}"),
-        address: format!("10.78.0.{id}:7000"),
-        capacity: Resources {
-            cpu_mhz: 16_000,
-            memory_mb: 16_384,
-        },
-        maintenance: false,
-    };
-    ClusterConfig {
-        cluster: CLUSTER,
-        generation: 1,
-        ha: HaSettings::default(),
-        hosts: vec![host(RECEIVER.0), host(SENDER.0)],
-        datastores: vec![DatastoreConfig {
-            id: DatastoreId(1),
-            name: "ds1".into(),
-            mounts: [RECEIVER, SENDER]
-                .into_iter()
-                .map(|host| DatastoreMount {
-                    host,
-                    path: "/ds1".into(),
-                })
-                .collect(),
-        }],
-        vms: vec![],
-    }
+    let host = |id: HostId| HostConfig::new(id, format!("10.78.0.{}:7000", id.0));
+    ClusterConfig::new(CLUSTER)
+        .with_hosts([host(RECEIVER), host(SENDER)])
+        .with_shared_datastores(["/ds1"])
 }
 
 fn now() -> Time {

@@ -4,6 +4,7 @@
 
 use fdm_agent::driver::process::{pid_files, running_vm_pids, start_detached};
 use fdm_agent::runtime::status::query;
+use fdm_agent::wait::wait_until;
 use heartbeat_fs::fs::DatastoreDir;
 use heartbeat_fs::records::*;
 use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
@@ -152,53 +153,30 @@ pub fn run(keep: bool, kill_master: bool) -> anyhow::Result<bool> {
 }
 
 fn cluster_config(ports: &[u16], ds: &[PathBuf], ledger: &Path) -> ClusterConfig {
-    let prio = [
-        RestartPriority::Highest,
-        RestartPriority::High,
-        RestartPriority::Medium,
-        RestartPriority::Low,
-    ];
-    ClusterConfig {
-        cluster: ClusterId(1),
-        generation: 1,
-        ha: HaSettings { restart_retry_ms: vec![0, 1_000, 5_000, 15_000], ..HaSettings::default() },
-        hosts: (1..=HOSTS)
-            .map(|i| HostConfig {
-                id: HostId(i),
-                name: format!("host{i}"),
-                address: format!("127.0.0.1:{}", ports[i as usize - 1]),
-                capacity: Resources { cpu_mhz: 8_000, memory_mb: 8_192 },
-                maintenance: false,
-            })
-            .collect(),
-        datastores: ds
-            .iter()
-            .enumerate()
-            .map(|(i, p)| DatastoreConfig {
-                id: DatastoreId(i as u32 + 1),
-                name: format!("ds{}", i + 1),
-                mounts: (1..=HOSTS).map(|h| DatastoreMount { host: HostId(h), path: p.display().to_string() }).collect(),
-            })
-            .collect(),
-        vms: (1..=VMS)
-            .map(|v| VmConfig {
-                id: VmId(v),
-                name: format!("vm{v}"),
-                home: DatastoreId(1 + (v % 2)),
-                // The VM writes its own start record: the demo's independent check that no VM ever
-                // ran twice at once.
-                definition: format!(
-                    "echo \"$(date +%s.%N) start vm=$FDM_VM host=$FDM_HOST pid=$$\" >> {}; exec sleep 100000",
-                    ledger.display()
-                ),
-                reservation: Resources { cpu_mhz: 1_000, memory_mb: 1_024 },
-                ha: VmHaSettings { priority: prio[(v as usize - 1) % 4], ..VmHaSettings::default() },
-                depends_on: vec![],
-                anti_affinity_group: None,
-                protected: true,
-            })
-            .collect(),
-    }
+    use RestartPriority::{High, Highest, Low, Medium};
+    let host = |i: u32| {
+        HostConfig::new(HostId(i), format!("127.0.0.1:{}", ports[i as usize - 1]))
+            .with_name(format!("host{i}"))
+            .with_capacity(Resources::new(8_000, 8_192))
+    };
+    // The VM writes its own start record: the demo's independent check that no VM ever ran twice
+    // at once.
+    let vm = |v: u32| {
+        VmConfig::new(VmId(v), DatastoreId(1 + (v % 2)))
+            .with_definition(format!(
+                "echo \"$(date +%s.%N) start vm=$FDM_VM host=$FDM_HOST pid=$$\" >> {}; exec sleep 100000",
+                ledger.display()
+            ))
+            .with_priority([Highest, High, Medium, Low][(v as usize - 1) % 4])
+    };
+    ClusterConfig::new(ClusterId(1))
+        .with_ha(HaSettings {
+            restart_retry_ms: vec![0, 1_000, 5_000, 15_000],
+            ..HaSettings::default()
+        })
+        .with_hosts((1..=HOSTS).map(host))
+        .with_shared_datastores(ds.iter().map(|p| p.display().to_string()))
+        .with_vms((1..=VMS).map(vm))
 }
 
 /// VM -> hosts it runs on, among the hosts that are up (a killed host's VMs may take a moment to
@@ -227,20 +205,17 @@ fn drive(
     ledger: &Path,
 ) -> anyhow::Result<bool> {
     // 1. Election, and every host alive in the master's eyes.
-    let t0 = Instant::now();
-    let (master, _) = loop {
-        if let Some((m, s)) = master_of(hosts) {
-            let alive = s["hosts"].as_array().map_or(0, |hs| {
-                hs.iter().filter(|h| h["verdict"] == "alive").count()
-            });
-            if alive == HOSTS as usize {
-                break (m, s);
-            }
-        }
-        if t0.elapsed() > Duration::from_secs(30) {
-            anyhow::bail!("no master with every host alive after 30 s (see the agents' logs)");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let every_host_alive = |s: &serde_json::Value| {
+        s["hosts"].as_array().map_or(0, |hs| {
+            hs.iter().filter(|h| h["verdict"] == "alive").count()
+        }) == HOSTS as usize
+    };
+    let Some(master) = wait_until(Duration::from_secs(30), || {
+        master_of(hosts)
+            .filter(|(_, s)| every_host_alive(s))
+            .map(|(m, _)| m)
+    }) else {
+        anyhow::bail!("no master with every host alive after 30 s (see the agents' logs)");
     };
     clock.say(format!("host{master} is master; every host alive"));
     // Let the master take its datastore claims and settle (docs/timings.md).

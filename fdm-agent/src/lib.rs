@@ -4,11 +4,13 @@
 //! heartbeats, verdicts, isolation, self-fencing, claims and failover); `wire` (`fdm_core::wire`) is
 //! the authenticated datagram envelope it speaks. `runtime` drives that core on a real host with
 //! tokio (UDP, datastore IO off-thread with deadlines, timers, signals), and `driver` holds the
-//! hypervisor drivers it acts through. The simulator (`fdm-sim`) drives the same core in virtual
-//! time, on `fdm-core` without this crate.
+//! hypervisor drivers it acts through; `wait` polls with a limit, for the demo and the tests that
+//! watch agents from outside. The simulator (`fdm-sim`) drives the same core in virtual time, on
+//! `fdm-core` without this crate.
 
 pub use fdm_core as core;
 pub use fdm_core::wire;
 
 pub mod driver;
 pub mod runtime;
+pub mod wait;

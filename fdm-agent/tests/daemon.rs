@@ -2,9 +2,10 @@
 //! starts in (a datastore not mounted, libvirt not answering), SIGHUP reload and SIGTERM.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use fdm_agent::wait::wait_until;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const EXE: &str = env!("CARGO_BIN_EXE_fdm-agent");
 
@@ -65,28 +66,19 @@ impl Daemon {
     }
 
     fn wait_log(&self, needle: &str) -> bool {
-        let end = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < end {
-            if self.log().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+        wait_until(Duration::from_secs(15), || {
+            self.log().contains(needle).then_some(())
+        })
+        .is_some()
     }
 
     fn status(&self) -> Option<serde_json::Value> {
-        let end = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < end {
-            if let Ok(s) =
+        wait_until(Duration::from_secs(10), || {
+            let s =
                 fdm_agent::runtime::status::query(&self.dir.path().join("agent.sock"), "status")
-                && let Ok(v) = serde_json::from_str(&s)
-            {
-                return Some(v);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
+                    .ok()?;
+            serde_json::from_str(&s).ok()
+        })
     }
 
     fn signal(&self, sig: i32) {
@@ -263,15 +255,9 @@ fn sighup_applies_timings_and_keeps_the_old_config_when_the_new_one_is_bad() {
     // SIGTERM: a clean stop.
     d.signal(libc::SIGTERM);
     let mut child = d.child.take().unwrap();
-    let end = Instant::now() + Duration::from_secs(5);
-    let code = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s.code();
-        }
-        assert!(Instant::now() < end, "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(code, Some(0));
+    let exit = wait_until(Duration::from_secs(5), || child.try_wait().unwrap())
+        .expect("no exit after SIGTERM");
+    assert_eq!(exit.code(), Some(0));
 }
 
 #[test]

@@ -10,6 +10,8 @@ use crate::ids::{ClusterId, DatastoreId, Epoch, HostId, VmId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+mod build;
+
 /// Size of every fixed-size record: one 512-byte sector, so that a single aligned write is as close to
 /// atomic as the storage offers and a torn write is caught by the CRC.
 pub const SECTOR: usize = 512;
@@ -451,39 +453,9 @@ mod layout_tests {
     use proptest::prelude::*;
 
     fn layout(mounts: &[Vec<u32>], hosts: u32) -> ClusterConfig {
-        ClusterConfig {
-            cluster: ClusterId(1),
-            generation: 1,
-            ha: HaSettings::default(),
-            hosts: (1..=hosts)
-                .map(|h| HostConfig {
-                    id: HostId(h),
-                    name: format!("h{h}"),
-                    address: format!("10.0.0.{h}:7400"),
-                    capacity: Resources {
-                        cpu_mhz: 1,
-                        memory_mb: 1,
-                    },
-                    maintenance: false,
-                })
-                .collect(),
-            datastores: mounts
-                .iter()
-                .enumerate()
-                .map(|(i, hs)| DatastoreConfig {
-                    id: DatastoreId(i as u32 + 1),
-                    name: format!("ds{}", i + 1),
-                    mounts: hs
-                        .iter()
-                        .map(|&h| DatastoreMount {
-                            host: HostId(h),
-                            path: format!("/ds{}", i + 1),
-                        })
-                        .collect(),
-                })
-                .collect(),
-            vms: vec![],
-        }
+        ClusterConfig::new(ClusterId(1))
+            .with_hosts((1..=hosts).map(HostId).map(HostConfig::simulated))
+            .with_layout(mounts)
     }
 
     /// The master the election picks among `group` at full storage health: most datastores, then

@@ -272,37 +272,11 @@ fn policy(s: &str) -> Result<RestartPolicy, String> {
     })
 }
 
-/// Hosts 1..=n, 64 GHz each, memory per host from `memory_mb`.
+/// The simulator's hosts 1..=n: 64 GHz each, memory per host from `memory_mb`.
 pub fn host_configs(n: u32, memory_mb: impl Fn(u32) -> u64) -> Vec<HostConfig> {
     (1..=n)
-        .map(|i| HostConfig {
-            id: HostId(i),
-            name: format!("h{i}"),
-            address: format!("10.0.{}.{}:7000", i / 250, i % 250),
-            capacity: Resources {
-                cpu_mhz: 64_000,
-                memory_mb: memory_mb(i),
-            },
-            maintenance: false,
-        })
-        .collect()
-}
-
-/// Datastores 1.., each mounted by the listed hosts.
-pub fn datastore_configs(mounts: &[Vec<u32>]) -> Vec<DatastoreConfig> {
-    mounts
-        .iter()
-        .enumerate()
-        .map(|(i, hs)| DatastoreConfig {
-            id: DatastoreId(i as u32 + 1),
-            name: format!("ds{}", i + 1),
-            mounts: hs
-                .iter()
-                .map(|&h| DatastoreMount {
-                    host: HostId(h),
-                    path: format!("/ds{}", i + 1),
-                })
-                .collect(),
+        .map(|i| {
+            HostConfig::simulated(HostId(i)).with_capacity(Resources::new(64_000, memory_mb(i)))
         })
         .collect()
 }
@@ -328,11 +302,9 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
             .copied()
             .unwrap_or(c.host_memory_mb)
     };
-    let hosts = host_configs(c.hosts, mem_of);
-    let datastores = datastore_configs(&c.datastores);
     let mut vms = Vec::new();
     let mut placement = Vec::new();
-    let nds = datastores.len() as u32;
+    let nds = c.datastores.len() as u32;
     if c.vms_per_host > 0 && nds == 0 {
         return Err(invalid(
             "cluster.vms_per_host",
@@ -352,20 +324,10 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
                     format!("host {h} mounts no datastore"),
                 ));
             };
-            vms.push(VmConfig {
-                id: VmId(next),
-                name: format!("vm{next}"),
-                home: DatastoreId(home),
-                definition: String::new(),
-                reservation: Resources {
-                    cpu_mhz: 500,
-                    memory_mb: 1_024,
-                },
-                ha: VmHaSettings::default(),
-                depends_on: vec![],
-                anti_affinity_group: None,
-                protected: true,
-            });
+            vms.push(
+                VmConfig::new(VmId(next), DatastoreId(home))
+                    .with_reservation(Resources::new(500, 1_024)),
+            );
             placement.push((HostId(h), VmId(next)));
             next += 1;
         }
@@ -388,20 +350,13 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
             restart_policy: policy(&v.restart_policy)
                 .map_err(|e| invalid(field("restart_policy"), e))?,
         };
-        vms.push(VmConfig {
-            id: VmId(v.id),
-            name: format!("vm{}", v.id),
-            home: DatastoreId(v.home),
-            definition: String::new(),
-            reservation: Resources {
-                cpu_mhz: 500,
-                memory_mb: v.memory_mb,
-            },
-            ha,
-            depends_on: v.depends_on.iter().map(|d| VmId(*d)).collect(),
-            anti_affinity_group: v.anti_affinity.clone(),
-            protected: true,
-        });
+        vms.push(
+            VmConfig::new(VmId(v.id), DatastoreId(v.home))
+                .with_reservation(Resources::new(500, v.memory_mb))
+                .with_ha(ha)
+                .with_depends_on(v.depends_on.iter().copied().map(VmId))
+                .with_anti_affinity_group(v.anti_affinity.clone()),
+        );
         if let Some(h) = v.host {
             if !host_ok(h) {
                 return Err(invalid(field("host"), format!("unknown host {h}")));
@@ -470,14 +425,11 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
         ));
     }
     let duration = parse_time(&f.duration).map_err(|e| invalid("duration", e))?;
-    let config = ClusterConfig {
-        cluster: ClusterId(7),
-        generation: 1,
-        ha,
-        hosts,
-        datastores,
-        vms,
-    };
+    let config = ClusterConfig::new(ClusterId(7))
+        .with_ha(ha)
+        .with_hosts(host_configs(c.hosts, mem_of))
+        .with_layout(&c.datastores)
+        .with_vms(vms);
     // The agents would refuse the layout and run without it; a scenario about such a cluster
     // models nothing fdm runs.
     config

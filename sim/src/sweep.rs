@@ -208,41 +208,26 @@ pub fn scenario(hosts: u32, seed: u64, profile: Profile) -> Scenario {
                 RestartPriority::Medium,
                 RestartPriority::High,
             ]);
-            vms.push(VmConfig {
-                id: VmId(id),
-                name: format!("vm{id}"),
-                home: DatastoreId(home),
-                definition: String::new(),
-                reservation: Resources {
-                    cpu_mhz: 500,
-                    memory_mb: 1_024,
-                },
-                ha: VmHaSettings {
-                    priority,
-                    isolation_response: response,
-                    restart_policy: RestartPolicy::Always,
-                },
-                depends_on: vec![],
-                anti_affinity_group: None,
-                protected: true,
-            });
+            vms.push(
+                VmConfig::new(VmId(id), DatastoreId(home))
+                    .with_reservation(Resources::new(500, 1_024))
+                    .with_priority(priority)
+                    .with_isolation_response(response),
+            );
             placement.push((HostId(h), VmId(id)));
             id += 1;
         }
     }
     let timings = timings(&mut r);
-    let config = ClusterConfig {
-        cluster: ClusterId(seed),
-        generation: 1,
-        ha: HaSettings {
+    let config = ClusterConfig::new(ClusterId(seed))
+        .with_ha(HaSettings {
             restart_retry_ms: vec![0, 2_000, 5_000, 10_000],
             same_host_restart_attempts: *r.pick(&[0, 1, 2]),
             ..HaSettings::default()
-        },
-        hosts: crate::scenario::host_configs(hosts, |_| 32_768),
-        datastores: crate::scenario::datastore_configs(&datastores),
-        vms,
-    };
+        })
+        .with_hosts(crate::scenario::host_configs(hosts, |_| 32_768))
+        .with_layout(&datastores)
+        .with_vms(vms);
     let enabled: Vec<&str> = profile
         .kinds()
         .iter()

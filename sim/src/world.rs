@@ -545,13 +545,7 @@ impl World {
 
     fn start_agent(&mut self, h: HostId) {
         let Some(i) = self.idx(h) else { return };
-        let datastores: Vec<DatastoreId> = self
-            .config
-            .datastores
-            .iter()
-            .filter(|d| d.mounts.iter().any(|m| m.host == h))
-            .map(|d| d.id)
-            .collect();
+        let datastores: Vec<DatastoreId> = self.config.mounted_by(h).into_iter().collect();
         let host = &mut self.hosts[i];
         host.incarnation += 1;
         host.agent_base = self.now;

@@ -7,6 +7,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use fdm_agent::core::Timings;
+use fdm_agent::wait::wait_until;
 use heartbeat_fs::fs::DatastoreDir;
 use heartbeat_fs::records::{
     AdmissionPolicy, ClusterConfig, ClusterReport, IsolationResponse, LayoutError, ReportEvent,
@@ -209,17 +210,6 @@ impl Server {
 
 fn read_config(mount: &Path) -> Option<ClusterConfig> {
     DatastoreDir::open(mount).unwrap().read_config().unwrap()
-}
-
-fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn field(v: &Value) -> &str {
@@ -534,9 +524,10 @@ fn config_reaches_every_datastore_and_pause_is_visible() {
             .any(|w| w.as_str().unwrap().contains("ds-4"))
     );
     std::fs::create_dir(&late).unwrap();
-    let cfg = wait_until("background retry", || {
+    let cfg = wait_until(Duration::from_secs(10), || {
         DatastoreDir::open(&late).ok()?.read_config().ok()?
-    });
+    })
+    .expect("timed out waiting for background retry");
     assert_eq!(cfg.generation, gen_late);
 }
 
@@ -594,10 +585,11 @@ fn events_are_stored_once_and_served_in_order() {
         vec![event(1, "role"), event(2, "verdict"), event(3, "restart")],
     ))
     .unwrap();
-    wait_until("first events", || {
+    wait_until(Duration::from_secs(10), || {
         let (_, v) = s.call("GET", "/v1/events", None);
         (v.as_array()?.len() == 3).then_some(())
-    });
+    })
+    .expect("timed out waiting for first events");
     // The next report repeats 2 and 3 and adds 4 and 5; the same report also lands on ds2.
     let second = report(
         2,
@@ -613,11 +605,12 @@ fn events_are_stored_once_and_served_in_order() {
         .unwrap()
         .write_report(&second)
         .unwrap();
-    let evs = wait_until("second events", || {
+    let evs = wait_until(Duration::from_secs(10), || {
         let (_, v) = s.call("GET", "/v1/events", None);
         let a = v.as_array()?.clone();
         (a.len() >= 5).then_some(a)
-    });
+    })
+    .expect("timed out waiting for second events");
     // Give the poller a few more rounds to (wrongly) duplicate anything.
     std::thread::sleep(Duration::from_millis(400));
     let (_, all) = s.call("GET", "/v1/events", None);
@@ -729,10 +722,11 @@ fn events_follow_prints_new_events_as_they_arrive() {
     let dir = DatastoreDir::open(s.ds1()).unwrap();
     dir.write_report(&report(1, vec![event(1, "role")]))
         .unwrap();
-    wait_until("first event", || {
+    wait_until(Duration::from_secs(10), || {
         let (_, v) = s.call("GET", "/v1/events", None);
         (v.as_array()?.len() == 1).then_some(())
-    });
+    })
+    .expect("timed out waiting for first event");
     let mut follower = Follower::start(&s);
     follower.wait_for_line("event number 1");
 
@@ -891,9 +885,10 @@ fn every_answer_fdmctl_reads_is_the_type_the_server_builds_it_from() {
         .unwrap()
         .write_report(&report(1, vec![event(1, "role"), event(2, "restart")]))
         .unwrap();
-    wait_until("the report's events", || {
+    wait_until(Duration::from_secs(10), || {
         (c.events_since(0).ok()?.len() == 2).then_some(())
-    });
+    })
+    .expect("timed out waiting for the report's events");
 
     // Every read fdmctl makes: the raw answer is its type written, and the client reads the same.
     let (_, raw) = s.call("GET", "/v1/state", None);
@@ -1233,10 +1228,11 @@ fn timings_are_checked_with_the_agents_rules() {
         Some(json!({"timings_ms": {"better_master_handover": 8000}})),
     );
     assert_eq!(code, 200, "{v}");
-    wait_until("better_master_handover on ds1", || {
+    wait_until(Duration::from_secs(10), || {
         let cfg = read_config(&s.ds1())?;
         (cfg.ha.timings_ms.get("better_master_handover") == Some(&8000)).then_some(())
-    });
+    })
+    .expect("timed out waiting for better_master_handover on ds1");
 
     // An unknown name is refused, naming the known ones.
     let (code, v) = s.call(

@@ -6,11 +6,12 @@
 
 use fdm_agent::driver::process::running_vm_pids;
 use fdm_agent::runtime::status::query;
+use fdm_agent::wait::wait_until;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TOKEN: &str = "agents-test-token-42";
 const HOSTS: u32 = 3;
@@ -35,19 +36,6 @@ fn free_port() -> u16 {
         .and_then(|s| s.local_addr())
         .map(|a| a.port())
         .expect("port")
-}
-
-fn wait<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 struct Shim {
@@ -266,7 +254,7 @@ fn agents_follow_the_shims_config_and_fail_over_while_it_is_down() {
         agents.dirs.push(dir);
     }
     // The protected VMs run nowhere yet: the master starts each once.
-    let placed = wait(Duration::from_secs(40), || {
+    let placed = wait_until(Duration::from_secs(40), || {
         let p = agents.placement();
         ((1..=4).all(|vm| p.get(&vm).is_some_and(|h| h.len() == 1))).then_some(p)
     })
@@ -292,7 +280,7 @@ fn agents_follow_the_shims_config_and_fail_over_while_it_is_down() {
                "priority": "High"}),
     );
     assert!(
-        wait(Duration::from_secs(20), || {
+        wait_until(Duration::from_secs(20), || {
             agents
                 .placement()
                 .get(&5)
@@ -304,13 +292,13 @@ fn agents_follow_the_shims_config_and_fail_over_while_it_is_down() {
         root.display()
     );
     // The master's report reaches the shim: state names the master, events are stored.
-    let master = wait(Duration::from_secs(15), || {
+    let master = wait_until(Duration::from_secs(15), || {
         let (_, st) = shim.call("GET", "/v1/state", None);
         st["report"]["master"].as_u64()
     })
     .expect("the shim shows the master from its report");
     assert!(
-        wait(Duration::from_secs(10), || {
+        wait_until(Duration::from_secs(10), || {
             shim.events()
                 .iter()
                 .any(|e| e["kind"] == "vm" || e["kind"] == "restart")
@@ -330,7 +318,7 @@ fn agents_follow_the_shims_config_and_fail_over_while_it_is_down() {
         - 1;
     let lost: Vec<u32> = placed_now(&agents, victim);
     agents.kill_host(victim);
-    let back = wait(Duration::from_secs(40), || {
+    let back = wait_until(Duration::from_secs(40), || {
         let p = agents.placement();
         (1..=5u32)
             .all(|vm| p.get(&vm).is_some_and(|h| h.len() == 1 && h[0] != victim))
@@ -357,7 +345,7 @@ fn agents_follow_the_shims_config_and_fail_over_while_it_is_down() {
     // 5. The shim returns and learns what happened while it was away.
     shim = Shim::start(root);
     assert!(
-        wait(Duration::from_secs(15), || {
+        wait_until(Duration::from_secs(15), || {
             shim.events()
                 .iter()
                 .any(|e| {

@@ -23,57 +23,17 @@ const ME: HostId = HostId(1);
 const INCARNATION: u64 = 7;
 
 fn config() -> ClusterConfig {
-    ClusterConfig {
-        cluster: CLUSTER,
-        generation: 1,
-        ha: HaSettings::default(),
-        hosts: (1..=3)
-            .map(|i| HostConfig {
-                id: HostId(i),
-                name: format!("h{i}"),
-                address: format!("10.0.0.{i}:7000"),
-                capacity: Resources {
-                    cpu_mhz: 16_000,
-                    memory_mb: 16_384,
-                },
-                maintenance: false,
+    let vm = |i: u32| {
+        VmConfig::new(VmId(i), DatastoreId(1)).with_isolation_response(if i % 2 == 0 {
+                IsolationResponse::PowerOff
+            } else {
+                IsolationResponse::LeaveRunning
             })
-            .collect(),
-        datastores: vec![DatastoreConfig {
-            id: DatastoreId(1),
-            name: "ds1".into(),
-            mounts: (1..=3)
-                .map(|h| DatastoreMount {
-                    host: HostId(h),
-                    path: "/ds1".into(),
-                })
-                .collect(),
-        }],
-        vms: (1..=4)
-            .map(|i| VmConfig {
-                id: VmId(i),
-                name: format!("vm{i}"),
-                home: DatastoreId(1),
-                definition: format!("def-{i}"),
-                reservation: Resources {
-                    cpu_mhz: 1000,
-                    memory_mb: 1024,
-                },
-                ha: VmHaSettings {
-                    priority: RestartPriority::Medium,
-                    isolation_response: if i % 2 == 0 {
-                        IsolationResponse::PowerOff
-                    } else {
-                        IsolationResponse::LeaveRunning
-                    },
-                    restart_policy: RestartPolicy::Always,
-                },
-                depends_on: vec![],
-                anti_affinity_group: None,
-                protected: true,
-            })
-            .collect(),
-    }
+    };
+    ClusterConfig::new(CLUSTER)
+        .with_hosts((1..=3).map(HostId).map(HostConfig::simulated))
+        .with_shared_datastores(["/ds1"])
+        .with_vms((1..=4).map(vm))
 }
 
 /// Carry the agent's outputs out: datastore requests to the in-memory datastore, hypervisor actions

@@ -460,38 +460,28 @@ impl AgentConfig {
     /// The bootstrap cluster configuration (generation 0): this host and the seed hosts. The real
     /// one is read from the datastores.
     pub fn bootstrap_cluster(&self) -> ClusterConfig {
+        // Capacities are unknown until the real configuration is read.
+        let host = |id: HostId, address: String| {
+            HostConfig::new(id, address)
+                .with_name(format!("host-{}", id.0))
+                .with_capacity(Resources::default())
+        };
         let mut hosts: Vec<HostConfig> = self
             .file
             .seed_hosts
             .iter()
-            .map(|s| HostConfig {
-                id: HostId(s.id),
-                name: format!("host-{}", s.id),
-                address: s.address.clone(),
-                capacity: Resources::default(),
-                maintenance: false,
-            })
+            .map(|s| host(HostId(s.id), s.address.clone()))
             .collect();
         if !hosts.iter().any(|h| h.id == self.host) {
-            hosts.push(HostConfig {
-                id: self.host,
-                name: format!("host-{}", self.host.0),
-                address: self.bind.to_string(),
-                capacity: Resources::default(),
-                maintenance: false,
-            });
+            hosts.push(host(self.host, self.bind.to_string()));
         }
-        ClusterConfig {
-            cluster: self.cluster,
-            generation: 0,
-            ha: HaSettings {
+        ClusterConfig::new(self.cluster)
+            .with_generation(0)
+            .with_ha(HaSettings {
                 isolation_addresses: self.file.isolation_addresses.clone(),
                 ..HaSettings::default()
-            },
-            hosts,
-            datastores: Vec::new(),
-            vms: Vec::new(),
-        }
+            })
+            .with_hosts(hosts)
     }
 }
 

@@ -14,6 +14,7 @@
 )]
 
 use fdm_agent::driver::process::{alive, running_vm_pids};
+pub use fdm_agent::wait::wait_until;
 use heartbeat_fs::fs::DatastoreDir;
 use heartbeat_fs::records::*;
 use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
@@ -269,14 +270,7 @@ impl Testbed {
             hosts: Vec::new(),
             datastores: Vec::new(),
             ledger: root.join("vm-starts.log"),
-            config: ClusterConfig {
-                cluster: ClusterId(77),
-                generation: 1,
-                ha: HaSettings::default(),
-                hosts: vec![],
-                datastores: vec![],
-                vms: vec![],
-            },
+            config: ClusterConfig::new(ClusterId(77)),
             started: Instant::now(),
             exe: PathBuf::from(env!("CARGO_BIN_EXE_fdm-agent")),
             monitor: Monitor {
@@ -393,75 +387,30 @@ impl Testbed {
     }
 
     fn cluster_config(&self, opts: &Options) -> ClusterConfig {
-        let prio = [
-            RestartPriority::Highest,
-            RestartPriority::High,
-            RestartPriority::Medium,
-            RestartPriority::Low,
-        ];
-        ClusterConfig {
-            cluster: ClusterId(77),
-            generation: 1,
-            ha: HaSettings {
+        use RestartPriority::{High, Highest, Low, Medium};
+        let host = |h: &TestHost| {
+            HostConfig::new(HostId(h.id), format!("{}:{AGENT_PORT}", h.addr()))
+                .with_name(format!("host{}", h.id))
+        };
+        let vm = |v: u32| {
+            VmConfig::new(VmId(v), DatastoreId(1 + (v % opts.datastores)))
+                .with_definition(if opts.libvirt {
+                    qemu_domain(v)
+                } else {
+                    process_vm(&self.ledger)
+                })
+                .with_reservation(Resources::new(500, 512))
+                .with_priority([Highest, High, Medium, Low][(v as usize - 1) % 4])
+        };
+        ClusterConfig::new(ClusterId(77))
+            .with_ha(HaSettings {
                 isolation_addresses: vec![GATEWAY.to_string()],
                 restart_retry_ms: vec![0, 1_000, 3_000, 10_000],
                 ..HaSettings::default()
-            },
-            hosts: self
-                .hosts
-                .iter()
-                .map(|h| HostConfig {
-                    id: HostId(h.id),
-                    name: format!("host{}", h.id),
-                    address: format!("{}:{AGENT_PORT}", h.addr()),
-                    capacity: Resources {
-                        cpu_mhz: 16_000,
-                        memory_mb: 16_384,
-                    },
-                    maintenance: false,
-                })
-                .collect(),
-            datastores: self
-                .datastores
-                .iter()
-                .enumerate()
-                .map(|(i, p)| DatastoreConfig {
-                    id: DatastoreId(i as u32 + 1),
-                    name: format!("ds{}", i + 1),
-                    mounts: self
-                        .hosts
-                        .iter()
-                        .map(|h| DatastoreMount {
-                            host: HostId(h.id),
-                            path: p.display().to_string(),
-                        })
-                        .collect(),
-                })
-                .collect(),
-            vms: (1..=opts.vms)
-                .map(|v| VmConfig {
-                    id: VmId(v),
-                    name: format!("vm{v}"),
-                    home: DatastoreId(1 + (v % opts.datastores)),
-                    definition: if opts.libvirt {
-                        qemu_domain(v)
-                    } else {
-                        process_vm(&self.ledger)
-                    },
-                    reservation: Resources {
-                        cpu_mhz: 500,
-                        memory_mb: 512,
-                    },
-                    ha: VmHaSettings {
-                        priority: prio[(v as usize - 1) % prio.len()],
-                        ..VmHaSettings::default()
-                    },
-                    depends_on: vec![],
-                    anti_affinity_group: None,
-                    protected: true,
-                })
-                .collect(),
-        }
+            })
+            .with_hosts(self.hosts.iter().map(host))
+            .with_shared_datastores(self.datastores.iter().map(|p| p.display().to_string()))
+            .with_vms((1..=opts.vms).map(vm))
     }
 
     pub fn host(&self, id: u32) -> &TestHost {
@@ -971,20 +920,6 @@ impl Drop for Testbed {
             let _ = sh(&format!("ip netns del {}", h.ns));
         }
         let _ = sh(&format!("ip netns del {}", self.switch));
-    }
-}
-
-/// Poll `f` every 50 ms until it returns `Some` or `limit` passes.
-pub fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

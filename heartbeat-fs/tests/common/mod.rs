@@ -89,45 +89,20 @@ pub fn protected_list() -> ProtectedVmList {
 pub fn config() -> ClusterConfig {
     let mut timings = BTreeMap::new();
     timings.insert("ds_lease".to_string(), 4000);
-    ClusterConfig {
-        cluster: ClusterId(1),
-        generation: 3,
-        ha: HaSettings {
+    ClusterConfig::new(ClusterId(1))
+        .with_generation(3)
+        .with_ha(HaSettings {
             timings_ms: timings,
             isolation_addresses: vec!["10.0.0.1".into()],
             ..HaSettings::default()
-        },
-        hosts: vec![HostConfig {
-            id: HostId(1),
-            name: "h1".into(),
-            address: "10.0.0.11:7000".into(),
-            capacity: Resources {
-                cpu_mhz: 8000,
-                memory_mb: 16384,
-            },
-            maintenance: false,
-        }],
-        datastores: vec![DatastoreConfig {
-            id: DatastoreId(1),
-            name: "ds1".into(),
-            mounts: vec![DatastoreMount {
-                host: HostId(1),
-                path: "/mnt/ds1".into(),
-            }],
-        }],
-        vms: vec![VmConfig {
-            id: VmId(1),
-            name: "web".into(),
-            home: DatastoreId(1),
-            definition: "sleep 1000".into(),
-            reservation: Resources {
-                cpu_mhz: 500,
-                memory_mb: 512,
-            },
-            ha: VmHaSettings::default(),
-            depends_on: vec![],
-            anti_affinity_group: Some("web".into()),
-            protected: true,
-        }],
-    }
+        })
+        .with_hosts([
+            HostConfig::new(HostId(1), "10.0.0.11:7000").with_capacity(Resources::new(8000, 16384))
+        ])
+        .with_datastores([DatastoreConfig::new(DatastoreId(1)).with_mount(HostId(1), "/mnt/ds1")])
+        .with_vms([VmConfig::new(VmId(1), DatastoreId(1))
+            .with_name("web")
+            .with_definition("sleep 1000")
+            .with_reservation(Resources::new(500, 512))
+            .with_anti_affinity_group("web".to_string())])
 }

@@ -3,7 +3,9 @@
 use super::harness::*;
 use crate::{Event, FaultKnobs, Role, SafetyStep, Timings, Verdict};
 use heartbeat_fs::ops::{DsOp, DsReply};
-use heartbeat_fs::records::{IsolationResponse, Resources, RestartPriority, RestartState};
+use heartbeat_fs::records::{
+    DatastoreConfig, IsolationResponse, Resources, RestartPriority, RestartState,
+};
 use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
 use std::time::Duration;
 
@@ -97,10 +99,7 @@ fn no_room_waits_then_is_placed_when_a_host_returns() {
     );
     // Each host holds one VM only.
     for h in cfg.hosts.iter_mut() {
-        h.capacity = Resources {
-            cpu_mhz: 1000,
-            memory_mb: 1024,
-        };
+        h.capacity = Resources::new(1_000, 1_024);
     }
     let mut c = Cluster::new(cfg);
     c.place(HostId(1), 1);
@@ -482,13 +481,8 @@ fn a_datastore_layout_a_master_could_not_protect_is_refused() {
     let mut cfg = c.config.clone();
     cfg.generation += 1;
     cfg.datastores[0].mounts.retain(|m| m.host != HostId(3));
-    let mut ds2 = cfg.datastores[0].clone();
-    ds2.id = DatastoreId(2);
-    ds2.mounts = vec![heartbeat_fs::records::DatastoreMount {
-        host: HostId(3),
-        path: "/ds2".into(),
-    }];
-    cfg.datastores.push(ds2);
+    cfg.datastores
+        .push(DatastoreConfig::new(DatastoreId(2)).with_mount(HostId(3), "/ds2"));
     for d in c.ds.values_mut() {
         d.config = Some(cfg.clone());
     }

@@ -81,64 +81,21 @@ pub struct Cluster {
 }
 
 pub fn vm(id: u32, home: u32, priority: RestartPriority, response: IsolationResponse) -> VmConfig {
-    VmConfig {
-        id: VmId(id),
-        name: format!("vm{id}"),
-        home: DatastoreId(home),
-        definition: format!("def-{id}"),
-        reservation: Resources {
-            cpu_mhz: 1000,
-            memory_mb: 1024,
-        },
-        ha: VmHaSettings {
-            priority,
-            isolation_response: response,
-            restart_policy: RestartPolicy::Always,
-        },
-        depends_on: vec![],
-        anti_affinity_group: None,
-        protected: true,
-    }
+    VmConfig::new(VmId(id), DatastoreId(home))
+        .with_priority(priority)
+        .with_isolation_response(response)
 }
 
 /// `n` hosts, datastores `mounts[d] = hosts`, VMs.
 pub fn config(n: u32, mounts: &[&[u32]], vms: Vec<VmConfig>) -> ClusterConfig {
-    ClusterConfig {
-        cluster: CLUSTER,
-        generation: 1,
-        ha: HaSettings {
+    ClusterConfig::new(CLUSTER)
+        .with_ha(HaSettings {
             restart_retry_ms: vec![0, 1_000, 2_000],
             ..HaSettings::default()
-        },
-        hosts: (1..=n)
-            .map(|i| HostConfig {
-                id: HostId(i),
-                name: format!("h{i}"),
-                address: format!("10.0.0.{i}:7000"),
-                capacity: Resources {
-                    cpu_mhz: 16_000,
-                    memory_mb: 16_384,
-                },
-                maintenance: false,
-            })
-            .collect(),
-        datastores: mounts
-            .iter()
-            .enumerate()
-            .map(|(i, hs)| DatastoreConfig {
-                id: DatastoreId(i as u32 + 1),
-                name: format!("ds{}", i + 1),
-                mounts: hs
-                    .iter()
-                    .map(|&h| DatastoreMount {
-                        host: HostId(h),
-                        path: format!("/ds{}", i + 1),
-                    })
-                    .collect(),
-            })
-            .collect(),
-        vms,
-    }
+        })
+        .with_hosts((1..=n).map(HostId).map(HostConfig::simulated))
+        .with_layout(mounts)
+        .with_vms(vms)
 }
 
 impl Cluster {
@@ -192,19 +149,12 @@ impl Cluster {
     }
 
     pub fn settings(&self, h: HostId, incarnation: u64) -> AgentSettings {
-        let datastores = self
-            .config
-            .datastores
-            .iter()
-            .filter(|d| d.mounts.iter().any(|m| m.host == h))
-            .map(|d| d.id)
-            .collect();
         let mut s = AgentSettings::new(
             h,
             incarnation,
             CLUSTER,
             [7u8; 32],
-            datastores,
+            self.config.mounted_by(h).into_iter().collect(),
             self.timings.clone(),
         );
         s.fault_knobs = self.knobs;
