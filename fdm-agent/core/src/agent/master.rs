@@ -2455,27 +2455,12 @@ fn sync_protected_with_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use heartbeat_fs::records::{IsolationResponse, VmConfig, VmHaSettings};
+    use heartbeat_fs::records::VmConfig;
 
     fn vm(restart_policy: RestartPolicy, priority: RestartPriority) -> VmConfig {
-        VmConfig {
-            id: VmId(1),
-            name: "vm1".into(),
-            home: DatastoreId(1),
-            definition: "def".into(),
-            reservation: Resources {
-                cpu_mhz: 1000,
-                memory_mb: 1024,
-            },
-            ha: VmHaSettings {
-                priority,
-                isolation_response: IsolationResponse::PowerOff,
-                restart_policy,
-            },
-            depends_on: vec![],
-            anti_affinity_group: None,
-            protected: true,
-        }
+        let mut v = VmConfig::new(VmId(1), DatastoreId(1)).with_priority(priority);
+        v.ha.restart_policy = restart_policy;
+        v
     }
 
     #[test]

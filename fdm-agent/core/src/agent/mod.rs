@@ -29,7 +29,7 @@ use super::time::Time;
 use crate::wire::{self, DropCounters, Header, Key, Recipient, ReplayGuard};
 use election::Candidacy;
 use heartbeat_fs::ops::{DsCompletion, DsError, DsOp, DsReply, DsRequest, RequestId};
-use heartbeat_fs::records::{ClusterConfig, HaSettings, HeartbeatRecord, HostFlags};
+use heartbeat_fs::records::{ClusterConfig, HeartbeatRecord, HostFlags};
 use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
 use local::LocalVms;
 use master::MasterState;
@@ -287,15 +287,9 @@ fn needs_bound_recipient(msg: &Message) -> bool {
     }
 }
 
+/// Generation 0: older than any configuration a datastore holds, so the first one read replaces it.
 fn empty_config(cluster: ClusterId) -> ClusterConfig {
-    ClusterConfig {
-        cluster,
-        generation: 0,
-        ha: HaSettings::default(),
-        hosts: Vec::new(),
-        datastores: Vec::new(),
-        vms: Vec::new(),
-    }
+    ClusterConfig::new(cluster).with_generation(0)
 }
 
 impl Agent {
