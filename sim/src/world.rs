@@ -556,7 +556,7 @@ impl World {
         host.ds_stuck.clear();
         host.ds_busy_until.clear();
         host.held.clear();
-        let mut settings = AgentSettings::new(
+        let settings = AgentSettings::new(
             h,
             host.incarnation,
             self.config.cluster,
@@ -564,9 +564,10 @@ impl World {
             datastores,
             self.params.timings.clone(),
         );
-        settings.fault_knobs = self.params.knobs;
         let now = Time::from_micros(self.now);
-        host.agent = Some(Agent::with_shared_config(settings, self.view.clone(), now));
+        let mut agent = Agent::with_shared_config(settings, self.view.clone(), now);
+        agent.remove_safety_steps(self.params.knobs);
+        host.agent = Some(agent);
         self.log(
             Some(h),
             format!("agent started (incarnation {})", self.hosts[i].incarnation),

@@ -530,9 +530,6 @@ pub struct AgentSettings {
     /// Stop VMs whose leases both lapsed (docs/safety.md). Turning it off trades the never-twice
     /// guarantee for availability during storage outages.
     pub self_fence: bool,
-    /// Safety steps removed so the simulator can show its checks catch their removal.
-    #[cfg(feature = "fault-knobs")]
-    pub fault_knobs: super::knobs::FaultKnobs,
 }
 
 impl AgentSettings {
@@ -553,8 +550,6 @@ impl AgentSettings {
             datastores,
             timings,
             self_fence: true,
-            #[cfg(feature = "fault-knobs")]
-            fault_knobs: super::knobs::FaultKnobs::default(),
         }
     }
 }

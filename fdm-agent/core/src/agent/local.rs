@@ -282,7 +282,7 @@ impl Agent {
         // intent the datastore confirmed reaches TakingLease, and it starts only once its entry
         // in our power-on list is on disk.
         debug_assert!(
-            step_removed!(self.settings, PowerOnListEntry)
+            step_removed!(self, PowerOnListEntry)
                 || self.vms.pending.get(&vm).is_some_and(|p| matches!(
                     p.stage,
                     PowerOnStage::TakingLease { generation }
@@ -372,7 +372,7 @@ impl Agent {
             return;
         }
         self.vms.pending.insert(vm, p);
-        if step_removed!(self.settings, TargetIntentCheck) {
+        if step_removed!(self, TargetIntentCheck) {
             self.on_intent_checked(now, datastore, vm, attempt, Ok(DsReply::IntentConfirmed));
             return;
         }
@@ -462,7 +462,7 @@ impl Agent {
         }
         match result {
             Ok(DsReply::IntentConfirmed) => {
-                if step_removed!(self.settings, PowerOnListEntry) {
+                if step_removed!(self, PowerOnListEntry) {
                     self.vms.set(vm, VmRunState::PoweringOn);
                     self.want_vm_report = true;
                     self.start_pending(vm);
@@ -812,7 +812,7 @@ impl Agent {
                 self.vms.fenced.remove(&d);
                 continue;
             }
-            if !self.settings.self_fence || step_removed!(self.settings, SelfFence) {
+            if !self.settings.self_fence || step_removed!(self, SelfFence) {
                 continue;
             }
             if self.paused() {

@@ -2,7 +2,7 @@
 //! (reconcile what should run against what runs, plan, write the intent, command, follow up).
 
 use super::super::cluster::ClusterView;
-use super::super::config::{AgentSettings, Timings};
+use super::super::config::Timings;
 use super::super::events::{Event, Role, Verdict};
 use super::super::io::{Output, VmRunState};
 use super::super::messages::{
@@ -418,12 +418,12 @@ pub(super) struct MasterState {
     /// A slave that has reached more datastores than us, and since when (for the handover).
     better_since: Option<(HostId, Time)>,
     #[cfg(feature = "fault-knobs")]
-    fault_knobs: crate::FaultKnobs,
+    pub(super) fault_knobs: crate::FaultKnobs,
 }
 
 impl MasterState {
-    pub(super) fn new(now: Time, config: &ClusterConfig, settings: &AgentSettings) -> Self {
-        let me = settings.host;
+    /// A fresh master's state (its fault knobs, if any, are set by the agent that owns it).
+    pub(super) fn new(now: Time, config: &ClusterConfig, me: HostId) -> Self {
         let peers = config
             .hosts
             .iter()
@@ -443,7 +443,7 @@ impl MasterState {
             last_reconcile: now,
             better_since: None,
             #[cfg(feature = "fault-knobs")]
-            fault_knobs: settings.fault_knobs,
+            fault_knobs: crate::FaultKnobs::default(),
         }
     }
 
@@ -1133,7 +1133,7 @@ impl Agent {
     }
 
     fn lose_claim(&mut self, d: DatastoreId, reason: &str) {
-        if step_removed!(self.settings, DropOnClaimLoss) {
+        if step_removed!(self, DropOnClaimLoss) {
             return;
         }
         let m = self.m();
@@ -1302,7 +1302,7 @@ impl Agent {
         // Write-ahead (docs/safety.md): a command goes out only for the intent its datastore's
         // protected list records, under the claim it names.
         debug_assert!(
-            step_removed!(self.settings, WriteAheadIntent)
+            step_removed!(self, WriteAheadIntent)
                 || self.role.master().is_some_and(|m| m.intent_recorded(
                     vm,
                     (target, attempt),
@@ -1467,7 +1467,7 @@ impl Agent {
 
     fn update_verdicts(&mut self, now: Time) {
         let t = self.t.clone();
-        let skip_lease_wait = step_removed!(self.settings, LeaseWait);
+        let skip_lease_wait = step_removed!(self, LeaseWait);
         let mounted: BTreeSet<DatastoreId> = self.mounted.keys().copied().collect();
         let read_fresh = t
             .ds_read_interval

@@ -5,8 +5,8 @@
 //! response, self-fencing, adoption); `master.rs` the master's duties (claims, verdicts, protected
 //! lists, failover).
 
-/// Whether a safety step is removed for this agent: always false without the `fault-knobs` feature,
-/// where the settings have no knobs at all and the branch compiles away.
+/// Whether a safety step is removed for this agent (or its master state): always false without
+/// the `fault-knobs` feature, where neither has any knobs and the branch compiles away.
 macro_rules! step_removed {
     ($settings:expr, $step:ident) => {{
         #[cfg(feature = "fault-knobs")]
@@ -275,6 +275,9 @@ pub struct Agent {
     inventory_requested: bool,
     /// Highest configuration generation refused: not read again until a newer one is announced.
     config_refused: u64,
+    /// Safety steps removed so the simulator can show its checks catch their removal.
+    #[cfg(feature = "fault-knobs")]
+    fault_knobs: crate::FaultKnobs,
 }
 
 /// Messages that change what the recipient does with its VMs or leases: accepted only when they name
@@ -359,6 +362,8 @@ impl Agent {
             shutting_down: false,
             inventory_requested: false,
             config_refused: 0,
+            #[cfg(feature = "fault-knobs")]
+            fault_knobs: crate::FaultKnobs::default(),
         };
         agent.vms.rebuild_homes(&agent.config);
         if let Some(e) = refused {
@@ -556,6 +561,14 @@ impl Agent {
 
     pub fn role(&self) -> Role {
         self.role.role()
+    }
+
+    /// Remove safety steps from this agent, to show that the simulator catches their removal
+    /// (`docs/safety.md`). Only with the `fault-knobs` feature, which no production build has;
+    /// call it before the first input.
+    #[cfg(feature = "fault-knobs")]
+    pub fn remove_safety_steps(&mut self, knobs: crate::FaultKnobs) {
+        self.fault_knobs = knobs;
     }
     pub fn host(&self) -> HostId {
         self.settings.host
@@ -1186,7 +1199,12 @@ impl Agent {
     }
 
     fn become_master(&mut self, now: Time, reason: &str) {
-        let master = MasterState::new(now, &self.config, &self.settings);
+        #[cfg_attr(not(feature = "fault-knobs"), allow(unused_mut))]
+        let mut master = MasterState::new(now, &self.config, self.settings.host);
+        #[cfg(feature = "fault-knobs")]
+        {
+            master.fault_knobs = self.fault_knobs;
+        }
         self.set_role(RoleState::Master(Box::new(master)), reason);
         self.deadlines.ds_read = now;
         self.deadlines.claim_renew = now;

@@ -149,22 +149,21 @@ impl Cluster {
     }
 
     pub fn settings(&self, h: HostId, incarnation: u64) -> AgentSettings {
-        let mut s = AgentSettings::new(
+        AgentSettings::new(
             h,
             incarnation,
             CLUSTER,
             [7u8; 32],
             self.config.mounted_by(h).into_iter().collect(),
             self.timings.clone(),
-        );
-        s.fault_knobs = self.knobs;
-        s
+        )
     }
 
     pub fn start_agent(&mut self, h: HostId) {
         let inc = self.hosts[&h].incarnation + 1;
         let settings = self.settings(h, inc);
-        let agent = Agent::new(settings, Some(self.config.clone()), self.now);
+        let mut agent = Agent::new(settings, Some(self.config.clone()), self.now);
+        agent.remove_safety_steps(self.knobs);
         let hs = self.hosts.get_mut(&h).unwrap();
         hs.incarnation = inc;
         hs.agent = Some(agent);
