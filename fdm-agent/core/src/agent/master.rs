@@ -656,12 +656,6 @@ impl MasterState {
 }
 
 impl Agent {
-    fn m(&mut self) -> &mut MasterState {
-        self.role
-            .master_mut()
-            .expect("master duties run only as master")
-    }
-
     // ----- network -------------------------------------------------------------------------------
 
     pub(super) fn master_send_heartbeats(&mut self, now: Time) {
@@ -671,7 +665,7 @@ impl Agent {
     }
 
     pub(super) fn master_send_heartbeat_to(&mut self, now: Time, to: HostId) {
-        let t = self.t.clone();
+        let t = &self.t;
         let reachable_datastores = self.reachable_datastores(now).len() as u32;
         let config_generation = self.config.generation;
         let Some(m) = self.role.master_mut() else {
@@ -683,7 +677,7 @@ impl Agent {
             .copied()
             .collect::<Vec<_>>()
             .into_iter()
-            .filter_map(|d| m.held_valid(d, now, &t).map(|e| (d, e)))
+            .filter_map(|d| m.held_valid(d, now, t).map(|e| (d, e)))
             .collect();
         let p = m.peers.entry(to).or_default();
         // Echo only a heartbeat heard recently: an old echo would grant nothing anyway.
@@ -722,7 +716,9 @@ impl Agent {
             maintenance,
             config_generation: _,
         } = hb;
-        let m = self.m();
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
         let p = m.peers.entry(from).or_default();
         if !p.note_incarnation(incarnation) {
             return;
@@ -746,7 +742,9 @@ impl Agent {
     }
 
     fn set_verdict(&mut self, host: HostId, to: Verdict, reason: &str) {
-        let m = self.m();
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
         let Some(p) = m.peers.get_mut(&host) else {
             return;
         };
@@ -973,7 +971,9 @@ impl Agent {
                 self.on_protected_written(now, d, generation, result)
             }
             (DsPurpose::PowerOnListRead { host }, Ok(DsReply::PowerOnList(list))) => {
-                let m = self.m();
+                let Some(m) = self.role.master_mut() else {
+                    return;
+                };
                 if let Some(p) = m.peers.get_mut(&host) {
                     p.lists_wanted.remove(&d);
                     match list {
@@ -1000,7 +1000,9 @@ impl Agent {
     ) {
         let cluster = self.settings.cluster;
         let mounts: Vec<HostId> = self.config.hosts_of(d).to_vec();
-        let m = self.m();
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
         m.ds_read_ok.insert(d, now);
         let mut seen: BTreeSet<HostId> = BTreeSet::new();
         for slot in slots {
@@ -1046,7 +1048,9 @@ impl Agent {
     ) {
         let me = self.settings.host;
         let lease = self.t.stretch(self.t.claim_lease);
-        let m = self.m();
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
         let c = m.claims.entry(d).or_default();
         if c.held.is_some() {
             return;
@@ -1086,7 +1090,9 @@ impl Agent {
         } = sent;
         match (mode, result) {
             (ClaimWriteKind::Acquire, Ok(_)) => {
-                let m = self.m();
+                let Some(m) = self.role.master_mut() else {
+                    return;
+                };
                 let c = m.claims.entry(d).or_default();
                 c.held = Some(HeldClaim {
                     epoch: record.epoch,
@@ -1101,14 +1107,18 @@ impl Agent {
                 self.ds_request(now, d, DsOp::ReadProtectedList, DsPurpose::ProtectedRead);
             }
             (ClaimWriteKind::Acquire, Err(DsError::ClaimMismatch { current })) => {
-                let m = self.m();
+                let Some(m) = self.role.master_mut() else {
+                    return;
+                };
                 let c = m.claims.entry(d).or_default();
                 c.seen = current;
                 c.seen_since = Some(now);
             }
             (ClaimWriteKind::Acquire, Err(_)) => {}
             (ClaimWriteKind::Renew, Ok(_)) => {
-                let m = self.m();
+                let Some(m) = self.role.master_mut() else {
+                    return;
+                };
                 if let Some(h) = m.claims.get_mut(&d).and_then(|c| c.held.as_mut())
                     && h.epoch == record.epoch
                 {
@@ -1120,7 +1130,9 @@ impl Agent {
             }
             (ClaimWriteKind::Renew, Err(DsError::ClaimMismatch { current })) => {
                 self.lose_claim(d, "another master holds it now");
-                let m = self.m();
+                let Some(m) = self.role.master_mut() else {
+                    return;
+                };
                 let c = m.claims.entry(d).or_default();
                 c.seen = current;
                 c.seen_since = Some(now);
@@ -1136,7 +1148,9 @@ impl Agent {
         if step_removed!(self, DropOnClaimLoss) {
             return;
         }
-        let m = self.m();
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
         let Some(c) = m.claims.get_mut(&d) else {
             return;
         };
@@ -1175,7 +1189,9 @@ impl Agent {
             .filter(|v| v.home == d && v.protected)
             .cloned()
             .collect();
-        let m = self.m();
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
         let Some(epoch) = m.claims.get(&d).and_then(|c| c.held).map(|h| h.epoch) else {
             return;
         };
@@ -1235,7 +1251,9 @@ impl Agent {
         generation: u64,
         result: Result<DsReply, DsError>,
     ) {
-        let m = self.m();
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
         let Some(pd) = m.protected.get_mut(&d) else {
             return;
         };
@@ -1279,7 +1297,7 @@ impl Agent {
         let epoch = m.claims.get(&d).and_then(|c| c.held).map(|h| h.epoch);
         let Some(epoch) = epoch else { return };
         for (vm, target, attempt) in ready {
-            if let Some(t) = self.m().tracks.get_mut(&vm) {
+            if let Some(t) = self.role.master_mut().and_then(|m| m.tracks.get_mut(&vm)) {
                 t.stage = Stage::Issued {
                     target,
                     attempt,
@@ -1330,6 +1348,7 @@ impl Agent {
     }
 
     fn flush_protected(&mut self, now: Time) {
+        // A copy: ds_request below needs all of self.
         let t = self.t.clone();
         let Some(m) = self.role.master_mut() else {
             return;
@@ -1351,7 +1370,7 @@ impl Agent {
                 .and_then(|m| m.held_valid(d, now, &t))
                 .is_none()
             {
-                if let Some(pd) = self.m().protected.get_mut(&d) {
+                if let Some(pd) = self.role.master_mut().and_then(|m| m.protected.get_mut(&d)) {
                     pd.write_in_flight = None;
                     pd.dirty = true;
                 }
@@ -1377,11 +1396,15 @@ impl Agent {
         self.update_verdicts(now);
         self.load_missing_lists(now);
         let due = {
-            let m = self.m();
+            let Some(m) = self.role.master_mut() else {
+                return;
+            };
             m.reconcile_due || now.since(m.last_reconcile) >= Duration::from_secs(2)
         };
         if due {
-            let m = self.m();
+            let Some(m) = self.role.master_mut() else {
+                return;
+            };
             m.reconcile_due = false;
             m.last_reconcile = now;
             self.reconcile(now);
@@ -1427,14 +1450,14 @@ impl Agent {
     }
 
     fn expire_claims(&mut self, now: Time) {
-        let t = self.t.clone();
+        let t = &self.t;
         let expired: Vec<DatastoreId> = self
             .role
             .master()
             .map(|m| {
                 m.claims
                     .iter()
-                    .filter(|(d, c)| c.held.is_some() && m.held_valid(**d, now, &t).is_none())
+                    .filter(|(d, c)| c.held.is_some() && m.held_valid(**d, now, t).is_none())
                     .map(|(&d, _)| d)
                     .collect()
             })
@@ -1466,7 +1489,7 @@ impl Agent {
     }
 
     fn update_verdicts(&mut self, now: Time) {
-        let t = self.t.clone();
+        let t = &self.t;
         let skip_lease_wait = step_removed!(self, LeaseWait);
         let mounted: BTreeSet<DatastoreId> = self.mounted.keys().copied().collect();
         let read_fresh = t
@@ -1481,7 +1504,7 @@ impl Agent {
         };
         let ctx = VerdictContext {
             now,
-            t: &t,
+            t,
             skip_lease_wait,
             config,
             mounted: &mounted,
@@ -1524,7 +1547,7 @@ impl Agent {
 
     /// Decide, for every protected VM, whether it must be restarted, and open a restart track.
     fn reconcile(&mut self, now: Time) {
-        let t = self.t.clone();
+        let t = &self.t;
         let local: BTreeMap<VmId, VmRunState> = self
             .vms
             .statuses()
@@ -1552,7 +1575,7 @@ impl Agent {
         m.note_own_vms(ctx.me, &ctx.local);
         let ds_list: Vec<DatastoreId> = m.protected.keys().copied().collect();
         for d in ds_list {
-            if m.settled(d, now, &t).is_none() || !m.protected[&d].loaded {
+            if m.settled(d, now, t).is_none() || !m.protected[&d].loaded {
                 continue;
             }
             let n = m.protected[&d].list.vms.len();
@@ -1572,13 +1595,13 @@ impl Agent {
 
     /// Power-on commands that went unanswered, targets that died, intents of a previous master.
     fn follow_up_restarts(&mut self, now: Time) {
-        let t = self.t.clone();
+        let t = &self.t;
         let Some(m) = self.role.master_mut() else {
             return;
         };
-        let f = m.follow_ups(now, &t);
-        let sends = m.resend_power_ons(f.resend, now, &t);
-        m.restamp_intents(f.restamp, now, &t);
+        let f = m.follow_ups(now, t);
+        let sends = m.resend_power_ons(f.resend, now, t);
+        m.restamp_intents(f.restamp, now, t);
         m.abandon_targets(f.abandon, now);
         for (target, msg) in sends {
             self.send(target, &msg);
@@ -1644,7 +1667,7 @@ impl Agent {
             self.report_paused_restarts();
             return;
         }
-        let t = self.t.clone();
+        let t = &self.t;
         let me = self.settings.host;
         let me_as_target = TargetSelf {
             host: me,
@@ -1655,7 +1678,7 @@ impl Agent {
         let Some(m) = self.role.master_mut() else {
             return;
         };
-        let due = m.due_restarts(now, &t);
+        let due = m.due_restarts(now, t);
         if due.is_empty() {
             return;
         }
@@ -1667,7 +1690,7 @@ impl Agent {
             hold_below: m.hold_below(&config, now),
         });
         let mut events = Vec::new();
-        let early_commands = m.write_intents(&plan, now, &t, &mut events);
+        let early_commands = m.write_intents(&plan, now, t, &mut events);
         m.note_waiting(&plan, &mut events);
         for e in events {
             self.emit(e);
@@ -1693,7 +1716,7 @@ impl Agent {
             })
             .unwrap_or_default();
         for vm in pending {
-            if let Some(tr) = self.m().tracks.get_mut(&vm) {
+            if let Some(tr) = self.role.master_mut().and_then(|m| m.tracks.get_mut(&vm)) {
                 tr.reported_waiting = true;
             }
             self.emit(Event::ActionSuppressed {
