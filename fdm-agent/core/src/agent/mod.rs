@@ -2,8 +2,8 @@
 //!
 //! `mod.rs` holds the state, the input dispatch, timers, the network and datastore heartbeats and the
 //! election; `local.rs` the duties every host has for its own VMs (power-on on command, isolation
-//! response, self-fencing, adoption); `master.rs` the master's duties (claims, verdicts, protected
-//! lists, failover).
+//! response, self-fencing, adoption); `master/` the master's duties (`mod.rs`: its state, claims,
+//! protected lists; `verdict.rs`: the verdict on each host; `failover.rs`: restarts).
 
 /// Whether a safety step is removed for this agent (or its master state): always false without
 /// the `fault-knobs` feature, where neither has any knobs and the branch compiles away.

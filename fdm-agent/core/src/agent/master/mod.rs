@@ -1,0 +1,1214 @@
+//! The master's duties: datastore claims, verdicts on every host, protected-VM lists, and failover
+//! (reconcile what should run against what runs, plan, write the intent, command, follow up).
+
+use super::super::cluster::ClusterView;
+use super::super::config::Timings;
+use super::super::events::{Event, Role, Verdict};
+use super::super::io::{Output, VmRunState};
+use super::super::messages::{
+    MasterHeartbeat, Message, PowerOnCommand, PowerOnResult, SlaveHeartbeat, VmReport, VmStatus,
+};
+use super::super::placement::{
+    self, HostCandidate, PlanInput, RestartPlan, RestartRequest, WaitReason,
+};
+use super::super::time::Time;
+use super::{Agent, DsPurpose, HostView, VmView};
+use heartbeat_fs::ops::{ClaimWrite, DsError, DsOp, DsReply};
+use heartbeat_fs::records::{
+    ClusterConfig, DatastoreClaim, DesiredPower, HostFlags, PowerOnList, ProtectedVm,
+    ProtectedVmList, Resources, RestartPolicy, RestartPriority, RestartState,
+};
+use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+mod failover;
+mod verdict;
+use verdict::*;
+
+/// How old a liveness-probe answer may be and still count.
+const PROBE_REFRESH: Duration = Duration::from_millis(1_000);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ClaimWriteKind {
+    Acquire,
+    Renew,
+    Release,
+}
+
+/// A claim write on its way: when it left, what it does, the record it writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct ClaimWriteSent {
+    pub(super) started: Time,
+    pub(super) mode: ClaimWriteKind,
+    pub(super) record: DatastoreClaim,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HeldClaim {
+    epoch: Epoch,
+    renewal: u64,
+    last_renew_start: Time,
+    acquired_at: Time,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ClaimTrack {
+    /// The record as last read, and since when it has looked exactly like that.
+    seen: Option<DatastoreClaim>,
+    seen_since: Option<Time>,
+    read_once: bool,
+    held: Option<HeldClaim>,
+}
+
+/// What the master last saw of one host's heartbeat sector on one datastore.
+#[derive(Debug, Clone, Copy)]
+struct DsObs {
+    incarnation: u64,
+    sequence: u64,
+    last_advance: Time,
+    last_clean_read: Time,
+    flags: HostFlags,
+    power_on_generation: u64,
+}
+
+/// A VM report arriving in parts: its generation, and each part once it came.
+#[derive(Debug, Clone)]
+struct PartialReport {
+    generation: u64,
+    parts: Vec<Option<Vec<VmStatus>>>,
+}
+
+/// What the master knows of one other host.
+#[derive(Debug, Clone, Default)]
+struct Peer {
+    /// Agent incarnation the reports below came from; a new one voids them.
+    incarnation: u64,
+    /// When its last network heartbeat arrived.
+    last_net: Option<Time>,
+    /// The newest heartbeat heard: its sequence and the token to echo with it.
+    last_seq: u64,
+    last_token: u64,
+    /// Datastores it wrote its heartbeat to of late, as it says.
+    reachable: Vec<DatastoreId>,
+    maintenance: bool,
+    /// The newest generation of its VM list it announced (heartbeats, power-on results).
+    vm_gen_reported: u64,
+    /// The generation of the complete report `vms` holds.
+    vm_gen_have: Option<u64>,
+    /// Its VMs, from its last complete report.
+    vms: BTreeMap<VmId, VmRunState>,
+    /// A report still arriving.
+    report: Option<PartialReport>,
+    verdict: Option<Verdict>,
+    /// Its heartbeat record on each datastore, as last read.
+    ds: BTreeMap<DatastoreId, DsObs>,
+    probe_in_flight: bool,
+    /// The last liveness probe: when it was sent and whether it was answered.
+    probe: Option<(Time, bool)>,
+    /// Its power-on lists as last read (they tell isolation apart from death).
+    power_on_lists: BTreeMap<DatastoreId, PowerOnList>,
+    /// Datastores whose power-on list of this host is to be read again.
+    lists_wanted: BTreeSet<DatastoreId>,
+}
+
+impl Peer {
+    /// False for a message of an older incarnation. A newer one voids the VM report we hold: the
+    /// restarted agent numbers its reports afresh, and until its own report arrives we keep taking
+    /// the VMs of the old report as running there (an agent restart leaves VMs running).
+    fn note_incarnation(&mut self, incarnation: u64) -> bool {
+        if incarnation < self.incarnation {
+            return false;
+        }
+        if incarnation > self.incarnation {
+            self.incarnation = incarnation;
+            self.vm_gen_have = None;
+            self.vm_gen_reported = 0;
+            self.report = None;
+            self.last_seq = 0;
+            self.last_token = 0;
+        }
+        true
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ProtectedDs {
+    list: ProtectedVmList,
+    loaded: bool,
+    dirty: bool,
+    write_in_flight: Option<u64>,
+    durable: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for its retry time, capacity, a lease, or ordering.
+    Waiting,
+    /// A previous master's intent to `target`: re-stamp it with our epoch once the target is alive.
+    Resume { target: HostId, attempt: u32 },
+    /// Intent written into list generation `generation`; the command goes out once that is durable.
+    IntentWriting {
+        target: HostId,
+        attempt: u32,
+        generation: u64,
+    },
+    /// Command sent.
+    Issued {
+        target: HostId,
+        attempt: u32,
+        sent_at: Time,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct RestartTrack {
+    home: DatastoreId,
+    attempts: u32,
+    next_try: Time,
+    /// The host it was lost from (for reports).
+    from: Option<HostId>,
+    preferred: Option<HostId>,
+    excluded: Vec<HostId>,
+    stage: Stage,
+    reported_waiting: bool,
+}
+
+impl RestartTrack {
+    /// A restart just decided on, waiting for placement from `next_try`.
+    fn waiting(
+        home: DatastoreId,
+        next_try: Time,
+        from: Option<HostId>,
+        preferred: Option<HostId>,
+    ) -> Self {
+        RestartTrack {
+            home,
+            attempts: 0,
+            next_try,
+            from,
+            preferred,
+            excluded: Vec::new(),
+            stage: Stage::Waiting,
+            reported_waiting: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct MasterState {
+    me: HostId,
+    since: Time,
+    peers: BTreeMap<HostId, Peer>,
+    claims: BTreeMap<DatastoreId, ClaimTrack>,
+    /// Last time a heartbeat read of the datastore succeeded.
+    ds_read_ok: BTreeMap<DatastoreId, Time>,
+    protected: BTreeMap<DatastoreId, ProtectedDs>,
+    /// Where each VM is reported running or starting (by non-dead hosts).
+    running: BTreeMap<VmId, BTreeSet<HostId>>,
+    tracks: BTreeMap<VmId, RestartTrack>,
+    reconcile_due: bool,
+    last_reconcile: Time,
+    /// A slave that has reached more datastores than us, and since when (for the handover).
+    better_since: Option<(HostId, Time)>,
+    #[cfg(feature = "fault-knobs")]
+    pub(super) fault_knobs: crate::FaultKnobs,
+}
+
+impl MasterState {
+    /// A fresh master's state (its fault knobs, if any, are set by the agent that owns it).
+    pub(super) fn new(now: Time, config: &ClusterConfig, me: HostId) -> Self {
+        let peers = config
+            .hosts
+            .iter()
+            .filter(|h| h.id != me)
+            .map(|h| (h.id, Peer::default()))
+            .collect();
+        MasterState {
+            me,
+            since: now,
+            peers,
+            claims: BTreeMap::new(),
+            ds_read_ok: BTreeMap::new(),
+            protected: BTreeMap::new(),
+            running: BTreeMap::new(),
+            tracks: BTreeMap::new(),
+            reconcile_due: true,
+            last_reconcile: now,
+            better_since: None,
+            #[cfg(feature = "fault-knobs")]
+            fault_knobs: crate::FaultKnobs::default(),
+        }
+    }
+
+    /// The isolated host recorded, in its power-on list on `d`, that its isolation response stopped
+    /// `vm` (only then may it run elsewhere: a VM left running keeps its datastore lease).
+    fn powered_off_by_isolation(&self, host: HostId, d: DatastoreId, vm: VmId) -> bool {
+        let Some(list) = self.peers.get(&host).and_then(|p| p.power_on_lists.get(&d)) else {
+            return false;
+        };
+        list.isolated
+            && (list.isolation_powered_off.contains(&vm) || step_removed!(self, IsolationRecord))
+    }
+
+    pub(super) fn verdict(&self, host: HostId) -> Option<Verdict> {
+        if host == self.me {
+            return Some(Verdict::Alive);
+        }
+        self.peers.get(&host).and_then(|p| p.verdict)
+    }
+
+    /// A newer cluster configuration: the protected lists follow it at once (VMs protected,
+    /// unprotected, moved to another home, HA settings changed), not only at the next claim.
+    pub(super) fn config_changed(&mut self, _now: Time, config: &ClusterView) {
+        for (d, pd) in self.protected.iter_mut() {
+            if !pd.loaded {
+                continue;
+            }
+            let wanted: Vec<heartbeat_fs::records::VmConfig> = config
+                .vms
+                .iter()
+                .filter(|v| v.home == *d && v.protected)
+                .cloned()
+                .collect();
+            sync_protected_with_config(pd, &wanted);
+        }
+        // A VM no list protects any more has nothing left to restart.
+        let listed: BTreeSet<VmId> = self
+            .protected
+            .values()
+            .flat_map(|pd| pd.list.vms.iter().map(|e| e.vm))
+            .collect();
+        self.tracks.retain(|vm, _| listed.contains(vm));
+        self.reconcile_due = true;
+    }
+
+    pub(super) fn on_probe(&mut self, now: Time, host: HostId, answered: bool) {
+        if let Some(p) = self.peers.get_mut(&host) {
+            p.probe_in_flight = false;
+            p.probe = Some((now, answered));
+        }
+    }
+
+    /// The alive slave that would win an election without us.
+    pub(super) fn best_successor(&self, _me: HostId) -> Option<HostId> {
+        let cands: Vec<election::Candidacy<HostId>> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.verdict == Some(Verdict::Alive))
+            .map(|(&h, p)| election::Candidacy {
+                host: h,
+                reachable_datastores: p.reachable.len() as u32,
+                incumbent: false,
+            })
+            .collect();
+        election::winner(&cands).map(|c| c.host)
+    }
+
+    /// Until when our claim on `d` is ours to trust, if we hold it.
+    pub(super) fn claim_valid_until(&self, d: DatastoreId, t: &Timings) -> Option<Time> {
+        let h = self.claims.get(&d)?.held?;
+        Some(h.last_renew_start + t.shrink(t.claim_lease) - t.fence_margin)
+    }
+
+    fn held_valid(&self, d: DatastoreId, now: Time, t: &Timings) -> Option<Epoch> {
+        let h = self.claims.get(&d)?.held?;
+        if step_removed!(self, DropOnClaimLoss) {
+            return Some(h.epoch);
+        }
+        (now < self.claim_valid_until(d, t)?).then_some(h.epoch)
+    }
+
+    /// Holding the claim long enough that every network lease granted by an earlier holder expired.
+    ///
+    /// Also requires a renewal that started after any rival's racing acquisition write must have
+    /// landed: a renewal re-checks owner and epoch on disk, so it confirms the compare-and-write.
+    fn settled(&self, d: DatastoreId, now: Time, t: &Timings) -> Option<Epoch> {
+        let epoch = self.held_valid(d, now, t)?;
+        if step_removed!(self, SettleWait) {
+            return Some(epoch);
+        }
+        let h = self.claims.get(&d)?.held?;
+        let confirmed = h.last_renew_start >= h.acquired_at + t.datastore_call_deadline;
+        (confirmed && now.since(h.acquired_at) >= t.stretch(t.net_lease)).then_some(epoch)
+    }
+
+    pub(super) fn on_vm_report(&mut self, (from, incarnation): (HostId, u64), report: VmReport) {
+        let VmReport {
+            generation,
+            part,
+            parts,
+            vms,
+        } = report;
+        let Some(p) = self.peers.get_mut(&from) else {
+            return;
+        };
+        if !p.note_incarnation(incarnation) {
+            return;
+        }
+        if parts == 0 || part >= parts || parts > 1024 {
+            return;
+        }
+        // A host's report generations only grow within an incarnation: a late part of an older
+        // report (a delayed datagram) must not replace what we know with what was.
+        if generation < p.vm_gen_reported || p.vm_gen_have.is_some_and(|g| generation < g) {
+            return;
+        }
+        let fresh = match &p.report {
+            Some(r) => r.generation != generation || r.parts.len() != parts as usize,
+            None => true,
+        };
+        if fresh {
+            p.report = Some(PartialReport {
+                generation,
+                parts: vec![None; parts as usize],
+            });
+        }
+        let Some(PartialReport { parts: buf, .. }) = p.report.as_mut() else {
+            return;
+        };
+        buf[part as usize] = Some(vms);
+        if buf.iter().all(Option::is_some) {
+            let all: BTreeMap<VmId, VmRunState> = buf
+                .drain(..)
+                .flatten()
+                .flatten()
+                .map(|s| (s.vm, s.state))
+                .collect();
+            p.report = None;
+            p.vm_gen_have = Some(generation);
+            let old = std::mem::replace(&mut p.vms, all);
+            for vm in old.keys() {
+                if let Some(s) = self.running.get_mut(vm) {
+                    s.remove(&from);
+                }
+            }
+            let now_active: Vec<VmId> = p
+                .vms
+                .iter()
+                .filter(|(_, s)| matches!(s, VmRunState::Running | VmRunState::PoweringOn))
+                .map(|(&vm, _)| vm)
+                .collect();
+            for vm in now_active {
+                self.running.entry(vm).or_default().insert(from);
+            }
+            self.reconcile_due = true;
+        }
+    }
+
+    pub(super) fn host_views(&self, now: Time) -> Vec<HostView> {
+        let mut v: Vec<HostView> = vec![HostView {
+            host: self.me,
+            verdict: Verdict::Alive,
+            net_age: Some(0.0),
+            ds_age: Vec::new(),
+        }];
+        for (&h, p) in &self.peers {
+            v.push(HostView {
+                host: h,
+                verdict: p.verdict.unwrap_or(Verdict::Unreachable),
+                net_age: p.last_net.map(|t| now.since(t).as_secs_f64()),
+                ds_age: p
+                    .ds
+                    .iter()
+                    .map(|(&d, o)| (d, Some(now.since(o.last_advance).as_secs_f64())))
+                    .collect(),
+            });
+        }
+        v
+    }
+
+    pub(super) fn vm_views(&self) -> Vec<VmView> {
+        let mut out = Vec::new();
+        for pd in self.protected.values() {
+            for e in &pd.list.vms {
+                let host = self
+                    .running
+                    .get(&e.vm)
+                    .and_then(|s| s.iter().next().copied())
+                    .or(e.last_host);
+                let restart = match self.tracks.get(&e.vm) {
+                    Some(t) => {
+                        format!("{:?} (from {:?}, attempts {})", t.stage, t.from, t.attempts)
+                    }
+                    None => format!("{:?}", e.restart),
+                };
+                out.push(VmView {
+                    vm: e.vm,
+                    host,
+                    state: self
+                        .running
+                        .get(&e.vm)
+                        .filter(|s| !s.is_empty())
+                        .map(|_| VmRunState::Running),
+                    restart,
+                });
+            }
+        }
+        out
+    }
+}
+
+impl Agent {
+    // ----- network -------------------------------------------------------------------------------
+
+    pub(super) fn master_send_heartbeats(&mut self, now: Time) {
+        for h in self.other_hosts() {
+            self.master_send_heartbeat_to(now, h);
+        }
+    }
+
+    pub(super) fn master_send_heartbeat_to(&mut self, now: Time, to: HostId) {
+        let t = &self.t;
+        let reachable_datastores = self.reachable_datastores(now).len() as u32;
+        let config_generation = self.config.generation;
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
+        let claims: Vec<(DatastoreId, Epoch)> = m
+            .claims
+            .keys()
+            .copied()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|d| m.held_valid(d, now, t).map(|e| (d, e)))
+            .collect();
+        let p = m.peers.entry(to).or_default();
+        // Echo only a heartbeat heard recently: an old echo would grant nothing anyway.
+        let (echo_seq, echo_token) = if p
+            .last_net
+            .is_some_and(|t0| now.since(t0) < t.host_unreachable_after)
+        {
+            (p.last_seq, p.last_token)
+        } else {
+            (0, 0)
+        };
+        let want_vm_report = p.vm_gen_have != Some(p.vm_gen_reported) && p.last_net.is_some();
+        let msg = Message::MasterHeartbeat(MasterHeartbeat {
+            echo_seq,
+            echo_token,
+            reachable_datastores,
+            claims,
+            want_vm_report,
+            config_generation,
+        });
+        self.send(to, &msg);
+    }
+
+    /// A slave heartbeat (the message's fields, from `(host, incarnation)`).
+    pub(super) fn master_on_slave_heartbeat(
+        &mut self,
+        now: Time,
+        (from, incarnation): (HostId, u64),
+        hb: SlaveHeartbeat,
+    ) {
+        let SlaveHeartbeat {
+            seq,
+            token,
+            reachable,
+            vm_generation,
+            maintenance,
+            config_generation: _,
+        } = hb;
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
+        let p = m.peers.entry(from).or_default();
+        if !p.note_incarnation(incarnation) {
+            return;
+        }
+        // A heartbeat older than one already heard (delayed, reordered) is old news: it must not
+        // roll back what the host reported since.
+        if seq <= p.last_seq {
+            return;
+        }
+        p.last_net = Some(now);
+        p.last_seq = seq;
+        p.last_token = token;
+        p.reachable = reachable;
+        p.maintenance = maintenance;
+        if p.vm_gen_reported != vm_generation {
+            p.vm_gen_reported = vm_generation;
+        }
+        if p.verdict != Some(Verdict::Alive) {
+            self.set_verdict(from, Verdict::Alive, "network heartbeat received");
+        }
+    }
+
+    fn set_verdict(&mut self, host: HostId, to: Verdict, reason: &str) {
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
+        let Some(p) = m.peers.get_mut(&host) else {
+            return;
+        };
+        let from = p.verdict.unwrap_or(Verdict::Unreachable);
+        if p.verdict == Some(to) {
+            return;
+        }
+        let first = p.verdict.is_none();
+        p.verdict = Some(to);
+        if to == Verdict::Dead {
+            // What a dead host reported running is not running any more.
+            let vms: Vec<VmId> = p.vms.keys().copied().collect();
+            for vm in vms {
+                if let Some(s) = m.running.get_mut(&vm) {
+                    s.remove(&host);
+                }
+            }
+        }
+        m.reconcile_due = true;
+        if !(first && to == Verdict::Unreachable) {
+            self.emit(Event::VerdictChanged {
+                subject: host,
+                from,
+                to,
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    // ----- datastores ----------------------------------------------------------------------------
+
+    pub(super) fn master_read_datastores(&mut self, now: Time) {
+        let ds: Vec<DatastoreId> = self.mounted.keys().copied().collect();
+        for d in ds {
+            if !self.has_inflight(d, |p| matches!(p, DsPurpose::HeartbeatRead)) {
+                self.ds_request(now, d, DsOp::ReadHeartbeats, DsPurpose::HeartbeatRead);
+            }
+            let held = self
+                .role
+                .master()
+                .and_then(|m| m.claims.get(&d))
+                .is_some_and(|c| c.held.is_some());
+            if !held
+                && !self.has_inflight(d, |p| {
+                    matches!(p, DsPurpose::ClaimRead | DsPurpose::ClaimWrite(_))
+                })
+            {
+                self.ds_request(now, d, DsOp::ReadClaim, DsPurpose::ClaimRead);
+            }
+            let wanted: Vec<HostId> = self
+                .role
+                .master()
+                .map(|m| {
+                    m.peers
+                        .iter()
+                        .filter(|(_, p)| p.lists_wanted.contains(&d))
+                        .map(|(&h, _)| h)
+                        .collect()
+                })
+                .unwrap_or_default();
+            for host in wanted {
+                if !self.has_inflight(d, |p| *p == DsPurpose::PowerOnListRead { host }) {
+                    self.ds_request(
+                        now,
+                        d,
+                        DsOp::ReadPowerOnList { host },
+                        DsPurpose::PowerOnListRead { host },
+                    );
+                }
+            }
+        }
+    }
+
+    pub(super) fn master_renew_claims(&mut self, now: Time) {
+        let held: Vec<(DatastoreId, HeldClaim)> = self
+            .role
+            .master()
+            .map(|m| {
+                m.claims
+                    .iter()
+                    .filter_map(|(&d, c)| c.held.map(|h| (d, h)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (d, h) in held {
+            if self.has_inflight(d, |p| matches!(p, DsPurpose::ClaimWrite(_))) {
+                continue;
+            }
+            let record = DatastoreClaim {
+                cluster: self.settings.cluster,
+                datastore: d,
+                owner: self.settings.host,
+                owner_incarnation: self.settings.incarnation,
+                epoch: h.epoch,
+                renewal: h.renewal + 1,
+                released: false,
+            };
+            self.ds_request(
+                now,
+                d,
+                DsOp::WriteClaim {
+                    record,
+                    mode: ClaimWrite::Renew,
+                },
+                DsPurpose::ClaimWrite(ClaimWriteSent {
+                    started: now,
+                    mode: ClaimWriteKind::Renew,
+                    record,
+                }),
+            );
+        }
+    }
+
+    pub(super) fn master_release_claims(&mut self, now: Time) {
+        let held: Vec<(DatastoreId, HeldClaim)> = self
+            .role
+            .master()
+            .map(|m| {
+                m.claims
+                    .iter()
+                    .filter_map(|(&d, c)| c.held.map(|h| (d, h)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (d, h) in held {
+            let record = DatastoreClaim {
+                cluster: self.settings.cluster,
+                datastore: d,
+                owner: self.settings.host,
+                owner_incarnation: self.settings.incarnation,
+                epoch: h.epoch,
+                renewal: h.renewal + 1,
+                released: true,
+            };
+            self.ds_request(
+                now,
+                d,
+                DsOp::WriteClaim {
+                    record,
+                    mode: ClaimWrite::Release,
+                },
+                DsPurpose::ClaimWrite(ClaimWriteSent {
+                    started: now,
+                    mode: ClaimWriteKind::Release,
+                    record,
+                }),
+            );
+            self.emit(Event::ClaimLost {
+                datastore: d,
+                epoch: h.epoch,
+                reason: "stepping down".into(),
+            });
+        }
+    }
+
+    fn try_acquire(
+        &mut self,
+        now: Time,
+        d: DatastoreId,
+        current: Option<DatastoreClaim>,
+        lapsed: bool,
+    ) {
+        if self.role() != Role::Master || self.shutting_down {
+            return;
+        }
+        let epoch = Epoch(current.map_or(0, |c| c.epoch.0) + 1);
+        let record = DatastoreClaim {
+            cluster: self.settings.cluster,
+            datastore: d,
+            owner: self.settings.host,
+            owner_incarnation: self.settings.incarnation,
+            epoch,
+            renewal: 0,
+            released: false,
+        };
+        self.ds_request(
+            now,
+            d,
+            DsOp::WriteClaim {
+                record,
+                mode: ClaimWrite::Acquire {
+                    expect: current,
+                    lapsed,
+                },
+            },
+            DsPurpose::ClaimWrite(ClaimWriteSent {
+                started: now,
+                mode: ClaimWriteKind::Acquire,
+                record,
+            }),
+        );
+    }
+
+    /// `issued`: when the request left; the datastore's state it reports was read somewhere between
+    /// then and `now`.
+    pub(super) fn master_ds_completion(
+        &mut self,
+        now: Time,
+        issued: Time,
+        d: DatastoreId,
+        purpose: DsPurpose,
+        result: Result<DsReply, DsError>,
+    ) {
+        if self.role.master().is_none() {
+            return;
+        }
+        match (purpose, result) {
+            (DsPurpose::HeartbeatRead, Ok(DsReply::Heartbeats(slots))) => {
+                self.on_heartbeats_read(now, issued, d, slots);
+                // Judge at once: a death this read confirms should not wait for the next tick.
+                self.master_evaluate(now);
+            }
+            (DsPurpose::ClaimRead, Ok(DsReply::Claim(current))) => {
+                self.on_claim_read(now, issued, d, current)
+            }
+            (DsPurpose::ClaimWrite(sent), result) => self.on_claim_written(now, d, sent, result),
+            (DsPurpose::ProtectedRead, Ok(DsReply::ProtectedList(list))) => {
+                self.on_protected_read(now, d, list)
+            }
+            (DsPurpose::ProtectedRead, Err(_)) => {
+                // Retried by the next evaluation while the list is not loaded.
+            }
+            (DsPurpose::ProtectedWrite { generation }, result) => {
+                self.on_protected_written(now, d, generation, result)
+            }
+            (DsPurpose::PowerOnListRead { host }, Ok(DsReply::PowerOnList(list))) => {
+                let Some(m) = self.role.master_mut() else {
+                    return;
+                };
+                if let Some(p) = m.peers.get_mut(&host) {
+                    p.lists_wanted.remove(&d);
+                    match list {
+                        Some(l) if l.host == host => {
+                            p.power_on_lists.insert(d, l);
+                        }
+                        _ => {
+                            p.power_on_lists.remove(&d);
+                        }
+                    }
+                    m.reconcile_due = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_heartbeats_read(
+        &mut self,
+        now: Time,
+        issued: Time,
+        d: DatastoreId,
+        slots: Vec<heartbeat_fs::ops::HeartbeatSlot>,
+    ) {
+        let cluster = self.settings.cluster;
+        let mounts: Vec<HostId> = self.config.hosts_of(d).to_vec();
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
+        m.ds_read_ok.insert(d, now);
+        let mut seen: BTreeSet<HostId> = BTreeSet::new();
+        for slot in slots {
+            if slot.host == m.me {
+                continue;
+            }
+            let Some(p) = m.peers.get_mut(&slot.host) else {
+                continue;
+            };
+            seen.insert(slot.host);
+            let Ok(rec) = slot.record else {
+                // Torn or corrupt: no new information, and certainly no evidence of death.
+                continue;
+            };
+            if rec.cluster != cluster || rec.host != slot.host {
+                continue;
+            }
+            let seen_now = HeartbeatSeen {
+                incarnation: rec.incarnation,
+                sequence: rec.sequence,
+                flags: rec.flags,
+                power_on_generation: rec.power_on_generation,
+            };
+            observe(p, d, (issued, now), seen_now);
+        }
+        // A host that mounts the datastore but never wrote there: a clean read of "nothing".
+        for h in mounts {
+            if h == m.me || seen.contains(&h) {
+                continue;
+            }
+            if let Some(p) = m.peers.get_mut(&h) {
+                observe(p, d, (issued, now), HeartbeatSeen::default());
+            }
+        }
+    }
+
+    fn on_claim_read(
+        &mut self,
+        now: Time,
+        issued: Time,
+        d: DatastoreId,
+        current: Option<DatastoreClaim>,
+    ) {
+        let me = self.settings.host;
+        let lease = self.t.stretch(self.t.claim_lease);
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
+        let c = m.claims.entry(d).or_default();
+        if c.held.is_some() {
+            return;
+        }
+        let same = c.seen.map(|s| (s.owner, s.epoch, s.renewal, s.released))
+            == current.map(|s| (s.owner, s.epoch, s.renewal, s.released));
+        if !same || !c.read_once {
+            c.seen = current;
+            c.seen_since = Some(now);
+            c.read_once = true;
+        }
+        // From when the record was surely there (the reply of the first read that showed it) to
+        // when it surely still was (the request of the latest one): a read delayed in a queue or
+        // on the network must not make a live holder's record look older than it is.
+        let lapsed = c.seen_since.is_some_and(|t0| issued.since(t0) >= lease);
+        let acquirable = match current {
+            None => true,
+            Some(rec) if rec.released || rec.owner == me || rec.owner.is_none() => true,
+            Some(_) => lapsed,
+        };
+        if acquirable {
+            self.try_acquire(now, d, current, lapsed);
+        }
+    }
+
+    fn on_claim_written(
+        &mut self,
+        now: Time,
+        d: DatastoreId,
+        sent: ClaimWriteSent,
+        result: Result<DsReply, DsError>,
+    ) {
+        let ClaimWriteSent {
+            started,
+            mode,
+            record,
+        } = sent;
+        match (mode, result) {
+            (ClaimWriteKind::Acquire, Ok(_)) => {
+                let Some(m) = self.role.master_mut() else {
+                    return;
+                };
+                let c = m.claims.entry(d).or_default();
+                c.held = Some(HeldClaim {
+                    epoch: record.epoch,
+                    renewal: record.renewal,
+                    last_renew_start: started,
+                    acquired_at: started,
+                });
+                self.emit(Event::ClaimAcquired {
+                    datastore: d,
+                    epoch: record.epoch,
+                });
+                self.ds_request(now, d, DsOp::ReadProtectedList, DsPurpose::ProtectedRead);
+            }
+            (ClaimWriteKind::Acquire, Err(DsError::ClaimMismatch { current })) => {
+                let Some(m) = self.role.master_mut() else {
+                    return;
+                };
+                let c = m.claims.entry(d).or_default();
+                c.seen = current;
+                c.seen_since = Some(now);
+            }
+            (ClaimWriteKind::Acquire, Err(_)) => {}
+            (ClaimWriteKind::Renew, Ok(_)) => {
+                let Some(m) = self.role.master_mut() else {
+                    return;
+                };
+                if let Some(h) = m.claims.get_mut(&d).and_then(|c| c.held.as_mut())
+                    && h.epoch == record.epoch
+                {
+                    h.renewal = h.renewal.max(record.renewal);
+                    if started > h.last_renew_start {
+                        h.last_renew_start = started;
+                    }
+                }
+            }
+            (ClaimWriteKind::Renew, Err(DsError::ClaimMismatch { current })) => {
+                self.lose_claim(d, "another master holds it now");
+                let Some(m) = self.role.master_mut() else {
+                    return;
+                };
+                let c = m.claims.entry(d).or_default();
+                c.seen = current;
+                c.seen_since = Some(now);
+            }
+            (ClaimWriteKind::Renew, Err(_)) => {
+                // Keep trying: the claim is lost by time in master_evaluate if this goes on.
+            }
+            (ClaimWriteKind::Release, _) => {}
+        }
+    }
+
+    fn lose_claim(&mut self, d: DatastoreId, reason: &str) {
+        if step_removed!(self, DropOnClaimLoss) {
+            return;
+        }
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
+        let Some(c) = m.claims.get_mut(&d) else {
+            return;
+        };
+        let Some(h) = c.held.take() else { return };
+        c.seen = None;
+        c.seen_since = None;
+        c.read_once = false;
+        if let Some(pd) = m.protected.get_mut(&d) {
+            pd.loaded = false;
+        }
+        // Stop issuing at once; in-flight commands fail the target's intent check or complete under
+        // the intent already written.
+        let vms: Vec<VmId> = m
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.home == d)
+            .map(|(&vm, _)| vm)
+            .collect();
+        for vm in vms {
+            m.tracks.remove(&vm);
+        }
+        self.emit(Event::ClaimLost {
+            datastore: d,
+            epoch: h.epoch,
+            reason: reason.to_string(),
+        });
+    }
+
+    fn on_protected_read(&mut self, now: Time, d: DatastoreId, list: Option<ProtectedVmList>) {
+        let me = self.settings.host;
+        let cluster = self.settings.cluster;
+        let config_vms: Vec<heartbeat_fs::records::VmConfig> = self
+            .config
+            .vms
+            .iter()
+            .filter(|v| v.home == d && v.protected)
+            .cloned()
+            .collect();
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
+        let Some(epoch) = m.claims.get(&d).and_then(|c| c.held).map(|h| h.epoch) else {
+            return;
+        };
+        let mut list = list
+            .filter(|l| l.cluster == cluster && l.datastore == d)
+            .unwrap_or(ProtectedVmList {
+                cluster,
+                datastore: d,
+                master: me,
+                epoch,
+                generation: 0,
+                vms: Vec::new(),
+            });
+        list.master = me;
+        list.epoch = epoch;
+        // Resume what a previous master left: intents go back to their target, never elsewhere
+        // while that target may still start them.
+        for e in &list.vms {
+            if let RestartState::Intent {
+                target, attempt, ..
+            } = e.restart
+            {
+                m.tracks.insert(
+                    e.vm,
+                    RestartTrack {
+                        home: d,
+                        attempts: attempt.saturating_sub(1),
+                        next_try: now,
+                        from: e.last_host,
+                        preferred: None,
+                        excluded: Vec::new(),
+                        stage: Stage::Resume { target, attempt },
+                        reported_waiting: false,
+                    },
+                );
+            }
+        }
+        let generation = list.generation;
+        m.protected.insert(
+            d,
+            ProtectedDs {
+                list,
+                loaded: true,
+                dirty: true,
+                write_in_flight: None,
+                durable: generation,
+            },
+        );
+        sync_protected_with_config(m.protected.get_mut(&d).expect("inserted"), &config_vms);
+        m.reconcile_due = true;
+    }
+
+    fn on_protected_written(
+        &mut self,
+        now: Time,
+        d: DatastoreId,
+        generation: u64,
+        result: Result<DsReply, DsError>,
+    ) {
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
+        let Some(pd) = m.protected.get_mut(&d) else {
+            return;
+        };
+        pd.write_in_flight = None;
+        match result {
+            Ok(_) => {
+                pd.durable = pd.durable.max(generation);
+            }
+            Err(DsError::ClaimMismatch { .. }) => {
+                self.lose_claim(d, "protected list write found another claim");
+                return;
+            }
+            Err(_) => {
+                pd.dirty = true;
+                return;
+            }
+        }
+        // Intents now on disk: their commands may go out.
+        let mut ready: Vec<(VmId, HostId, u32)> = m
+            .tracks
+            .iter()
+            .filter_map(|(&vm, t)| match t.stage {
+                Stage::IntentWriting {
+                    target,
+                    attempt,
+                    generation: g,
+                } if t.home == d && g <= generation => Some((vm, target, attempt)),
+                _ => None,
+            })
+            .collect();
+        // Commands go out in placement order: priority first, then VM id.
+        ready.sort_by_key(|(vm, _, _)| {
+            let prio = self
+                .config
+                .vm(*vm)
+                .map(|c| c.ha.priority)
+                .unwrap_or_default();
+            (std::cmp::Reverse(prio), *vm)
+        });
+        let m = self.role.master_mut().expect("master");
+        let epoch = m.claims.get(&d).and_then(|c| c.held).map(|h| h.epoch);
+        let Some(epoch) = epoch else { return };
+        for (vm, target, attempt) in ready {
+            if let Some(t) = self.role.master_mut().and_then(|m| m.tracks.get_mut(&vm)) {
+                t.stage = Stage::Issued {
+                    target,
+                    attempt,
+                    sent_at: now,
+                };
+            }
+            self.issue_power_on(vm, target, d, epoch, attempt);
+        }
+    }
+
+    /// Send a restart's command (its intent is durable, unless a knob removed that step).
+    fn issue_power_on(
+        &mut self,
+        vm: VmId,
+        target: HostId,
+        d: DatastoreId,
+        epoch: Epoch,
+        attempt: u32,
+    ) {
+        // Write-ahead (docs/safety.md): a command goes out only for the intent its datastore's
+        // protected list records, under the claim it names.
+        debug_assert!(
+            step_removed!(self, WriteAheadIntent)
+                || self.role.master().is_some_and(|m| m.intent_recorded(
+                    vm,
+                    (target, attempt),
+                    d,
+                    epoch
+                )),
+            "a power-on command for {vm} on {target} (attempt {attempt}, {epoch}) without its intent under a held claim"
+        );
+        self.stats.restarts_issued += 1;
+        self.emit(Event::RestartIssued {
+            vm,
+            target,
+            epoch,
+            attempt,
+        });
+        self.send(
+            target,
+            &Message::PowerOn(PowerOnCommand {
+                vm,
+                datastore: d,
+                epoch,
+                attempt,
+            }),
+        );
+    }
+
+    fn flush_protected(&mut self, now: Time) {
+        // A copy: ds_request below needs all of self.
+        let t = self.t.clone();
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
+        let mut writes = Vec::new();
+        for (&d, pd) in m.protected.iter_mut() {
+            if !pd.loaded || !pd.dirty || pd.write_in_flight.is_some() {
+                continue;
+            }
+            pd.dirty = false;
+            pd.list.generation += 1;
+            pd.write_in_flight = Some(pd.list.generation);
+            writes.push((d, pd.list.clone()));
+        }
+        for (d, list) in writes {
+            if self
+                .role
+                .master()
+                .and_then(|m| m.held_valid(d, now, &t))
+                .is_none()
+            {
+                if let Some(pd) = self.role.master_mut().and_then(|m| m.protected.get_mut(&d)) {
+                    pd.write_in_flight = None;
+                    pd.dirty = true;
+                }
+                continue;
+            }
+            let generation = list.generation;
+            self.ds_request(
+                now,
+                d,
+                DsOp::WriteProtectedList(list),
+                DsPurpose::ProtectedWrite { generation },
+            );
+        }
+    }
+}
+
+/// Bring a protected list in line with the configuration: add newly protected VMs, drop VMs no longer
+/// protected, refresh HA settings. Restart state and last host are kept.
+fn sync_protected_with_config(
+    pd: &mut ProtectedDs,
+    config_vms: &[heartbeat_fs::records::VmConfig],
+) {
+    let wanted: BTreeMap<VmId, &heartbeat_fs::records::VmConfig> =
+        config_vms.iter().map(|v| (v.id, v)).collect();
+    pd.list.vms.retain(|e| wanted.contains_key(&e.vm));
+    for e in pd.list.vms.iter_mut() {
+        let c = wanted[&e.vm];
+        e.settings = c.ha.clone();
+        e.home = c.home;
+    }
+    let have: BTreeSet<VmId> = pd.list.vms.iter().map(|e| e.vm).collect();
+    for (vm, c) in wanted {
+        if !have.contains(&vm) {
+            pd.list.vms.push(ProtectedVm {
+                vm,
+                home: c.home,
+                last_host: None,
+                desired: DesiredPower::On,
+                settings: c.ha.clone(),
+                restart: RestartState::Idle,
+            });
+        }
+    }
+    pd.list.vms.sort_by_key(|e| e.vm);
+    pd.dirty = true;
+}
