@@ -8,7 +8,7 @@
 # SET (required):
 #   claim   heartbeat-fs/src/claim.rs, tested by `cargo test -p heartbeat-fs`
 #           (32 mutants, about 15 min on 2 cores)
-#   agent   fdm-agent/core/src/agent/*.rs, tested by `cargo test -p fdm-core --lib` (the core tests)
+#   agent   fdm-agent/core/src/agent/**/*.rs, tested by `cargo test -p fdm-core --lib` (the core tests)
 #           (about 700 mutants, about 40 s each: the long run, many hours; bound it with the options)
 #   all     claim, then agent
 #
@@ -88,7 +88,7 @@ run_set() {
       ;;
     agent)
       package=fdm-core
-      default_glob='fdm-agent/core/src/agent/*.rs'
+      default_glob='fdm-agent/core/src/agent/**/*.rs'
       timeout=${MUTANTS_TIMEOUT:-60}
       # The core's own tests: the library's unit tests, not the binary's or integration tests.
       test_args=(--lib)
