@@ -14,6 +14,13 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
+mod hypervisor;
+mod net;
+mod storage;
+
+/// A ping (isolation address, liveness probe) answers after this long.
+const PING_US: Micros = 1_000;
+
 /// Microseconds of virtual time.
 pub type Micros = u64;
 
@@ -662,192 +669,12 @@ impl World {
     fn output(&mut self, i: usize, out: Output) {
         let (h, inc) = (self.hosts[i].id, self.hosts[i].incarnation);
         match out {
-            Output::Transmit(t) => {
-                self.messages += 1;
-                if !self.linked(h, t.to) || self.rng.chance(self.params.net.loss) {
-                    return;
-                }
-                let n = &self.params.net;
-                let (lat, jit) = (n.latency_us, n.jitter_us);
-                let dup = self.rng.chance(n.duplicate);
-                let mut d = lat + if jit > 0 { self.rng.below(jit) } else { 0 };
-                if n.stall > 0.0 && self.rng.chance(n.stall) {
-                    d += self.rng.below(n.stall_max_us.max(1));
-                }
-                if t.payload.get(WIRE_KIND_AT) == Some(&POWER_ON_KIND)
-                    && let Some(hold) = self.stall_next_command.take()
-                {
-                    d += hold;
-                }
-                if dup {
-                    let d2 = lat + if jit > 0 { self.rng.below(jit) } else { 0 };
-                    self.push(
-                        self.now + d2,
-                        Ev::Datagram {
-                            to: t.to,
-                            payload: t.payload.clone(),
-                        },
-                    );
-                }
-                self.push(
-                    self.now + d,
-                    Ev::Datagram {
-                        to: t.to,
-                        payload: t.payload,
-                    },
-                );
-            }
-            Output::Datastore(req) => {
-                let d = req.datastore;
-                let deadline = us(self.params.timings.datastore_call_deadline);
-                let lat =
-                    self.params.ds_latency_us + self.rng.below(self.params.ds_latency_us.max(1));
-                let host = &mut self.hosts[i];
-                let hung = host.ds_hung.contains(&d);
-                if host.ds_stuck.contains(&d) {
-                    let c = DsCompletion {
-                        id: req.id,
-                        datastore: d,
-                        result: Err(DsError::Busy),
-                    };
-                    self.push(
-                        self.now + 50,
-                        Ev::Ds {
-                            host: h,
-                            inc,
-                            completion: c,
-                        },
-                    );
-                    return;
-                }
-                if hung {
-                    // The call never returns; the executor answers Timeout at the deadline and the
-                    // worker stays stuck until the storage comes back.
-                    host.ds_stuck.insert(d);
-                    let c = DsCompletion {
-                        id: req.id,
-                        datastore: d,
-                        result: Err(DsError::Timeout),
-                    };
-                    self.push(
-                        self.now + deadline,
-                        Ev::Ds {
-                            host: h,
-                            inc,
-                            completion: c,
-                        },
-                    );
-                    return;
-                }
-                // The call waits for the worker, then takes the storage's latency; it takes effect
-                // (and is answered) when it completes.
-                let start = host
-                    .ds_busy_until
-                    .get(&d)
-                    .copied()
-                    .unwrap_or(0)
-                    .max(self.now);
-                let done = start + lat;
-                host.ds_busy_until.insert(d, done);
-                let deadline_at = self.now + deadline;
-                if start >= deadline_at {
-                    // Still queued at the deadline: answered Timeout, never run.
-                    let c = DsCompletion {
-                        id: req.id,
-                        datastore: d,
-                        result: Err(DsError::Timeout),
-                    };
-                    self.push(
-                        deadline_at,
-                        Ev::Ds {
-                            host: h,
-                            inc,
-                            completion: c,
-                        },
-                    );
-                    return;
-                }
-                let timed_out = done > deadline_at;
-                if timed_out {
-                    let c = DsCompletion {
-                        id: req.id,
-                        datastore: d,
-                        result: Err(DsError::Timeout),
-                    };
-                    self.push(
-                        deadline_at,
-                        Ev::Ds {
-                            host: h,
-                            inc,
-                            completion: c,
-                        },
-                    );
-                }
-                self.push(
-                    done,
-                    Ev::DsExec {
-                        host: h,
-                        inc,
-                        request: req,
-                        timed_out,
-                    },
-                );
-            }
-            Output::Hypervisor(a) => match a {
-                HypervisorAction::PowerOn { op, vm, .. } => {
-                    let at = self.now + self.params.power_on_us;
-                    self.push(
-                        at,
-                        Ev::PowerOnDone {
-                            host: h,
-                            inc,
-                            op,
-                            vm,
-                        },
-                    );
-                }
-                HypervisorAction::PowerOff { op, vm, cause }
-                | HypervisorAction::Shutdown { op, vm, cause, .. } => {
-                    if self.hosts[i].running.remove(&vm).is_some() {
-                        self.stops.insert(vm, (self.now, h, StopKind::Agent(cause)));
-                        self.log(Some(h), format!("{vm} stopped by agent ({cause:?})"));
-                        if cause == StopCause::Fence {
-                            self.check_fence(i, vm);
-                        }
-                    }
-                    let e = HypervisorEvent::PowerOffResult {
-                        op,
-                        vm,
-                        result: Ok(()),
-                    };
-                    self.push(
-                        self.now + 50_000,
-                        Ev::Hv {
-                            host: h,
-                            inc,
-                            event: e,
-                        },
-                    );
-                }
-                HypervisorAction::List { op } => {
-                    // Answered at delivery with what runs then.
-                    let e = HypervisorEvent::Inventory {
-                        op,
-                        running: Vec::new(),
-                    };
-                    self.push(
-                        self.now + 10_000,
-                        Ev::Hv {
-                            host: h,
-                            inc,
-                            event: e,
-                        },
-                    );
-                }
-            },
-            Output::CheckIsolation => self.push(self.now + 1_000, Ev::Isolation { host: h, inc }),
+            Output::Transmit(t) => self.transmit(h, t),
+            Output::Datastore(req) => self.datastore_call(i, req),
+            Output::Hypervisor(a) => self.hypervisor_action(i, a),
+            Output::CheckIsolation => self.push(self.now + PING_US, Ev::Isolation { host: h, inc }),
             Output::Probe { host: target } => self.push(
-                self.now + 1_000,
+                self.now + PING_US,
                 Ev::Probe {
                     host: h,
                     inc,
@@ -866,56 +693,6 @@ impl World {
             }
             Output::Event(e) => self.on_agent_event(i, e),
         }
-    }
-
-    /// A datastore call of host `i` reaches the storage now.
-    fn ds_exec(&mut self, i: usize, inc: u64, req: DsRequest, timed_out: bool) {
-        let host = &mut self.hosts[i];
-        // A call of an agent process that died (or a host that lost power) never ran.
-        if !host.powered || host.incarnation != inc {
-            return;
-        }
-        let h = host.id;
-        let d = req.datastore;
-        let lost = host.ds_lost.contains(&d) || self.ds_dead.contains(&d);
-        let torn = matches!(req.op, DsOp::WriteHeartbeat(_)) && host.torn_next.remove(&d);
-        let result = if lost {
-            Err(DsError::Io {
-                kind: IoKind::Io,
-                message: "EIO".into(),
-            })
-        } else if let Some(store) = self.ds.get_mut(&d) {
-            if torn {
-                store.tear_heartbeat(h);
-                Ok(heartbeat_fs::ops::DsReply::Written)
-            } else {
-                store.execute(
-                    Caller {
-                        host: h,
-                        incarnation: inc,
-                    },
-                    req.op,
-                )
-            }
-        } else {
-            Err(DsError::NotMounted(d))
-        };
-        if timed_out {
-            return;
-        }
-        let c = DsCompletion {
-            id: req.id,
-            datastore: d,
-            result,
-        };
-        self.push(
-            self.now,
-            Ev::Ds {
-                host: h,
-                inc,
-                completion: c,
-            },
-        );
     }
 
     /// A fence while the host's storage for that VM was healthy for a whole lease is needless: a
@@ -1001,37 +778,6 @@ impl World {
         }
         let what = format!("{e:?}");
         self.log(Some(h), what);
-    }
-
-    fn power_on_done(&mut self, i: usize, op: u64, vm: VmId) {
-        let h = self.hosts[i].id;
-        let inc = self.hosts[i].incarnation;
-        let fail = self.hosts[i].power_on_fails || self.rng.chance(self.params.power_on_fail);
-        let result = if fail {
-            Err("power-on failed".to_string())
-        } else {
-            use crate::invariants::{no_vm_on_two_hosts, operator_stop_respected};
-            if let Some(detail) = no_vm_on_two_hosts::at_power_on(self, h, vm) {
-                self.violate(no_vm_on_two_hosts::NAME, detail);
-            }
-            if let Some(detail) = operator_stop_respected::at_power_on(self, h, vm) {
-                self.violate(operator_stop_respected::NAME, detail);
-            }
-            self.hosts[i].running.insert(vm, self.now);
-            self.power_ons.push((self.now, h, vm));
-            self.log(Some(h), format!("{vm} powered on"));
-            Ok(())
-        };
-        // The VM's fate is settled by the hypervisor even if the agent is hung; the result waits.
-        let event = HypervisorEvent::PowerOnResult { op, vm, result };
-        self.push(
-            self.now,
-            Ev::Hv {
-                host: h,
-                inc,
-                event,
-            },
-        );
     }
 
     /// Feed an input to host `i`'s agent if it runs, is not hung and has incarnation `inc`.

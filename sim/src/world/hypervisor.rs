@@ -1,0 +1,97 @@
+//! The simulated hypervisor: power-ons that take a while (and may fail), power-offs, inventories.
+
+use super::*;
+
+/// A power-off or shutdown is reported done this long after it was asked for.
+const POWER_OFF_US: Micros = 50_000;
+/// The inventory at an agent's start is answered this long after it was asked for.
+const INVENTORY_US: Micros = 10_000;
+
+impl World {
+    pub(super) fn hypervisor_action(&mut self, i: usize, a: HypervisorAction) {
+        let (h, inc) = (self.hosts[i].id, self.hosts[i].incarnation);
+        match a {
+            HypervisorAction::PowerOn { op, vm, .. } => {
+                let at = self.now + self.params.power_on_us;
+                self.push(
+                    at,
+                    Ev::PowerOnDone {
+                        host: h,
+                        inc,
+                        op,
+                        vm,
+                    },
+                );
+            }
+            HypervisorAction::PowerOff { op, vm, cause }
+            | HypervisorAction::Shutdown { op, vm, cause, .. } => {
+                if self.hosts[i].running.remove(&vm).is_some() {
+                    self.stops.insert(vm, (self.now, h, StopKind::Agent(cause)));
+                    self.log(Some(h), format!("{vm} stopped by agent ({cause:?})"));
+                    if cause == StopCause::Fence {
+                        self.check_fence(i, vm);
+                    }
+                }
+                let e = HypervisorEvent::PowerOffResult {
+                    op,
+                    vm,
+                    result: Ok(()),
+                };
+                self.push(
+                    self.now + POWER_OFF_US,
+                    Ev::Hv {
+                        host: h,
+                        inc,
+                        event: e,
+                    },
+                );
+            }
+            HypervisorAction::List { op } => {
+                // Answered at delivery with what runs then.
+                let e = HypervisorEvent::Inventory {
+                    op,
+                    running: Vec::new(),
+                };
+                self.push(
+                    self.now + INVENTORY_US,
+                    Ev::Hv {
+                        host: h,
+                        inc,
+                        event: e,
+                    },
+                );
+            }
+        }
+    }
+
+    pub(super) fn power_on_done(&mut self, i: usize, op: u64, vm: VmId) {
+        let h = self.hosts[i].id;
+        let inc = self.hosts[i].incarnation;
+        let fail = self.hosts[i].power_on_fails || self.rng.chance(self.params.power_on_fail);
+        let result = if fail {
+            Err("power-on failed".to_string())
+        } else {
+            use crate::invariants::{no_vm_on_two_hosts, operator_stop_respected};
+            if let Some(detail) = no_vm_on_two_hosts::at_power_on(self, h, vm) {
+                self.violate(no_vm_on_two_hosts::NAME, detail);
+            }
+            if let Some(detail) = operator_stop_respected::at_power_on(self, h, vm) {
+                self.violate(operator_stop_respected::NAME, detail);
+            }
+            self.hosts[i].running.insert(vm, self.now);
+            self.power_ons.push((self.now, h, vm));
+            self.log(Some(h), format!("{vm} powered on"));
+            Ok(())
+        };
+        // The VM's fate is settled by the hypervisor even if the agent is hung; the result waits.
+        let event = HypervisorEvent::PowerOnResult { op, vm, result };
+        self.push(
+            self.now,
+            Ev::Hv {
+                host: h,
+                inc,
+                event,
+            },
+        );
+    }
+}

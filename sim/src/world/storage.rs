@@ -1,0 +1,158 @@
+//! The simulated storage: one worker per host and datastore, its latency, a hung or stuck mount,
+//! and the executor's deadline, as `heartbeat-fs::fs` behaves.
+
+use super::*;
+
+/// A call to a datastore whose worker is stuck is refused this soon (the executor is busy).
+const BUSY_ANSWER_US: Micros = 50;
+
+impl World {
+    /// A datastore request of host `i`: queued behind its worker, answered at completion or at
+    /// the deadline.
+    pub(super) fn datastore_call(&mut self, i: usize, req: DsRequest) {
+        let (h, inc) = (self.hosts[i].id, self.hosts[i].incarnation);
+        let d = req.datastore;
+        let deadline = us(self.params.timings.datastore_call_deadline);
+        let lat = self.params.ds_latency_us + self.rng.below(self.params.ds_latency_us.max(1));
+        let host = &mut self.hosts[i];
+        let hung = host.ds_hung.contains(&d);
+        if host.ds_stuck.contains(&d) {
+            let c = DsCompletion {
+                id: req.id,
+                datastore: d,
+                result: Err(DsError::Busy),
+            };
+            self.push(
+                self.now + BUSY_ANSWER_US,
+                Ev::Ds {
+                    host: h,
+                    inc,
+                    completion: c,
+                },
+            );
+            return;
+        }
+        if hung {
+            // The call never returns; the executor answers Timeout at the deadline and the
+            // worker stays stuck until the storage comes back.
+            host.ds_stuck.insert(d);
+            let c = DsCompletion {
+                id: req.id,
+                datastore: d,
+                result: Err(DsError::Timeout),
+            };
+            self.push(
+                self.now + deadline,
+                Ev::Ds {
+                    host: h,
+                    inc,
+                    completion: c,
+                },
+            );
+            return;
+        }
+        // The call waits for the worker, then takes the storage's latency; it takes effect
+        // (and is answered) when it completes.
+        let start = host
+            .ds_busy_until
+            .get(&d)
+            .copied()
+            .unwrap_or(0)
+            .max(self.now);
+        let done = start + lat;
+        host.ds_busy_until.insert(d, done);
+        let deadline_at = self.now + deadline;
+        if start >= deadline_at {
+            // Still queued at the deadline: answered Timeout, never run.
+            let c = DsCompletion {
+                id: req.id,
+                datastore: d,
+                result: Err(DsError::Timeout),
+            };
+            self.push(
+                deadline_at,
+                Ev::Ds {
+                    host: h,
+                    inc,
+                    completion: c,
+                },
+            );
+            return;
+        }
+        let timed_out = done > deadline_at;
+        if timed_out {
+            let c = DsCompletion {
+                id: req.id,
+                datastore: d,
+                result: Err(DsError::Timeout),
+            };
+            self.push(
+                deadline_at,
+                Ev::Ds {
+                    host: h,
+                    inc,
+                    completion: c,
+                },
+            );
+        }
+        self.push(
+            done,
+            Ev::DsExec {
+                host: h,
+                inc,
+                request: req,
+                timed_out,
+            },
+        );
+    }
+
+    /// A datastore call of host `i` reaches the storage now.
+    pub(super) fn ds_exec(&mut self, i: usize, inc: u64, req: DsRequest, timed_out: bool) {
+        let host = &mut self.hosts[i];
+        // A call of an agent process that died (or a host that lost power) never ran.
+        if !host.powered || host.incarnation != inc {
+            return;
+        }
+        let h = host.id;
+        let d = req.datastore;
+        let lost = host.ds_lost.contains(&d) || self.ds_dead.contains(&d);
+        let torn = matches!(req.op, DsOp::WriteHeartbeat(_)) && host.torn_next.remove(&d);
+        let result = if lost {
+            Err(DsError::Io {
+                kind: IoKind::Io,
+                message: "EIO".into(),
+            })
+        } else if let Some(store) = self.ds.get_mut(&d) {
+            if torn {
+                store.tear_heartbeat(h);
+                Ok(heartbeat_fs::ops::DsReply::Written)
+            } else {
+                store.execute(
+                    Caller {
+                        host: h,
+                        incarnation: inc,
+                    },
+                    req.op,
+                )
+            }
+        } else {
+            Err(DsError::NotMounted(d))
+        };
+        if timed_out {
+            return;
+        }
+        let c = DsCompletion {
+            id: req.id,
+            datastore: d,
+            result,
+        };
+        self.push(
+            self.now,
+            Ev::Ds {
+                host: h,
+                inc,
+                completion: c,
+            },
+        );
+    }
+}
