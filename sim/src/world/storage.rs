@@ -2,6 +2,7 @@
 //! and the executor's deadline, as `heartbeat-fs::fs` behaves.
 
 use super::*;
+use heartbeat_fs::ops::{DsReply, RequestId};
 
 /// A call to a datastore whose worker is stuck is refused this soon (the executor is busy).
 const BUSY_ANSWER_US: Micros = 50;
@@ -17,18 +18,12 @@ impl World {
         let host = &mut self.hosts[i];
         let hung = host.ds_hung.contains(&d);
         if host.ds_stuck.contains(&d) {
-            let c = DsCompletion {
-                id: req.id,
-                datastore: d,
-                result: Err(DsError::Busy),
-            };
-            self.push(
+            self.answer_ds(
+                h,
+                inc,
+                (req.id, d),
+                Err(DsError::Busy),
                 self.now + BUSY_ANSWER_US,
-                Ev::Ds {
-                    host: h,
-                    inc,
-                    completion: c,
-                },
             );
             return;
         }
@@ -36,18 +31,12 @@ impl World {
             // The call never returns; the executor answers Timeout at the deadline and the
             // worker stays stuck until the storage comes back.
             host.ds_stuck.insert(d);
-            let c = DsCompletion {
-                id: req.id,
-                datastore: d,
-                result: Err(DsError::Timeout),
-            };
-            self.push(
+            self.answer_ds(
+                h,
+                inc,
+                (req.id, d),
+                Err(DsError::Timeout),
                 self.now + deadline,
-                Ev::Ds {
-                    host: h,
-                    inc,
-                    completion: c,
-                },
             );
             return;
         }
@@ -64,36 +53,12 @@ impl World {
         let deadline_at = self.now + deadline;
         if start >= deadline_at {
             // Still queued at the deadline: answered Timeout, never run.
-            let c = DsCompletion {
-                id: req.id,
-                datastore: d,
-                result: Err(DsError::Timeout),
-            };
-            self.push(
-                deadline_at,
-                Ev::Ds {
-                    host: h,
-                    inc,
-                    completion: c,
-                },
-            );
+            self.answer_ds(h, inc, (req.id, d), Err(DsError::Timeout), deadline_at);
             return;
         }
         let timed_out = done > deadline_at;
         if timed_out {
-            let c = DsCompletion {
-                id: req.id,
-                datastore: d,
-                result: Err(DsError::Timeout),
-            };
-            self.push(
-                deadline_at,
-                Ev::Ds {
-                    host: h,
-                    inc,
-                    completion: c,
-                },
-            );
+            self.answer_ds(h, inc, (req.id, d), Err(DsError::Timeout), deadline_at);
         }
         self.push(
             done,
@@ -152,6 +117,30 @@ impl World {
                 host: h,
                 inc,
                 completion: c,
+            },
+        );
+    }
+
+    /// Host `h` (incarnation `inc`) gets the answer to its datastore request `id` on `d` at `at`.
+    fn answer_ds(
+        &mut self,
+        h: HostId,
+        inc: u64,
+        (id, d): (RequestId, DatastoreId),
+        result: Result<DsReply, DsError>,
+        at: Micros,
+    ) {
+        let completion = DsCompletion {
+            id,
+            datastore: d,
+            result,
+        };
+        self.push(
+            at,
+            Ev::Ds {
+                host: h,
+                inc,
+                completion,
             },
         );
     }

@@ -59,6 +59,7 @@ impl MasterState {
         e: &ProtectedVm,
         events: &mut Vec<Event>,
     ) -> Option<ProtectedVm> {
+        // Gone from the configuration: the list drops it when it next follows the config.
         ctx.config.vm(e.vm)?;
         if let Some(&h) = self.running_on(d, e.vm).first() {
             return self.found_running(e, h);
