@@ -32,8 +32,13 @@ pub enum DecodeError {
     Malformed(String),
 }
 
-/// Format version written in every record.
+/// Format version written in every fixed sector (heartbeat, claim).
 pub const FORMAT_VERSION: u16 = 1;
+/// Format version written in every variable record (lists, configuration, report). 2: a VM's HA
+/// settings gained `storage_loss_response` and `restart_limit`, the cluster's HA settings the
+/// restart limit, the same-host wait and the storage-outage settings. A reader of another version
+/// ignores the record (postcard has no field tags, so decoding it anyway would misread it).
+pub const RECORD_FORMAT_VERSION: u16 = 2;
 pub const HEARTBEAT_MAGIC: [u8; 8] = *b"FDMHBEAT";
 pub const CLAIM_MAGIC: [u8; 8] = *b"FDMCLAIM";
 pub const VARIABLE_MAGIC: [u8; 8] = *b"FDMVREC\0";
@@ -181,7 +186,7 @@ fn encode_variable<T: Serialize>(kind: u16, value: &T) -> Vec<u8> {
     let body = postcard::to_stdvec(value).expect("records always serialize");
     let mut out = Vec::with_capacity(VARIABLE_HEADER + body.len());
     out.extend_from_slice(&VARIABLE_MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&RECORD_FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&kind.to_le_bytes());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     let mut h = crc32fast::Hasher::new();
@@ -215,7 +220,7 @@ fn decode_variable<T: DeserializeOwned>(kind: u16, b: &[u8]) -> Result<T, Decode
         return Err(DecodeError::BadMagic);
     }
     let version = u16_at(b, 8);
-    if version != FORMAT_VERSION {
+    if version != RECORD_FORMAT_VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
     let got = u16_at(b, 10);

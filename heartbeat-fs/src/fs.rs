@@ -278,7 +278,7 @@ impl DatastoreDir {
             DsOp::ReadProtectedList => self.read_protected_list().map(DsReply::ProtectedList),
             DsOp::ReadConfig { newer_than } => self
                 .read_config()
-                .map(|c| DsReply::Config(c.filter(|c| c.generation > newer_than))),
+                .map(|c| DsReply::Config(c.filter(|c| c.generation > newer_than).map(Box::new))),
             DsOp::WriteConfig(c) => self.write_config(&c).map(|_| DsReply::Written),
             DsOp::CheckIntent {
                 owner,

@@ -115,10 +115,11 @@ impl MemDatastore {
                 self.config
                     .as_ref()
                     .filter(|c| c.generation > newer_than)
-                    .cloned(),
+                    .cloned()
+                    .map(Box::new),
             )),
             DsOp::WriteConfig(cfg) => {
-                self.config = Some(cfg);
+                self.config = Some(*cfg);
                 Ok(DsReply::Written)
             }
             DsOp::CheckIntent {

@@ -71,8 +71,9 @@ pub enum DsOp {
     ReadConfig {
         newer_than: u64,
     },
-    /// Written by the management plane only.
-    WriteConfig(ClusterConfig),
+    /// Written by the management plane only. Boxed: a configuration is far larger than any other
+    /// operation, and every queued operation would pay for it.
+    WriteConfig(Box<ClusterConfig>),
     /// The target host's check before a power-on: succeeds (`IntentConfirmed`) only when `owner` holds
     /// the claim at `epoch` (not released) AND the protected list on this datastore records
     /// `RestartState::Intent { target, epoch, attempt }` for `vm`. Anything else is `IntentRefused`.
@@ -100,7 +101,7 @@ pub enum DsReply {
     PowerOnList(Option<PowerOnList>),
     Claim(Option<DatastoreClaim>),
     ProtectedList(Option<ProtectedVmList>),
-    Config(Option<ClusterConfig>),
+    Config(Option<Box<ClusterConfig>>),
     IntentConfirmed,
     /// The claim or the intent on disk does not match the command: a stale command, refuse it.
     IntentRefused {

@@ -134,6 +134,36 @@ pub enum IsolationResponse {
     LeaveRunning,
 }
 
+/// What a host does with a VM whose home datastore it lost while the cluster's network is whole
+/// (a storage outage, not a host failure): see `docs/safety.md`, "Storage outages".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum StorageLossResponse {
+    /// Keep it running for as long as the outage hold lasts, however long the outage.
+    #[default]
+    Keep,
+    /// Suspend it after `storage_loss_timeout_ms`; resumed when the storage and its lease are back.
+    Pause,
+    /// Power it off after `storage_loss_timeout_ms`; the master restarts it when storage returns.
+    PowerOff,
+}
+
+/// How many restarts of one VM HA makes within a window before it calls the VM failed and leaves
+/// it alone until an operator clears it (FDM: 3 per hour; Proxmox `max_restart`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartLimit {
+    pub max_restarts: u32,
+    pub window_ms: u64,
+}
+
+impl Default for RestartLimit {
+    fn default() -> Self {
+        Self {
+            max_restarts: 3,
+            window_ms: 3_600_000,
+        }
+    }
+}
+
 /// When the master restarts a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum RestartPolicy {
@@ -158,6 +188,9 @@ pub struct VmHaSettings {
     pub priority: RestartPriority,
     pub isolation_response: IsolationResponse,
     pub restart_policy: RestartPolicy,
+    pub storage_loss_response: StorageLossResponse,
+    /// This VM's own restart limit; `None` takes the cluster's.
+    pub restart_limit: Option<RestartLimit>,
 }
 
 /// What the operator wants the VM to be.
@@ -237,6 +270,14 @@ pub struct HaSettings {
     pub restart_retry_ms: Vec<u64>,
     /// Restarts of a crashed VM on its own host before trying another host.
     pub same_host_restart_attempts: u32,
+    /// Wait between two restarts of a crashed VM on its own host, in milliseconds.
+    pub same_host_restart_wait_ms: u64,
+    /// Restarts per VM within a window before the VM is `failed` (a VM's own limit overrides it).
+    pub restart_limit: RestartLimit,
+    /// Response for VMs without their own (the per-VM setting always wins once the VM is configured).
+    pub default_storage_loss_response: StorageLossResponse,
+    /// A storage outage held this long applies `storage_loss_response`; `None`: never by time.
+    pub storage_loss_timeout_ms: Option<u64>,
     /// Standby hosts tried first for restarts.
     pub failover_hosts: Vec<HostId>,
     pub admission: AdmissionPolicy,
@@ -256,6 +297,10 @@ impl Default for HaSettings {
             default_isolation_response: IsolationResponse::PowerOff,
             restart_retry_ms: vec![0, 2_000, 10_000, 30_000, 120_000],
             same_host_restart_attempts: 1,
+            same_host_restart_wait_ms: 0,
+            restart_limit: RestartLimit::default(),
+            default_storage_loss_response: StorageLossResponse::Keep,
+            storage_loss_timeout_ms: None,
             failover_hosts: Vec::new(),
             admission: AdmissionPolicy::Disabled,
             orchestrated_wait_ms: None,

@@ -126,6 +126,9 @@ pub struct VmSpec {
     pub isolation_response: String,
     #[serde(default = "always")]
     pub restart_policy: String,
+    /// `keep`, `pause` or `power-off`.
+    #[serde(default = "keep")]
+    pub storage_loss_response: String,
     #[serde(default = "default_vm_mem")]
     pub memory_mb: u64,
     #[serde(default)]
@@ -141,6 +144,9 @@ fn power_off() -> String {
 }
 fn always() -> String {
     "always".into()
+}
+fn keep() -> String {
+    "keep".into()
 }
 fn default_vm_mem() -> u64 {
     1_024
@@ -263,6 +269,15 @@ fn isolation(s: &str) -> Result<IsolationResponse, String> {
     })
 }
 
+fn storage_loss(s: &str) -> Result<StorageLossResponse, String> {
+    Ok(match s {
+        "keep" => StorageLossResponse::Keep,
+        "pause" => StorageLossResponse::Pause,
+        "power-off" => StorageLossResponse::PowerOff,
+        _ => return Err(format!("`{s}`: keep|pause|power-off")),
+    })
+}
+
 fn policy(s: &str) -> Result<RestartPolicy, String> {
     Ok(match s {
         "always" => RestartPolicy::Always,
@@ -349,6 +364,9 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
                 .map_err(|e| invalid(field("isolation_response"), e))?,
             restart_policy: policy(&v.restart_policy)
                 .map_err(|e| invalid(field("restart_policy"), e))?,
+            storage_loss_response: storage_loss(&v.storage_loss_response)
+                .map_err(|e| invalid(field("storage_loss_response"), e))?,
+            restart_limit: None,
         };
         vms.push(
             VmConfig::new(VmId(v.id), DatastoreId(v.home))

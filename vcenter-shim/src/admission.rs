@@ -267,6 +267,8 @@ mod tests {
             memory_mb: 0,
             priority: Default::default(),
             isolation_response: None,
+            storage_loss_response: None,
+            restart_limit: None,
             restart_policy: Default::default(),
             depends_on: vec![],
             anti_affinity_group: None,

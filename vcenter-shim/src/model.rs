@@ -11,7 +11,8 @@
 use crate::service::WriteOutcome;
 use heartbeat_fs::records::{
     ClusterConfig, DatastoreConfig, DatastoreMount, HaSettings, HostConfig, IsolationResponse,
-    Resources, RestartPolicy, RestartPriority, VmConfig, VmHaSettings,
+    Resources, RestartLimit, RestartPolicy, RestartPriority, StorageLossResponse, VmConfig,
+    VmHaSettings,
 };
 use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
 use serde::{Deserialize, Serialize};
@@ -87,6 +88,12 @@ pub struct VmSpec {
     pub isolation_response: Option<IsolationResponse>,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+    /// `None` follows the cluster's `default_storage_loss_response`, like `isolation_response`.
+    #[serde(default)]
+    pub storage_loss_response: Option<StorageLossResponse>,
+    /// `None` follows the cluster's `restart_limit`.
+    #[serde(default)]
+    pub restart_limit: Option<RestartLimit>,
     #[serde(default)]
     pub depends_on: Vec<VmId>,
     #[serde(default)]
@@ -106,6 +113,8 @@ impl VmSpec {
         "priority",
         "isolation_response",
         "restart_policy",
+        "storage_loss_response",
+        "restart_limit",
         "depends_on",
         "anti_affinity_group",
         "protected",
@@ -279,6 +288,10 @@ impl Inventory {
                             .isolation_response
                             .unwrap_or(self.ha.default_isolation_response),
                         restart_policy: v.restart_policy,
+                        storage_loss_response: v
+                            .storage_loss_response
+                            .unwrap_or(self.ha.default_storage_loss_response),
+                        restart_limit: v.restart_limit,
                     },
                     depends_on: v.depends_on.clone(),
                     anti_affinity_group: v.anti_affinity_group.clone(),

@@ -523,6 +523,8 @@ mod tests {
             memory_mb: 1024,
             priority: Default::default(),
             isolation_response: None,
+            storage_loss_response: None,
+            restart_limit: None,
             restart_policy: Default::default(),
             depends_on: deps.iter().map(|d| VmId(*d)).collect(),
             anti_affinity_group: None,

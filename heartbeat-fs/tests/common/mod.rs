@@ -75,6 +75,11 @@ pub fn protected_list() -> ProtectedVmList {
                     priority: RestartPriority::Highest,
                     isolation_response: IsolationResponse::LeaveRunning,
                     restart_policy: RestartPolicy::HostFailureOnly,
+                    storage_loss_response: StorageLossResponse::Pause,
+                    restart_limit: Some(RestartLimit {
+                        max_restarts: 5,
+                        window_ms: 600_000,
+                    }),
                 },
                 restart: RestartState::Intent {
                     target: HostId(4),

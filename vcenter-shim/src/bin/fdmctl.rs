@@ -667,6 +667,10 @@ fn ha_text(view: &HaView) -> Vec<String> {
                 default_isolation_response,
                 restart_retry_ms,
                 same_host_restart_attempts,
+                same_host_restart_wait_ms,
+                restart_limit,
+                default_storage_loss_response,
+                storage_loss_timeout_ms,
                 failover_hosts,
                 admission,
                 orchestrated_wait_ms,
@@ -691,6 +695,25 @@ fn ha_text(view: &HaView) -> Vec<String> {
         (
             "same_host_restart_attempts",
             same_host_restart_attempts.to_string(),
+        ),
+        (
+            "same_host_restart_wait_ms",
+            same_host_restart_wait_ms.to_string(),
+        ),
+        (
+            "restart_limit",
+            format!(
+                "{} restarts per {} ms",
+                restart_limit.max_restarts, restart_limit.window_ms
+            ),
+        ),
+        (
+            "default_storage_loss_response",
+            word(default_storage_loss_response),
+        ),
+        (
+            "storage_loss_timeout_ms",
+            or_dash(storage_loss_timeout_ms.as_ref()),
         ),
         ("failover_hosts", joined(failover_hosts, HostId::to_string)),
         ("admission", policy_text(admission)),

@@ -871,7 +871,7 @@ impl Agent {
             }
             DsPurpose::ConfigRead => {
                 if let Ok(DsReply::Config(Some(cfg))) = result {
-                    self.apply_config(now, cfg);
+                    self.apply_config(now, *cfg);
                 }
             }
             DsPurpose::PowerOnListWrite { generation } => {
