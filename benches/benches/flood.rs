@@ -113,6 +113,7 @@ impl Rng {
 fn heartbeat_body(seq: u64) -> Vec<u8> {
     postcard::to_stdvec(&Message::SlaveHeartbeat(SlaveHeartbeat {
         seq,
+        echo_round: 0,
         token: seq.wrapping_mul(0x9e37_79b9_7f4a_7c15),
         reachable: vec![DatastoreId(1), DatastoreId(2)],
         vm_generation: 3,

@@ -94,6 +94,7 @@ fn seal_from_sender(key: &Key, sequence: u64, msg: &Message) -> Vec<u8> {
 fn heartbeat(seq: u64) -> Message {
     Message::SlaveHeartbeat(SlaveHeartbeat {
         seq,
+        echo_round: 0,
         token: seq,
         reachable: vec![DatastoreId(1)],
         vm_generation: 1,

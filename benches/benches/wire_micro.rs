@@ -20,6 +20,7 @@ fn main() {
             "SlaveHeartbeat (2 datastores)",
             Message::SlaveHeartbeat(SlaveHeartbeat {
                 seq: 1,
+                echo_round: 9,
                 token: 0x1234_5678_9abc_def0,
                 reachable: vec![DatastoreId(1), DatastoreId(2)],
                 vm_generation: 9,
@@ -30,11 +31,13 @@ fn main() {
         (
             "MasterHeartbeat (4 claims)",
             Message::MasterHeartbeat(MasterHeartbeat {
+                round: 9,
                 echo_seq: 1,
                 echo_token: 0x1234_5678_9abc_def0,
                 reachable_datastores: 4,
                 claims: (1..=4).map(|d| (DatastoreId(d), Epoch(d as u64))).collect(),
                 want_vm_report: false,
+                covers_all: false,
                 config_generation: 3,
             }),
         ),

@@ -32,13 +32,14 @@ enum Command {
         seed: Option<u64>,
         #[arg(long, default_value_t = 16)]
         hosts: u32,
-        /// The sweep profile the seed belongs to: all, stale-commands, claim-handover.
+        /// The sweep profile the seed belongs to: all, stale-commands, claim-handover, correlated.
         #[arg(long, default_value = "all")]
         profile: String,
         /// Remove a safety step of the core, to show the checks catch its removal: skip-lease-wait,
         /// skip-settle-wait, skip-write-ahead, skip-intent-check, skip-power-on-list,
-        /// skip-isolation-record, skip-self-fence, ignore-claim-loss, skip-one-target
-        /// (docs/safety.md).
+        /// skip-isolation-record, skip-self-fence, ignore-claim-loss, skip-one-target, and the
+        /// hold-without-every-host, and the availability steps skip-isolation-owner-check,
+        /// skip-outage-hold (docs/safety.md).
         #[arg(long)]
         knob: Vec<String>,
         /// Write the event trace as JSON lines.
@@ -61,7 +62,7 @@ enum Command {
         seeds: u64,
         #[arg(long, default_value_t = 1)]
         from: u64,
-        /// Which fault kinds to draw: all, stale-commands, claim-handover (docs/scenarios.md).
+        /// Which fault kinds to draw: all, stale-commands, claim-handover, correlated (docs/scenarios.md).
         #[arg(long, default_value = "all")]
         profile: String,
         /// Remove a safety step (see `run --knob`).
@@ -196,6 +197,7 @@ fn real_main() -> anyhow::Result<bool> {
             let t0 = Instant::now();
             let (mut detection, mut restart, mut bad, mut events, mut false_restarts) =
                 (Vec::new(), Vec::new(), 0, 0u64, 0);
+            let (mut downtime, mut ha_stops, mut vm_seconds) = (0.0f64, 0usize, 0.0f64);
             for seed in from..from + seeds {
                 let sc = sweep::scenario(hosts, seed, p);
                 let r = run::run_scenario(&sc, false, k);
@@ -203,6 +205,9 @@ fn real_main() -> anyhow::Result<bool> {
                 detection.extend(r.summary.detection.iter().copied());
                 restart.extend(r.summary.restart.iter().copied());
                 false_restarts += r.summary.false_restarts;
+                downtime += r.summary.ha_downtime_s;
+                ha_stops += r.summary.ha_stops;
+                vm_seconds += r.summary.sim_seconds * sc.config.vms.len() as f64;
                 if !r.violations.is_empty() {
                     bad += 1;
                     println!("seed {seed}: {} violation(s)", r.violations.len());
@@ -236,6 +241,14 @@ fn real_main() -> anyhow::Result<bool> {
                 pct(&restart, 0.5),
                 pct(&restart, 0.99),
                 restart.len()
+            );
+            println!(
+                "HA-caused downtime {downtime:.1} VM-seconds ({:.4} % of {vm_seconds:.0} VM-seconds simulated), from {ha_stops} HA stops",
+                if vm_seconds > 0.0 {
+                    100.0 * downtime / vm_seconds
+                } else {
+                    0.0
+                }
             );
             Ok(bad == 0)
         }

@@ -29,6 +29,11 @@ pub fn summary_table(r: &Report) -> String {
     let _ = writeln!(o, "restart            {}", f(&s.restart));
     let _ = writeln!(o, "power-ons          {}", s.restarts);
     let _ = writeln!(o, "false restarts     {}", s.false_restarts);
+    let _ = writeln!(
+        o,
+        "HA downtime        {:.1} VM-seconds from {} HA stops",
+        s.ha_downtime_s, s.ha_stops
+    );
     for e in &r.expectations {
         let _ = writeln!(
             o,

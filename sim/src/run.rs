@@ -5,6 +5,7 @@ use crate::scenario::{Expect, Scenario};
 use crate::world::{Micros, StopKind, Violation, World};
 use fdm_core::FaultKnobs;
 use heartbeat_fs::VmId;
+use heartbeat_fs::records::RestartState;
 
 #[derive(Debug, Clone)]
 pub struct ExpectResult {
@@ -25,6 +26,11 @@ pub struct Summary {
     pub messages: u64,
     pub events: u64,
     pub sim_seconds: f64,
+    /// HA-caused downtime: VM-seconds protected VMs spent stopped by HA (isolation responses,
+    /// fences) before they ran again.
+    pub ha_downtime_s: f64,
+    /// Stops HA made of running VMs (isolation responses, fences, aborts).
+    pub ha_stops: usize,
 }
 
 #[derive(Debug)]
@@ -119,6 +125,41 @@ fn check(w: &World, e: &Expect) -> (bool, String) {
                 .collect();
             (ok, format!("first power-ons: {}", shown.join(" ")))
         }
+        Expect::NoStop { from, vm } => {
+            let stops: Vec<String> = w
+                .agent_stops
+                .iter()
+                .filter(|(t, _, v, _)| *t >= *from && vm.is_none_or(|x| x == *v))
+                .map(|(t, h, v, c)| format!("{v}@{h} at {:.3}s ({c:?})", *t as f64 / 1e6))
+                .collect();
+            (
+                stops.is_empty(),
+                if stops.is_empty() {
+                    "no HA stop".into()
+                } else {
+                    format!("HA stopped {}", stops.join(", "))
+                },
+            )
+        }
+        Expect::VmPending { vm } => {
+            let on = w.where_runs(*vm);
+            let state = w.restart_state(*vm);
+            let pending = matches!(
+                state,
+                Some(RestartState::Pending { .. } | RestartState::Intent { .. })
+            );
+            (
+                on.is_empty() && pending,
+                format!("{vm} runs on {on:?}, restart state {state:?}"),
+            )
+        }
+        Expect::EventSeen { event, vm } => {
+            let seen = w
+                .events_seen
+                .get(event)
+                .is_some_and(|about| vm.is_none() || about.contains(vm));
+            (seen, format!("{event} seen: {seen}"))
+        }
         Expect::Role { host, role } => {
             let r = w.agent(*host).map(|a| a.role());
             let name = r
@@ -145,6 +186,8 @@ pub fn summarize(w: &World) -> Summary {
         messages: w.messages,
         events: w.events_processed,
         sim_seconds: w.now as f64 / 1e6,
+        ha_downtime_s: w.ha_downtime_s(),
+        ha_stops: w.agent_stops.len(),
         ..Summary::default()
     };
     // Crash -> running again, for every VM a crash took down.

@@ -193,6 +193,10 @@ pub struct ExpectSpec {
     pub count: Option<usize>,
     pub role: Option<String>,
     pub vms: Option<Vec<u32>>,
+    /// `no-stop`: the start of the span that ends at `at`.
+    pub from: Option<String>,
+    /// `event-seen`: the event's name (as the trace spells it, e.g. `IsolationResponseDeferred`).
+    pub event: Option<String>,
 }
 
 /// An expectation, checked at its time.
@@ -232,6 +236,22 @@ pub enum Expect {
     /// restart order by priority or dependency.
     StartOrder {
         vms: Vec<VmId>,
+    },
+    /// HA stopped nothing (or not `vm`) between `from` and the expectation's time: no isolation
+    /// response, fence or abort took a running VM down.
+    NoStop {
+        from: Micros,
+        vm: Option<VmId>,
+    },
+    /// The VM runs nowhere and its home datastore's protected list has it waiting for a restart
+    /// (pending or an intent), not failed and not stopped on purpose.
+    VmPending {
+        vm: VmId,
+    },
+    /// Some agent emitted an event of this name (optionally about `vm`) by the expectation's time.
+    EventSeen {
+        event: String,
+        vm: Option<VmId>,
     },
 }
 
@@ -632,6 +652,15 @@ fn expect(e: &ExpectSpec) -> Result<Expect, String> {
                 .into_iter()
                 .map(VmId)
                 .collect(),
+        },
+        "no-stop" => Expect::NoStop {
+            from: parse_time(e.from.as_deref().ok_or("`no-stop` needs `from`")?)?,
+            vm: e.vm.map(VmId),
+        },
+        "vm-pending" => Expect::VmPending { vm: vm()? },
+        "event-seen" => Expect::EventSeen {
+            event: e.event.clone().ok_or("`event-seen` needs `event`")?,
+            vm: e.vm.map(VmId),
         },
         other => return Err(format!("unknown expectation kind `{other}`")),
     })

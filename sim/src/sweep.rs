@@ -41,6 +41,8 @@ const ALL_KINDS: &[&str] = &[
     "vm-stop-after-master-change",
     "power-on-fails",
     "stall-command",
+    "network-outage",
+    "ds-outage",
 ];
 
 /// Which fault kinds a sweep draws from.
@@ -55,16 +57,26 @@ pub enum Profile {
     /// network and storage fail together or one after the other, hung agents and storage,
     /// masters that die.
     ClaimHandover,
+    /// Faults that hit every host at once and that HA must ride out without stopping anything:
+    /// the whole network down, a datastore lost by everyone, with crashes and operator stops
+    /// mixed in.
+    Correlated,
 }
 
 impl Profile {
-    pub const ALL: [Profile; 3] = [Profile::All, Profile::StaleCommands, Profile::ClaimHandover];
+    pub const ALL: [Profile; 4] = [
+        Profile::All,
+        Profile::StaleCommands,
+        Profile::ClaimHandover,
+        Profile::Correlated,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Profile::All => "all",
             Profile::StaleCommands => "stale-commands",
             Profile::ClaimHandover => "claim-handover",
+            Profile::Correlated => "correlated",
         }
     }
 
@@ -93,6 +105,14 @@ impl Profile {
                 "ds-hang",
                 "agent-hang",
                 "crash-master",
+            ],
+            Profile::Correlated => &[
+                "network-outage",
+                "ds-outage",
+                "vm-stop",
+                "crash",
+                "isolate",
+                "ds-loss",
             ],
         }
     }
@@ -366,6 +386,26 @@ pub fn scenario(hosts: u32, seed: u64, profile: Profile) -> Scenario {
             "stall-command" => Fault::StallNextCommand {
                 hold_us: 2_000_000 + r.below(20_000_000),
             },
+            "network-outage" => {
+                // A core switch dies: every host cut off from every other for 1-40 s.
+                let back = (at + 1_000_000 + r.below(39_000_000)).min(FAULT_PHASE - 1);
+                for h in 1..=hosts {
+                    faults.push((back, Fault::Unisolate { host: HostId(h) }));
+                }
+                for h in 2..=hosts {
+                    faults.push((at, Fault::Isolate { host: HostId(h) }));
+                }
+                Fault::Isolate { host: HostId(1) }
+            }
+            "ds-outage" => {
+                // An NFS server failover or a controller reboot: a datastore gone for every host
+                // for 1 s to most of the fault phase, then back by itself.
+                at = 2_000_000 + r.below(20_000_000);
+                let ds = DatastoreId(1 + r.below(nds) as u32);
+                let back = (at + 1_000_000 + r.below(57_000_000)).min(FAULT_PHASE - 1);
+                faults.push((back, Fault::DsAlive { ds }));
+                Fault::DsDead { ds }
+            }
             "power-on-fails" => {
                 let h = host(&mut r);
                 let back = at + 1 + r.below(30_000_000);

@@ -98,6 +98,30 @@ const CASES: &[Case] = &[
         seeds: 1..=10,
         caught_by: "no_vm_on_two_hosts",
     },
+    Case {
+        step: SafetyStep::HoldMembership,
+        setup: Setup::Scenario {
+            file: "40-rack-switch-fails.toml",
+        },
+        seeds: 1..=10,
+        caught_by: "no_vm_on_two_hosts",
+    },
+    Case {
+        step: SafetyStep::IsolationOwnerCheck,
+        setup: Setup::Scenario {
+            file: "07-whole-cluster-network-outage.toml",
+        },
+        seeds: 1..=5,
+        caught_by: "no_needless_stop",
+    },
+    Case {
+        step: SafetyStep::OutageHold,
+        setup: Setup::Scenario {
+            file: "10-datastore-only-failure.toml",
+        },
+        seeds: 1..=5,
+        caught_by: "no_needless_stop",
+    },
 ];
 
 fn library_scenario(file: &str) -> Scenario {

@@ -86,6 +86,19 @@ pub enum Event {
         vm: VmId,
         response: heartbeat_fs::records::IsolationResponse,
     },
+    /// Isolated, but no master holds the claim of the VM's home datastore: nobody could restart
+    /// it, so it keeps running (re-checked until a master appears or the isolation ends).
+    IsolationResponseDeferred {
+        vm: VmId,
+        datastore: DatastoreId,
+    },
+    /// Master: the acknowledgements cover a datastore whose claim it cannot renew (lost by
+    /// everyone: a storage outage), because every configured host follows it; or no longer do.
+    /// While held, its VMs keep running.
+    StorageOutageHold {
+        datastore: DatastoreId,
+        holding: bool,
+    },
     SelfFenced {
         datastore: DatastoreId,
         vms: Vec<VmId>,
@@ -188,8 +201,10 @@ impl Event {
             Event::VerdictChanged { .. } => "verdict",
             Event::IsolationDeclared
             | Event::IsolationEnded
-            | Event::IsolationResponseApplied { .. } => "isolation",
+            | Event::IsolationResponseApplied { .. }
+            | Event::IsolationResponseDeferred { .. } => "isolation",
             Event::SelfFenced { .. } => "fence",
+            Event::StorageOutageHold { .. } => "datastore",
             Event::DatastoreLost { .. }
             | Event::DatastoreRestored { .. }
             | Event::ClaimAcquired { .. }
@@ -214,6 +229,7 @@ impl Event {
             Event::Yielded { to } => (Some(*to), None),
             Event::VerdictChanged { subject, .. } => (Some(*subject), None),
             Event::IsolationResponseApplied { vm, .. }
+            | Event::IsolationResponseDeferred { vm, .. }
             | Event::RestartGaveUp { vm, .. }
             | Event::NoCapacity { vm }
             | Event::PoweredOn { vm, .. }

@@ -28,10 +28,21 @@ pub enum SafetyStep {
     DropOnClaimLoss,
     /// Master: a new target only after the previous one failed or died.
     OneTarget,
+    /// Isolated host: apply a VM's isolation response only while a master holds the claim of the
+    /// VM's home datastore (someone will restart it). An availability step: without it a
+    /// whole-network outage stops VMs nobody can restart.
+    IsolationOwnerCheck,
+    /// Master: while every configured host follows it, its acknowledgements cover every datastore,
+    /// so a datastore lost by everyone stops no VM. An availability step: without it a storage
+    /// outage longer than the leases fences every VM on the datastore.
+    OutageHold,
+    /// Master: cover every datastore only while every configured host echoes a recent round
+    /// (the hold's proof that no other master can take a claim before its leases end).
+    HoldMembership,
 }
 
 impl SafetyStep {
-    pub const ALL: [SafetyStep; 9] = [
+    pub const ALL: [SafetyStep; 12] = [
         SafetyStep::LeaseWait,
         SafetyStep::SettleWait,
         SafetyStep::WriteAheadIntent,
@@ -41,6 +52,9 @@ impl SafetyStep {
         SafetyStep::SelfFence,
         SafetyStep::DropOnClaimLoss,
         SafetyStep::OneTarget,
+        SafetyStep::IsolationOwnerCheck,
+        SafetyStep::OutageHold,
+        SafetyStep::HoldMembership,
     ];
 
     /// The knob's name on the simulator's command line (`--knob`).
@@ -55,6 +69,9 @@ impl SafetyStep {
             SafetyStep::SelfFence => "skip-self-fence",
             SafetyStep::DropOnClaimLoss => "ignore-claim-loss",
             SafetyStep::OneTarget => "skip-one-target",
+            SafetyStep::IsolationOwnerCheck => "skip-isolation-owner-check",
+            SafetyStep::OutageHold => "skip-outage-hold",
+            SafetyStep::HoldMembership => "hold-without-every-host",
         }
     }
 

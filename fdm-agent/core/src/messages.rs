@@ -17,13 +17,19 @@ pub struct VmStatus {
 /// Master -> every configured host, each heartbeat interval. `echo_seq` and `echo_token` are the
 /// sequence and token of the last `SlaveHeartbeat` received from the recipient (0: none): the
 /// recipient's network lease runs from the moment it sent that heartbeat, and covers VMs on the
-/// datastores in `claims` only.
+/// datastores in `claims` only, or every datastore when `covers_all` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MasterHeartbeat {
+    /// The master's heartbeat round; the slave echoes it back, so the master knows, on its own
+    /// clock, when each host last followed it (the storage-outage hold rests on this).
+    pub round: u64,
     pub echo_seq: u64,
     pub echo_token: u64,
     pub reachable_datastores: u32,
     pub claims: Vec<(DatastoreId, Epoch)>,
+    /// Every configured host follows this master (storage-outage hold, `docs/safety.md`): the
+    /// network lease this heartbeat grants covers every datastore, claimed or not.
+    pub covers_all: bool,
     /// Ask the recipient for its full VM report (its generation differs from what the master has).
     pub want_vm_report: bool,
     pub config_generation: u64,
@@ -33,6 +39,8 @@ pub struct MasterHeartbeat {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlaveHeartbeat {
     pub seq: u64,
+    /// The newest `MasterHeartbeat::round` heard from our master (0: none yet).
+    pub echo_round: u64,
     /// `wire::Key::echo_token` of this host, incarnation and `seq`: what the master must echo.
     pub token: u64,
     /// Datastores this host wrote its heartbeat to within the lease time.

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 pub const MAGIC: [u8; 4] = *b"FDMw";
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 50;
 pub const MAC_LEN: usize = 16;
 /// No IP fragmentation on any sane path: stay under 1200 bytes per datagram.

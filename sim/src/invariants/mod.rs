@@ -3,6 +3,7 @@
 
 pub mod dead_host_vms_restarted;
 pub mod no_false_restart;
+pub mod no_needless_stop;
 pub mod no_vm_on_two_hosts;
 pub mod one_master_per_partition;
 pub mod operator_stop_respected;

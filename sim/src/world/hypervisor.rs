@@ -27,7 +27,16 @@ impl World {
             | HypervisorAction::Shutdown { op, vm, cause, .. } => {
                 if self.hosts[i].running.remove(&vm).is_some() {
                     self.stops.insert(vm, (self.now, h, StopKind::Agent(cause)));
+                    self.agent_stops.push((self.now, h, vm, cause));
                     self.log(Some(h), format!("{vm} stopped by agent ({cause:?})"));
+                    use crate::invariants::no_needless_stop;
+                    if let Some(detail) = no_needless_stop::at_agent_stop(self, h, vm, cause) {
+                        self.violate(no_needless_stop::NAME, detail);
+                    }
+                    let protected = self.config.vm(vm).is_some_and(|v| v.protected);
+                    if protected && cause != StopCause::Abort && self.where_runs(vm).is_empty() {
+                        self.ha_down_since.entry(vm).or_insert(self.now);
+                    }
                     if cause == StopCause::Fence {
                         self.check_fence(i, vm);
                     }
@@ -80,6 +89,9 @@ impl World {
             }
             self.hosts[i].running.insert(vm, self.now);
             self.power_ons.push((self.now, h, vm));
+            if let Some(since) = self.ha_down_since.remove(&vm) {
+                self.ha_downtime_us += u128::from(self.now - since);
+            }
             self.log(Some(h), format!("{vm} powered on"));
             Ok(())
         };

@@ -371,6 +371,20 @@ pub struct World {
     pub power_ons: Vec<(Micros, HostId, VmId)>,
     /// How each VM last stopped, and when.
     pub stops: BTreeMap<VmId, (Micros, HostId, StopKind)>,
+    /// Every stop HA made of a running VM: (time, host, vm, cause).
+    pub agent_stops: Vec<(Micros, HostId, VmId, StopCause)>,
+    /// When each datastore's claim was last written held (acquired or renewed, not released).
+    pub claim_renewed_at: BTreeMap<DatastoreId, Micros>,
+    /// When each datastore's claim was last released.
+    pub claim_released_at: BTreeMap<DatastoreId, Micros>,
+    /// Since when every host is up with a running agent and the network is whole (no partition,
+    /// cut, isolation, loss or long delay): no competing master is possible.
+    pub whole_since: Option<Micros>,
+    /// Protected VMs HA stopped and that run nowhere yet, since when; and the VM-seconds closed.
+    pub ha_down_since: BTreeMap<VmId, Micros>,
+    pub ha_downtime_us: u128,
+    /// The name of every event any agent emitted, with the VMs they were about.
+    pub events_seen: BTreeMap<String, BTreeSet<Option<VmId>>>,
     /// Host crash times (for detection statistics).
     pub crashes: Vec<(Micros, HostId)>,
     /// First "dead" verdict per host after each crash: (crash time, verdict time).
@@ -474,6 +488,13 @@ impl World {
             messages: 0,
             power_ons: Vec::new(),
             stops: BTreeMap::new(),
+            agent_stops: Vec::new(),
+            claim_renewed_at: BTreeMap::new(),
+            claim_released_at: BTreeMap::new(),
+            whole_since: None,
+            ha_down_since: BTreeMap::new(),
+            ha_downtime_us: 0,
+            events_seen: BTreeMap::new(),
             crashes: Vec::new(),
             detections: Vec::new(),
             false_dead: Vec::new(),
@@ -498,6 +519,7 @@ impl World {
         for h in ids {
             w.start_agent(h);
         }
+        w.refresh_whole();
         w
     }
 
@@ -757,6 +779,18 @@ impl World {
                 to: Role::Master,
                 ..
             }
+        ) && self.whole_since.is_some()
+        {
+            // A new master proves the membership only once every host echoed its rounds: the
+            // settle time of `no_needless_stop` starts again.
+            self.whole_since = Some(self.now);
+        }
+        if matches!(
+            e,
+            Event::RoleChanged {
+                to: Role::Master,
+                ..
+            }
         ) && !self.stop_on_master_change.is_empty()
         {
             for vm in std::mem::take(&mut self.stop_on_master_change) {
@@ -777,7 +811,61 @@ impl World {
             return;
         }
         let what = format!("{e:?}");
+        let name = what
+            .split([' ', '('])
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        self.events_seen
+            .entry(name)
+            .or_default()
+            .insert(e.subject().1);
         self.log(Some(h), what);
+    }
+
+    /// Whether no competing master is possible: every host up with a running agent, the network
+    /// whole (no partition, cut, isolation, loss, stalls or long delays) and HA not paused.
+    fn is_whole(&self) -> bool {
+        let n = &self.params.net;
+        self.hosts
+            .iter()
+            .all(|h| h.powered && !h.hung && h.agent.is_some() && h.network_up)
+            && self.groups.values().collect::<BTreeSet<_>>().len() <= 1
+            && self.oneway.is_empty()
+            && n.loss == 0.0
+            && n.stall == 0.0
+            && n.latency_us + n.jitter_us < 50_000
+            && !self.config.ha.paused
+    }
+
+    /// Called after anything that can change `is_whole` (faults, crashes, boots, agent starts).
+    fn refresh_whole(&mut self) {
+        match (self.is_whole(), self.whole_since) {
+            (true, None) => self.whole_since = Some(self.now),
+            (false, Some(_)) => self.whole_since = None,
+            _ => {}
+        }
+    }
+
+    /// HA-caused downtime so far, VM-seconds: protected VMs HA stopped, until they run again
+    /// (still-open spans count up to now).
+    pub fn ha_downtime_s(&self) -> f64 {
+        let open: u128 = self
+            .ha_down_since
+            .values()
+            .map(|&t| u128::from(self.now.saturating_sub(t)))
+            .sum();
+        (self.ha_downtime_us + open) as f64 / 1e6
+    }
+
+    /// The restart state of `vm` in its home datastore's protected list, as last written.
+    pub fn restart_state(&self, vm: VmId) -> Option<heartbeat_fs::records::RestartState> {
+        let home = self.config.vm(vm)?.home;
+        let list = self.ds.get(&home)?.protected_list()?;
+        list.vms
+            .iter()
+            .find(|e| e.vm == vm)
+            .map(|e| e.restart.clone())
     }
 
     /// Feed an input to host `i`'s agent if it runs, is not hung and has incarnation `inc`.
@@ -1000,12 +1088,16 @@ impl World {
             Fault::HealAll => {
                 self.groups.clear();
                 self.oneway.clear();
-                self.ds_dead.clear();
+                let dead = std::mem::take(&mut self.ds_dead);
                 self.params.net = NetParams::default();
                 let now = self.now;
                 let ids: Vec<HostId> = self.hosts.iter().map(|h| h.id).collect();
                 for h in &mut self.hosts {
                     h.network_up = true;
+                    // A datastore dead for everyone was faulty for this host too, until now.
+                    for d in &dead {
+                        h.ds_fault_at.insert(*d, now);
+                    }
                     for d in h.ds_lost.iter().chain(h.ds_hung.iter()) {
                         h.ds_fault_at.insert(*d, now);
                     }
@@ -1244,13 +1336,20 @@ impl World {
                 if self.now.saturating_sub(last) >= timeout {
                     self.log(Some(host), "watchdog fired: host reset".into());
                     self.crash(host, true);
+                    self.refresh_whole();
                 } else {
                     h.watchdog_pending = true;
                     self.push(last + timeout, Ev::Watchdog { host, inc });
                 }
             }
-            Ev::Fault(f) => self.apply(f),
-            Ev::Boot { host } => self.boot(host),
+            Ev::Fault(f) => {
+                self.apply(f);
+                self.refresh_whole();
+            }
+            Ev::Boot { host } => {
+                self.boot(host);
+                self.refresh_whole();
+            }
         }
     }
 

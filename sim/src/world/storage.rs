@@ -92,13 +92,26 @@ impl World {
                 store.tear_heartbeat(h);
                 Ok(heartbeat_fs::ops::DsReply::Written)
             } else {
-                store.execute(
+                let claim_write = matches!(req.op, DsOp::WriteClaim { .. });
+                let r = store.execute(
                     Caller {
                         host: h,
                         incarnation: inc,
                     },
                     req.op,
-                )
+                );
+                if claim_write && r.is_ok() {
+                    match store.current_claim().map(|c| c.released) {
+                        Some(false) => {
+                            self.claim_renewed_at.insert(d, self.now);
+                        }
+                        Some(true) => {
+                            self.claim_released_at.insert(d, self.now);
+                        }
+                        None => {}
+                    }
+                }
+                r
             }
         } else {
             Err(DsError::NotMounted(d))

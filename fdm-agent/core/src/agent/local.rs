@@ -17,7 +17,46 @@ pub(super) struct IsolationState {
     checking: bool,
     last_check: Option<Time>,
     declared_at: Option<Time>,
-    responded: bool,
+    /// VMs the response was applied to (or that are left running by their setting).
+    responded: BTreeSet<VmId>,
+    /// VMs whose response waits for a master to hold their home datastore's claim (said once).
+    deferred: BTreeSet<VmId>,
+    /// What we see of the claim on each datastore while isolated.
+    owners: BTreeMap<DatastoreId, OwnerWatch>,
+}
+
+/// An isolated host's view of one datastore's claim: whether some master holds it, i.e. whether
+/// anyone would restart what the isolation response stops there (FDM 5.x's rule).
+#[derive(Debug, Clone, Default)]
+struct OwnerWatch {
+    /// Owner, epoch and renewal counter of the last claim read, when held (not released).
+    last: Option<(HostId, heartbeat_fs::Epoch, u64)>,
+    /// When (our clock) we last saw the renewal counter move: a held claim whose counter stands
+    /// still is a master that is gone or cut off from the datastore.
+    advanced_at: Option<Time>,
+    /// The last read failed: we cannot tell, so we decide as FDM does (apply the response).
+    unreadable: bool,
+}
+
+impl OwnerWatch {
+    fn observe(&mut self, now: Time, claim: Option<&heartbeat_fs::records::DatastoreClaim>) {
+        self.unreadable = false;
+        let held = claim
+            .filter(|c| !c.released && c.owner != HostId::NONE)
+            .map(|c| (c.owner, c.epoch, c.renewal));
+        if held.is_some() && held != self.last && self.last.is_some() {
+            self.advanced_at = Some(now);
+        }
+        if held.is_none() {
+            self.advanced_at = None;
+        }
+        self.last = held;
+    }
+
+    /// Whether the response may stop a VM of this datastore now.
+    fn someone_will_restart(&self, now: Time, lease: std::time::Duration) -> bool {
+        self.unreadable || self.advanced_at.is_some_and(|t| now.since(t) < lease)
+    }
 }
 
 /// Where a power-on commanded by a master stands on this host.
@@ -683,15 +722,52 @@ impl Agent {
             self.isolation.last_check = Some(now);
             self.outputs.push_back(Output::CheckIsolation);
         }
-        if self.role() == Role::Isolated
-            && !self.isolation.responded
-            && self
-                .isolation
-                .declared_at
-                .is_some_and(|t| now.since(t) >= self.t.isolation_response_delay)
+        if self.role() != Role::Isolated {
+            return;
+        }
+        self.watch_owners(now);
+        if self
+            .isolation
+            .declared_at
+            .is_some_and(|t| now.since(t) >= self.t.isolation_response_delay)
         {
-            self.isolation.responded = true;
-            self.apply_isolation_response();
+            self.apply_isolation_response(now);
+        }
+    }
+
+    /// While isolated, read the claim of every datastore a running VM of ours lives on, so that
+    /// the response stops only what a master will restart.
+    fn watch_owners(&mut self, now: Time) {
+        let homes: BTreeSet<DatastoreId> = self
+            .vms
+            .vms
+            .iter()
+            .filter(|(vm, v)| {
+                v.state == VmRunState::Running && !self.isolation.responded.contains(vm)
+            })
+            .filter_map(|(_, v)| v.home)
+            .filter(|d| self.mounted.contains_key(d))
+            .collect();
+        for d in homes {
+            if !self.has_inflight(d, |p| matches!(p, DsPurpose::OwnerRead)) {
+                self.ds_request(now, d, DsOp::ReadClaim, DsPurpose::OwnerRead);
+            }
+        }
+    }
+
+    pub(super) fn on_owner_read(
+        &mut self,
+        now: Time,
+        d: DatastoreId,
+        result: Result<DsReply, DsError>,
+    ) {
+        if self.role() != Role::Isolated {
+            return;
+        }
+        let w = self.isolation.owners.entry(d).or_default();
+        match result {
+            Ok(DsReply::Claim(c)) => w.observe(now, c.as_ref()),
+            Ok(_) | Err(_) => w.unreadable = true,
         }
     }
 
@@ -716,7 +792,9 @@ impl Agent {
             "no host heard and no isolation address answers",
         );
         self.isolation.declared_at = Some(now);
-        self.isolation.responded = false;
+        self.isolation.responded.clear();
+        self.isolation.deferred.clear();
+        self.isolation.owners.clear();
         self.emit(Event::IsolationDeclared);
         let ds: Vec<DatastoreId> = self.mounted.keys().copied().collect();
         for d in ds {
@@ -749,26 +827,46 @@ impl Agent {
         self.flush_power_on_lists(now);
     }
 
-    fn apply_isolation_response(&mut self) {
-        let running: Vec<VmId> = self
+    /// Apply each running VM's response once, but only where a master holds the VM's home
+    /// datastore's claim: with no master (the whole network down) nobody could restart what we
+    /// stop, so the VM keeps running on its datastore lease and is re-checked on every evaluation.
+    fn apply_isolation_response(&mut self, now: Time) {
+        let running: Vec<(VmId, Option<DatastoreId>)> = self
             .vms
             .vms
             .iter()
-            .filter(|(_, v)| v.state == VmRunState::Running)
-            .map(|(&vm, _)| vm)
+            .filter(|(vm, v)| {
+                v.state == VmRunState::Running && !self.isolation.responded.contains(vm)
+            })
+            .map(|(&vm, v)| (vm, v.home))
             .collect();
-        for vm in running {
+        for (vm, home) in running {
             let response = self
                 .config
                 .vm(vm)
                 .map(|c| c.ha.isolation_response)
                 .unwrap_or(self.config.ha.default_isolation_response);
             if response == IsolationResponse::LeaveRunning {
+                self.isolation.responded.insert(vm);
                 continue;
             }
+            if let Some(d) = home
+                && !step_removed!(self, IsolationOwnerCheck)
+                && !self
+                    .isolation
+                    .owners
+                    .get(&d)
+                    .is_some_and(|w| w.someone_will_restart(now, self.t.claim_lease))
+            {
+                if self.isolation.deferred.insert(vm) {
+                    self.emit(Event::IsolationResponseDeferred { vm, datastore: d });
+                }
+                continue;
+            }
+            self.isolation.responded.insert(vm);
             if self.paused() {
                 self.emit(Event::ActionSuppressed {
-                    what: format!("isolation response {response:?} for {vm}"),
+                    what: format!("isolation response {} for {vm}", response_word(response)),
                 });
                 continue;
             }
@@ -843,5 +941,13 @@ impl Agent {
         if !unsafe_to_kick {
             self.outputs.push_back(Output::KickWatchdog);
         }
+    }
+}
+
+fn response_word(r: IsolationResponse) -> &'static str {
+    match r {
+        IsolationResponse::PowerOff => "power-off",
+        IsolationResponse::Shutdown => "shutdown",
+        IsolationResponse::LeaveRunning => "leave-running",
     }
 }

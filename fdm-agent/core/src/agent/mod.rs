@@ -85,16 +85,29 @@ pub struct StatusSnapshot {
 /// What the datastore request in flight was for.
 #[derive(Debug, Clone, PartialEq)]
 enum DsPurpose {
-    HeartbeatWrite { started: Time },
+    HeartbeatWrite {
+        started: Time,
+    },
     HeartbeatRead,
-    PowerOnListWrite { generation: u64 },
-    PowerOnListRead { host: HostId },
+    PowerOnListWrite {
+        generation: u64,
+    },
+    PowerOnListRead {
+        host: HostId,
+    },
     ClaimRead,
     ClaimWrite(master::ClaimWriteSent),
     ProtectedRead,
-    ProtectedWrite { generation: u64 },
+    ProtectedWrite {
+        generation: u64,
+    },
     ConfigRead,
-    CheckIntent { vm: VmId, attempt: u32 },
+    CheckIntent {
+        vm: VmId,
+        attempt: u32,
+    },
+    /// Isolated host: is a master holding this datastore's claim?
+    OwnerRead,
 }
 
 #[derive(Debug, Clone)]
@@ -264,6 +277,8 @@ pub struct Agent {
     /// Our recent `SlaveHeartbeat`s, for the network lease: sequence, echo token, send time.
     hb_sent: VecDeque<(u64, u64, Time)>,
     hb_seq: u64,
+    /// The newest heartbeat round heard from our master, echoed in our heartbeats.
+    master_round: u64,
     /// Network lease per datastore: until when a master's acknowledgement covers our VMs there.
     net_lease: BTreeMap<DatastoreId, Time>,
     last_heard_anyone: Time,
@@ -353,6 +368,7 @@ impl Agent {
             mounted,
             hb_sent: VecDeque::new(),
             hb_seq: 0,
+            master_round: 0,
             net_lease: BTreeMap::new(),
             last_heard_anyone: now,
             want_vm_report: true,
@@ -880,6 +896,7 @@ impl Agent {
             DsPurpose::CheckIntent { vm, attempt } => {
                 self.on_intent_checked(now, d, vm, attempt, result)
             }
+            DsPurpose::OwnerRead => self.on_owner_read(now, d, result),
             DsPurpose::HeartbeatRead
             | DsPurpose::PowerOnListRead { .. }
             | DsPurpose::ClaimRead
@@ -1014,6 +1031,7 @@ impl Agent {
                 }
                 let msg = Message::SlaveHeartbeat(SlaveHeartbeat {
                     seq: self.hb_seq,
+                    echo_round: self.master_round,
                     token,
                     reachable: self.reachable_datastores(now),
                     // 0 until the inventory is in: no report yet, so the master cannot take our
@@ -1128,10 +1146,12 @@ impl Agent {
 
     fn on_master_heartbeat(&mut self, now: Time, from: HostId, hb: MasterHeartbeat) {
         let MasterHeartbeat {
+            round,
             echo_seq,
             echo_token,
             reachable_datastores,
             claims,
+            covers_all,
             want_vm_report,
             config_generation,
         } = hb;
@@ -1170,6 +1190,9 @@ impl Agent {
         if let RoleState::Slave { heard, .. } = &mut self.role {
             *heard = now;
         }
+        // Echoed in our next heartbeat. A late datagram makes the echo look older to the master,
+        // which only shortens its storage-outage hold.
+        self.master_round = round;
         if want_vm_report {
             self.want_vm_report = true;
         }
@@ -1182,7 +1205,12 @@ impl Agent {
             .find(|(s, tok, _)| *s == echo_seq && *tok == echo_token)
         {
             let until = sent + self.t.shrink(self.t.net_lease);
-            for (d, _) in claims {
+            let covered: Vec<DatastoreId> = if covers_all {
+                self.config.datastores.iter().map(|d| d.id).collect()
+            } else {
+                claims.into_iter().map(|(d, _)| d).collect()
+            };
+            for d in covered {
                 let e = self.net_lease.entry(d).or_insert(until);
                 if *e < until {
                     *e = until;
@@ -1193,6 +1221,8 @@ impl Agent {
 
     fn follow(&mut self, now: Time, master: HostId, reason: &str) {
         self.want_vm_report = true;
+        // A round number is the old master's: echoed to the new one it would mean another time.
+        self.master_round = 0;
         self.set_role(RoleState::Slave { master, heard: now }, reason);
         // Tell the new master about us at once.
         self.deadlines.net_heartbeat = now;

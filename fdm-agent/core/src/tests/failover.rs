@@ -571,3 +571,97 @@ fn a_relayed_master_heartbeat_keeps_no_cut_off_host_alive() {
         "host 3 fenced vm1 itself"
     );
 }
+
+#[test]
+fn with_the_whole_network_down_no_isolated_host_stops_a_vm_nobody_could_restart() {
+    let vms = vec![
+        vm(1, 1, RestartPriority::Medium, IsolationResponse::PowerOff),
+        vm(2, 1, RestartPriority::Medium, IsolationResponse::Shutdown),
+    ];
+    let mut c = Cluster::new(config(3, &[&[1, 2, 3]], vms));
+    c.place(HostId(2), 1);
+    c.place(HostId(3), 2);
+    settle(&mut c);
+    for h in 1..=3 {
+        c.hosts.get_mut(&HostId(h)).unwrap().network_up = false;
+    }
+    c.run_secs(30.0);
+    for h in 1..=3 {
+        assert_eq!(c.agent(h).role(), Role::Isolated, "host {h}");
+    }
+    assert_eq!(c.where_runs(1), vec![HostId(2)], "power-off VM kept");
+    assert_eq!(c.where_runs(2), vec![HostId(3)], "shutdown VM kept");
+    let deferred = |vm: u32| {
+        c.first_event(
+            |e| matches!(e, Event::IsolationResponseDeferred { vm: v, .. } if *v == VmId(vm)),
+        )
+    };
+    assert!(deferred(1).is_some() && deferred(2).is_some());
+    assert!(
+        c.first_event(|e| matches!(e, Event::IsolationResponseApplied { .. }))
+            .is_none()
+    );
+    c.check_never_twice();
+}
+
+#[test]
+fn without_the_owner_check_the_whole_network_down_stops_every_power_off_vm() {
+    // The check above is what keeps the VM: removing it stops it (the simulator's knob test does
+    // the same at scale, scenario 07).
+    let vms = vec![vm(
+        1,
+        1,
+        RestartPriority::Medium,
+        IsolationResponse::PowerOff,
+    )];
+    let knobs = FaultKnobs::removing(&[SafetyStep::IsolationOwnerCheck]);
+    let mut c = Cluster::with_timings(config(3, &[&[1, 2, 3]], vms), Timings::default(), knobs);
+    c.place(HostId(2), 1);
+    settle(&mut c);
+    for h in 1..=3 {
+        c.hosts.get_mut(&HostId(h)).unwrap().network_up = false;
+    }
+    c.run_secs(30.0);
+    assert!(c.where_runs(1).is_empty());
+}
+
+#[test]
+fn a_datastore_lost_by_every_host_stops_nothing_while_every_host_follows_the_master() {
+    let vms = vec![
+        vm(1, 2, RestartPriority::Medium, IsolationResponse::PowerOff),
+        vm(2, 2, RestartPriority::Medium, IsolationResponse::PowerOff),
+    ];
+    let mut c = Cluster::new(config(3, &[&[1, 2, 3], &[1, 2, 3]], vms));
+    c.place(HostId(1), 1);
+    c.place(HostId(3), 2);
+    settle(&mut c);
+    for h in 1..=3 {
+        c.hosts
+            .get_mut(&HostId(h))
+            .unwrap()
+            .ds_lost
+            .insert(DatastoreId(2));
+    }
+    c.run_secs(40.0);
+    assert_eq!(c.where_runs(1), vec![HostId(1)]);
+    assert_eq!(c.where_runs(2), vec![HostId(3)]);
+    assert!(
+        c.first_event(|e| matches!(e, Event::SelfFenced { .. }))
+            .is_none()
+    );
+    assert!(
+        c.first_event(|e| matches!(
+            e,
+            Event::StorageOutageHold {
+                datastore: DatastoreId(2),
+                holding: true
+            }
+        ))
+        .is_some()
+    );
+    // A host going down ends the proof: the VMs on the lost datastore are fenced.
+    c.crash_host(HostId(2));
+    c.run_secs(15.0);
+    assert!(c.where_runs(1).is_empty() && c.where_runs(2).is_empty());
+    c.check_never_twice();
+}

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod failover;
+mod hold;
 mod verdict;
 use verdict::*;
 
@@ -111,6 +112,8 @@ struct Peer {
     power_on_lists: BTreeMap<DatastoreId, PowerOnList>,
     /// Datastores whose power-on list of this host is to be read again.
     lists_wanted: BTreeSet<DatastoreId>,
+    /// The newest of our heartbeat rounds it echoed (the storage-outage hold).
+    echo_round: u64,
 }
 
 impl Peer {
@@ -212,6 +215,9 @@ pub(super) struct MasterState {
     last_reconcile: Time,
     /// A slave that has reached more datastores than us, and since when (for the handover).
     better_since: Option<(HostId, Time)>,
+    /// Our numbered heartbeat rounds, and the datastores the last one covered without a claim.
+    rounds: hold::HeartbeatRounds,
+    outage_held: BTreeSet<DatastoreId>,
     #[cfg(feature = "fault-knobs")]
     pub(super) fault_knobs: crate::FaultKnobs,
 }
@@ -237,6 +243,8 @@ impl MasterState {
             reconcile_due: true,
             last_reconcile: now,
             better_since: None,
+            rounds: hold::HeartbeatRounds::default(),
+            outage_held: BTreeSet::new(),
             #[cfg(feature = "fault-knobs")]
             fault_knobs: crate::FaultKnobs::default(),
         }
@@ -453,13 +461,62 @@ impl MasterState {
 impl Agent {
     // ----- network -------------------------------------------------------------------------------
 
+    /// One heartbeat round to every host. The round's `covers_all` is decided once, here: it
+    /// needs every host's echo, and a cluster of thousands cannot check that per datagram.
     pub(super) fn master_send_heartbeats(&mut self, now: Time) {
+        let hosts: Vec<HostId> = self.config.hosts.iter().map(|h| h.id).collect();
+        let Some(m) = self.role.master_mut() else {
+            return;
+        };
+        m.rounds.next(now);
+        let whole = (m.whole_membership(now, &hosts, &self.t) || step_removed!(m, HoldMembership))
+            && !step_removed!(m, OutageHold);
+        // What the hold adds: datastores covered without a claim we could renew (a storage
+        // outage). Only changes of that set are news for operators.
+        let held: BTreeSet<DatastoreId> = if whole {
+            self.config
+                .datastores
+                .iter()
+                .map(|d| d.id)
+                .filter(|&d| m.held_valid(d, now, &self.t).is_none())
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        let started: Vec<DatastoreId> = held.difference(&m.outage_held).copied().collect();
+        let ended: Vec<DatastoreId> = m.outage_held.difference(&held).copied().collect();
+        m.outage_held = held;
+        if whole {
+            // Our own VMs are held like everyone's: a lease granted to ourselves at `now`.
+            let until = now + self.t.shrink(self.t.net_lease);
+            for d in self.config.datastores.iter().map(|d| d.id) {
+                let e = self.net_lease.entry(d).or_insert(until);
+                *e = (*e).max(until);
+            }
+        }
+        for datastore in started {
+            self.emit(Event::StorageOutageHold {
+                datastore,
+                holding: true,
+            });
+        }
+        for datastore in ended {
+            self.emit(Event::StorageOutageHold {
+                datastore,
+                holding: false,
+            });
+        }
         for h in self.other_hosts() {
-            self.master_send_heartbeat_to(now, h);
+            self.send_master_heartbeat(now, h, whole);
         }
     }
 
+    /// A heartbeat outside the rounds (to a host that has no master): it never covers all.
     pub(super) fn master_send_heartbeat_to(&mut self, now: Time, to: HostId) {
+        self.send_master_heartbeat(now, to, false);
+    }
+
+    fn send_master_heartbeat(&mut self, now: Time, to: HostId, covers_all: bool) {
         let t = &self.t;
         let reachable_datastores = self.reachable_datastores(now).len() as u32;
         let config_generation = self.config.generation;
@@ -485,7 +542,10 @@ impl Agent {
             (0, 0)
         };
         let want_vm_report = p.vm_gen_have != Some(p.vm_gen_reported) && p.last_net.is_some();
+        let round = m.rounds.current(now);
         let msg = Message::MasterHeartbeat(MasterHeartbeat {
+            round,
+            covers_all,
             echo_seq,
             echo_token,
             reachable_datastores,
@@ -505,6 +565,7 @@ impl Agent {
     ) {
         let SlaveHeartbeat {
             seq,
+            echo_round,
             token,
             reachable,
             vm_generation,
@@ -526,6 +587,7 @@ impl Agent {
         p.last_net = Some(now);
         p.last_seq = seq;
         p.last_token = token;
+        p.echo_round = echo_round;
         p.reachable = reachable;
         p.maintenance = maintenance;
         if p.vm_gen_reported != vm_generation {
