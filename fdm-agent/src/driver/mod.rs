@@ -4,6 +4,7 @@
 //! of unsolicited events (a VM crashed or was stopped by an operator) that the runtime drains.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod command;
 pub mod libvirt;
 pub mod process;
 
@@ -20,6 +21,12 @@ pub enum DriverError {
     Failed(String),
     #[error("bad VM definition: {0}")]
     BadDefinition(String),
+    /// A hypervisor call that did not answer in time (its child process was killed).
+    #[error("{command}: no answer within {:.1} s (killed)", .after.as_secs_f64())]
+    Timeout { command: String, after: Duration },
+    /// The hypervisor answered something this driver cannot read.
+    #[error("{command}: unexpected answer '{output}'")]
+    Unexpected { command: String, output: String },
 }
 
 /// A stop the driver saw without being asked.

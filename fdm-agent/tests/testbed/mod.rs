@@ -936,3 +936,23 @@ pub fn report(case: &str, figures: &[(&str, f64)]) {
         .collect();
     println!("MEASURED {case}: {}", f.join(" "));
 }
+
+impl Testbed {
+    /// Power a host killed by [`Testbed::kill_host`] on again: its NIC up, its libvirtd (when the
+    /// bed runs libvirt; it keeps its persistent definitions and autostart flags, which live in
+    /// the host's directory, as a disk does across a reboot), then its agent.
+    #[allow(dead_code)] // multihost_libvirt.rs only
+    pub fn boot_host(&mut self, id: u32) {
+        let h = self.host(id);
+        must(&format!("ip -n {} link set eth0 up", h.ns));
+        if h.libvirt {
+            start_libvirtd(h);
+            assert!(
+                wait_for(Duration::from_secs(90), || h.virsh("version").is_ok()),
+                "libvirtd of host{id} did not answer after the boot (log in {})",
+                h.dir.join("libvirtd.log").display()
+            );
+        }
+        self.start_agent(id);
+    }
+}
