@@ -6,6 +6,8 @@
 //! Needs root, like `multihost.rs`; `MEASURED` lines with `--nocapture`.
 #![allow(clippy::disallowed_methods, clippy::print_stdout)]
 
+// Shared with the other multi-host suites; each uses a part of it.
+#[allow(dead_code)]
 mod testbed;
 
 use std::time::{Duration, Instant};

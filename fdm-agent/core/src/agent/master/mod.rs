@@ -469,8 +469,8 @@ impl Agent {
             return;
         };
         m.rounds.next(now);
-        let whole = (m.whole_membership(now, &hosts, &self.t) || step_removed!(m, HoldMembership))
-            && !step_removed!(m, OutageHold);
+        let proved = m.whole_membership(now, &hosts, &self.t) || step_removed!(m, HoldMembership);
+        let whole = proved && !step_removed!(m, OutageHold);
         // What the hold adds: datastores covered without a claim we could renew (a storage
         // outage). Only changes of that set are news for operators.
         let held: BTreeSet<DatastoreId> = if whole {
