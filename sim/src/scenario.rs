@@ -103,6 +103,9 @@ pub struct ClusterSpec {
     /// Restarts of a crashed VM on its own host before another host is tried.
     #[serde(default)]
     pub same_host_restart_attempts: Option<u32>,
+    /// A VM whose host lost its datastore this long gets its `storage_loss_response` (`"10s"`).
+    #[serde(default)]
+    pub storage_loss_timeout: Option<String>,
     /// How long the hypervisor takes to start a VM (default 300 ms): a boot storm on slow storage
     /// can make it longer than the master waits for an answer.
     #[serde(default)]
@@ -409,6 +412,10 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
     };
     if let Some(n) = c.max_concurrent_power_ons_per_host {
         ha.max_concurrent_power_ons_per_host = n;
+    }
+    if let Some(t) = &c.storage_loss_timeout {
+        let us = parse_time(t).map_err(|e| invalid("cluster.storage_loss_timeout", e))?;
+        ha.storage_loss_timeout_ms = Some(us / 1_000);
     }
     if let Some(n) = c.same_host_restart_attempts {
         ha.same_host_restart_attempts = n;

@@ -239,10 +239,20 @@ pub fn scenario(hosts: u32, seed: u64, profile: Profile) -> Scenario {
         }
     }
     let timings = timings(&mut r);
+    // The storage-loss response, from its own stream so that the rest of a seed stays as it was:
+    // half the seeds power VMs off after 5-30 s without their datastore, for a random half of them.
+    let mut sl = Rng::new(seed ^ 0x5707_a6e1);
+    let storage_loss_timeout_ms = sl.chance(0.5).then(|| 5_000 + sl.below(25_000));
+    for v in &mut vms {
+        if sl.chance(0.5) {
+            v.ha.storage_loss_response = StorageLossResponse::PowerOff;
+        }
+    }
     let config = ClusterConfig::new(ClusterId(seed))
         .with_ha(HaSettings {
             restart_retry_ms: vec![0, 2_000, 5_000, 10_000],
             same_host_restart_attempts: *r.pick(&[0, 1, 2]),
+            storage_loss_timeout_ms,
             ..HaSettings::default()
         })
         .with_hosts(crate::scenario::host_configs(hosts, |_| 32_768))

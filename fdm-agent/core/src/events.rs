@@ -92,6 +92,13 @@ pub enum Event {
         vm: VmId,
         datastore: DatastoreId,
     },
+    /// This host lost the VM's home datastore for longer than `storage_loss_timeout_ms` and the
+    /// VM's `storage_loss_response` is power-off: it stops the VM for the master to restart where
+    /// the datastore is reachable.
+    StorageLossResponseApplied {
+        vm: VmId,
+        datastore: DatastoreId,
+    },
     /// Master: the acknowledgements cover a datastore whose claim it cannot renew (lost by
     /// everyone: a storage outage), because every configured host follows it; or no longer do.
     /// While held, its VMs keep running.
@@ -204,7 +211,9 @@ impl Event {
             | Event::IsolationResponseApplied { .. }
             | Event::IsolationResponseDeferred { .. } => "isolation",
             Event::SelfFenced { .. } => "fence",
-            Event::StorageOutageHold { .. } => "datastore",
+            Event::StorageOutageHold { .. } | Event::StorageLossResponseApplied { .. } => {
+                "datastore"
+            }
             Event::DatastoreLost { .. }
             | Event::DatastoreRestored { .. }
             | Event::ClaimAcquired { .. }
@@ -230,6 +239,7 @@ impl Event {
             Event::VerdictChanged { subject, .. } => (Some(*subject), None),
             Event::IsolationResponseApplied { vm, .. }
             | Event::IsolationResponseDeferred { vm, .. }
+            | Event::StorageLossResponseApplied { vm, .. }
             | Event::RestartGaveUp { vm, .. }
             | Event::NoCapacity { vm }
             | Event::PoweredOn { vm, .. }

@@ -22,6 +22,9 @@ pub enum StopCause {
     Fence,
     /// The master refused or cancelled a power-on that had started.
     Abort,
+    /// The VM's home datastore was lost at this host for longer than `storage_loss_timeout_ms` and
+    /// its `storage_loss_response` is power-off: the master restarts it where the storage is.
+    StorageLoss,
 }
 
 /// A request to this host's hypervisor driver. Every action is answered by a

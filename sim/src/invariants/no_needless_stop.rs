@@ -7,6 +7,9 @@
 //!   host up with a running agent, the network whole, without loss or long delays, and no new
 //!   master) has been so for long enough that the storage-outage hold must have started.
 //!
+//! - a **storage-loss response** (an operator's `power-off` after `storage_loss_timeout_ms`) only
+//!   while the host really has no storage for the VM's datastore.
+//!
 //! Aborts (a start the master cancelled) stop a VM that had no business running and are not judged.
 //! The checks are continuous: the world calls `at_agent_stop` at the moment of every stop.
 
@@ -61,6 +64,22 @@ pub fn at_agent_stop(w: &World, host: HostId, vm: VmId, cause: StopCause) -> Opt
             })
         }
         StopCause::Abort => None,
+        // The operator's own rule: justified while the host really has no storage for the VM.
+        // (or did until a moment ago: the host learns that storage is back from its next write).
+        StopCause::StorageLoss => {
+            let tolerance = us(t.ds_heartbeat_interval + t.datastore_call_deadline) * 2;
+            let lost = w.hosts.iter().find(|h| h.id == host).is_some_and(|h| {
+                h.ds_lost.contains(&home)
+                    || h.ds_hung.contains(&home)
+                    || w.ds_dead.contains(&home)
+                    || h.ds_fault_at
+                        .get(&home)
+                        .is_some_and(|&at| w.now.saturating_sub(at) <= tolerance)
+            });
+            (!lost).then(|| {
+                format!("{host} applied the storage-loss response to {vm} with {home} reachable")
+            })
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use heartbeat_fs::ops::{DsError, DsOp, DsReply};
 use heartbeat_fs::records::{IsolationResponse, PowerOnEntry, PowerOnList, PowerOnState};
 use heartbeat_fs::{DatastoreId, HostId, VmId};
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct IsolationState {
@@ -872,6 +873,52 @@ impl Agent {
             }
             self.emit(Event::IsolationResponseApplied { vm, response });
             self.stop_vm(vm, StopCause::Isolation, response);
+        }
+    }
+
+    // ----- storage loss ---------------------------------------------------------------------------
+
+    /// A VM whose home datastore this host has not been able to write for `storage_loss_timeout_ms`
+    /// gets its `storage_loss_response`: `power-off` stops it (once) so that the master restarts it
+    /// on a host that reaches the datastore (vSphere's VM component protection). `keep` leaves it;
+    /// `pause` is not built yet and behaves as `keep`. Nothing happens without a timeout set.
+    pub(super) fn evaluate_storage_loss(&mut self, now: Time) {
+        let Some(timeout) = self
+            .config
+            .ha
+            .storage_loss_timeout_ms
+            .map(Duration::from_millis)
+        else {
+            return;
+        };
+        let due: Vec<(VmId, DatastoreId)> = self
+            .vms
+            .vms
+            .iter()
+            .filter(|(_, v)| v.state == VmRunState::Running)
+            .filter_map(|(&vm, v)| Some((vm, v.home?)))
+            .filter(|(_, d)| {
+                self.mounted
+                    .get(d)
+                    .and_then(|m| m.failing_since)
+                    .is_some_and(|t| now.since(t) >= timeout)
+            })
+            .filter(|&(vm, _)| {
+                self.config.vm(vm).is_some_and(|c| {
+                    c.ha.storage_loss_response
+                        == heartbeat_fs::records::StorageLossResponse::PowerOff
+                })
+            })
+            .collect();
+        for (vm, datastore) in due {
+            if self.vms.stops.values().any(|(v, _)| *v == vm) {
+                continue;
+            }
+            if self.paused() {
+                continue;
+            }
+            self.emit(Event::StorageLossResponseApplied { vm, datastore });
+            self.stop_vm(vm, StopCause::StorageLoss, IsolationResponse::PowerOff);
         }
     }
 

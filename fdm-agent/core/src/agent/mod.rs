@@ -125,6 +125,8 @@ struct MountedDs {
     last_ok_write_start: Option<Time>,
     /// Last write failed (or none succeeded yet).
     failing: bool,
+    /// Since when the writes fail (the storage-loss response's clock); `None` while they work.
+    failing_since: Option<Time>,
     reported_lost: bool,
 }
 
@@ -865,6 +867,7 @@ impl Agent {
                             m.last_ok_write_start = Some(started);
                         }
                         m.failing = false;
+                        m.failing_since = None;
                         if m.reported_lost {
                             m.reported_lost = false;
                             self.emit(Event::DatastoreRestored { datastore: d });
@@ -872,6 +875,7 @@ impl Agent {
                     }
                     Err(e) => {
                         m.failing = true;
+                        m.failing_since.get_or_insert(started);
                         if !m.reported_lost {
                             m.reported_lost = true;
                             self.emit(Event::DatastoreLost {
@@ -1309,6 +1313,7 @@ impl Agent {
             self.evaluate_election(now);
         }
         self.evaluate_isolation(now);
+        self.evaluate_storage_loss(now);
         self.evaluate_leases(now);
         if self.role.master().is_some() {
             self.master_evaluate(now);
