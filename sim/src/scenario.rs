@@ -367,6 +367,7 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
             storage_loss_response: storage_loss(&v.storage_loss_response)
                 .map_err(|e| invalid(field("storage_loss_response"), e))?,
             restart_limit: None,
+            restart_cleared: 0,
         };
         vms.push(
             VmConfig::new(VmId(v.id), DatastoreId(v.home))

@@ -151,6 +151,7 @@ impl LocalVms {
                 host: None,
                 state: Some(v.state),
                 restart: String::new(),
+                failed: false,
             })
             .collect()
     }
