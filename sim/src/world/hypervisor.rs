@@ -79,6 +79,13 @@ impl World {
                 self.violate(operator_stop_respected::NAME, detail);
             }
             self.hosts[i].running.insert(vm, self.now);
+            if let Some(&after) = self.crash_loops.get(&vm) {
+                let started = self.now;
+                self.push(
+                    started + after,
+                    Ev::Fault(Fault::CrashLoopTick { vm, started }),
+                );
+            }
             self.power_ons.push((self.now, h, vm));
             self.log(Some(h), format!("{vm} powered on"));
             Ok(())
