@@ -299,6 +299,7 @@ mod tests {
                 }],
             },
         );
+        inv.restart_cleared.insert(VmId(4), 3);
         s.save_inventory(&inv).unwrap();
         // A different default cluster does not override the stored one.
         assert_eq!(s.load_inventory(ClusterId(9)).unwrap(), inv);

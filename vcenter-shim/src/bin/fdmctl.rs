@@ -206,6 +206,13 @@ enum VmCmd {
         #[arg(value_parser = id(VmId))]
         id: VmId,
     },
+    /// Clear a VM that HA left failed at its restart limit (it crashed again after its allowed
+    /// restarts within the window): the master forgets its counted restarts and restarts it if it
+    /// is down. A clear is acted on once; a VM that keeps crashing fails again at its limit.
+    Clear {
+        /// The VM's id or name.
+        vm: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -274,6 +281,17 @@ enum HaCmd {
 /// passed for one another.
 fn id<T>(wrap: fn(u32) -> T) -> impl Fn(&str) -> Result<T, ParseIntError> + Clone {
     move |s| s.parse().map(wrap)
+}
+
+/// A VM named by its id (digits) or its name (names are unique in the inventory).
+fn vm_by_id_or_name(c: &Client, given: &str) -> Result<VmId> {
+    if let Ok(id) = given.parse::<u32>() {
+        return Ok(VmId(id));
+    }
+    match c.vms()?.into_iter().find(|v| v.name == given) {
+        Some(v) => Ok(v.id),
+        None => bail!("no VM is named {given:?} (give its name or its id)"),
+    }
 }
 
 /// `--mount HOST_ID=PATH`.
@@ -407,6 +425,11 @@ fn run(cli: Cli) -> Result<()> {
                 ctl.wrote_object(&answer, &format!("{id} updated"))
             }
             VmCmd::Rm { id } => ctl.removed(&c.remove_vm(id)?, id),
+            VmCmd::Clear { vm } => {
+                let id = vm_by_id_or_name(c, &vm)?;
+                let answer = c.clear_vm(id)?;
+                ctl.wrote_object(&answer, &format!("{id} cleared"))
+            }
         },
         Cmd::Host(cmd) => match cmd {
             HostCmd::List => ctl.show(&c.hosts()?, |hosts| table(HOST_COLUMNS, hosts)),

@@ -495,10 +495,9 @@ fn describe_entry(e: &ProtectedVm) -> String {
         RestartState::Failed { attempts } => {
             format!("{attempts} attempt(s) failed, retrying later")
         }
-        RestartState::LimitReached { restarts } => format!(
-            "failed: crashed again after {restarts} restart(s) within its restart limit; \
-             left alone until cleared (fdmctl vm clear)"
-        ),
+        RestartState::LimitReached { restarts } => {
+            format!("failed: restart limit ({restarts} restarts); fdmctl vm clear")
+        }
     }
 }
 
