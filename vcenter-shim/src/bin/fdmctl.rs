@@ -53,7 +53,8 @@ enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Hosts, VMs, the master and whether HA is paused.
+    /// Hosts, VMs (with where each stands in the restart pipeline: `failed: ...` for a VM left
+    /// down at its restart limit), the master and whether HA is paused.
     Status,
     /// The master's events, oldest first.
     Events {
@@ -66,6 +67,7 @@ enum Cmd {
     },
     /// Whether the cluster can restart every protected VM after the tolerated failures.
     Admission,
+    /// VMs: list, show, add, set, rm, and clear a VM failed at its restart limit.
     #[command(subcommand)]
     Vm(VmCmd),
     #[command(subcommand)]
@@ -185,23 +187,28 @@ fn new_vm(id: VmId, fields: &VmFields) -> Result<VmSpec> {
 
 #[derive(Debug, Subcommand)]
 enum VmCmd {
+    /// Every VM of the inventory, as a table.
     List,
+    /// One VM, a field a line (with its definition).
     Show {
         #[arg(value_parser = id(VmId))]
         id: VmId,
     },
+    /// Add a VM (`--name` and `--home` needed; the other fields take the API's defaults).
     Add {
         #[arg(long, value_parser = id(VmId))]
         id: VmId,
         #[command(flatten)]
         fields: VmFields,
     },
+    /// Change the fields given of a VM; the others keep their values.
     Set {
         #[arg(value_parser = id(VmId))]
         id: VmId,
         #[command(flatten)]
         fields: VmFields,
     },
+    /// Remove a VM (refused while another VM depends on it).
     Rm {
         #[arg(value_parser = id(VmId))]
         id: VmId,
