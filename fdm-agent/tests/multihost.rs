@@ -9,6 +9,10 @@
 
 mod testbed;
 
+use heartbeat_fs::VmId;
+use heartbeat_fs::fs::DatastoreDir;
+use heartbeat_fs::records::RestartLimit;
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use testbed::{Options, Testbed, report, serial, unavailable, wait_for, wait_until};
@@ -457,5 +461,119 @@ fn hung_agent_is_reset_by_the_watchdog_and_its_vms_fail_over_once() {
             ("watchdog_reset", reset.as_secs_f64()),
             ("vms_running_elsewhere", back.as_secs_f64()),
         ],
+    );
+}
+
+/// The master's view of one VM in its status (`vms[]`: host, state, restart, failed).
+fn vm_status(tb: &Testbed, master: u32, vm: u32) -> Option<serde_json::Value> {
+    tb.host(master).status()?["vms"]
+        .as_array()?
+        .iter()
+        .find(|v| v["vm"] == vm)
+        .cloned()
+}
+
+#[test]
+fn crash_looping_process_vm_reaches_failed_after_its_limit() {
+    need_testbed!();
+    let _serial = serial();
+    let mut tb = Testbed::new(Options {
+        vms: 4,
+        ..Options::default()
+    });
+    tb.start();
+    let master = tb.wait_settled();
+    let looping = 1u32;
+    let host = tb
+        .placement()
+        .get(&looping)
+        .and_then(|on| on.first().copied())
+        .expect("vm1 runs");
+
+    // From now on vm1 dies 2 s after each start (a guest that crashes on boot), and its limit is
+    // 2 restarts within 10 minutes: a new configuration generation on every datastore.
+    let mut cfg = tb.config.clone();
+    cfg.generation += 1;
+    let v = cfg
+        .vms
+        .iter_mut()
+        .find(|v| v.id == VmId(looping))
+        .expect("vm1 configured");
+    v.definition = format!(
+        "echo \"$(date +%s.%N) start vm=$FDM_VM host=$FDM_HOST pid=$$\" >> {}; sleep 2; exit 3",
+        tb.ledger.display()
+    );
+    v.ha.restart_limit = Some(RestartLimit {
+        max_restarts: 2,
+        window_ms: 600_000,
+    });
+    for d in &tb.datastores {
+        DatastoreDir::open(d)
+            .expect("datastore")
+            .write_config(&cfg)
+            .expect("config");
+    }
+    tb.config = cfg.clone();
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            tb.host(master)
+                .status()
+                .is_some_and(|s| s["config_generation"] == cfg.generation)
+        }),
+        "the master did not take configuration generation {}",
+        cfg.generation
+    );
+    let before = tb.starts();
+
+    // The running copy crashes (killed); the restarts run the looping definition.
+    let (_, pid) = tb
+        .host(host)
+        .running()
+        .into_iter()
+        .find(|(v, _)| *v == looping)
+        .expect("vm1's pid");
+    let t0 = Instant::now();
+    // SAFETY: kill sends a signal to a pid we just read; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let failed = wait_until(Duration::from_secs(60), || {
+        vm_status(&tb, master, looping)
+            .filter(|v| v["failed"] == true)
+            .map(|_| t0.elapsed())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "vm1 not failed within 60 s: {:?} (logs in {})",
+            vm_status(&tb, master, looping),
+            tb.root.display()
+        )
+    });
+    let status = vm_status(&tb, master, looping).expect("vm1 in status");
+    let restart = status["restart"].as_str().unwrap_or_default().to_string();
+    assert!(restart.starts_with("failed"), "{restart}");
+
+    // It stays down: no 3rd restart within the window, and nobody else is touched.
+    std::thread::sleep(Duration::from_secs(10));
+    let after = tb.starts();
+    let count = |m: &BTreeMap<u32, usize>, vm| m.get(&vm).copied().unwrap_or(0);
+    assert_eq!(
+        count(&after, looping) - count(&before, looping),
+        2,
+        "vm1 restarted exactly its limit (ledger {})",
+        tb.ledger.display()
+    );
+    assert!(
+        !tb.placement().contains_key(&looping),
+        "vm1 runs again: {:?}",
+        tb.placement()
+    );
+    assert!(tb.doubles().is_empty(), "double runs: {:?}", tb.doubles());
+    for vm in 2..=4u32 {
+        assert_eq!(count(&after, vm), count(&before, vm), "vm{vm} restarted");
+        assert_eq!(tb.placement().get(&vm).map(Vec::len), Some(1), "vm{vm}");
+    }
+    println!("vm1 in the master's status: {restart}");
+    report(
+        "crash loop, limit 2 per 10 min",
+        &[("failed_after_first_crash", failed.as_secs_f64())],
     );
 }

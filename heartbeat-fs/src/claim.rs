@@ -209,6 +209,9 @@ pub fn describe_restart(r: Option<&RestartState>) -> String {
         Some(RestartState::Failed { attempts }) => {
             format!("a restart that failed {attempts} time(s)")
         }
+        Some(RestartState::LimitReached { restarts }) => {
+            format!("a VM failed after {restarts} restart(s) within its restart limit")
+        }
     }
 }
 

@@ -191,6 +191,12 @@ pub struct VmHaSettings {
     pub storage_loss_response: StorageLossResponse,
     /// This VM's own restart limit; `None` takes the cluster's.
     pub restart_limit: Option<RestartLimit>,
+    /// The configuration generation of the operator's last clear of the VM (`fdmctl vm clear`), 0
+    /// if never. A master whose configuration carries a higher value than a protected entry forgets
+    /// the VM's counted restarts and its `LimitReached` state, then records the value in the entry:
+    /// a generation, not a flag, so a clear is acted on once and a later failure is not undone by
+    /// the same clear (`docs/safety.md`, "Restart limits").
+    pub restart_cleared: u64,
 }
 
 /// What the operator wants the VM to be.
@@ -220,6 +226,22 @@ pub enum RestartState {
     },
     /// Every attempt failed; reported, kept, retried when something changes (capacity, config).
     Failed { attempts: u32 },
+    /// Restarted `restarts` times within its restart limit's window after crashing and crashed
+    /// again: HA leaves it alone (no restart anywhere) until an operator clears it
+    /// (`VmHaSettings::restart_cleared`). Shown as `failed` to operators.
+    LimitReached { restarts: u32 },
+}
+
+/// One restart HA made of a VM that crashed, as a protected list keeps it. The core has no wall
+/// clock and hosts' monotonic clocks do not compare, so the time is an age: how long before the
+/// list was written the restart was decided, on the writer's clock. A reader takes that age as the
+/// age at its own reading, which is never more than the truth (the list was written before it was
+/// read): a restart is never forgotten early by a new master (`docs/safety.md`, "Restart limits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentRestart {
+    pub age_ms: u64,
+    /// The host the VM had crashed on (same-host restarts are counted per host).
+    pub crashed_on: HostId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +252,8 @@ pub struct ProtectedVm {
     pub desired: DesiredPower,
     pub settings: VmHaSettings,
     pub restart: RestartState,
+    /// Restarts after a crash that are still within the VM's restart-limit window, oldest first.
+    pub recent_restarts: Vec<RecentRestart>,
 }
 
 /// The master's protected-VM list for one datastore (the VMs whose home it is), written under its claim.
@@ -469,7 +493,8 @@ pub struct ReportedVm {
     pub host: Option<HostId>,
     /// Power state as the host reported it (`running`, `stopped`, ...), `None` when nobody reports it.
     pub state: Option<String>,
-    /// Where it stands in the restart pipeline (`idle`, `pending`, `intent`, `failed`).
+    /// Where it stands in the restart pipeline, in words (`idle`, `waiting ...`, `restarting ...`,
+    /// `failed: restart limit ...`).
     pub restart: String,
 }
 

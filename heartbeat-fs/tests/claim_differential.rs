@@ -167,6 +167,7 @@ fn protected(master: HostId, epoch: Epoch, restart: RestartState) -> ProtectedVm
             desired: DesiredPower::On,
             settings: VmHaSettings::default(),
             restart,
+            recent_restarts: Vec::new(),
         }],
     }
 }

@@ -5,6 +5,7 @@ use crate::scenario::{Expect, Scenario};
 use crate::world::{Micros, StopKind, Violation, World};
 use fdm_core::FaultKnobs;
 use heartbeat_fs::VmId;
+use heartbeat_fs::claim::describe_restart;
 use heartbeat_fs::records::RestartState;
 
 #[derive(Debug, Clone)]
@@ -102,6 +103,16 @@ fn check(w: &World, e: &Expect) -> (bool, String) {
             w.power_ons.len() == *count,
             format!("{} power-ons", w.power_ons.len()),
         ),
+        Expect::VmFailed { vm } => {
+            let state = w.listed_restart_state(*vm);
+            let ok = matches!(state, Some(RestartState::LimitReached { .. }));
+            let shown = state.map_or("not listed".to_string(), |s| describe_restart(Some(&s)));
+            (ok, format!("{vm}: {shown}"))
+        }
+        Expect::VmRestarts { vm, count } => {
+            let n = w.power_ons.iter().filter(|(_, _, v)| v == vm).count();
+            (n == *count, format!("{vm}: {n} power-ons"))
+        }
         Expect::StartOrder { vms } => {
             let first: Vec<Option<Micros>> = vms
                 .iter()

@@ -106,6 +106,9 @@ pub struct ClusterSpec {
     /// A VM whose host lost its datastore this long gets its `storage_loss_response` (`"10s"`).
     #[serde(default)]
     pub storage_loss_timeout: Option<String>,
+    /// Wait between two same-host restarts of a crashed VM (default 0).
+    #[serde(default)]
+    pub same_host_restart_wait_ms: Option<u64>,
     /// How long the hypervisor takes to start a VM (default 300 ms): a boot storm on slow storage
     /// can make it longer than the master waits for an answer.
     #[serde(default)]
@@ -137,6 +140,10 @@ pub struct VmSpec {
     #[serde(default)]
     pub depends_on: Vec<u32>,
     pub anti_affinity: Option<String>,
+    /// The VM's own restart limit: restarts after a crash within `restart_window` (either one
+    /// given sets both; the other takes the cluster's, 3 per hour).
+    pub max_restarts: Option<u32>,
+    pub restart_window: Option<String>,
 }
 
 fn medium() -> String {
@@ -182,6 +189,8 @@ pub struct FaultSpec {
     pub jitter_ms: Option<f64>,
     pub hosts: Option<Vec<u32>>,
     pub max_ms: Option<f64>,
+    /// `crash-loop`: how long after each start the VM crashes.
+    pub after_ms: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +243,15 @@ pub enum Expect {
     Role {
         host: HostId,
         role: String,
+    },
+    /// The VM is failed at its restart limit: its home datastore's protected list says so.
+    VmFailed {
+        vm: VmId,
+    },
+    /// The VM was powered on exactly `count` times (after the start of the run).
+    VmRestarts {
+        vm: VmId,
+        count: usize,
     },
     /// Each of these VMs was powered on (after the start of the run) no later than the next one:
     /// restart order by priority or dependency.
@@ -308,6 +326,22 @@ fn policy(s: &str) -> Result<RestartPolicy, String> {
         "never" => RestartPolicy::Never,
         _ => return Err(format!("`{s}`: always|host-failure-only|never")),
     })
+}
+
+/// A VM's own restart limit, if the scenario gives one.
+fn restart_limit(v: &VmSpec) -> Result<Option<RestartLimit>, String> {
+    if v.max_restarts.is_none() && v.restart_window.is_none() {
+        return Ok(None);
+    }
+    let cluster = RestartLimit::default();
+    let window_ms = match &v.restart_window {
+        Some(w) => parse_time(w)? / 1_000,
+        None => cluster.window_ms,
+    };
+    Ok(Some(RestartLimit {
+        max_restarts: v.max_restarts.unwrap_or(cluster.max_restarts),
+        window_ms,
+    }))
 }
 
 /// The simulator's hosts 1..=n: 64 GHz each, memory per host from `memory_mb`.
@@ -389,7 +423,8 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
                 .map_err(|e| invalid(field("restart_policy"), e))?,
             storage_loss_response: storage_loss(&v.storage_loss_response)
                 .map_err(|e| invalid(field("storage_loss_response"), e))?,
-            restart_limit: None,
+            restart_limit: restart_limit(v).map_err(|e| invalid(field("restart_window"), e))?,
+            restart_cleared: 0,
         };
         vms.push(
             VmConfig::new(VmId(v.id), DatastoreId(v.home))
@@ -419,6 +454,9 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
     }
     if let Some(n) = c.same_host_restart_attempts {
         ha.same_host_restart_attempts = n;
+    }
+    if let Some(ms) = c.same_host_restart_wait_ms {
+        ha.same_host_restart_wait_ms = ms;
     }
     if let Some(r) = &c.restart_retry_ms {
         ha.restart_retry_ms = r.clone();
@@ -584,6 +622,11 @@ fn fault(f: &FaultSpec, n: u32) -> Result<Fault, String> {
             hold_us: (f.max_ms.ok_or("`stall-next-command` needs `max_ms`")? * 1000.0) as u64,
         },
         "vm-crash" => Fault::VmCrash { vm: vm()? },
+        "crash-loop" => Fault::CrashLoop {
+            vm: vm()?,
+            after_us: (f.after_ms.ok_or("`crash-loop` needs `after_ms`")? * 1000.0) as Micros,
+        },
+        "vm-clear" => Fault::VmClear { vm: vm()? },
         "protect" => Fault::Protect {
             vm: vm()?,
             protected: true,
@@ -645,6 +688,11 @@ fn expect(e: &ExpectSpec) -> Result<Expect, String> {
         "no-restarts" => Expect::NoRestarts,
         "restarts" => Expect::Restarts {
             count: e.count.ok_or("`restarts` needs `count`")?,
+        },
+        "vm-failed" => Expect::VmFailed { vm: vm()? },
+        "vm-restarts" => Expect::VmRestarts {
+            vm: vm()?,
+            count: e.count.ok_or("`vm-restarts` needs `count`")?,
         },
         "role" => Expect::Role {
             host: host()?,

@@ -102,6 +102,7 @@ pub fn router(shim: Arc<Shim>, token: String) -> Router {
         .route("/v1/config", get(get_config))
         .route("/v1/config/ha", get(get_ha).put(put_ha))
         .route("/v1/hosts/{id}/maintenance", post(host_maintenance))
+        .route("/v1/vms/{id}/clear", post(vm_clear))
         .route("/v1/state", get(get_state))
         .route("/v1/events", get(get_events))
         .route("/v1/admission", get(get_admission))
@@ -523,6 +524,9 @@ async fn delete<T: Entity>(State(api): State<Arc<Api>>, Path(id): Path<String>) 
             }
             T::check_removal(id, inv)?;
             T::all_mut(inv).remove(&id);
+            // A clear belongs to the VM it was for; a VM added later under its id starts clean.
+            let vms = &inv.vms;
+            inv.restart_cleared.retain(|vm, _| vms.contains_key(vm));
             Ok(())
         })
         .await?;
@@ -548,6 +552,36 @@ async fn host_maintenance(
                 .ok_or_else(|| missing::<HostSpec>(id))?;
             h.maintenance = request.action == MaintenanceAction::Enter;
             Ok(h.clone())
+        })
+        .await?;
+    written(StatusCode::OK, answer)
+}
+
+/// `POST /v1/vms/{id}/clear`: the operator clears a VM that HA declared failed at its restart
+/// limit. The clear is the write's own generation, recorded for the VM and published in its
+/// `restart_cleared`: a master acts on a clear whose generation is above what the VM's protected
+/// entry has acted on, once (`docs/safety.md`, "Restart limits"). Clearing a VM that is not failed
+/// is allowed and only forgets its counted restarts. The body is empty or `{}`.
+async fn vm_clear(State(api): State<Arc<Api>>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let id = VmId(parse_id(&id)?);
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let map = parse_object(&body)?;
+        check_keys(&map, &[])?;
+    }
+    let answer = api
+        .shim
+        .write(AdmissionGate::WarnOnly, |inv| {
+            let vm = inv
+                .vms
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| missing::<VmSpec>(id))?;
+            let generation = inv
+                .generation
+                .checked_add(1)
+                .ok_or(ShimError::GenerationExhausted(inv.generation))?;
+            inv.restart_cleared.insert(id, generation);
+            Ok(vm)
         })
         .await?;
     written(StatusCode::OK, answer)

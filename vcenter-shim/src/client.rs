@@ -171,6 +171,12 @@ impl Client {
         self.remove(&format!("/v1/datastores/{}", id.0))
     }
 
+    /// Clear a VM failed at its restart limit (`POST /v1/vms/{id}/clear`).
+    pub fn clear_vm(&self, id: VmId) -> Result<WriteAnswer> {
+        let path = format!("/v1/vms/{}/clear", id.0);
+        self.write("POST", &path, &serde_json::Map::new())
+    }
+
     pub fn add_vm(&self, vm: &VmSpec) -> Result<WriteAnswer> {
         self.write("POST", "/v1/vms", vm)
     }

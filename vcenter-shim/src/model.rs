@@ -220,6 +220,11 @@ pub struct Inventory {
     pub hosts: BTreeMap<HostId, HostSpec>,
     pub datastores: BTreeMap<DatastoreId, DatastoreSpec>,
     pub vms: BTreeMap<VmId, VmSpec>,
+    /// Per VM, the generation of the write that last cleared it (`POST /v1/vms/{id}/clear`),
+    /// published as `VmHaSettings::restart_cleared`. Kept beside the specs rather than in them so a
+    /// `PUT` cannot set it: a number above every later generation would make the next clears
+    /// ineffective. A removed VM's entry goes with it.
+    pub restart_cleared: BTreeMap<VmId, u64>,
 }
 
 impl Inventory {
@@ -232,6 +237,7 @@ impl Inventory {
             hosts: BTreeMap::new(),
             datastores: BTreeMap::new(),
             vms: BTreeMap::new(),
+            restart_cleared: BTreeMap::new(),
         }
     }
 
@@ -292,6 +298,7 @@ impl Inventory {
                             .storage_loss_response
                             .unwrap_or(self.ha.default_storage_loss_response),
                         restart_limit: v.restart_limit,
+                        restart_cleared: self.restart_cleared.get(&v.id).copied().unwrap_or(0),
                     },
                     depends_on: v.depends_on.clone(),
                     anti_affinity_group: v.anti_affinity_group.clone(),

@@ -112,6 +112,9 @@ impl Store {
         if let Some(m) = self.meta("admission_mode")? {
             inv.admission_mode = decode::<AdmissionMode>("admission mode", &m)?;
         }
+        if let Some(c) = self.meta("restart_cleared")? {
+            inv.restart_cleared = decode("restart clears", &c)?;
+        }
         for spec in self.specs("hosts")? {
             let h: HostSpec = decode("host", &spec)?;
             inv.hosts.insert(h.id, h);
@@ -143,6 +146,7 @@ impl Store {
             ("generation", inv.generation.to_string()),
             ("ha", encode(&inv.ha)?),
             ("admission_mode", encode(&inv.admission_mode)?),
+            ("restart_cleared", encode(&inv.restart_cleared)?),
         ] {
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)
@@ -295,6 +299,7 @@ mod tests {
                 }],
             },
         );
+        inv.restart_cleared.insert(VmId(4), 3);
         s.save_inventory(&inv).unwrap();
         // A different default cluster does not override the stored one.
         assert_eq!(s.load_inventory(ClusterId(9)).unwrap(), inv);

@@ -8,7 +8,7 @@ use crate::error::ShimError;
 use crate::model::{DatastoreSpec, HostSpec, Inventory, VmSpec};
 use fdm_agent::core::Timings;
 use fdm_agent::core::config::{MAX_TIMING, TimingsError};
-use heartbeat_fs::records::{AdmissionPolicy, HaSettings};
+use heartbeat_fs::records::{AdmissionPolicy, HaSettings, RestartLimit};
 use heartbeat_fs::{DatastoreId, HostId, VmId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +31,13 @@ pub const MAX_CONCURRENT_POWER_ONS: u32 = 1_000;
 /// still has room for its VMs (a value at or above the host count fails admission anyway).
 pub const MAX_HOST_FAILURES_TOLERATED: u32 = 1_000;
 
+/// Most restarts of a crashed VM a restart limit may allow within its window.
+pub const MAX_RESTARTS: u32 = 1_000;
+/// Shortest and longest restart-limit window: below a second the limit would never count two
+/// restarts together; 30 days is past any crash loop anyone would want to wait out.
+pub const MIN_RESTART_WINDOW_MS: u64 = 1_000;
+pub const MAX_RESTART_WINDOW_MS: u64 = 30 * 24 * 3_600_000;
+
 const MAX_NAME: usize = 200;
 
 /// `value` (in `unit`) must not exceed `max`; `what` says what the limit is in words.
@@ -48,6 +55,33 @@ fn at_most(
         ));
     }
     Ok(())
+}
+
+/// A restart limit, cluster-wide (`prefix` "restart_limit") or a VM's own.
+fn check_restart_limit(prefix: &str, l: &RestartLimit) -> Result<(), ShimError> {
+    at_most(
+        format!("{prefix}.max_restarts"),
+        u64::from(l.max_restarts),
+        u64::from(MAX_RESTARTS),
+        "",
+        "restarts within the window",
+    )?;
+    if l.window_ms < MIN_RESTART_WINDOW_MS {
+        return Err(ShimError::invalid(
+            format!("{prefix}.window_ms"),
+            format!(
+                "{} ms is less than the shortest allowed, {MIN_RESTART_WINDOW_MS} ms",
+                l.window_ms
+            ),
+        ));
+    }
+    at_most(
+        format!("{prefix}.window_ms"),
+        l.window_ms,
+        MAX_RESTART_WINDOW_MS,
+        " ms",
+        "30 days",
+    )
 }
 
 fn check_memory(memory_mb: u64) -> Result<(), ShimError> {
@@ -159,6 +193,9 @@ pub fn validate_vm(v: &VmSpec, inv: &Inventory) -> Result<(), ShimError> {
     }
     if let Some(group) = &v.anti_affinity_group {
         check_name("anti_affinity_group", group)?;
+    }
+    if let Some(l) = &v.restart_limit {
+        check_restart_limit("restart_limit", l)?;
     }
     let mut seen = BTreeSet::new();
     for (i, dep) in v.depends_on.iter().enumerate() {
@@ -291,6 +328,14 @@ pub fn validate_ha(ha: &HaSettings, inv: &Inventory) -> Result<(), ShimError> {
         "",
         "restarts on the VM's own host",
     )?;
+    at_most(
+        "same_host_restart_wait_ms",
+        ha.same_host_restart_wait_ms,
+        MAX_WAIT_MS,
+        " ms",
+        "a day",
+    )?;
+    check_restart_limit("restart_limit", &ha.restart_limit)?;
     if let Some(wait) = ha.orchestrated_wait_ms {
         at_most("orchestrated_wait_ms", wait, MAX_WAIT_MS, " ms", "a day")?;
     }
@@ -817,6 +862,40 @@ mod tests {
         assert_eq!(
             check(&|ha| ha.same_host_restart_attempts = u32::MAX),
             refused("same_host_restart_attempts")
+        );
+        assert_eq!(
+            check(&|ha| ha.same_host_restart_wait_ms = MAX_WAIT_MS + 1),
+            refused("same_host_restart_wait_ms")
+        );
+        let limit = |max_restarts, window_ms| RestartLimit {
+            max_restarts,
+            window_ms,
+        };
+        assert_eq!(
+            check(&|ha| ha.restart_limit = limit(MAX_RESTARTS, MAX_RESTART_WINDOW_MS)),
+            None
+        );
+        assert_eq!(
+            check(&|ha| ha.restart_limit = limit(0, MIN_RESTART_WINDOW_MS)),
+            None
+        );
+        assert_eq!(
+            check(&|ha| ha.restart_limit = limit(MAX_RESTARTS + 1, 60_000)),
+            refused("restart_limit.max_restarts")
+        );
+        assert_eq!(
+            check(&|ha| ha.restart_limit = limit(3, MIN_RESTART_WINDOW_MS - 1)),
+            refused("restart_limit.window_ms")
+        );
+        assert_eq!(
+            check(&|ha| ha.restart_limit = limit(3, MAX_RESTART_WINDOW_MS + 1)),
+            refused("restart_limit.window_ms")
+        );
+        let mut v = vm(1, &[]);
+        v.restart_limit = Some(limit(3, 0));
+        assert_eq!(
+            field(validate_vm(&v, &inv).unwrap_err()),
+            (400, "restart_limit.window_ms".into())
         );
         assert_eq!(
             check(&|ha| ha.orchestrated_wait_ms = Some(MAX_WAIT_MS)),

@@ -2353,3 +2353,42 @@ fn any_number_over_http_is_a_success_or_a_400_naming_the_field() {
         .unwrap();
     assert_eq!(s.call("GET", "/v1/state", None).0, 200);
 }
+
+#[test]
+fn a_clear_reaches_the_agents_as_the_vms_restart_cleared_generation() {
+    let s = Server::start();
+    s.basic_inventory();
+    s.ctl_ok(&["vm", "add", "--id", "7", "--name", "web", "--home", "1"]);
+    let cleared = |mount: &Path| {
+        read_config(mount)
+            .and_then(|c| c.vm(VmId(7)).map(|v| (c.generation, v.ha.restart_cleared)))
+            .expect("vm-7 on the datastore")
+    };
+    let (before, never) = cleared(&s.ds1());
+    assert_eq!(never, 0, "a VM never cleared");
+    // By name through fdmctl: the clear is the write's own generation, on every datastore.
+    let out = s.ctl_ok(&["vm", "clear", "web"]);
+    assert!(out.contains("vm-7 cleared"), "{out}");
+    for mount in [s.ds1(), s.ds2()] {
+        assert_eq!(cleared(&mount), (before + 1, before + 1));
+    }
+    // By id over HTTP, with an empty object: a later clear is a higher generation.
+    let (code, body) = s.call("POST", "/v1/vms/7/clear", Some(json!({})));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["generation"], before + 2);
+    assert_eq!(body["vm"]["name"], "web");
+    assert_eq!(cleared(&s.ds1()), (before + 2, before + 2));
+    // Other VM settings are not touched, and the clear is no field a PUT can set.
+    let (code, body) = s.call("PUT", "/v1/vms/7", Some(json!({"restart_cleared": 1})));
+    assert_eq!((code, field(&body)), (400, "restart_cleared"), "{body}");
+    let (code, body) = s.call("POST", "/v1/vms/9/clear", None);
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = s.call("POST", "/v1/vms/7/clear", Some(json!({"force": true})));
+    assert_eq!((code, field(&body)), (400, "force"), "{body}");
+    let (ok, _, err) = s.ctl(&["vm", "clear", "nosuch"]);
+    assert!(!ok && err.contains("no VM is named \"nosuch\""), "{err}");
+    // A VM removed and added again under the same id starts without the old clear.
+    s.ctl_ok(&["vm", "rm", "7"]);
+    s.ctl_ok(&["vm", "add", "--id", "7", "--name", "web", "--home", "1"]);
+    assert_eq!(cleared(&s.ds1()).1, 0);
+}

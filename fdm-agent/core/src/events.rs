@@ -162,6 +162,18 @@ pub enum Event {
         vm: VmId,
         attempts: u32,
     },
+    /// Master: the VM crashed again after `restarts` restarts within its restart limit's window
+    /// (`window_ms`); it is failed and HA leaves it alone until an operator clears it.
+    RestartLimitReached {
+        vm: VmId,
+        restarts: u32,
+        window_ms: u64,
+    },
+    /// Master: an operator cleared the VM; its counted restarts are forgotten and, if failed, it
+    /// is restarted as any lost VM.
+    RestartLimitCleared {
+        vm: VmId,
+    },
     /// No host can take it now; it waits.
     NoCapacity {
         vm: VmId,
@@ -224,6 +236,8 @@ impl Event {
             | Event::RestartFailed { .. }
             | Event::RestartGaveUp { .. }
             | Event::RestartEndedByOperator { .. }
+            | Event::RestartLimitReached { .. }
+            | Event::RestartLimitCleared { .. }
             | Event::NoCapacity { .. }
             | Event::AntiAffinityBroken { .. } => "restart",
             Event::PowerOnRefused { .. } | Event::PoweredOn { .. } | Event::Adopted { .. } => "vm",
@@ -241,6 +255,8 @@ impl Event {
             | Event::IsolationResponseDeferred { vm, .. }
             | Event::StorageLossResponseApplied { vm, .. }
             | Event::RestartGaveUp { vm, .. }
+            | Event::RestartLimitReached { vm, .. }
+            | Event::RestartLimitCleared { vm }
             | Event::NoCapacity { vm }
             | Event::PoweredOn { vm, .. }
             | Event::Adopted { vm } => (None, Some(*vm)),

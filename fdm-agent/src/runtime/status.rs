@@ -37,7 +37,7 @@ pub(super) fn publish(
     let vms: Vec<serde_json::Value> = st
         .vms
         .iter()
-        .map(|v| serde_json::json!({"vm": v.vm.0, "host": v.host.map(|h| h.0), "state": v.state.map(|s| format!("{s:?}")), "restart": v.restart}))
+        .map(|v| serde_json::json!({"vm": v.vm.0, "host": v.host.map(|h| h.0), "state": v.state.map(|s| format!("{s:?}")), "restart": v.restart, "failed": v.failed}))
         .collect();
     let mut s = lock(shared);
     let events: Vec<String> = s.events.iter().rev().take(20).rev().cloned().collect();
@@ -86,6 +86,16 @@ pub(super) fn publish(
     m.push_str(&format!(
         "# TYPE fdm_restarts_issued_total counter\nfdm_restarts_issued_total {}\n",
         stats.restarts_issued
+    ));
+    // Failed VMs (at their restart limit) as the master sees them: 0 on a non-master, which
+    // knows no protected list.
+    m.push_str(&format!(
+        "# TYPE fdm_vms_failed gauge\nfdm_vms_failed {}\n",
+        st.vms.iter().filter(|v| v.failed).count()
+    ));
+    m.push_str(&format!(
+        "# TYPE fdm_restart_limits_reached_total counter\nfdm_restart_limits_reached_total {}\n",
+        stats.restart_limits_reached
     ));
     m.push_str(&format!(
         "# TYPE fdm_datagrams_sent_total counter\nfdm_datagrams_sent_total {}\n",

@@ -65,6 +65,7 @@ pub fn protected_list() -> ProtectedVmList {
                 desired: DesiredPower::On,
                 settings: VmHaSettings::default(),
                 restart: RestartState::Idle,
+                recent_restarts: Vec::new(),
             },
             ProtectedVm {
                 vm: VmId(2),
@@ -80,12 +81,17 @@ pub fn protected_list() -> ProtectedVmList {
                         max_restarts: 5,
                         window_ms: 600_000,
                     }),
+                    restart_cleared: 9,
                 },
                 restart: RestartState::Intent {
                     target: HostId(4),
                     epoch: Epoch(11),
                     attempt: 2,
                 },
+                recent_restarts: vec![RecentRestart {
+                    age_ms: 90_000,
+                    crashed_on: HostId(7),
+                }],
             },
         ],
     }

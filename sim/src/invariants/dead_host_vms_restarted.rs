@@ -1,9 +1,10 @@
 //! Every protected VM runs again (exactly once) within the bound after the heal, when capacity exists:
-//! a protected VM of a dead host is never lost. VMs an operator stopped, and VMs whose policy says
-//! never restart, are exempt.
+//! a protected VM of a dead host is never lost. VMs an operator stopped, VMs whose policy says
+//! never restart, and VMs the world made crash-loop that their home's protected list records as
+//! failed at their restart limit, are exempt.
 
 use crate::world::{Violation, World};
-use heartbeat_fs::records::{RestartPolicy, RestartPriority};
+use heartbeat_fs::records::{RestartPolicy, RestartPriority, RestartState};
 
 pub fn check(w: &World) -> Vec<Violation> {
     let mut out = Vec::new();
@@ -12,6 +13,11 @@ pub fn check(w: &World) -> Vec<Violation> {
             || w.operator_stopped.contains(&vm.id)
             || vm.ha.restart_policy == RestartPolicy::Never
             || vm.ha.priority == RestartPriority::Disabled
+            || (w.crash_loops.contains_key(&vm.id)
+                && matches!(
+                    w.listed_restart_state(vm.id),
+                    Some(RestartState::LimitReached { .. })
+                ))
         {
             continue;
         }

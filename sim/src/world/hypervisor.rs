@@ -88,6 +88,13 @@ impl World {
                 self.violate(operator_stop_respected::NAME, detail);
             }
             self.hosts[i].running.insert(vm, self.now);
+            if let Some(&after) = self.crash_loops.get(&vm) {
+                let started = self.now;
+                self.push(
+                    started + after,
+                    Ev::Fault(Fault::CrashLoopTick { vm, started }),
+                );
+            }
             self.power_ons.push((self.now, h, vm));
             if let Some(since) = self.ha_down_since.remove(&vm) {
                 self.ha_downtime_us += u128::from(self.now - since);

@@ -8,7 +8,7 @@ use fdm_core::{
 };
 use heartbeat_fs::mem::{Caller, MemDatastore};
 use heartbeat_fs::ops::{DsCompletion, DsError, DsOp, DsRequest, IoKind};
-use heartbeat_fs::records::ClusterConfig;
+use heartbeat_fs::records::{ClusterConfig, RestartState};
 use heartbeat_fs::{DatastoreId, HostId, VmId};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -184,6 +184,22 @@ pub enum Fault {
         hold_us: Micros,
     },
     VmCrash {
+        vm: VmId,
+    },
+    /// From now on `vm` crashes `after_us` after every start (a guest that dies on every boot),
+    /// the copy running now included.
+    CrashLoop {
+        vm: VmId,
+        after_us: Micros,
+    },
+    /// Internal to `CrashLoop`: the copy of `vm` started at `started` crashes, if it still runs.
+    CrashLoopTick {
+        vm: VmId,
+        started: Micros,
+    },
+    /// An operator clears a failed VM (`fdmctl vm clear`): a new configuration generation that
+    /// carries the clear in the VM's `restart_cleared`.
+    VmClear {
         vm: VmId,
     },
     /// The management plane protects or unprotects a VM: a new configuration generation on every
@@ -413,6 +429,8 @@ pub struct World {
     stop_on_master_change: Vec<VmId>,
     /// Hold the next power-on command for this long.
     stall_next_command: Option<Micros>,
+    /// VMs that crash this long after every start.
+    pub crash_loops: BTreeMap<VmId, Micros>,
     /// Recent agent events (for violation reports).
     pub recent: std::collections::VecDeque<TraceLine>,
 }
@@ -508,6 +526,7 @@ impl World {
             crash_master_on_restart: false,
             stop_on_master_change: Vec::new(),
             stall_next_command: None,
+            crash_loops: BTreeMap::new(),
             recent: std::collections::VecDeque::new(),
         };
         for &(h, vm) in placement {
@@ -1084,6 +1103,38 @@ impl World {
                     d.config = Some(self.config.clone());
                 }
             }
+            Fault::CrashLoop { vm, after_us } => {
+                self.crash_loops.insert(vm, after_us);
+                // The copy running now crashes `after_us` from now, as if it had just started.
+                let started = self.hosts.iter().find_map(|h| h.running.get(&vm).copied());
+                if let Some(started) = started {
+                    let at = self.now + after_us;
+                    self.push(at, Ev::Fault(Fault::CrashLoopTick { vm, started }));
+                }
+            }
+            Fault::CrashLoopTick { vm, started } => {
+                // Only the copy this tick was set for: a copy started since has its own.
+                if self
+                    .hosts
+                    .iter()
+                    .any(|h| h.powered && h.running.get(&vm) == Some(&started))
+                {
+                    self.apply(Fault::VmCrash { vm });
+                }
+            }
+            Fault::VmClear { vm } => {
+                let mut cfg = self.config.clone();
+                cfg.generation += 1;
+                let generation = cfg.generation;
+                if let Some(v) = cfg.vms.iter_mut().find(|v| v.id == vm) {
+                    v.ha.restart_cleared = generation;
+                }
+                self.view = std::sync::Arc::new(fdm_core::cluster::ClusterView::new(cfg.clone()));
+                for d in self.ds.values_mut() {
+                    d.config = Some(cfg.clone());
+                }
+                self.config = cfg;
+            }
             Fault::ManagementDown => {}
             Fault::HealAll => {
                 self.groups.clear();
@@ -1146,6 +1197,18 @@ impl World {
     }
 
     /// Where a VM runs now.
+    /// The VM's restart state in its home datastore's protected list, as on disk.
+    pub fn listed_restart_state(&self, vm: VmId) -> Option<RestartState> {
+        let home = self.config.vm(vm)?.home;
+        self.ds
+            .get(&home)?
+            .protected_list()?
+            .vms
+            .iter()
+            .find(|e| e.vm == vm)
+            .map(|e| e.restart.clone())
+    }
+
     pub fn where_runs(&self, vm: VmId) -> Vec<HostId> {
         self.hosts
             .iter()

@@ -53,7 +53,8 @@ enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Hosts, VMs, the master and whether HA is paused.
+    /// Hosts, VMs (with where each stands in the restart pipeline: `failed: ...` for a VM left
+    /// down at its restart limit), the master and whether HA is paused.
     Status,
     /// The master's events, oldest first.
     Events {
@@ -66,6 +67,7 @@ enum Cmd {
     },
     /// Whether the cluster can restart every protected VM after the tolerated failures.
     Admission,
+    /// VMs: list, show, add, set, rm, and clear a VM failed at its restart limit.
     #[command(subcommand)]
     Vm(VmCmd),
     #[command(subcommand)]
@@ -185,26 +187,38 @@ fn new_vm(id: VmId, fields: &VmFields) -> Result<VmSpec> {
 
 #[derive(Debug, Subcommand)]
 enum VmCmd {
+    /// Every VM of the inventory, as a table.
     List,
+    /// One VM, a field a line (with its definition).
     Show {
         #[arg(value_parser = id(VmId))]
         id: VmId,
     },
+    /// Add a VM (`--name` and `--home` needed; the other fields take the API's defaults).
     Add {
         #[arg(long, value_parser = id(VmId))]
         id: VmId,
         #[command(flatten)]
         fields: VmFields,
     },
+    /// Change the fields given of a VM; the others keep their values.
     Set {
         #[arg(value_parser = id(VmId))]
         id: VmId,
         #[command(flatten)]
         fields: VmFields,
     },
+    /// Remove a VM (refused while another VM depends on it).
     Rm {
         #[arg(value_parser = id(VmId))]
         id: VmId,
+    },
+    /// Clear a VM that HA left failed at its restart limit (it crashed again after its allowed
+    /// restarts within the window): the master forgets its counted restarts and restarts it if it
+    /// is down. A clear is acted on once; a VM that keeps crashing fails again at its limit.
+    Clear {
+        /// The VM's id or name.
+        vm: String,
     },
 }
 
@@ -274,6 +288,17 @@ enum HaCmd {
 /// passed for one another.
 fn id<T>(wrap: fn(u32) -> T) -> impl Fn(&str) -> Result<T, ParseIntError> + Clone {
     move |s| s.parse().map(wrap)
+}
+
+/// A VM named by its id (digits) or its name (names are unique in the inventory).
+fn vm_by_id_or_name(c: &Client, given: &str) -> Result<VmId> {
+    if let Ok(id) = given.parse::<u32>() {
+        return Ok(VmId(id));
+    }
+    match c.vms()?.into_iter().find(|v| v.name == given) {
+        Some(v) => Ok(v.id),
+        None => bail!("no VM is named {given:?} (give its name or its id)"),
+    }
 }
 
 /// `--mount HOST_ID=PATH`.
@@ -407,6 +432,11 @@ fn run(cli: Cli) -> Result<()> {
                 ctl.wrote_object(&answer, &format!("{id} updated"))
             }
             VmCmd::Rm { id } => ctl.removed(&c.remove_vm(id)?, id),
+            VmCmd::Clear { vm } => {
+                let id = vm_by_id_or_name(c, &vm)?;
+                let answer = c.clear_vm(id)?;
+                ctl.wrote_object(&answer, &format!("{id} cleared"))
+            }
         },
         Cmd::Host(cmd) => match cmd {
             HostCmd::List => ctl.show(&c.hosts()?, |hosts| table(HOST_COLUMNS, hosts)),

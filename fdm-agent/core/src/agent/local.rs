@@ -191,6 +191,7 @@ impl LocalVms {
                 host: None,
                 state: Some(v.state),
                 restart: String::new(),
+                failed: false,
             })
             .collect()
     }

@@ -48,6 +48,8 @@ pub struct AgentStats {
     pub ds_ops_issued: u64,
     pub ds_ops_failed: u64,
     pub restarts_issued: u64,
+    /// VMs this agent, as master, declared failed at their restart limit.
+    pub restart_limits_reached: u64,
     /// Cluster configurations read from a datastore and refused (their timings are invalid).
     pub configs_rejected: u64,
 }
@@ -68,7 +70,10 @@ pub struct VmView {
     pub vm: VmId,
     pub host: Option<HostId>,
     pub state: Option<VmRunState>,
+    /// Where it stands in the restart pipeline, in words.
     pub restart: String,
+    /// At its restart limit: HA leaves it alone until an operator clears it.
+    pub failed: bool,
 }
 
 /// What `fdm-agent status` shows.
@@ -945,8 +950,12 @@ impl Agent {
         self.config = Arc::new(ClusterView::new(cfg));
         self.vms.rebuild_homes(&self.config);
         self.emit(Event::ConfigApplied { generation });
-        if let Some(m) = self.role.master_mut() {
-            m.config_changed(now, &self.config);
+        let cleared = match self.role.master_mut() {
+            Some(m) => m.config_changed(now, &self.config),
+            None => Vec::new(),
+        };
+        for vm in cleared {
+            self.emit(Event::RestartLimitCleared { vm });
         }
     }
 

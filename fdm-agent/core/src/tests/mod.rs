@@ -3,4 +3,5 @@
 mod behaviours;
 mod failover;
 mod harness;
+mod limits;
 mod random;

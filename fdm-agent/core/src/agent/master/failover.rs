@@ -10,6 +10,8 @@ pub(super) struct ReconcileContext {
     /// The first restart delay (ms).
     retry0: u64,
     same_host_attempts: u32,
+    /// The wait before each same-host restart after the first (ms).
+    same_host_wait: u64,
     config: Arc<ClusterView>,
     /// This host's own VMs, as its hypervisor last reported them.
     local: BTreeMap<VmId, VmRunState>,
@@ -61,6 +63,11 @@ impl MasterState {
     ) -> Option<ProtectedVm> {
         // Gone from the configuration: the list drops it when it next follows the config.
         ctx.config.vm(e.vm)?;
+        if let RestartState::LimitReached { .. } = e.restart {
+            // Failed: left alone wherever it is until an operator clears it (the clear arrives
+            // with the configuration, `sync_protected_with_config`).
+            return None;
+        }
         if let Some(&h) = self.running_on(d, e.vm).first() {
             return self.found_running(e, h);
         }
@@ -171,13 +178,17 @@ impl MasterState {
                 if !restart_allowed(cfg, same_host) {
                     return None;
                 }
-                let next_try = ctx.now + Duration::from_millis(ctx.retry0);
-                let preferred = (same_host && ctx.same_host_attempts > 0).then_some(h);
-                let mut track = RestartTrack::waiting(d, next_try, Some(h), preferred);
-                if same_host && ctx.same_host_attempts == 0 {
-                    // No restart on the host it crashed on: another host first.
-                    track.excluded.push(h);
-                }
+                let track = if same_host {
+                    match self.restart_after_crash(ctx, (d, h), e.vm) {
+                        Ok(track) => track,
+                        Err((restarts, window_ms)) => {
+                            return Some(limit_reached(e, (restarts, window_ms), events));
+                        }
+                    }
+                } else {
+                    let next_try = ctx.now + Duration::from_millis(ctx.retry0);
+                    RestartTrack::waiting(d, next_try, Some(h), None)
+                };
                 self.tracks.insert(e.vm, track);
                 events.push(Event::RestartNeeded {
                     vm: e.vm,
@@ -194,6 +205,87 @@ impl MasterState {
             Decision::Wait => None,
         }
     }
+}
+
+impl MasterState {
+    /// A VM crashed on `h` (alive): the restart's track, counted against the VM's restart limit,
+    /// or, when the limit allows no more, the restarts made within the window and its length
+    /// (ms). Only
+    /// restarts after a crash count: a host failure is not the VM's doing, and a VM moved by a
+    /// run of host failures must not end up failed.
+    pub(super) fn restart_after_crash(
+        &mut self,
+        ctx: &ReconcileContext,
+        (d, h): (DatastoreId, HostId),
+        vm: VmId,
+    ) -> Result<RestartTrack, (u32, u64)> {
+        let limit = restart_limit_of(ctx, vm);
+        let log = self.restart_logs.entry(vm).or_default();
+        log.prune(ctx.now, Duration::from_millis(limit.window_ms));
+        let restarts = log.count();
+        if restarts >= limit.max_restarts {
+            return Err((restarts, limit.window_ms));
+        }
+        // Same-host tries: the first at once, each further one after the wait, then another
+        // host. Counted from the log, so within the window and across a master change.
+        let tries = log.same_host_streak(h);
+        log.record(ctx.now, h);
+        let same_host = tries < ctx.same_host_attempts;
+        let delay = if same_host && tries > 0 {
+            ctx.same_host_wait
+        } else {
+            ctx.retry0
+        };
+        let next_try = ctx.now + Duration::from_millis(delay);
+        let mut track = RestartTrack::waiting(d, next_try, Some(h), same_host.then_some(h));
+        if !same_host {
+            // Its own host had its tries (or has none): another host.
+            track.excluded.push(h);
+        }
+        Ok(track)
+    }
+
+    /// Forget restarts that left their window; a list whose counts changed is written again so
+    /// that the ages on disk stay close to the truth for the next master.
+    pub(super) fn prune_restart_logs(&mut self, ctx: &ReconcileContext) {
+        let mut changed: BTreeSet<VmId> = BTreeSet::new();
+        for (vm, log) in self.restart_logs.iter_mut() {
+            let limit = restart_limit_of(ctx, *vm);
+            if log.prune(ctx.now, Duration::from_millis(limit.window_ms)) {
+                changed.insert(*vm);
+            }
+        }
+        self.restart_logs.retain(|_, log| !log.is_empty());
+        for pd in self.protected.values_mut() {
+            if pd.list.vms.iter().any(|e| changed.contains(&e.vm)) {
+                pd.dirty = true;
+            }
+        }
+    }
+}
+
+/// The VM's restart limit: its own, else the cluster's.
+fn restart_limit_of(ctx: &ReconcileContext, vm: VmId) -> RestartLimit {
+    ctx.config
+        .vm(vm)
+        .and_then(|c| c.ha.restart_limit)
+        .unwrap_or(ctx.config.ha.restart_limit)
+}
+
+/// The protected-list entry of a VM that reached its restart limit: `restarts` within `window_ms`.
+fn limit_reached(
+    e: &ProtectedVm,
+    (restarts, window_ms): (u32, u64),
+    events: &mut Vec<Event>,
+) -> ProtectedVm {
+    let mut ne = e.clone();
+    ne.restart = RestartState::LimitReached { restarts };
+    events.push(Event::RestartLimitReached {
+        vm: e.vm,
+        restarts,
+        window_ms,
+    });
+    ne
 }
 
 /// The VM's policy lets HA restart it (`same_host`: a restart of a VM that failed on a live host).
@@ -336,6 +428,7 @@ impl Agent {
                 .copied()
                 .unwrap_or(0),
             same_host_attempts: self.config.ha.same_host_restart_attempts,
+            same_host_wait: self.config.ha.same_host_restart_wait_ms,
             config: self.config.clone(),
             local,
         };
@@ -344,6 +437,7 @@ impl Agent {
             return;
         };
         m.note_own_vms(ctx.me, &ctx.local);
+        m.prune_restart_logs(&ctx);
         let ds_list: Vec<DatastoreId> = m.protected.keys().copied().collect();
         for d in ds_list {
             if m.settled(d, now, t).is_none() || !m.protected[&d].loaded {
@@ -360,6 +454,9 @@ impl Agent {
             }
         }
         for e in events {
+            if let Event::RestartLimitReached { .. } = e {
+                self.stats.restart_limits_reached += 1;
+            }
             self.emit(e);
         }
     }

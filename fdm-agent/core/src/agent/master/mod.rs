@@ -16,7 +16,7 @@ use super::{Agent, DsPurpose, HostView, VmView};
 use heartbeat_fs::ops::{ClaimWrite, DsError, DsOp, DsReply};
 use heartbeat_fs::records::{
     ClusterConfig, DatastoreClaim, DesiredPower, HostFlags, PowerOnList, ProtectedVm,
-    ProtectedVmList, Resources, RestartPolicy, RestartPriority, RestartState,
+    ProtectedVmList, Resources, RestartLimit, RestartPolicy, RestartPriority, RestartState,
 };
 use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,7 +25,9 @@ use std::time::Duration;
 
 mod failover;
 mod hold;
+mod limit;
 mod verdict;
+use limit::RestartLog;
 use verdict::*;
 
 /// How old a liveness-probe answer may be and still count.
@@ -211,6 +213,9 @@ pub(super) struct MasterState {
     /// Where each VM is reported running or starting (by non-dead hosts).
     running: BTreeMap<VmId, BTreeSet<HostId>>,
     tracks: BTreeMap<VmId, RestartTrack>,
+    /// Restarts after a crash within each VM's restart-limit window, on this master's clock (the
+    /// protected lists keep them as ages; `limit.rs`).
+    restart_logs: BTreeMap<VmId, RestartLog>,
     reconcile_due: bool,
     last_reconcile: Time,
     /// A slave that has reached more datastores than us, and since when (for the handover).
@@ -240,6 +245,7 @@ impl MasterState {
             protected: BTreeMap::new(),
             running: BTreeMap::new(),
             tracks: BTreeMap::new(),
+            restart_logs: BTreeMap::new(),
             reconcile_due: true,
             last_reconcile: now,
             better_since: None,
@@ -269,7 +275,9 @@ impl MasterState {
 
     /// A newer cluster configuration: the protected lists follow it at once (VMs protected,
     /// unprotected, moved to another home, HA settings changed), not only at the next claim.
-    pub(super) fn config_changed(&mut self, _now: Time, config: &ClusterView) {
+    /// Returns the VMs an operator cleared (their restart-limit state is forgotten).
+    pub(super) fn config_changed(&mut self, _now: Time, config: &ClusterView) -> Vec<VmId> {
+        let mut cleared = Vec::new();
         for (d, pd) in self.protected.iter_mut() {
             if !pd.loaded {
                 continue;
@@ -280,7 +288,10 @@ impl MasterState {
                 .filter(|v| v.home == *d && v.protected)
                 .cloned()
                 .collect();
-            sync_protected_with_config(pd, &wanted);
+            cleared.extend(sync_protected_with_config(pd, &wanted));
+        }
+        for vm in &cleared {
+            self.restart_logs.remove(vm);
         }
         // A VM no list protects any more has nothing left to restart.
         let listed: BTreeSet<VmId> = self
@@ -289,7 +300,9 @@ impl MasterState {
             .flat_map(|pd| pd.list.vms.iter().map(|e| e.vm))
             .collect();
         self.tracks.retain(|vm, _| listed.contains(vm));
+        self.restart_logs.retain(|vm, _| listed.contains(vm));
         self.reconcile_due = true;
+        cleared
     }
 
     pub(super) fn on_probe(&mut self, now: Time, host: HostId, answered: bool) {
@@ -437,10 +450,8 @@ impl MasterState {
                     .and_then(|s| s.iter().next().copied())
                     .or(e.last_host);
                 let restart = match self.tracks.get(&e.vm) {
-                    Some(t) => {
-                        format!("{:?} (from {:?}, attempts {})", t.stage, t.from, t.attempts)
-                    }
-                    None => format!("{:?}", e.restart),
+                    Some(t) => describe_track(t),
+                    None => describe_entry(e),
                 };
                 out.push(VmView {
                     vm: e.vm,
@@ -451,10 +462,50 @@ impl MasterState {
                         .filter(|s| !s.is_empty())
                         .map(|_| VmRunState::Running),
                     restart,
+                    failed: matches!(e.restart, RestartState::LimitReached { .. }),
                 });
             }
         }
         out
+    }
+}
+
+/// A restart under way, in words for status and reports.
+fn describe_track(t: &RestartTrack) -> String {
+    let from = t.from.map(|h| format!(" from {h}")).unwrap_or_default();
+    match t.stage {
+        Stage::Waiting => format!(
+            "waiting to restart{from} ({} attempt(s) so far)",
+            t.attempts
+        ),
+        Stage::Resume { target, attempt } => {
+            format!("resuming attempt {attempt} on {target}{from}")
+        }
+        Stage::IntentWriting {
+            target, attempt, ..
+        } => format!("recording attempt {attempt} on {target}{from}"),
+        Stage::Issued {
+            target, attempt, ..
+        } => format!("restarting on {target}{from} (attempt {attempt})"),
+    }
+}
+
+/// A protected entry with no restart under way, in words for status and reports.
+fn describe_entry(e: &ProtectedVm) -> String {
+    match e.restart {
+        RestartState::Idle => "idle".to_string(),
+        RestartState::Pending { attempts } => {
+            format!("pending ({attempts} attempt(s) so far)")
+        }
+        RestartState::Intent {
+            target, attempt, ..
+        } => format!("restarting on {target} (attempt {attempt})"),
+        RestartState::Failed { attempts } => {
+            format!("{attempts} attempt(s) failed, retrying later")
+        }
+        RestartState::LimitReached { restarts } => {
+            format!("failed: restart limit ({restarts} restarts); fdmctl vm clear")
+        }
     }
 }
 
@@ -1097,8 +1148,21 @@ impl Agent {
                 durable: generation,
             },
         );
-        sync_protected_with_config(m.protected.get_mut(&d).expect("inserted"), &config_vms);
+        let pd = m.protected.get_mut(&d).expect("inserted");
+        let cleared = sync_protected_with_config(pd, &config_vms);
+        for e in &pd.list.vms {
+            if !e.recent_restarts.is_empty() {
+                let log = RestartLog::from_record(now, &e.recent_restarts);
+                m.restart_logs.insert(e.vm, log);
+            }
+        }
         m.reconcile_due = true;
+        for vm in &cleared {
+            m.restart_logs.remove(vm);
+        }
+        for vm in cleared {
+            self.emit(Event::RestartLimitCleared { vm });
+        }
     }
 
     fn on_protected_written(
@@ -1218,6 +1282,13 @@ impl Agent {
             pd.dirty = false;
             pd.list.generation += 1;
             pd.write_in_flight = Some(pd.list.generation);
+            for e in pd.list.vms.iter_mut() {
+                e.recent_restarts = m
+                    .restart_logs
+                    .get(&e.vm)
+                    .map(|log| log.to_record(now))
+                    .unwrap_or_default();
+            }
             writes.push((d, pd.list.clone()));
         }
         for (d, list) in writes {
@@ -1245,17 +1316,31 @@ impl Agent {
 }
 
 /// Bring a protected list in line with the configuration: add newly protected VMs, drop VMs no longer
-/// protected, refresh HA settings. Restart state and last host are kept.
+/// protected, refresh HA settings. Restart state and last host are kept, except that a VM an
+/// operator cleared since the entry was written forgets its counted restarts and its failed state.
+/// Returns the VMs cleared.
 fn sync_protected_with_config(
     pd: &mut ProtectedDs,
     config_vms: &[heartbeat_fs::records::VmConfig],
-) {
+) -> Vec<VmId> {
     let wanted: BTreeMap<VmId, &heartbeat_fs::records::VmConfig> =
         config_vms.iter().map(|v| (v.id, v)).collect();
     pd.list.vms.retain(|e| wanted.contains_key(&e.vm));
+    let mut cleared = Vec::new();
     for e in pd.list.vms.iter_mut() {
         let c = wanted[&e.vm];
+        // The entry keeps the highest clear it has acted on: a master whose configuration is
+        // older than the list's writer's must not let the same clear act twice later.
+        let honoured = e.settings.restart_cleared;
+        if c.ha.restart_cleared > honoured {
+            e.recent_restarts.clear();
+            if let RestartState::LimitReached { .. } = e.restart {
+                e.restart = RestartState::Idle;
+            }
+            cleared.push(e.vm);
+        }
         e.settings = c.ha.clone();
+        e.settings.restart_cleared = honoured.max(c.ha.restart_cleared);
         e.home = c.home;
     }
     let have: BTreeSet<VmId> = pd.list.vms.iter().map(|e| e.vm).collect();
@@ -1268,9 +1353,11 @@ fn sync_protected_with_config(
                 desired: DesiredPower::On,
                 settings: c.ha.clone(),
                 restart: RestartState::Idle,
+                recent_restarts: Vec::new(),
             });
         }
     }
     pd.list.vms.sort_by_key(|e| e.vm);
     pd.dirty = true;
+    cleared
 }
