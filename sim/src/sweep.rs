@@ -43,6 +43,7 @@ const ALL_KINDS: &[&str] = &[
     "stall-command",
     "network-outage",
     "ds-outage",
+    "crash-loop",
 ];
 
 /// Which fault kinds a sweep draws from.
@@ -109,6 +110,7 @@ impl Profile {
             Profile::Correlated => &[
                 "network-outage",
                 "ds-outage",
+                "crash-loop",
                 "vm-stop",
                 "crash",
                 "isolate",
@@ -395,6 +397,12 @@ pub fn scenario(hosts: u32, seed: u64, profile: Profile) -> Scenario {
             },
             "stall-command" => Fault::StallNextCommand {
                 hold_us: 2_000_000 + r.below(20_000_000),
+            },
+            "crash-loop" => Fault::CrashLoop {
+                // A guest that dies a few seconds after every boot, for the rest of the run: its
+                // restart limit must end the loop (the end checks accept it failed).
+                vm: VmId(1 + r.below(hosts as u64 * 2) as u32),
+                after_us: 2_000_000 + r.below(13_000_000),
             },
             "network-outage" => {
                 // A core switch dies: every host cut off from every other for 1-40 s.

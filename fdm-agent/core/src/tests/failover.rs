@@ -665,3 +665,53 @@ fn a_datastore_lost_by_every_host_stops_nothing_while_every_host_follows_the_mas
     assert!(c.where_runs(1).is_empty() && c.where_runs(2).is_empty());
     c.check_never_twice();
 }
+
+#[test]
+fn an_operator_stop_the_datastore_never_recorded_survives_the_agents_restart() {
+    // Stopped while its datastore is away for everyone: the master cannot write it down, so the
+    // host's report is the only record. The host's agent then restarts and lists the VM no more;
+    // when the datastore returns the VM must stay off, not be "restarted" as running nowhere.
+    let vms = vec![vm(
+        1,
+        1,
+        RestartPriority::Medium,
+        IsolationResponse::PowerOff,
+    )];
+    let mut c = Cluster::new(config(3, &[&[1, 2, 3]], vms));
+    c.place(HostId(3), 1);
+    settle(&mut c);
+    for h in 1..=3 {
+        c.hosts
+            .get_mut(&HostId(h))
+            .unwrap()
+            .ds_lost
+            .insert(DatastoreId(1));
+    }
+    c.run_secs(6.0);
+    c.hosts
+        .get_mut(&HostId(3))
+        .unwrap()
+        .running
+        .remove(&VmId(1));
+    let now = c.now;
+    let a = c.hosts.get_mut(&HostId(3)).unwrap().agent.as_mut().unwrap();
+    a.handle_hypervisor(
+        now,
+        crate::HypervisorEvent::VmStopped {
+            vm: VmId(1),
+            state: crate::VmRunState::StoppedByUser,
+        },
+    );
+    c.run_secs(3.0);
+    c.restart_agent(HostId(3));
+    c.run_secs(5.0);
+    for h in 1..=3 {
+        c.hosts.get_mut(&HostId(h)).unwrap().ds_lost.clear();
+    }
+    c.run_secs(30.0);
+    assert!(c.where_runs(1).is_empty(), "runs on {:?}", c.where_runs(1));
+    assert!(
+        c.first_event(|e| matches!(e, Event::RestartIssued { .. }))
+            .is_none()
+    );
+}

@@ -170,7 +170,18 @@ impl MasterState {
         let state = if h == ctx.me {
             Some(ctx.local.get(&e.vm).copied())
         } else {
-            reported_state(self.peers.get(&h), e.vm)
+            match reported_state(self.peers.get(&h), e.vm) {
+                // Gone from its list after an operator stopped it there: still stopped.
+                Some(None)
+                    if self
+                        .peers
+                        .get(&h)
+                        .is_some_and(|p| p.user_stopped_gone.contains(&e.vm)) =>
+                {
+                    Some(Some(VmRunState::StoppedByUser))
+                }
+                s => s,
+            }
         };
         let stopped_by_isolation = self.powered_off_by_isolation(h, d, e.vm);
         match restart_decision(self.verdict(h), state, stopped_by_isolation) {
@@ -1052,12 +1063,14 @@ pub(super) fn add(a: Resources, b: Resources) -> Resources {
     }
 }
 
-/// A host we can hear whose complete, current report says an operator (or the guest) stopped `vm`.
+/// A host we can hear whose complete, current report says an operator (or the guest) stopped `vm`,
+/// or no longer lists a VM an earlier report of it showed stopped so.
 pub(super) fn stopped_by_user_on(m: &MasterState, vm: VmId) -> Option<HostId> {
     m.peers.iter().find_map(|(&h, p)| {
-        (m.verdict(h) == Some(Verdict::Alive)
-            && reported_state(Some(p), vm) == Some(Some(VmRunState::StoppedByUser)))
-        .then_some(h)
+        let state = reported_state(Some(p), vm);
+        let stopped = state == Some(Some(VmRunState::StoppedByUser))
+            || (state == Some(None) && p.user_stopped_gone.contains(&vm));
+        (m.verdict(h) == Some(Verdict::Alive) && stopped).then_some(h)
     })
 }
 
@@ -1104,6 +1117,11 @@ pub(super) fn restart_decision(
             },
             _ => Decision::Wait,
         },
+        // Its last complete report said an operator stopped it: its host's death does not undo
+        // that (the stop may never have reached the protected list, the datastore being away).
+        Some(Verdict::Dead) if state == Some(Some(VmRunState::StoppedByUser)) => {
+            Decision::DesiredOff
+        }
         Some(Verdict::Dead) => Decision::Restart {
             reason: "host dead",
             same_host: false,

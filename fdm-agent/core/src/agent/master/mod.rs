@@ -116,6 +116,9 @@ struct Peer {
     lists_wanted: BTreeSet<DatastoreId>,
     /// The newest of our heartbeat rounds it echoed (the storage-outage hold).
     echo_round: u64,
+    /// VMs an earlier report of it showed stopped by an operator, that its later reports no
+    /// longer list (its agent restarted or its host rebooted since).
+    user_stopped_gone: BTreeSet<VmId>,
 }
 
 impl Peer {
@@ -400,6 +403,15 @@ impl MasterState {
             p.report = None;
             p.vm_gen_have = Some(generation);
             let old = std::mem::replace(&mut p.vms, all);
+            // A VM an operator stopped here that a restarted agent (or a rebooted host) no longer
+            // lists is still stopped on purpose: its stop may never have reached a protected list
+            // (the datastore was away), and this host is the only witness left.
+            for (vm, s) in &old {
+                if *s == VmRunState::StoppedByUser && !p.vms.contains_key(vm) {
+                    p.user_stopped_gone.insert(*vm);
+                }
+            }
+            p.user_stopped_gone.retain(|vm| !p.vms.contains_key(vm));
             for vm in old.keys() {
                 if let Some(s) = self.running.get_mut(vm) {
                     s.remove(&from);
