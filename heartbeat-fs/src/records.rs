@@ -197,6 +197,18 @@ pub struct VmHaSettings {
     /// a generation, not a flag, so a clear is acted on once and a later failure is not undone by
     /// the same clear (`docs/safety.md`, "Restart limits").
     pub restart_cleared: u64,
+    /// The operator's last start or stop of the VM through HA (`fdmctl vm start|stop`), stamped with
+    /// the configuration generation of that write; `None` if never. A master acts on a request whose
+    /// generation is above what the VM's protected entry records, once (like `restart_cleared`).
+    pub power_request: Option<PowerRequest>,
+}
+
+/// An operator's "start" or "stop" of a VM through HA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerRequest {
+    /// The configuration generation of the write that made the request.
+    pub generation: u64,
+    pub power: DesiredPower,
 }
 
 /// What the operator wants the VM to be.
@@ -254,6 +266,11 @@ pub struct ProtectedVm {
     pub restart: RestartState,
     /// Restarts after a crash that are still within the VM's restart-limit window, oldest first.
     pub recent_restarts: Vec<RecentRestart>,
+    /// An operator's start (`On`: not yet seen running) or stop (`Off`: not yet seen stopped)
+    /// still being carried out. While a start is pending, a host's old report of the VM stopped by
+    /// an operator no longer keeps it off; while a stop is pending, the VM found running is stopped
+    /// rather than taken as wanted on.
+    pub pending_power: Option<DesiredPower>,
 }
 
 /// The master's protected-VM list for one datastore (the VMs whose home it is), written under its claim.

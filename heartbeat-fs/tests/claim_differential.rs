@@ -168,6 +168,7 @@ fn protected(master: HostId, epoch: Epoch, restart: RestartState) -> ProtectedVm
             settings: VmHaSettings::default(),
             restart,
             recent_restarts: Vec::new(),
+            pending_power: None,
         }],
     }
 }

@@ -425,6 +425,7 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
                 .map_err(|e| invalid(field("storage_loss_response"), e))?,
             restart_limit: restart_limit(v).map_err(|e| invalid(field("restart_window"), e))?,
             restart_cleared: 0,
+            power_request: None,
         };
         vms.push(
             VmConfig::new(VmId(v.id), DatastoreId(v.home))

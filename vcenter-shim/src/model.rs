@@ -299,6 +299,8 @@ impl Inventory {
                             .unwrap_or(self.ha.default_storage_loss_response),
                         restart_limit: v.restart_limit,
                         restart_cleared: self.restart_cleared.get(&v.id).copied().unwrap_or(0),
+                        // Not published yet: `fdmctl vm start|stop` comes next.
+                        power_request: None,
                     },
                     depends_on: v.depends_on.clone(),
                     anti_affinity_group: v.anti_affinity_group.clone(),

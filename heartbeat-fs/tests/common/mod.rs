@@ -66,6 +66,7 @@ pub fn protected_list() -> ProtectedVmList {
                 settings: VmHaSettings::default(),
                 restart: RestartState::Idle,
                 recent_restarts: Vec::new(),
+                pending_power: None,
             },
             ProtectedVm {
                 vm: VmId(2),
@@ -82,6 +83,10 @@ pub fn protected_list() -> ProtectedVmList {
                         window_ms: 600_000,
                     }),
                     restart_cleared: 9,
+                    power_request: Some(PowerRequest {
+                        generation: 8,
+                        power: DesiredPower::Off,
+                    }),
                 },
                 restart: RestartState::Intent {
                     target: HostId(4),
@@ -92,6 +97,7 @@ pub fn protected_list() -> ProtectedVmList {
                     age_ms: 90_000,
                     crashed_on: HostId(7),
                 }],
+                pending_power: Some(DesiredPower::Off),
             },
         ],
     }

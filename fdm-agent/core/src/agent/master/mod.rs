@@ -1366,6 +1366,7 @@ fn sync_protected_with_config(
                 settings: c.ha.clone(),
                 restart: RestartState::Idle,
                 recent_restarts: Vec::new(),
+                pending_power: None,
             });
         }
     }
