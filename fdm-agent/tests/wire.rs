@@ -4,8 +4,8 @@
 
 use fdm_agent::core::VmRunState;
 use fdm_agent::core::messages::{
-    MasterHeartbeat, Message, PowerOnCommand, PowerOnResult, SlaveHeartbeat, VM_REPORT_PART,
-    VmReport, VmStatus,
+    MasterHeartbeat, Message, PowerOffCommand, PowerOnCommand, PowerOnResult, SlaveHeartbeat,
+    VM_REPORT_PART, VmReport, VmStatus,
 };
 use fdm_agent::wire::*;
 use heartbeat_fs::{ClusterId, DatastoreId, Epoch, HostId, VmId};
@@ -99,11 +99,12 @@ fn examples() -> Vec<Message> {
             vm_generation: 7,
         }),
         Message::Yield { to: HostId(4) },
+        Message::PowerOff(PowerOffCommand { vm: VmId(4) }),
     ]
 }
 
 /// Golden datagrams, one per message kind, in `examples()` order.
-const GOLDEN: [&str; 7] = [
+const GOLDEN: [&str; 8] = [
     "46444d770301000088776655443322110300000009000000000000000200000005000000000000000100000000000000030000020016bf320f72bf9e30d922ff3bf7bee91a",
     "46444d770302000088776655443322110300000009000000000000000200000005000000000000000100000000000000150001094d888e98a8c0e080810102020105020601010c4b211aff34f5c8f5ffb708eccd0b7643",
     "46444d7703030000887766554433221103000000090000000000000002000000050000000000000001000000000000001200024e0998aed8a8c1e284891102010204000cdaa5e4722283c170c59fa2b707939b6a",
@@ -111,12 +112,13 @@ const GOLDEN: [&str; 7] = [
     "46444d7703050000887766554433221103000000090000000000000002000000050000000000000001000000000000000500040a0105020bf619caa045cece02b3e4c410458cb5",
     "46444d7703060000887766554433221103000000090000000000000002000000050000000000000001000000000000000a00050a020001026e6f00071f594994b4a99b0b597f0c91cd4fd6a4",
     "46444d77030700008877665544332211030000000900000000000000020000000500000000000000010000000000000002000604fd11dbc22bf788d664be91e59d773c89",
+    "46444d770308000088776655443322110300000009000000000000000200000005000000000000000100000000000000020007046dee15e841d272172dfefdaf731cdc6d",
 ];
 
 #[test]
 fn message_kinds_are_pinned() {
     let kinds: Vec<u8> = examples().iter().map(Message::kind).collect();
-    assert_eq!(kinds, vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(kinds, vec![1, 2, 3, 4, 5, 6, 7, 8]);
 }
 
 #[test]

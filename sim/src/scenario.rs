@@ -628,6 +628,14 @@ fn fault(f: &FaultSpec, n: u32) -> Result<Fault, String> {
             after_us: (f.after_ms.ok_or("`crash-loop` needs `after_ms`")? * 1000.0) as Micros,
         },
         "vm-clear" => Fault::VmClear { vm: vm()? },
+        "vm-request-stop" => Fault::PowerRequest {
+            vm: vm()?,
+            on: false,
+        },
+        "vm-request-start" => Fault::PowerRequest {
+            vm: vm()?,
+            on: true,
+        },
         "protect" => Fault::Protect {
             vm: vm()?,
             protected: true,

@@ -44,6 +44,7 @@ const ALL_KINDS: &[&str] = &[
     "network-outage",
     "ds-outage",
     "crash-loop",
+    "operator-power",
 ];
 
 /// Which fault kinds a sweep draws from.
@@ -111,6 +112,7 @@ impl Profile {
                 "network-outage",
                 "ds-outage",
                 "crash-loop",
+                "operator-power",
                 "vm-stop",
                 "crash",
                 "isolate",
@@ -398,6 +400,15 @@ pub fn scenario(hosts: u32, seed: u64, profile: Profile) -> Scenario {
             "stall-command" => Fault::StallNextCommand {
                 hold_us: 2_000_000 + r.below(20_000_000),
             },
+            "operator-power" => {
+                // An operator stops a VM through HA, and half the time starts it again later.
+                let vm = VmId(1 + r.below(hosts as u64 * 2) as u32);
+                if r.chance(0.5) {
+                    let back = (at + 1_000_000 + r.below(20_000_000)).min(FAULT_PHASE - 1);
+                    faults.push((back, Fault::PowerRequest { vm, on: true }));
+                }
+                Fault::PowerRequest { vm, on: false }
+            }
             "crash-loop" => Fault::CrashLoop {
                 // A guest that dies a few seconds after every boot, for the rest of the run: its
                 // restart limit must end the loop (the end checks accept it failed).

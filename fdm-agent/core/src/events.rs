@@ -92,6 +92,19 @@ pub enum Event {
         vm: VmId,
         datastore: DatastoreId,
     },
+    /// Master: an operator asked HA to stop the VM; the stop went to the host running it.
+    OperatorStopSent {
+        vm: VmId,
+        host: HostId,
+    },
+    /// Master: the VM an operator asked HA to stop runs nowhere now; it stays off until started.
+    OperatorStopDone {
+        vm: VmId,
+    },
+    /// This host stops the VM because the master passed on an operator's stop.
+    StoppingForOperator {
+        vm: VmId,
+    },
     /// This host lost the VM's home datastore for longer than `storage_loss_timeout_ms` and the
     /// VM's `storage_loss_response` is power-off: it stops the VM for the master to restart where
     /// the datastore is reachable.
@@ -241,6 +254,9 @@ impl Event {
             | Event::NoCapacity { .. }
             | Event::AntiAffinityBroken { .. } => "restart",
             Event::PowerOnRefused { .. } | Event::PoweredOn { .. } | Event::Adopted { .. } => "vm",
+            Event::OperatorStopSent { .. }
+            | Event::OperatorStopDone { .. }
+            | Event::StoppingForOperator { .. } => "operator",
             Event::ConfigApplied { .. } | Event::ConfigRejected { .. } => "config",
             Event::ActionSuppressed { .. } => "suppressed",
         }
@@ -254,6 +270,8 @@ impl Event {
             Event::IsolationResponseApplied { vm, .. }
             | Event::IsolationResponseDeferred { vm, .. }
             | Event::StorageLossResponseApplied { vm, .. }
+            | Event::OperatorStopDone { vm }
+            | Event::StoppingForOperator { vm }
             | Event::RestartGaveUp { vm, .. }
             | Event::RestartLimitReached { vm, .. }
             | Event::RestartLimitCleared { vm }
@@ -268,6 +286,7 @@ impl Event {
                 (Some(*on), Some(*vm))
             }
             Event::AntiAffinityBroken { vm, host, .. } => (Some(*host), Some(*vm)),
+            Event::OperatorStopSent { vm, host } => (Some(*host), Some(*vm)),
             Event::PowerOnRefused { vm, from, .. } => (Some(*from), Some(*vm)),
             _ => (None, None),
         }

@@ -22,6 +22,8 @@ pub enum StopCause {
     Fence,
     /// The master refused or cancelled a power-on that had started.
     Abort,
+    /// An operator asked HA to stop it (`fdmctl vm stop`): it ends stopped by the user.
+    Operator,
     /// The VM's home datastore was lost at this host for longer than `storage_loss_timeout_ms` and
     /// its `storage_loss_response` is power-off: the master restarts it where the storage is.
     StorageLoss,

@@ -69,6 +69,16 @@ pub enum Message {
     PowerOnResult(PowerOnResult),
     /// A master that steps down tells every host whom to follow.
     Yield { to: heartbeat_fs::HostId },
+    /// Master -> the host running a VM: an operator asked HA to stop it (`fdmctl vm stop`).
+    PowerOff(PowerOffCommand),
+}
+
+/// Master -> host: stop this VM for the operator (a clean shutdown, then power-off after the
+/// shutdown timeout). Stopping never starts a second copy, so no claim epoch is needed; the host
+/// takes it only from its current master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerOffCommand {
+    pub vm: VmId,
 }
 
 /// Slave -> master: the VMs it runs, part `part` of `parts` of the report at `generation`.
@@ -120,6 +130,7 @@ impl Message {
             Message::PowerOn(_) => 5,
             Message::PowerOnResult { .. } => 6,
             Message::Yield { .. } => 7,
+            Message::PowerOff(_) => 8,
         }
     }
 }

@@ -63,7 +63,8 @@ pub fn at_agent_stop(w: &World, host: HostId, vm: VmId, cause: StopCause) -> Opt
                 )
             })
         }
-        StopCause::Abort => None,
+        // An operator asked (`fdmctl vm stop`).
+        StopCause::Abort | StopCause::Operator => None,
         // The operator's own rule: justified while the host really has no storage for the VM.
         // (or did until a moment ago: the host learns that storage is back from its next write).
         StopCause::StorageLoss => {

@@ -33,8 +33,19 @@ impl World {
                     if let Some(detail) = no_needless_stop::at_agent_stop(self, h, vm, cause) {
                         self.violate(no_needless_stop::NAME, detail);
                     }
+                    let still_wanted_off = self.config.vm(vm).is_some_and(|v| {
+                        v.ha.power_request
+                            .is_some_and(|r| r.power == heartbeat_fs::records::DesiredPower::Off)
+                    });
+                    if cause == StopCause::Operator && still_wanted_off {
+                        // Off on purpose from now on, like a stop at the hypervisor (unless the
+                        // operator has asked for a start since: an agent that learns of both
+                        // late carries them out in order).
+                        self.operator_stopped.insert(vm);
+                    }
                     let protected = self.config.vm(vm).is_some_and(|v| v.protected);
-                    if protected && cause != StopCause::Abort && self.where_runs(vm).is_empty() {
+                    let ha_caused = !matches!(cause, StopCause::Abort | StopCause::Operator);
+                    if protected && ha_caused && self.where_runs(vm).is_empty() {
                         self.ha_down_since.entry(vm).or_insert(self.now);
                     }
                     if cause == StopCause::Fence {

@@ -197,6 +197,12 @@ pub enum Fault {
         vm: VmId,
         started: Micros,
     },
+    /// An operator starts or stops a VM through HA (`fdmctl vm start|stop`): a new configuration
+    /// generation that carries the request in the VM's `power_request`.
+    PowerRequest {
+        vm: VmId,
+        on: bool,
+    },
     /// An operator clears a failed VM (`fdmctl vm clear`): a new configuration generation that
     /// carries the clear in the VM's `restart_cleared`.
     VmClear {
@@ -1121,6 +1127,31 @@ impl World {
                 {
                     self.apply(Fault::VmCrash { vm });
                 }
+            }
+            Fault::PowerRequest { vm, on } => {
+                let mut cfg = self.config.clone();
+                cfg.generation += 1;
+                let generation = cfg.generation;
+                if let Some(v) = cfg.vms.iter_mut().find(|v| v.id == vm) {
+                    v.ha.power_request = Some(heartbeat_fs::records::PowerRequest {
+                        generation,
+                        power: if on {
+                            heartbeat_fs::records::DesiredPower::On
+                        } else {
+                            heartbeat_fs::records::DesiredPower::Off
+                        },
+                    });
+                }
+                if on {
+                    // Wanted on again: its restart is no longer a broken promise.
+                    self.operator_stopped.remove(&vm);
+                    self.operator_stop_unknowable.remove(&vm);
+                }
+                self.view = std::sync::Arc::new(fdm_core::cluster::ClusterView::new(cfg.clone()));
+                for d in self.ds.values_mut() {
+                    d.config = Some(cfg.clone());
+                }
+                self.config = cfg;
             }
             Fault::VmClear { vm } => {
                 let mut cfg = self.config.clone();

@@ -4,7 +4,7 @@
 
 use super::super::events::{Event, Role};
 use super::super::io::{HypervisorAction, HypervisorEvent, Output, StopCause, VmRunState};
-use super::super::messages::{Message, PowerOnCommand, PowerOnResult, VmStatus};
+use super::super::messages::{Message, PowerOffCommand, PowerOnCommand, PowerOnResult, VmStatus};
 use super::super::time::Time;
 use super::{Agent, DsPurpose, ElectionRound, RoleState, VmView};
 use heartbeat_fs::ops::{DsError, DsOp, DsReply};
@@ -391,6 +391,22 @@ impl Agent {
         self.send(p.from, &msg);
     }
 
+    /// Our master passes on an operator's stop. Only from the master we follow (or ourselves as
+    /// master): a stop from anyone else, even authenticated, is a deposed master's. A VM still
+    /// starting is left to its start; the master resends while the VM runs.
+    pub(super) fn on_power_off_command(&mut self, from: HostId, command: PowerOffCommand) {
+        let ours = self.current_master() == Some(from)
+            || (from == self.settings.host && self.role() == Role::Master);
+        if !ours || self.vms.state(command.vm) != Some(VmRunState::Running) {
+            return;
+        }
+        if self.vms.stops.values().any(|(v, _)| *v == command.vm) {
+            return;
+        }
+        self.emit(Event::StoppingForOperator { vm: command.vm });
+        self.stop_vm(command.vm, StopCause::Operator, IsolationResponse::Shutdown);
+    }
+
     /// A master asks us to start a VM. Checked against the datastore before anything happens.
     pub(super) fn on_power_on_command(&mut self, now: Time, from: HostId, command: PowerOnCommand) {
         let PowerOnCommand {
@@ -649,7 +665,13 @@ impl Agent {
                     self.local_vm_changed(vm);
                     return;
                 }
-                self.vms.set(vm, VmRunState::StoppedByAgent);
+                // An operator's stop ends as any operator's stop: off on purpose.
+                let state = if cause == StopCause::Operator {
+                    VmRunState::StoppedByUser
+                } else {
+                    VmRunState::StoppedByAgent
+                };
+                self.vms.set(vm, state);
                 if cause == StopCause::Isolation
                     && let Some(d) = self.vms.home(vm)
                 {

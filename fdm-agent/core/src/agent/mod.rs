@@ -306,7 +306,10 @@ pub struct Agent {
 /// the recipient's current incarnation.
 fn needs_bound_recipient(msg: &Message) -> bool {
     match msg {
-        Message::PowerOn(_) | Message::PowerOnResult(_) | Message::VmReport(_) => true,
+        Message::PowerOn(_)
+        | Message::PowerOff(_)
+        | Message::PowerOnResult(_)
+        | Message::VmReport(_) => true,
         Message::MasterHeartbeat(hb) => hb.echo_seq != 0,
         Message::Candidacy { .. } | Message::SlaveHeartbeat(_) | Message::Yield { .. } => false,
     }
@@ -1140,6 +1143,7 @@ impl Agent {
                 }
             }
             Message::PowerOn(command) => self.on_power_on_command(now, from, command),
+            Message::PowerOff(command) => self.on_power_off_command(from, command),
             Message::PowerOnResult(result) => {
                 if self.role() == Role::Master {
                     self.master_on_power_on_result(now, from, result);

@@ -2,6 +2,11 @@
 //! commands that restart them, and what a power-on result or a silent target means.
 
 use super::*;
+use crate::messages::PowerOffCommand;
+
+/// How often an operator's stop is resent to a host that still runs the VM (a clean shutdown can
+/// take a while; the host ignores a stop it is already carrying out).
+const STOP_RESEND: Duration = Duration::from_secs(5);
 
 /// What `reconcile` needs of the agent besides the master's state, gathered once per pass.
 pub(super) struct ReconcileContext {
@@ -68,6 +73,11 @@ impl MasterState {
             // with the configuration, `sync_protected_with_config`).
             return None;
         }
+        match e.pending_power {
+            Some(DesiredPower::Off) => return self.carry_out_stop(ctx, d, e, events),
+            Some(DesiredPower::On) => return self.carry_out_start(ctx, d, e, events),
+            None => {}
+        }
         if let Some(&h) = self.running_on(d, e.vm).first() {
             return self.found_running(e, h);
         }
@@ -116,6 +126,69 @@ impl MasterState {
             ne.restart = RestartState::Idle;
         }
         (ne != *e).then_some(ne)
+    }
+
+    /// An operator asked HA to stop the VM: no restart of it, a stop to every host running it
+    /// (resent while it runs), and the request done once it runs nowhere.
+    fn carry_out_stop(
+        &mut self,
+        ctx: &ReconcileContext,
+        d: DatastoreId,
+        e: &ProtectedVm,
+        events: &mut Vec<Event>,
+    ) -> Option<ProtectedVm> {
+        self.tracks.remove(&e.vm);
+        let mut ne = e.clone();
+        ne.desired = DesiredPower::Off;
+        ne.restart = RestartState::Idle;
+        let on = self.running_on(d, e.vm);
+        if on.is_empty() {
+            self.stop_sent.remove(&e.vm);
+            ne.pending_power = None;
+            events.push(Event::OperatorStopDone { vm: e.vm });
+            return Some(ne);
+        }
+        let due = self
+            .stop_sent
+            .get(&e.vm)
+            .is_none_or(|&t| ctx.now.since(t) >= STOP_RESEND);
+        if due {
+            self.stop_sent.insert(e.vm, ctx.now);
+            for h in on {
+                self.stop_commands.push((h, e.vm));
+            }
+        }
+        (ne != *e).then_some(ne)
+    }
+
+    /// An operator asked HA to start the VM: a host's old report of it stopped on purpose no longer
+    /// keeps it off; it is restarted like a VM running nowhere, and the request is done once it runs.
+    fn carry_out_start(
+        &mut self,
+        ctx: &ReconcileContext,
+        d: DatastoreId,
+        e: &ProtectedVm,
+        events: &mut Vec<Event>,
+    ) -> Option<ProtectedVm> {
+        if let Some(&h) = self.running_on(d, e.vm).first() {
+            let mut ne = self.found_running(e, h).unwrap_or_else(|| e.clone());
+            ne.pending_power = None;
+            return Some(ne);
+        }
+        if self.tracks.contains_key(&e.vm) {
+            return None;
+        }
+        let next_try = ctx.now + Duration::from_millis(ctx.retry0);
+        self.tracks
+            .insert(e.vm, RestartTrack::waiting(d, next_try, None, None));
+        events.push(Event::RestartNeeded {
+            vm: e.vm,
+            from: None,
+            reason: "started by an operator".to_string(),
+        });
+        let mut ne = pending(e);
+        ne.desired = DesiredPower::On;
+        Some(ne)
     }
 
     /// Protected but never seen running (a new master's list, written before any report came in).
@@ -464,11 +537,16 @@ impl Agent {
                 }
             }
         }
+        let stops = std::mem::take(&mut m.stop_commands);
         for e in events {
             if let Event::RestartLimitReached { .. } = e {
                 self.stats.restart_limits_reached += 1;
             }
             self.emit(e);
+        }
+        for (host, vm) in stops {
+            self.emit(Event::OperatorStopSent { vm, host });
+            self.send(host, &Message::PowerOff(PowerOffCommand { vm }));
         }
     }
 
@@ -1063,14 +1141,16 @@ pub(super) fn add(a: Resources, b: Resources) -> Resources {
     }
 }
 
-/// A host we can hear whose complete, current report says an operator (or the guest) stopped `vm`,
-/// or no longer lists a VM an earlier report of it showed stopped so.
+/// A host whose complete, current report says an operator (or the guest) stopped `vm`, or no
+/// longer lists a VM an earlier report of it showed stopped so: one we hear, or one that died after
+/// that report (its death does not undo the stop, which may not have reached a protected list yet).
 pub(super) fn stopped_by_user_on(m: &MasterState, vm: VmId) -> Option<HostId> {
     m.peers.iter().find_map(|(&h, p)| {
         let state = reported_state(Some(p), vm);
         let stopped = state == Some(Some(VmRunState::StoppedByUser))
             || (state == Some(None) && p.user_stopped_gone.contains(&vm));
-        (m.verdict(h) == Some(Verdict::Alive) && stopped).then_some(h)
+        let heard = matches!(m.verdict(h), Some(Verdict::Alive | Verdict::Dead));
+        (heard && stopped).then_some(h)
     })
 }
 

@@ -219,6 +219,10 @@ pub(super) struct MasterState {
     /// Restarts after a crash within each VM's restart-limit window, on this master's clock (the
     /// protected lists keep them as ages; `limit.rs`).
     restart_logs: BTreeMap<VmId, RestartLog>,
+    /// Operator stops to send (host, VM), drained after each reconcile, and when each VM's stop
+    /// was last sent (resent while it still runs).
+    stop_commands: Vec<(HostId, VmId)>,
+    stop_sent: BTreeMap<VmId, Time>,
     reconcile_due: bool,
     last_reconcile: Time,
     /// A slave that has reached more datastores than us, and since when (for the handover).
@@ -249,6 +253,8 @@ impl MasterState {
             running: BTreeMap::new(),
             tracks: BTreeMap::new(),
             restart_logs: BTreeMap::new(),
+            stop_commands: Vec::new(),
+            stop_sent: BTreeMap::new(),
             reconcile_due: true,
             last_reconcile: now,
             better_since: None,
@@ -1351,8 +1357,19 @@ fn sync_protected_with_config(
             }
             cleared.push(e.vm);
         }
+        // An operator's start or stop, acted on once (its generation, like a clear's).
+        let done = e.settings.power_request.map_or(0, |r| r.generation);
+        let mut power_request = e.settings.power_request;
+        if let Some(r) = c.ha.power_request
+            && r.generation > done
+        {
+            e.desired = r.power;
+            e.pending_power = Some(r.power);
+            power_request = Some(r);
+        }
         e.settings = c.ha.clone();
         e.settings.restart_cleared = honoured.max(c.ha.restart_cleared);
+        e.settings.power_request = power_request;
         e.home = c.home;
     }
     let have: BTreeSet<VmId> = pd.list.vms.iter().map(|e| e.vm).collect();
