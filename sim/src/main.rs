@@ -38,7 +38,7 @@ enum Command {
         /// Remove a safety step of the core, to show the checks catch its removal: skip-lease-wait,
         /// skip-settle-wait, skip-write-ahead, skip-intent-check, skip-power-on-list,
         /// skip-isolation-record, skip-self-fence, ignore-claim-loss, skip-one-target, and the
-        /// hold-without-every-host, and the availability steps skip-isolation-owner-check,
+        /// hold-without-every-host, skip-home-lease-check, and the availability steps skip-isolation-owner-check,
         /// skip-outage-hold (docs/safety.md).
         #[arg(long)]
         knob: Vec<String>,

@@ -99,6 +99,14 @@ const CASES: &[Case] = &[
         caught_by: "no_vm_on_two_hosts",
     },
     Case {
+        step: SafetyStep::HomeLeaseCheck,
+        setup: Setup::Scenario {
+            file: "56-dead-verdict-from-another-datastore.toml",
+        },
+        seeds: 1..=5,
+        caught_by: "no_vm_on_two_hosts",
+    },
+    Case {
         step: SafetyStep::HoldMembership,
         setup: Setup::Scenario {
             file: "40-rack-switch-fails.toml",

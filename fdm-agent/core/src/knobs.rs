@@ -39,10 +39,13 @@ pub enum SafetyStep {
     /// Master: cover every datastore only while every configured host echoes a recent round
     /// (the hold's proof that no other master can take a claim before its leases end).
     HoldMembership,
+    /// Master: restart a dead host's VM only once the host's lease lapsed on the VM's own
+    /// datastore (the dead verdict may rest on other datastores).
+    HomeLeaseCheck,
 }
 
 impl SafetyStep {
-    pub const ALL: [SafetyStep; 12] = [
+    pub const ALL: [SafetyStep; 13] = [
         SafetyStep::LeaseWait,
         SafetyStep::SettleWait,
         SafetyStep::WriteAheadIntent,
@@ -55,6 +58,7 @@ impl SafetyStep {
         SafetyStep::IsolationOwnerCheck,
         SafetyStep::OutageHold,
         SafetyStep::HoldMembership,
+        SafetyStep::HomeLeaseCheck,
     ];
 
     /// The knob's name on the simulator's command line (`--knob`).
@@ -72,6 +76,7 @@ impl SafetyStep {
             SafetyStep::IsolationOwnerCheck => "skip-isolation-owner-check",
             SafetyStep::OutageHold => "skip-outage-hold",
             SafetyStep::HoldMembership => "hold-without-every-host",
+            SafetyStep::HomeLeaseCheck => "skip-home-lease-check",
         }
     }
 

@@ -170,7 +170,16 @@ impl MasterState {
         e: &ProtectedVm,
         events: &mut Vec<Event>,
     ) -> Option<ProtectedVm> {
-        if let Some(&h) = self.running_on(d, e.vm).first() {
+        let running = self.running_on(d, e.vm);
+        // A stop we sent (an earlier request) may still be on its way into the reports: "running"
+        // then is stale, and taking it as the start done would leave the VM off for good.
+        if let Some(&sent) = self.stop_sent.get(&e.vm) {
+            if !running.is_empty() && ctx.now.since(sent) < STOP_RESEND * 2 {
+                return None;
+            }
+            self.stop_sent.remove(&e.vm);
+        }
+        if let Some(&h) = running.first() {
             let mut ne = self.found_running(e, h).unwrap_or_else(|| e.clone());
             ne.pending_power = None;
             return Some(ne);
@@ -937,13 +946,35 @@ impl MasterState {
     pub(super) fn due_restarts(&self, now: Time, t: &Timings) -> Vec<VmId> {
         self.tracks
             .iter()
-            .filter(|(_, tr)| {
+            .filter(|(vm, tr)| {
                 tr.stage == Stage::Waiting
                     && tr.next_try <= now
                     && self.settled(tr.home, now, t).is_some()
+                    && self.previous_host_let_go(**vm, tr, now, t)
             })
             .map(|(&vm, _)| vm)
             .collect()
+    }
+
+    /// Whether the host a restart takes the VM from still lets it go, now, as the intent is about
+    /// to be written: a dead host's lease must have lapsed **on the VM's own datastore** (its dead
+    /// verdict may rest on other datastores while it still renews this one, which the master could
+    /// not read then), and a host that is heard of again (partitioned, unreachable) holds the
+    /// restart back until it reports.
+    fn previous_host_let_go(&self, vm: VmId, tr: &RestartTrack, now: Time, t: &Timings) -> bool {
+        let Some(h) = tr.from else {
+            return true;
+        };
+        match self.verdict(h) {
+            Some(Verdict::Dead) => {
+                step_removed!(self, LeaseWait)
+                    || step_removed!(self, HomeLeaseCheck)
+                    || self.lease_lapsed_on(h, tr.home, now, t)
+            }
+            Some(Verdict::Isolated) => self.powered_off_by_isolation(h, tr.home, vm),
+            Some(Verdict::Alive) | None => true,
+            Some(Verdict::Unreachable | Verdict::Partitioned) => false,
+        }
     }
 
     /// Hosts that can take VMs now, with what they run and what is on its way to them.

@@ -128,6 +128,30 @@ pub(super) fn judge(h: HostId, p: &Peer, ctx: &VerdictContext<'_>) -> (Verdict, 
     probe_verdict(p, now)
 }
 
+impl MasterState {
+    /// Whether `h`'s datastore lease on the VMs of `d` has lapsed as seen on `d` itself: a recent
+    /// clean read of its sector there, at least a stretched lease after its last advance.
+    pub(super) fn lease_lapsed_on(
+        &self,
+        h: HostId,
+        d: DatastoreId,
+        now: Time,
+        t: &Timings,
+    ) -> bool {
+        let read_fresh = t
+            .ds_read_interval
+            .saturating_mul(4)
+            .saturating_add(t.datastore_call_deadline);
+        self.peers
+            .get(&h)
+            .and_then(|p| p.ds.get(&d))
+            .is_some_and(|o| {
+                now.since(o.last_clean_read) < read_fresh
+                    && o.last_clean_read.since(o.last_advance) >= t.stretch(t.ds_lease)
+            })
+    }
+}
+
 /// Datastores both of us use, that we read successfully of late.
 pub(super) fn shared_fresh_datastores(h: HostId, ctx: &VerdictContext<'_>) -> Vec<DatastoreId> {
     ctx.config
