@@ -153,14 +153,17 @@ fn check(w: &World, e: &Expect) -> (bool, String) {
             )
         }
         Expect::VmPending { vm } => {
+            // Waiting for HA: runs nowhere, protected (listed on its home datastore, wanted on)
+            // and not failed at its restart limit; a master may not even hold the claim yet.
             let on = w.where_runs(*vm);
-            let state = w.restart_state(*vm);
-            let pending = matches!(
-                state,
-                Some(RestartState::Pending { .. } | RestartState::Intent { .. })
-            );
+            let entry = w.protected_entry(*vm);
+            let waiting = entry.as_ref().is_some_and(|e| {
+                e.desired == heartbeat_fs::records::DesiredPower::On
+                    && !matches!(e.restart, RestartState::LimitReached { .. })
+            });
+            let state = entry.map(|e| e.restart);
             (
-                on.is_empty() && pending,
+                on.is_empty() && waiting,
                 format!("{vm} runs on {on:?}, restart state {state:?}"),
             )
         }

@@ -264,8 +264,8 @@ pub enum Expect {
         from: Micros,
         vm: Option<VmId>,
     },
-    /// The VM runs nowhere and its home datastore's protected list has it waiting for a restart
-    /// (pending or an intent), not failed and not stopped on purpose.
+    /// The VM runs nowhere, and its home datastore's protected list keeps it wanted on and not
+    /// failed: HA starts it once it can (a claim, capacity, a lapsed lease).
     VmPending {
         vm: VmId,
     },

@@ -883,6 +883,13 @@ impl World {
         (self.ha_downtime_us + open) as f64 / 1e6
     }
 
+    /// `vm`'s entry in its home datastore's protected list, as last written.
+    pub fn protected_entry(&self, vm: VmId) -> Option<heartbeat_fs::records::ProtectedVm> {
+        let home = self.config.vm(vm)?.home;
+        let list = self.ds.get(&home)?.protected_list()?;
+        list.vms.iter().find(|e| e.vm == vm).cloned()
+    }
+
     /// The restart state of `vm` in its home datastore's protected list, as last written.
     pub fn restart_state(&self, vm: VmId) -> Option<heartbeat_fs::records::RestartState> {
         let home = self.config.vm(vm)?.home;
