@@ -967,9 +967,9 @@ impl MasterState {
         };
         match self.verdict(h) {
             Some(Verdict::Dead) => {
-                step_removed!(self, LeaseWait)
-                    || step_removed!(self, HomeLeaseCheck)
-                    || self.lease_lapsed_on(h, tr.home, now, t)
+                let skip_wait = step_removed!(self, LeaseWait);
+                let skip_home = step_removed!(self, HomeLeaseCheck);
+                skip_wait || skip_home || self.lease_lapsed_on(h, tr.home, now, t)
             }
             Some(Verdict::Isolated) => self.powered_off_by_isolation(h, tr.home, vm),
             Some(Verdict::Alive) | None => true,
