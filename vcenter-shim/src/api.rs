@@ -19,7 +19,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use heartbeat_fs::records::HaSettings;
+use heartbeat_fs::records::{DesiredPower, HaSettings, PowerRequest};
 use heartbeat_fs::{DatastoreId, HostId, VmId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -103,6 +103,8 @@ pub fn router(shim: Arc<Shim>, token: String) -> Router {
         .route("/v1/config/ha", get(get_ha).put(put_ha))
         .route("/v1/hosts/{id}/maintenance", post(host_maintenance))
         .route("/v1/vms/{id}/clear", post(vm_clear))
+        .route("/v1/vms/{id}/stop", post(vm_stop))
+        .route("/v1/vms/{id}/start", post(vm_start))
         .route("/v1/state", get(get_state))
         .route("/v1/events", get(get_events))
         .route("/v1/admission", get(get_admission))
@@ -527,6 +529,7 @@ async fn delete<T: Entity>(State(api): State<Arc<Api>>, Path(id): Path<String>) 
             // A clear belongs to the VM it was for; a VM added later under its id starts clean.
             let vms = &inv.vms;
             inv.restart_cleared.retain(|vm, _| vms.contains_key(vm));
+            inv.power_requests.retain(|vm, _| vms.contains_key(vm));
             Ok(())
         })
         .await?;
@@ -581,6 +584,46 @@ async fn vm_clear(State(api): State<Arc<Api>>, Path(id): Path<String>, body: Byt
                 .checked_add(1)
                 .ok_or(ShimError::GenerationExhausted(inv.generation))?;
             inv.restart_cleared.insert(id, generation);
+            Ok(vm)
+        })
+        .await?;
+    written(StatusCode::OK, answer)
+}
+
+/// `POST /v1/vms/{id}/stop`: the operator asks HA to stop the VM (a clean shutdown, then
+/// power-off after the shutdown timeout) and keep it stopped until started. Like a clear, the
+/// request is the write's own generation, published in the VM's `power_request`; the master acts on
+/// it once (`docs/safety.md`, "The other promise"). The body is empty or `{}`.
+async fn vm_stop(State(api): State<Arc<Api>>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    power_request(api, id, body, DesiredPower::Off).await
+}
+
+/// `POST /v1/vms/{id}/start`: the operator asks HA to start the VM (on a host with room, through
+/// the usual restart path), also after a guest or operator stopped it. The body is empty or `{}`.
+async fn vm_start(State(api): State<Arc<Api>>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    power_request(api, id, body, DesiredPower::On).await
+}
+
+async fn power_request(api: Arc<Api>, id: String, body: Bytes, power: DesiredPower) -> ApiResult {
+    let id = VmId(parse_id(&id)?);
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let map = parse_object(&body)?;
+        check_keys(&map, &[])?;
+    }
+    let answer = api
+        .shim
+        .write(AdmissionGate::WarnOnly, |inv| {
+            let vm = inv
+                .vms
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| missing::<VmSpec>(id))?;
+            let generation = inv
+                .generation
+                .checked_add(1)
+                .ok_or(ShimError::GenerationExhausted(inv.generation))?;
+            inv.power_requests
+                .insert(id, PowerRequest { generation, power });
             Ok(vm)
         })
         .await?;

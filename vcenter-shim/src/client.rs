@@ -177,6 +177,18 @@ impl Client {
         self.write("POST", &path, &serde_json::Map::new())
     }
 
+    /// Ask HA to stop a VM and keep it stopped (`POST /v1/vms/{id}/stop`).
+    pub fn stop_vm(&self, id: VmId) -> Result<WriteAnswer> {
+        let path = format!("/v1/vms/{}/stop", id.0);
+        self.write("POST", &path, &serde_json::Map::new())
+    }
+
+    /// Ask HA to start a VM (`POST /v1/vms/{id}/start`).
+    pub fn start_vm(&self, id: VmId) -> Result<WriteAnswer> {
+        let path = format!("/v1/vms/{}/start", id.0);
+        self.write("POST", &path, &serde_json::Map::new())
+    }
+
     pub fn add_vm(&self, vm: &VmSpec) -> Result<WriteAnswer> {
         self.write("POST", "/v1/vms", vm)
     }

@@ -11,8 +11,8 @@
 use crate::service::WriteOutcome;
 use heartbeat_fs::records::{
     ClusterConfig, DatastoreConfig, DatastoreMount, HaSettings, HostConfig, IsolationResponse,
-    Resources, RestartLimit, RestartPolicy, RestartPriority, StorageLossResponse, VmConfig,
-    VmHaSettings,
+    PowerRequest, Resources, RestartLimit, RestartPolicy, RestartPriority, StorageLossResponse,
+    VmConfig, VmHaSettings,
 };
 use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
 use serde::{Deserialize, Serialize};
@@ -225,6 +225,10 @@ pub struct Inventory {
     /// `PUT` cannot set it: a number above every later generation would make the next clears
     /// ineffective. A removed VM's entry goes with it.
     pub restart_cleared: BTreeMap<VmId, u64>,
+    /// Per VM, the operator's last start or stop through HA (`POST /v1/vms/{id}/start|stop`),
+    /// stamped with that write's generation, published as `VmHaSettings::power_request`. Beside the
+    /// specs for the same reason as `restart_cleared`.
+    pub power_requests: BTreeMap<VmId, PowerRequest>,
 }
 
 impl Inventory {
@@ -238,6 +242,7 @@ impl Inventory {
             datastores: BTreeMap::new(),
             vms: BTreeMap::new(),
             restart_cleared: BTreeMap::new(),
+            power_requests: BTreeMap::new(),
         }
     }
 
@@ -299,8 +304,7 @@ impl Inventory {
                             .unwrap_or(self.ha.default_storage_loss_response),
                         restart_limit: v.restart_limit,
                         restart_cleared: self.restart_cleared.get(&v.id).copied().unwrap_or(0),
-                        // Not published yet: `fdmctl vm start|stop` comes next.
-                        power_request: None,
+                        power_request: self.power_requests.get(&v.id).copied(),
                     },
                     depends_on: v.depends_on.clone(),
                     anti_affinity_group: v.anti_affinity_group.clone(),

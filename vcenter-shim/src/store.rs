@@ -115,6 +115,9 @@ impl Store {
         if let Some(c) = self.meta("restart_cleared")? {
             inv.restart_cleared = decode("restart clears", &c)?;
         }
+        if let Some(r) = self.meta("power_requests")? {
+            inv.power_requests = decode("power requests", &r)?;
+        }
         for spec in self.specs("hosts")? {
             let h: HostSpec = decode("host", &spec)?;
             inv.hosts.insert(h.id, h);
@@ -147,6 +150,7 @@ impl Store {
             ("ha", encode(&inv.ha)?),
             ("admission_mode", encode(&inv.admission_mode)?),
             ("restart_cleared", encode(&inv.restart_cleared)?),
+            ("power_requests", encode(&inv.power_requests)?),
         ] {
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)
@@ -300,6 +304,13 @@ mod tests {
             },
         );
         inv.restart_cleared.insert(VmId(4), 3);
+        inv.power_requests.insert(
+            VmId(4),
+            heartbeat_fs::records::PowerRequest {
+                generation: 5,
+                power: heartbeat_fs::records::DesiredPower::Off,
+            },
+        );
         s.save_inventory(&inv).unwrap();
         // A different default cluster does not override the stored one.
         assert_eq!(s.load_inventory(ClusterId(9)).unwrap(), inv);

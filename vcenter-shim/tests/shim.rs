@@ -2392,3 +2392,50 @@ fn a_clear_reaches_the_agents_as_the_vms_restart_cleared_generation() {
     s.ctl_ok(&["vm", "add", "--id", "7", "--name", "web", "--home", "1"]);
     assert_eq!(cleared(&s.ds1()).1, 0);
 }
+
+#[test]
+fn a_stop_and_a_start_reach_the_agents_as_the_vms_power_request() {
+    use heartbeat_fs::records::{DesiredPower, PowerRequest};
+    let s = Server::start();
+    s.basic_inventory();
+    s.ctl_ok(&["vm", "add", "--id", "7", "--name", "web", "--home", "1"]);
+    let request = |mount: &Path| {
+        read_config(mount)
+            .and_then(|c| c.vm(VmId(7)).map(|v| (c.generation, v.ha.power_request)))
+            .expect("vm-7 on the datastore")
+    };
+    let (before, none) = request(&s.ds1());
+    assert_eq!(none, None, "no request yet");
+    // By name through fdmctl: the request is the write's own generation, on every datastore.
+    let out = s.ctl_ok(&["vm", "stop", "web"]);
+    assert!(out.contains("vm-7: stop requested"), "{out}");
+    let stop = Some(PowerRequest {
+        generation: before + 1,
+        power: DesiredPower::Off,
+    });
+    for mount in [s.ds1(), s.ds2()] {
+        assert_eq!(request(&mount), (before + 1, stop));
+    }
+    // By id over HTTP: a start replaces it, with a higher generation.
+    let (code, body) = s.call("POST", "/v1/vms/7/start", Some(json!({})));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["generation"], before + 2);
+    let start = Some(PowerRequest {
+        generation: before + 2,
+        power: DesiredPower::On,
+    });
+    assert_eq!(request(&s.ds1()), (before + 2, start));
+    // No PUT can set it; unknown VMs and unknown fields are refused with the reason.
+    let (code, body) = s.call("PUT", "/v1/vms/7", Some(json!({"power_request": null})));
+    assert_eq!((code, field(&body)), (400, "power_request"), "{body}");
+    let (code, body) = s.call("POST", "/v1/vms/9/stop", None);
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = s.call("POST", "/v1/vms/7/stop", Some(json!({"now": true})));
+    assert_eq!((code, field(&body)), (400, "now"), "{body}");
+    let (ok, _, err) = s.ctl(&["vm", "start", "nosuch"]);
+    assert!(!ok && err.contains("no VM is named \"nosuch\""), "{err}");
+    // A VM removed and added again under the same id starts without the old request.
+    s.ctl_ok(&["vm", "rm", "7"]);
+    s.ctl_ok(&["vm", "add", "--id", "7", "--name", "web", "--home", "1"]);
+    assert_eq!(request(&s.ds1()).1, None);
+}

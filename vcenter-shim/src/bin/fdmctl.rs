@@ -220,6 +220,18 @@ enum VmCmd {
         /// The VM's id or name.
         vm: String,
     },
+    /// Stop a VM through HA: the master has the host running it shut it down (power-off after the
+    /// shutdown timeout), and HA keeps it stopped, whatever its host does, until `fdmctl vm start`.
+    Stop {
+        /// The VM's id or name.
+        vm: String,
+    },
+    /// Start a VM through HA, on a host with room (also after its guest or an operator stopped
+    /// it): HA protects it again from then on.
+    Start {
+        /// The VM's id or name.
+        vm: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -436,6 +448,16 @@ fn run(cli: Cli) -> Result<()> {
                 let id = vm_by_id_or_name(c, &vm)?;
                 let answer = c.clear_vm(id)?;
                 ctl.wrote_object(&answer, &format!("{id} cleared"))
+            }
+            VmCmd::Stop { vm } => {
+                let id = vm_by_id_or_name(c, &vm)?;
+                let answer = c.stop_vm(id)?;
+                ctl.wrote_object(&answer, &format!("{id}: stop requested"))
+            }
+            VmCmd::Start { vm } => {
+                let id = vm_by_id_or_name(c, &vm)?;
+                let answer = c.start_vm(id)?;
+                ctl.wrote_object(&answer, &format!("{id}: start requested"))
             }
         },
         Cmd::Host(cmd) => match cmd {
