@@ -175,14 +175,26 @@ impl Watchdog for DeviceWatchdog {
 
 /// A kick file for test harnesses: its content is a kick counter; a harness that sees it stop
 /// changing hard-kills the host, as a hardware watchdog would reset it.
+///
+/// Written whole and renamed into place: a plain write truncates first, and an agent stopped (the
+/// hang this watchdog exists for) between the truncation and the write would leave an empty file,
+/// which the harness reads as "disarmed" and never resets.
 struct FileWatchdog(std::path::PathBuf, u64);
+impl FileWatchdog {
+    fn put(&self, content: &str) {
+        let tmp = self.0.with_extension("new");
+        if std::fs::write(&tmp, content).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.0);
+        }
+    }
+}
 impl Watchdog for FileWatchdog {
     fn kick(&mut self) {
         self.1 += 1;
-        let _ = std::fs::write(&self.0, self.1.to_string());
+        self.put(&self.1.to_string());
     }
     fn disarm(&mut self) {
-        let _ = std::fs::write(&self.0, "disarmed");
+        self.put("disarmed");
     }
 }
 
