@@ -198,6 +198,7 @@ fn real_main() -> anyhow::Result<bool> {
             let (mut detection, mut restart, mut bad, mut events, mut false_restarts) =
                 (Vec::new(), Vec::new(), 0, 0u64, 0);
             let (mut downtime, mut ha_stops, mut vm_seconds) = (0.0f64, 0usize, 0.0f64);
+            let (mut paused, mut pauses, mut paused_at_end) = (0.0f64, 0usize, 0usize);
             for seed in from..from + seeds {
                 let sc = sweep::scenario(hosts, seed, p);
                 let r = run::run_scenario(&sc, false, k);
@@ -207,6 +208,9 @@ fn real_main() -> anyhow::Result<bool> {
                 false_restarts += r.summary.false_restarts;
                 downtime += r.summary.ha_downtime_s;
                 ha_stops += r.summary.ha_stops;
+                paused += r.summary.paused_s;
+                pauses += r.summary.pauses;
+                paused_at_end += r.summary.paused_at_end;
                 vm_seconds += r.summary.sim_seconds * sc.config.vms.len() as f64;
                 if !r.violations.is_empty() {
                     bad += 1;
@@ -249,6 +253,9 @@ fn real_main() -> anyhow::Result<bool> {
                 } else {
                     0.0
                 }
+            );
+            println!(
+                "paused by the storage-loss response {paused:.1} VM-seconds, from {pauses} pauses (frozen, not counted as downtime); {paused_at_end} VMs still paused at the end"
             );
             Ok(bad == 0)
         }

@@ -34,6 +34,11 @@ pub fn summary_table(r: &Report) -> String {
         "HA downtime        {:.1} VM-seconds from {} HA stops",
         s.ha_downtime_s, s.ha_stops
     );
+    let _ = writeln!(
+        o,
+        "paused             {:.1} VM-seconds from {} storage-loss pauses, {} still paused",
+        s.paused_s, s.pauses, s.paused_at_end
+    );
     for e in &r.expectations {
         let _ = writeln!(
             o,

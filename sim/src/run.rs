@@ -32,6 +32,12 @@ pub struct Summary {
     pub ha_downtime_s: f64,
     /// Stops HA made of running VMs (isolation responses, fences, aborts).
     pub ha_stops: usize,
+    /// VM-seconds VMs spent paused by the storage-loss response (not downtime HA caused by a
+    /// stop: the guest is frozen, not off), and how many pauses the agents made.
+    pub paused_s: f64,
+    pub pauses: usize,
+    /// VMs still paused when the run ended (after the heal, none should be: the storage is back).
+    pub paused_at_end: usize,
 }
 
 #[derive(Debug)]
@@ -174,6 +180,23 @@ fn check(w: &World, e: &Expect) -> (bool, String) {
                 .is_some_and(|about| vm.is_none() || about.contains(vm));
             (seen, format!("{event} seen: {seen}"))
         }
+        Expect::EventNotSeen { event, vm } => {
+            let seen = w
+                .events_seen
+                .get(event)
+                .is_some_and(|about| vm.is_none() || about.contains(vm));
+            (!seen, format!("{event} seen: {seen}"))
+        }
+        Expect::VmPaused { vm, hosts } => {
+            let on = w.where_runs(*vm);
+            let paused = w.where_paused(*vm);
+            let ok = on.len() == 1 && paused == on && (hosts.is_empty() || hosts.contains(&on[0]));
+            (ok, format!("{vm} runs on {on:?}, paused on {paused:?}"))
+        }
+        Expect::VmNotPaused { vm } => {
+            let paused = w.where_paused(*vm);
+            (paused.is_empty(), format!("{vm} paused on {paused:?}"))
+        }
         Expect::Role { host, role } => {
             let r = w.agent(*host).map(|a| a.role());
             let name = r
@@ -202,6 +225,14 @@ pub fn summarize(w: &World) -> Summary {
         sim_seconds: w.now as f64 / 1e6,
         ha_downtime_s: w.ha_downtime_s(),
         ha_stops: w.agent_stops.len(),
+        paused_s: w.paused_s(),
+        pauses: w.pauses,
+        paused_at_end: w
+            .hosts
+            .iter()
+            .filter(|h| h.powered)
+            .map(|h| h.paused.len())
+            .sum(),
         ..Summary::default()
     };
     // Crash -> running again, for every VM a crash took down.

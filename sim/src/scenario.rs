@@ -207,7 +207,8 @@ pub struct ExpectSpec {
     pub vms: Option<Vec<u32>>,
     /// `no-stop`: the start of the span that ends at `at`.
     pub from: Option<String>,
-    /// `event-seen`: the event's name (as the trace spells it, e.g. `IsolationResponseDeferred`).
+    /// `event-seen`, `event-not-seen`: the event's name (as the trace spells it, e.g.
+    /// `IsolationResponseDeferred`).
     pub event: Option<String>,
 }
 
@@ -273,6 +274,21 @@ pub enum Expect {
     EventSeen {
         event: String,
         vm: Option<VmId>,
+    },
+    /// No agent emitted an event of this name (optionally about `vm`) by the expectation's time.
+    EventNotSeen {
+        event: String,
+        vm: Option<VmId>,
+    },
+    /// The VM runs on exactly one host, one of these (any host if empty), and is paused there by
+    /// the storage-loss response.
+    VmPaused {
+        vm: VmId,
+        hosts: Vec<HostId>,
+    },
+    /// The VM is paused nowhere.
+    VmNotPaused {
+        vm: VmId,
     },
 }
 
@@ -726,6 +742,21 @@ fn expect(e: &ExpectSpec) -> Result<Expect, String> {
             event: e.event.clone().ok_or("`event-seen` needs `event`")?,
             vm: e.vm.map(VmId),
         },
+        "event-not-seen" => Expect::EventNotSeen {
+            event: e.event.clone().ok_or("`event-not-seen` needs `event`")?,
+            vm: e.vm.map(VmId),
+        },
+        "vm-paused" => Expect::VmPaused {
+            vm: vm()?,
+            hosts: e
+                .hosts
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(HostId)
+                .collect(),
+        },
+        "vm-not-paused" => Expect::VmNotPaused { vm: vm()? },
         other => return Err(format!("unknown expectation kind `{other}`")),
     })
 }
@@ -765,5 +796,18 @@ mod tests {
                 .to_string();
         assert!(e.contains("unknown host 5"), "{e}");
         assert!(matches!(parse("nonsense = "), Err(ScenarioError::Toml(_))));
+        let e = parse(&format!(
+            "{base}[[expect]]\nat='1s'\nkind='event-not-seen'\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("expect[0]") && e.contains("needs `event`"),
+            "{e}"
+        );
+        let e = parse(&format!("{base}[[expect]]\nat='1s'\nkind='vm-paused'\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs `vm`"), "{e}");
     }
 }

@@ -244,12 +244,16 @@ pub fn scenario(hosts: u32, seed: u64, profile: Profile) -> Scenario {
     }
     let timings = timings(&mut r);
     // The storage-loss response, from its own stream so that the rest of a seed stays as it was:
-    // half the seeds power VMs off after 5-30 s without their datastore, for a random half of them.
+    // half the seeds apply it after 5-30 s without the datastore, power-off for a random half of
+    // the VMs; the correlated profile pauses half of the others (only it makes that draw, so
+    // the other profiles' seeds stay as they were).
     let mut sl = Rng::new(seed ^ 0x5707_a6e1);
     let storage_loss_timeout_ms = sl.chance(0.5).then(|| 5_000 + sl.below(25_000));
     for v in &mut vms {
         if sl.chance(0.5) {
             v.ha.storage_loss_response = StorageLossResponse::PowerOff;
+        } else if profile == Profile::Correlated && sl.chance(0.5) {
+            v.ha.storage_loss_response = StorageLossResponse::Pause;
         }
     }
     let config = ClusterConfig::new(ClusterId(seed))

@@ -112,6 +112,19 @@ pub enum Event {
         vm: VmId,
         datastore: DatastoreId,
     },
+    /// This host lost the VM's home datastore for longer than `storage_loss_timeout_ms` and the
+    /// VM's `storage_loss_response` is pause: the VM is frozen (it keeps its memory, its disks and
+    /// this host's leases) until the datastore works again here.
+    StorageLossPaused {
+        vm: VmId,
+        datastore: DatastoreId,
+    },
+    /// The datastore works again at this host and the VM paused for its loss was never fenced:
+    /// it runs on where it was.
+    StorageLossResumed {
+        vm: VmId,
+        datastore: DatastoreId,
+    },
     /// Master: the acknowledgements cover a datastore whose claim it cannot renew (lost by
     /// everyone: a storage outage), because every configured host follows it; or no longer do.
     /// While held, its VMs keep running.
@@ -236,9 +249,10 @@ impl Event {
             | Event::IsolationResponseApplied { .. }
             | Event::IsolationResponseDeferred { .. } => "isolation",
             Event::SelfFenced { .. } => "fence",
-            Event::StorageOutageHold { .. } | Event::StorageLossResponseApplied { .. } => {
-                "datastore"
-            }
+            Event::StorageOutageHold { .. }
+            | Event::StorageLossResponseApplied { .. }
+            | Event::StorageLossPaused { .. }
+            | Event::StorageLossResumed { .. } => "datastore",
             Event::DatastoreLost { .. }
             | Event::DatastoreRestored { .. }
             | Event::ClaimAcquired { .. }
@@ -270,6 +284,8 @@ impl Event {
             Event::IsolationResponseApplied { vm, .. }
             | Event::IsolationResponseDeferred { vm, .. }
             | Event::StorageLossResponseApplied { vm, .. }
+            | Event::StorageLossPaused { vm, .. }
+            | Event::StorageLossResumed { vm, .. }
             | Event::OperatorStopDone { vm }
             | Event::StoppingForOperator { vm }
             | Event::RestartGaveUp { vm, .. }

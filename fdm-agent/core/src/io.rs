@@ -50,6 +50,14 @@ pub enum HypervisorAction {
     },
     /// List what runs on this host now (answered by `Inventory`), used at start to adopt VMs.
     List { op: u64 },
+    /// Freeze the VM where it stands (libvirt `suspend`, `SIGSTOP` for a process): the storage-loss
+    /// response `pause`. A paused VM keeps its memory and its disks, so it is still a running VM
+    /// for every safety purpose. Answered by `PauseResult`; pausing a paused VM succeeds.
+    Pause { op: u64, vm: VmId },
+    /// Let a VM paused by `Pause` run on (libvirt `resume`, `SIGCONT`). Answered by
+    /// `ResumeResult`; resuming a VM that is not paused succeeds, one that is not running fails
+    /// (a resume never starts anything).
+    Resume { op: u64, vm: VmId },
 }
 
 /// What the hypervisor says about a VM on this host.
@@ -76,6 +84,18 @@ pub enum HypervisorEvent {
     },
     /// Answer to `PowerOff` / `Shutdown`: the VM is not running any more (or the driver failed).
     PowerOffResult {
+        op: u64,
+        vm: VmId,
+        result: Result<(), String>,
+    },
+    /// Answer to `Pause`: the VM is frozen (`Ok`), or the driver failed and it may run on.
+    PauseResult {
+        op: u64,
+        vm: VmId,
+        result: Result<(), String>,
+    },
+    /// Answer to `Resume`: the VM runs on (`Ok`), or the driver failed and it may still be frozen.
+    ResumeResult {
         op: u64,
         vm: VmId,
         result: Result<(), String>,

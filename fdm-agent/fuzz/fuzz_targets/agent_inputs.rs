@@ -78,6 +78,12 @@ fn pump(agent: &mut Agent, ds: &mut MemDatastore, now: Time, fail_hypervisor: bo
                         op,
                         running: vec![],
                     },
+                    HypervisorAction::Pause { op, vm } => {
+                        HypervisorEvent::PauseResult { op, vm, result }
+                    }
+                    HypervisorAction::Resume { op, vm } => {
+                        HypervisorEvent::ResumeResult { op, vm, result }
+                    }
                 };
                 agent.handle_hypervisor(now, ev);
             }

@@ -31,6 +31,14 @@
 //! [`AUTOSTART_RECHECK`] after: libvirt would otherwise start a stale copy at the host's next boot,
 //! before any agent runs, while the VM may run elsewhere.
 //!
+//! # Pause and resume
+//! The storage-loss response `pause` is `virsh suspend`, its end `virsh resume`. A paused domain
+//! is active (table above): it stays listed as running and is never reported as a stop. A resume
+//! is made only of a domain paused by a user (`virsh suspend`, ours) or by QEMU's own I/O error
+//! policy (`error_policy='stop'`, which pauses a guest whose storage fails): a domain paused by
+//! libvirt for a migration, a save, a dump, a snapshot, a watchdog or a crash is not ours to let
+//! run, and the resume fails (the core retries it later).
+//!
 //! Every `virsh` call has a deadline (below, per kind of call); `virsh` runs with `LC_ALL=C`
 //! because the state words it prints are translated.
 
@@ -58,6 +66,9 @@ const DESTROY_DEADLINE: Duration = Duration::from_secs(60);
 /// shutdown: `virsh shutdown` only asks the guest (ACPI); the wait for the guest is
 /// [`Driver::shutdown`]'s own timeout.
 const SHUTDOWN_REQUEST_DEADLINE: Duration = Duration::from_secs(20);
+/// suspend, resume: QEMU stops the vCPUs and drains the guest's in-flight IO first, which waits
+/// on the very storage whose loss made us pause.
+const PAUSE_DEADLINE: Duration = Duration::from_secs(30);
 /// The deadlines of the kinds of `virsh` call (the constants above; tests shorten them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
@@ -66,6 +77,7 @@ pub struct Deadlines {
     pub start: Duration,
     pub destroy: Duration,
     pub shutdown_request: Duration,
+    pub pause: Duration,
 }
 
 impl Default for Deadlines {
@@ -76,6 +88,7 @@ impl Default for Deadlines {
             start: START_DEADLINE,
             destroy: DESTROY_DEADLINE,
             shutdown_request: SHUTDOWN_REQUEST_DEADLINE,
+            pause: PAUSE_DEADLINE,
         }
     }
 }
@@ -149,6 +162,19 @@ pub fn classify(state: DomainState, reason: &str) -> Seen {
             _ => VmRunState::Crashed,
         }),
         _ => Seen::Active,
+    }
+}
+
+/// Whether a resume may let a domain in `state` (`reason`) run: only one paused by a user (our
+/// `virsh suspend`) or by QEMU for an I/O error; `Ok(false)` when there is nothing to resume.
+pub fn resumable(state: DomainState, reason: &str) -> Result<bool, String> {
+    match state {
+        DomainState::Paused => match reason.trim() {
+            "user" | "I/O error" => Ok(true),
+            other => Err(format!("paused by libvirt ({other}): not HA's to resume")),
+        },
+        DomainState::ShutOff | DomainState::Crashed => Err("not running".to_string()),
+        _ => Ok(false),
     }
 }
 
@@ -473,6 +499,31 @@ impl Driver for LibvirtDriver {
         self.stop_now(vm, &name)
     }
 
+    fn pause(&self, vm: VmId) -> Result<(), DriverError> {
+        let name = self.name_of(vm)?;
+        match self.state_of(&name)? {
+            DomainState::Paused => Ok(()),
+            DomainState::ShutOff | DomainState::Crashed => Err(DriverError::Failed(format!(
+                "{vm}: domain {name} is not running"
+            ))),
+            _ => self
+                .virsh(&["suspend", &name], self.deadlines.pause)
+                .map(|_| ()),
+        }
+    }
+
+    fn resume(&self, vm: VmId) -> Result<(), DriverError> {
+        let name = self.name_of(vm)?;
+        let (state, reason) = self.reason_of(&name)?;
+        match resumable(state, &reason) {
+            Ok(true) => self
+                .virsh(&["resume", &name], self.deadlines.pause)
+                .map(|_| ()),
+            Ok(false) => Ok(()),
+            Err(why) => Err(DriverError::Failed(format!("{vm}: domain {name} {why}"))),
+        }
+    }
+
     fn list(&self) -> Result<Vec<VmId>, DriverError> {
         self.listing().map(|(running, _)| running)
     }
@@ -657,6 +708,42 @@ mod tests {
                 parse_domstate(out).unwrap_or_else(|| panic!("cannot parse {out:?}"));
             assert_eq!(classify(state, &reason), *want, "{out:?}");
         }
+    }
+
+    /// Only our own pause (or QEMU's I/O error pause) is let run again; a resume never starts a
+    /// domain that is off.
+    #[test]
+    fn resumes_only_what_a_storage_loss_paused() {
+        let cases: &[(&str, Result<bool, ()>)] = &[
+            ("paused (user)\n", Ok(true)),
+            ("paused (I/O error)\n", Ok(true)),
+            ("running (unpaused)\n", Ok(false)),
+            ("running (booted)\n", Ok(false)),
+            ("idle (unknown)\n", Ok(false)),
+            ("paused (migrating)\n", Err(())),
+            ("paused (saving)\n", Err(())),
+            ("paused (watchdog)\n", Err(())),
+            ("paused (crashed)\n", Err(())),
+            ("paused (post-copy)\n", Err(())),
+            ("shut off (destroyed)\n", Err(())),
+            ("crashed (panicked)\n", Err(())),
+        ];
+        for (out, want) in cases {
+            let (state, reason) = parse_domstate(out).unwrap();
+            assert_eq!(resumable(state, &reason).map_err(|_| ()), *want, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn pause_and_resume_without_libvirt_fail_cleanly() {
+        let d = LibvirtDriver::new("test+unix:///default?socket=/nonexistent/fdm-test.sock");
+        d.set_known_vms(&[(VmId(1), "<domain><name>web-1</name></domain>".into())]);
+        assert!(d.pause(VmId(1)).is_err());
+        assert!(d.resume(VmId(1)).is_err());
+        assert!(matches!(
+            d.pause(VmId(2)),
+            Err(DriverError::BadDefinition(_))
+        ));
     }
 
     #[test]

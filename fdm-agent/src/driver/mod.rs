@@ -43,6 +43,13 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     fn power_off(&self, vm: VmId) -> Result<(), DriverError>;
     /// Clean shutdown; hard power-off when `timeout` passes.
     fn shutdown(&self, vm: VmId, timeout: Duration) -> Result<(), DriverError>;
+    /// Freeze a running VM where it stands (the storage-loss response `pause`): it keeps its
+    /// memory and disks and must still be listed as running. Succeeds if it is paused already;
+    /// fails if it does not run.
+    fn pause(&self, vm: VmId) -> Result<(), DriverError>;
+    /// Let a VM frozen by `pause` run on. Succeeds if it runs and is not paused; fails if it does
+    /// not run: a resume never starts anything.
+    fn resume(&self, vm: VmId) -> Result<(), DriverError>;
     /// VMs running now.
     fn list(&self) -> Result<Vec<VmId>, DriverError>;
     /// Stops seen since the last call.

@@ -1,6 +1,10 @@
 //! The process driver: a VM is a supervised child process (`sh -c <definition>`) in its own process
 //! group. Pid files in the state directory let a restarted agent adopt what still runs. Used by the
 //! demo and the multi-host tests, where real VMs would cost too much.
+//!
+//! A pause is `SIGSTOP` to the VM's process group and a resume `SIGCONT`: a stopped process is
+//! alive (not a zombie), so it stays listed as running, and the watcher's `wait` does not return
+//! for a stop (no `WUNTRACED`), so a pause is never reported as an exit.
 
 use super::{Driver, DriverError, Unsolicited};
 use crate::core::VmRunState;
@@ -86,6 +90,27 @@ fn signal_group(pid: i32, sig: i32) {
     }
 }
 
+/// Like `signal_group`, for the callers that must know whether the signal was sent.
+fn signal_group_checked(pid: i32, sig: i32) -> std::io::Result<()> {
+    // SAFETY: signalling a process group we created; no memory is passed.
+    if unsafe { libc::kill(-pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Whether `pid` is stopped by a signal (`T` in `/proc/<pid>/stat`).
+pub fn is_stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
+}
+
 impl ProcessDriver {
     pub fn new(state_dir: impl Into<PathBuf>) -> Result<Self, DriverError> {
         let state_dir = state_dir.into();
@@ -167,6 +192,9 @@ impl ProcessDriver {
         self.shared.lock().expect("shared").stopping.insert(vm);
         if let Some(grace) = grace {
             signal_group(pid, libc::SIGTERM);
+            // A paused (stopped) VM would see its SIGTERM only when continued: let it run so
+            // that it can shut down cleanly; a running one ignores the SIGCONT.
+            signal_group(pid, libc::SIGCONT);
             let end = Instant::now() + grace;
             while alive(pid) && Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(50));
@@ -238,6 +266,24 @@ impl Driver for ProcessDriver {
         self.stop(vm, Some(timeout))
     }
 
+    fn pause(&self, vm: VmId) -> Result<(), DriverError> {
+        let Some(pid) = self.running_pid(vm) else {
+            return Err(DriverError::Failed(format!("{vm} is not running")));
+        };
+        // Takes effect at once, or for a process in uninterruptible IO (its storage hangs)
+        // when that IO returns: either way the guest does no more work until resumed.
+        signal_group_checked(pid, libc::SIGSTOP)
+            .map_err(|e| DriverError::Failed(format!("{vm} (pid {pid}): SIGSTOP: {e}")))
+    }
+
+    fn resume(&self, vm: VmId) -> Result<(), DriverError> {
+        let Some(pid) = self.running_pid(vm) else {
+            return Err(DriverError::Failed(format!("{vm} is not running")));
+        };
+        signal_group_checked(pid, libc::SIGCONT)
+            .map_err(|e| DriverError::Failed(format!("{vm} (pid {pid}): SIGCONT: {e}")))
+    }
+
     fn list(&self) -> Result<Vec<VmId>, DriverError> {
         Ok(running_vm_pids(&self.state_dir)
             .into_iter()
@@ -306,6 +352,63 @@ mod tests {
             "a command that dies at once did not start"
         );
         assert!(d.power_on(VmId(4), "   ").is_err());
+    }
+
+    #[test]
+    fn a_paused_vm_is_still_running_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = ProcessDriver::new(dir.path()).unwrap();
+        d.power_on(VmId(1), "sleep 30").unwrap();
+        let pid = d.running_pid(VmId(1)).unwrap();
+        d.pause(VmId(1)).unwrap();
+        d.pause(VmId(1)).expect("pausing a paused VM succeeds");
+        let end = Instant::now() + Duration::from_secs(5);
+        while !is_stopped(pid) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(is_stopped(pid), "SIGSTOP reached the VM's process");
+        // A stopped process is neither gone nor an exit: listed, and nothing reported.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(d.list().unwrap(), vec![VmId(1)]);
+        assert!(d.take_unsolicited().is_empty(), "a pause is not a stop");
+        d.resume(VmId(1)).unwrap();
+        let end = Instant::now() + Duration::from_secs(5);
+        while is_stopped(pid) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!is_stopped(pid), "SIGCONT reached it");
+        d.resume(VmId(1)).expect("resuming a running VM succeeds");
+        assert_eq!(d.list().unwrap(), vec![VmId(1)]);
+        // A paused VM can be powered off (the fence of a paused VM).
+        d.pause(VmId(1)).unwrap();
+        d.power_off(VmId(1)).unwrap();
+        assert!(d.list().unwrap().is_empty());
+        assert!(
+            d.take_unsolicited().is_empty(),
+            "our own stop is not unsolicited"
+        );
+        // Neither a pause nor a resume touches a VM that does not run.
+        assert!(d.pause(VmId(1)).is_err());
+        assert!(d.resume(VmId(1)).is_err());
+        assert!(d.resume(VmId(2)).is_err());
+    }
+
+    #[test]
+    fn a_paused_vm_shuts_down_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = ProcessDriver::new(dir.path()).unwrap();
+        // Exits 0 on SIGTERM, which it can only see once continued.
+        d.power_on(VmId(3), "trap 'exit 0' TERM; while :; do sleep 0.05; done")
+            .unwrap();
+        d.pause(VmId(3)).unwrap();
+        let t0 = Instant::now();
+        d.shutdown(VmId(3), Duration::from_secs(10)).unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "shut down without waiting for the timeout: {:?}",
+            t0.elapsed()
+        );
+        assert!(d.list().unwrap().is_empty());
     }
 
     #[test]

@@ -555,6 +555,16 @@ fn run_action(d: &dyn Driver, action: HypervisorAction) -> HypervisorEvent {
             vm,
             result: d.shutdown(vm, timeout).map_err(|e| e.to_string()),
         },
+        HypervisorAction::Pause { op, vm } => HypervisorEvent::PauseResult {
+            op,
+            vm,
+            result: d.pause(vm).map_err(|e| e.to_string()),
+        },
+        HypervisorAction::Resume { op, vm } => HypervisorEvent::ResumeResult {
+            op,
+            vm,
+            result: d.resume(vm).map_err(|e| e.to_string()),
+        },
         HypervisorAction::List { op } => match d.list() {
             Ok(running) => HypervisorEvent::Inventory { op, running },
             Err(e) => {

@@ -11,6 +11,8 @@
 //!   while the host really has no storage for the VM's datastore.
 //!
 //! Aborts (a start the master cancelled) stop a VM that had no business running and are not judged.
+//! A pause (the storage-loss response `pause`) is no stop: the VM keeps running at its host (the
+//! world keeps it in `running`), so it is not judged here; its VM-seconds are reported apart.
 //! The checks are continuous: the world calls `at_agent_stop` at the moment of every stop.
 
 use crate::world::{Micros, World, us};

@@ -1,4 +1,5 @@
-//! The simulated hypervisor: power-ons that take a while (and may fail), power-offs, inventories.
+//! The simulated hypervisor: power-ons that take a while (and may fail), power-offs, pauses and
+//! resumes, inventories.
 
 use super::*;
 
@@ -6,6 +7,8 @@ use super::*;
 const POWER_OFF_US: Micros = 50_000;
 /// The inventory at an agent's start is answered this long after it was asked for.
 const INVENTORY_US: Micros = 10_000;
+/// A pause or resume takes effect at once and is reported done this long after.
+const PAUSE_US: Micros = 20_000;
 
 impl World {
     pub(super) fn hypervisor_action(&mut self, i: usize, a: HypervisorAction) {
@@ -26,6 +29,8 @@ impl World {
             HypervisorAction::PowerOff { op, vm, cause }
             | HypervisorAction::Shutdown { op, vm, cause, .. } => {
                 if self.hosts[i].running.remove(&vm).is_some() {
+                    // A paused VM stops like a running one (the fence of a paused VM).
+                    self.unpause(i, vm);
                     self.stops.insert(vm, (self.now, h, StopKind::Agent(cause)));
                     self.agent_stops.push((self.now, h, vm, cause));
                     self.log(Some(h), format!("{vm} stopped by agent ({cause:?})"));
@@ -63,6 +68,50 @@ impl World {
                         host: h,
                         inc,
                         event: e,
+                    },
+                );
+            }
+            HypervisorAction::Pause { op, vm } => {
+                // Like the real drivers: a paused VM stays running (in `running`, for every
+                // invariant), pausing it again succeeds, and a VM that does not run fails.
+                let result = if self.hosts[i].running.contains_key(&vm) {
+                    if !self.hosts[i].paused.contains_key(&vm) {
+                        self.hosts[i].paused.insert(vm, self.now);
+                        self.pauses += 1;
+                        self.log(Some(h), format!("{vm} paused by agent"));
+                    }
+                    Ok(())
+                } else {
+                    Err(format!("{vm} is not running"))
+                };
+                let event = HypervisorEvent::PauseResult { op, vm, result };
+                self.push(
+                    self.now + PAUSE_US,
+                    Ev::Hv {
+                        host: h,
+                        inc,
+                        event,
+                    },
+                );
+            }
+            HypervisorAction::Resume { op, vm } => {
+                // A resume never starts anything: a VM that does not run here fails.
+                let result = if self.hosts[i].running.contains_key(&vm) {
+                    if self.hosts[i].paused.contains_key(&vm) {
+                        self.unpause(i, vm);
+                        self.log(Some(h), format!("{vm} resumed by agent"));
+                    }
+                    Ok(())
+                } else {
+                    Err(format!("{vm} is not running"))
+                };
+                let event = HypervisorEvent::ResumeResult { op, vm, result };
+                self.push(
+                    self.now + PAUSE_US,
+                    Ev::Hv {
+                        host: h,
+                        inc,
+                        event,
                     },
                 );
             }

@@ -338,6 +338,9 @@ pub struct SimHost {
     pub agent_base: Micros,
     drift_ppm: i64,
     pub running: BTreeMap<VmId, Micros>,
+    /// Of `running`, the VMs frozen by a `Pause` (the storage-loss response), since when. A paused
+    /// VM holds its memory and disks: it stays in `running` for every invariant.
+    pub paused: BTreeMap<VmId, Micros>,
     pub ds_lost: BTreeSet<DatastoreId>,
     pub ds_hung: BTreeSet<DatastoreId>,
     /// Datastores whose executor worker is stuck in a hung call.
@@ -405,6 +408,10 @@ pub struct World {
     /// Protected VMs HA stopped and that run nowhere yet, since when; and the VM-seconds closed.
     pub ha_down_since: BTreeMap<VmId, Micros>,
     pub ha_downtime_us: u128,
+    /// VM-seconds (as microseconds) VMs spent paused by the storage-loss response, closed spans;
+    /// and how many pauses the agents made.
+    pub paused_us: u128,
+    pub pauses: usize,
     /// The name of every event any agent emitted, with the VMs they were about.
     pub events_seen: BTreeMap<String, BTreeSet<Option<VmId>>>,
     /// Host crash times (for detection statistics).
@@ -480,6 +487,7 @@ impl World {
                 agent_base: 0,
                 drift_ppm: params.drift_ppm.get(&h.id).copied().unwrap_or(0),
                 running: BTreeMap::new(),
+                paused: BTreeMap::new(),
                 ds_lost: BTreeSet::new(),
                 ds_hung: BTreeSet::new(),
                 ds_stuck: BTreeSet::new(),
@@ -518,6 +526,8 @@ impl World {
             whole_since: None,
             ha_down_since: BTreeMap::new(),
             ha_downtime_us: 0,
+            paused_us: 0,
+            pauses: 0,
             events_seen: BTreeMap::new(),
             crashes: Vec::new(),
             detections: Vec::new(),
@@ -652,6 +662,9 @@ impl World {
         host.held.clear();
         let vms: Vec<VmId> = host.running.keys().copied().collect();
         host.running.clear();
+        for vm in &vms {
+            self.unpause(i, *vm);
+        }
         for vm in vms {
             self.stops.insert(vm, (self.now, h, StopKind::HostCrash));
         }
@@ -883,6 +896,24 @@ impl World {
         (self.ha_downtime_us + open) as f64 / 1e6
     }
 
+    /// VM-seconds VMs spent paused by the storage-loss response so far (open spans up to now).
+    pub fn paused_s(&self) -> f64 {
+        let open: u128 = self
+            .hosts
+            .iter()
+            .flat_map(|h| h.paused.values())
+            .map(|&t| u128::from(self.now.saturating_sub(t)))
+            .sum();
+        (self.paused_us + open) as f64 / 1e6
+    }
+
+    /// `vm` no longer paused at host `i` (resumed, stopped, crashed): its paused span closes.
+    fn unpause(&mut self, i: usize, vm: VmId) {
+        if let Some(since) = self.hosts[i].paused.remove(&vm) {
+            self.paused_us += u128::from(self.now.saturating_sub(since));
+        }
+    }
+
     /// `vm`'s entry in its home datastore's protected list, as last written.
     pub fn protected_entry(&self, vm: VmId) -> Option<heartbeat_fs::records::ProtectedVm> {
         let home = self.config.vm(vm)?.home;
@@ -1071,6 +1102,7 @@ impl World {
                     return;
                 };
                 self.hosts[i].running.remove(&vm);
+                self.unpause(i, vm);
                 let h = self.hosts[i].id;
                 let (kind, state) = if operator {
                     self.operator_stopped.insert(vm);
@@ -1251,6 +1283,15 @@ impl World {
         self.hosts
             .iter()
             .filter(|h| h.powered && h.running.contains_key(&vm))
+            .map(|h| h.id)
+            .collect()
+    }
+
+    /// Where a VM is paused now (by the storage-loss response; it runs there too).
+    pub fn where_paused(&self, vm: VmId) -> Vec<HostId> {
+        self.hosts
+            .iter()
+            .filter(|h| h.powered && h.paused.contains_key(&vm))
             .map(|h| h.id)
             .collect()
     }

@@ -4,6 +4,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use heartbeat_fs::records::{
     AdmissionPolicy, HaSettings, IsolationResponse, RestartPolicy, RestartPriority,
+    StorageLossResponse,
 };
 use heartbeat_fs::{DatastoreId, HostId, VmId};
 use serde::Serialize;
@@ -114,6 +115,11 @@ struct VmFields {
     #[arg(long, value_parser = parse_word::<RestartPolicy>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     restart_policy: Option<RestartPolicy>,
+    /// Keep, Pause, PowerOff: what its host does once it could not write the VM's home datastore
+    /// for the cluster's storage_loss_timeout_ms (docs/operations.md).
+    #[arg(long, value_parser = parse_word::<StorageLossResponse>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage_loss_response: Option<StorageLossResponse>,
     /// Comma-separated VM ids this VM starts after.
     #[arg(long, value_delimiter = ',', value_parser = id(VmId))]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -138,6 +144,7 @@ impl VmFields {
             priority,
             isolation_response,
             restart_policy,
+            storage_loss_response,
             depends_on,
             anti_affinity_group,
             protected,
@@ -150,6 +157,7 @@ impl VmFields {
             && priority.is_none()
             && isolation_response.is_none()
             && restart_policy.is_none()
+            && storage_loss_response.is_none()
             && depends_on.is_none()
             && anti_affinity_group.is_none()
             && protected.is_none()
@@ -629,6 +637,12 @@ fn vm_text(v: &VmSpec) -> Vec<String> {
         .iter()
         .map(|(header, cell)| format!("{:<20} {}", header.to_lowercase(), cell(v)))
         .collect();
+    // Not a column of `vm list` (rarely set, and the table is wide already).
+    let storage_loss = match &v.storage_loss_response {
+        None => "cluster default".into(),
+        Some(r) => word(r),
+    };
+    lines.push(format!("{:<20} {storage_loss}", "storage_loss_response"));
     if v.definition.is_empty() {
         lines.push(format!("{:<20} -", "definition"));
     } else {
@@ -905,6 +919,16 @@ mod tests {
             serde_json::to_string(&fields).unwrap(),
             r#"{"home":2,"priority":"High","depends_on":[6,7]}"#
         );
+        let Ok(Cmd::Vm(VmCmd::Set { fields, .. })) =
+            parse(&["vm", "set", "3", "--storage-loss-response", "Pause"])
+        else {
+            panic!("vm set parses");
+        };
+        assert_eq!(
+            serde_json::to_string(&fields).unwrap(),
+            r#"{"storage_loss_response":"Pause"}"#
+        );
+        assert!(parse(&["vm", "set", "3", "--storage-loss-response", "Freeze"]).is_err());
         let Ok(Cmd::Vm(VmCmd::Set { fields, .. })) = parse(&["vm", "set", "3"]) else {
             panic!("vm set parses");
         };

@@ -97,6 +97,43 @@ struct LocalVm {
     /// Home datastore per the configuration, cached: leases are evaluated several times a second
     /// and a lookup in a large cluster's VM table is a cache miss.
     home: Option<DatastoreId>,
+    /// Paused by the storage-loss response. Only ever set on a `Running` VM, which stays
+    /// `Running`: a paused VM holds its memory and disks, so for the power-on lists, the reports
+    /// to the master, the isolation response and fencing it is a running VM like any other.
+    pause: Option<StoragePause>,
+}
+
+/// A VM this host paused because it could not write the VM's home datastore for
+/// `storage_loss_timeout_ms` (`docs/safety.md`, "Storage outages").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StoragePause {
+    /// When the pause was asked for: only a write to the datastore that started later and
+    /// succeeded shows the storage back.
+    since: Time,
+    stage: PauseStage,
+    /// The hypervisor said it paused the VM. A pause that failed is not retried in this outage,
+    /// but the VM is resumed all the same when the storage returns: the pause may have taken
+    /// effect after the driver gave up on it (libvirt finishes a suspend that `virsh` was killed
+    /// for at its deadline), and a resume of a VM that is not paused does nothing.
+    confirmed: bool,
+    /// Our leases on its home datastore reached their fence point while it was paused: from then
+    /// on a master may take the VM for lost and restart it elsewhere, so it is never resumed
+    /// here (the fence stops it; if that stop fails or fencing is off or suppressed, it stays
+    /// frozen for an operator).
+    lapsed: bool,
+    /// Resumes that failed in a row: the first is a warning, the retries (one per evaluation)
+    /// only debug lines.
+    resume_failures: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PauseStage {
+    /// The hypervisor is pausing it.
+    Pausing { op: u64 },
+    /// Paused (or its pause failed): waiting for the storage to return.
+    Paused,
+    /// The hypervisor is resuming it.
+    Resuming { op: u64 },
 }
 
 /// One power-on list: the generation wanted (bumped on every change) and the one known on disk.
@@ -202,7 +239,14 @@ impl LocalVms {
             Some(v) => v.home,
             None => self.homes.as_ref().and_then(|c| c.vm(vm)).map(|c| c.home),
         };
-        self.vms.insert(vm, LocalVm { state, home });
+        // A pause belongs to the running VM it froze: once the VM is off (stopped, fenced,
+        // crashed) there is nothing to resume, and a later start is a new VM, not a paused one.
+        let pause = self
+            .vms
+            .get(&vm)
+            .filter(|v| v.state == VmRunState::Running && state == VmRunState::Running)
+            .and_then(|v| v.pause);
+        self.vms.insert(vm, LocalVm { state, home, pause });
         if changed {
             self.generation += 1;
         }
@@ -564,6 +608,10 @@ impl Agent {
                     self.local_vm_changed(vm);
                 }
             }
+            HypervisorEvent::PauseResult { op, vm, result } => self.on_pause_done(op, vm, result),
+            HypervisorEvent::ResumeResult { op, vm, result } => {
+                self.on_resume_done(op, vm, result);
+            }
         }
     }
 
@@ -718,8 +766,11 @@ impl Agent {
         }
         let op = self.op();
         self.vms.stops.insert(op, (vm, cause));
+        // A frozen guest cannot shut down cleanly: waiting `shutdown_timeout` for it would only
+        // delay the stop (and a process driver's SIGTERM waits for a SIGCONT that never comes).
+        let frozen = self.vms.vms.get(&vm).is_some_and(|v| v.pause.is_some());
         let action = match response {
-            IsolationResponse::Shutdown => HypervisorAction::Shutdown {
+            IsolationResponse::Shutdown if !frozen => HypervisorAction::Shutdown {
                 op,
                 vm,
                 timeout: self.t.shutdown_timeout,
@@ -903,9 +954,11 @@ impl Agent {
 
     /// A VM whose home datastore this host has not been able to write for `storage_loss_timeout_ms`
     /// gets its `storage_loss_response`: `power-off` stops it (once) so that the master restarts it
-    /// on a host that reaches the datastore (vSphere's VM component protection). `keep` leaves it;
-    /// `pause` is not built yet and behaves as `keep`. Nothing happens without a timeout set.
+    /// on a host that reaches the datastore (vSphere's VM component protection); `pause` freezes it
+    /// (once per outage) until the storage is back here (`evaluate_storage_resume`); `keep` leaves
+    /// it. Nothing happens without a timeout set, or while HA is paused.
     pub(super) fn evaluate_storage_loss(&mut self, now: Time) {
+        use heartbeat_fs::records::StorageLossResponse;
         let Some(timeout) = self
             .config
             .ha
@@ -914,34 +967,166 @@ impl Agent {
         else {
             return;
         };
-        let due: Vec<(VmId, DatastoreId)> = self
+        let due: Vec<(VmId, DatastoreId, StorageLossResponse)> = self
             .vms
             .vms
             .iter()
             .filter(|(_, v)| v.state == VmRunState::Running)
-            .filter_map(|(&vm, v)| Some((vm, v.home?)))
-            .filter(|(_, d)| {
+            .filter_map(|(&vm, v)| Some((vm, v.home?, v.pause.is_some())))
+            .filter(|(_, d, _)| {
                 self.mounted
                     .get(d)
                     .and_then(|m| m.failing_since)
                     .is_some_and(|t| now.since(t) >= timeout)
             })
-            .filter(|&(vm, _)| {
-                self.config.vm(vm).is_some_and(|c| {
-                    c.ha.storage_loss_response
-                        == heartbeat_fs::records::StorageLossResponse::PowerOff
-                })
+            .filter_map(|(vm, d, has_pause)| {
+                let response = self.config.vm(vm)?.ha.storage_loss_response;
+                match response {
+                    // Also a VM paused before its response was changed to power-off.
+                    StorageLossResponse::PowerOff => Some((vm, d, response)),
+                    // Once per outage: a pause that failed is not retried (see StoragePause).
+                    StorageLossResponse::Pause if !has_pause => Some((vm, d, response)),
+                    StorageLossResponse::Pause | StorageLossResponse::Keep => None,
+                }
             })
             .collect();
-        for (vm, datastore) in due {
+        for (vm, datastore, response) in due {
             if self.vms.stops.values().any(|(v, _)| *v == vm) {
                 continue;
             }
             if self.paused() {
                 continue;
             }
-            self.emit(Event::StorageLossResponseApplied { vm, datastore });
-            self.stop_vm(vm, StopCause::StorageLoss, IsolationResponse::PowerOff);
+            match response {
+                StorageLossResponse::PowerOff => {
+                    self.emit(Event::StorageLossResponseApplied { vm, datastore });
+                    self.stop_vm(vm, StopCause::StorageLoss, IsolationResponse::PowerOff);
+                }
+                StorageLossResponse::Pause => self.pause_vm(now, vm),
+                StorageLossResponse::Keep => {}
+            }
+        }
+    }
+
+    fn pause_vm(&mut self, now: Time, vm: VmId) {
+        let op = self.op();
+        let Some(v) = self.vms.vms.get_mut(&vm) else {
+            return;
+        };
+        v.pause = Some(StoragePause {
+            since: now,
+            stage: PauseStage::Pausing { op },
+            confirmed: false,
+            lapsed: false,
+            resume_failures: 0,
+        });
+        self.outputs
+            .push_back(Output::Hypervisor(HypervisorAction::Pause { op, vm }));
+    }
+
+    fn on_pause_done(&mut self, op: u64, vm: VmId, result: Result<(), String>) {
+        let Some(v) = self.vms.vms.get_mut(&vm) else {
+            return;
+        };
+        let home = v.home;
+        let Some(p) = v.pause.as_mut() else {
+            return;
+        };
+        if p.stage != (PauseStage::Pausing { op }) {
+            return;
+        }
+        p.stage = PauseStage::Paused;
+        match result {
+            Ok(()) => {
+                p.confirmed = true;
+                if let Some(datastore) = home {
+                    self.emit(Event::StorageLossPaused { vm, datastore });
+                }
+            }
+            Err(e) => {
+                // It runs on, exactly as with `keep`; not retried in this outage (a failing
+                // driver would be asked at every evaluation), resumed all the same at its end.
+                tracing::warn!(%vm, error = %e, "pausing the VM after its datastore was lost failed; it keeps running");
+            }
+        }
+    }
+
+    /// Resume what a storage loss paused, once this host writes the VM's home datastore again (a
+    /// write that started after the pause, and succeeded) and the VM is still ours: running here,
+    /// no stop on its way, and its leases never at their fence point since it was paused. Such a
+    /// VM was never eligible for a restart elsewhere (docs/safety.md, "Storage outages"). Runs
+    /// after `evaluate_leases` at the same instant, so that a lapse seen now is marked first.
+    /// Not suppressed while HA is paused: a resume undoes HA's own pause and starts nothing.
+    pub(super) fn evaluate_storage_resume(&mut self, now: Time) {
+        let due: Vec<VmId> = self
+            .vms
+            .vms
+            .iter()
+            .filter(|(_, v)| v.state == VmRunState::Running)
+            .filter_map(|(&vm, v)| Some((vm, v.home?, v.pause?)))
+            .filter(|(_, d, p)| {
+                p.stage == PauseStage::Paused && !p.lapsed && self.storage_back(now, *d, p.since)
+            })
+            .map(|(vm, _, _)| vm)
+            .collect();
+        for vm in due {
+            if self.vms.stops.values().any(|(v, _)| *v == vm) {
+                // A stop (fence, isolation response, operator) is on its way: it wins.
+                continue;
+            }
+            let op = self.op();
+            if let Some(p) = self.vms.vms.get_mut(&vm).and_then(|v| v.pause.as_mut()) {
+                p.stage = PauseStage::Resuming { op };
+                self.outputs
+                    .push_back(Output::Hypervisor(HypervisorAction::Resume { op, vm }));
+            }
+        }
+    }
+
+    /// Whether this host writes `d` again: the last heartbeat write succeeded and started after
+    /// `since`, and our leases on `d` are short of their fence point.
+    fn storage_back(&self, now: Time, d: DatastoreId, since: Time) -> bool {
+        self.mounted.get(&d).is_some_and(|m| {
+            m.failing_since.is_none() && m.last_ok_write_start.is_some_and(|t| t > since)
+        }) && !self.vms.fenced.contains(&d)
+            && now < self.lease_expiry(d) - self.t.fence_margin
+    }
+
+    fn on_resume_done(&mut self, op: u64, vm: VmId, result: Result<(), String>) {
+        let Some(v) = self.vms.vms.get_mut(&vm) else {
+            return;
+        };
+        let home = v.home;
+        let Some(p) = v.pause else {
+            return;
+        };
+        if p.stage != (PauseStage::Resuming { op }) {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                v.pause = None;
+                match home {
+                    Some(datastore) if p.confirmed => {
+                        self.emit(Event::StorageLossResumed { vm, datastore });
+                    }
+                    _ => {
+                        tracing::info!(%vm, "the datastore is back; VM whose pause had failed resumed in case the pause took effect late");
+                    }
+                }
+            }
+            Err(e) => {
+                let failures = p.resume_failures.saturating_add(1);
+                if let Some(p) = v.pause.as_mut() {
+                    p.stage = PauseStage::Paused;
+                    p.resume_failures = failures;
+                }
+                if failures == 1 {
+                    tracing::warn!(%vm, error = %e, "resuming the VM paused for its datastore's loss failed; retrying at every evaluation");
+                } else {
+                    tracing::debug!(%vm, error = %e, failures, "resuming the VM failed again");
+                }
+            }
         }
     }
 
@@ -979,6 +1164,16 @@ impl Agent {
             if now < fence_at {
                 self.vms.fenced.remove(&d);
                 continue;
+            }
+            // Past the fence point a master may soon take these VMs for lost: a paused one must
+            // never run again here, whatever becomes of the fence below (suppressed while HA is
+            // paused, off, or a power-off that fails).
+            for v in self.vms.vms.values_mut() {
+                if v.home == Some(d)
+                    && let Some(p) = v.pause.as_mut()
+                {
+                    p.lapsed = true;
+                }
             }
             if !self.settings.self_fence || step_removed!(self, SelfFence) {
                 continue;

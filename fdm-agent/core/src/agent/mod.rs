@@ -1328,6 +1328,7 @@ impl Agent {
         self.evaluate_isolation(now);
         self.evaluate_storage_loss(now);
         self.evaluate_leases(now);
+        self.evaluate_storage_resume(now);
         if self.role.master().is_some() {
             self.master_evaluate(now);
         }

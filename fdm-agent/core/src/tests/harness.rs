@@ -51,6 +51,8 @@ pub struct HostSim {
     pub powered: bool,
     pub incarnation: u64,
     pub running: BTreeSet<VmId>,
+    /// Of `running`, the VMs frozen by a `Pause` (still running for every check).
+    pub paused: BTreeSet<VmId>,
     pub network_up: bool,
     pub gateway_reachable: bool,
     pub ds_lost: BTreeSet<DatastoreId>,
@@ -132,6 +134,7 @@ impl Cluster {
                     powered: true,
                     incarnation: 0,
                     running: BTreeSet::new(),
+                    paused: BTreeSet::new(),
                     network_up: true,
                     gateway_reachable: true,
                     ds_lost: BTreeSet::new(),
@@ -179,6 +182,7 @@ impl Cluster {
         let hs = self.hosts.get_mut(&h).unwrap();
         hs.powered = false;
         hs.running.clear();
+        hs.paused.clear();
         let inc = hs.incarnation;
         hs.agent = None;
         for d in self.ds.values_mut() {
@@ -400,11 +404,32 @@ impl Cluster {
                     HypervisorAction::PowerOff { op, vm, .. }
                     | HypervisorAction::Shutdown { op, vm, .. } => {
                         hs.running.remove(&vm);
+                        hs.paused.remove(&vm);
                         HypervisorEvent::PowerOffResult {
                             op,
                             vm,
                             result: Ok(()),
                         }
+                    }
+                    // Like the real drivers: pausing a paused VM and resuming a running one
+                    // succeed, neither works on a VM that is not running.
+                    HypervisorAction::Pause { op, vm } => {
+                        let result = if hs.running.contains(&vm) {
+                            hs.paused.insert(vm);
+                            Ok(())
+                        } else {
+                            Err(format!("{vm} is not running"))
+                        };
+                        HypervisorEvent::PauseResult { op, vm, result }
+                    }
+                    HypervisorAction::Resume { op, vm } => {
+                        let result = if hs.running.contains(&vm) {
+                            hs.paused.remove(&vm);
+                            Ok(())
+                        } else {
+                            Err(format!("{vm} is not running"))
+                        };
+                        HypervisorEvent::ResumeResult { op, vm, result }
                     }
                     HypervisorAction::List { op } => {
                         // Filled in at delivery: the hypervisor answers with what runs then.

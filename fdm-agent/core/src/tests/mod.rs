@@ -5,3 +5,4 @@ mod failover;
 mod harness;
 mod limits;
 mod random;
+mod storage;
