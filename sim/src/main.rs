@@ -38,7 +38,8 @@ enum Command {
         /// Remove a safety step of the core, to show the checks catch its removal: skip-lease-wait,
         /// skip-settle-wait, skip-write-ahead, skip-intent-check, skip-power-on-list,
         /// skip-isolation-record, skip-self-fence, ignore-claim-loss, skip-one-target, and the
-        /// hold-without-every-host, skip-home-lease-check, and the availability steps skip-isolation-owner-check,
+        /// hold-without-every-host, skip-home-lease-check, skip-stale-copy-check,
+        /// skip-duplicate-resolution, and the availability steps skip-isolation-owner-check,
         /// skip-outage-hold (docs/safety.md).
         #[arg(long)]
         knob: Vec<String>,
@@ -199,6 +200,7 @@ fn real_main() -> anyhow::Result<bool> {
                 (Vec::new(), Vec::new(), 0, 0u64, 0);
             let (mut downtime, mut ha_stops, mut vm_seconds) = (0.0f64, 0usize, 0.0f64);
             let (mut paused, mut pauses, mut paused_at_end) = (0.0f64, 0usize, 0usize);
+            let (mut stale, mut stale_stopped) = (0usize, 0usize);
             for seed in from..from + seeds {
                 let sc = sweep::scenario(hosts, seed, p);
                 let r = run::run_scenario(&sc, false, k);
@@ -211,6 +213,8 @@ fn real_main() -> anyhow::Result<bool> {
                 paused += r.summary.paused_s;
                 pauses += r.summary.pauses;
                 paused_at_end += r.summary.paused_at_end;
+                stale += r.summary.stale_copies;
+                stale_stopped += r.summary.stale_copies_stopped;
                 vm_seconds += r.summary.sim_seconds * sc.config.vms.len() as f64;
                 if !r.violations.is_empty() {
                     bad += 1;
@@ -256,6 +260,9 @@ fn real_main() -> anyhow::Result<bool> {
             );
             println!(
                 "paused by the storage-loss response {paused:.1} VM-seconds, from {pauses} pauses (frozen, not counted as downtime); {paused_at_end} VMs still paused at the end"
+            );
+            println!(
+                "stale copies (autostarted at a returning host's boot beside the VM's copy elsewhere) {stale}, stopped by HA {stale_stopped}"
             );
             Ok(bad == 0)
         }

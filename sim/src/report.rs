@@ -39,6 +39,11 @@ pub fn summary_table(r: &Report) -> String {
         "paused             {:.1} VM-seconds from {} storage-loss pauses, {} still paused",
         s.paused_s, s.pauses, s.paused_at_end
     );
+    let _ = writeln!(
+        o,
+        "stale copies       {} autostarted beside another copy, {} stopped by HA",
+        s.stale_copies, s.stale_copies_stopped
+    );
     for e in &r.expectations {
         let _ = writeln!(
             o,

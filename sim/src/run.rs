@@ -38,6 +38,10 @@ pub struct Summary {
     pub pauses: usize,
     /// VMs still paused when the run ended (after the heal, none should be: the storage is back).
     pub paused_at_end: usize,
+    /// Copies a returning host's hypervisor autostarted beside the VM's copy elsewhere, and how
+    /// many of those HA stopped (`stale_copy_ended`).
+    pub stale_copies: usize,
+    pub stale_copies_stopped: usize,
 }
 
 #[derive(Debug)]
@@ -233,6 +237,8 @@ pub fn summarize(w: &World) -> Summary {
             .filter(|h| h.powered)
             .map(|h| h.paused.len())
             .sum(),
+        stale_copies: w.stale_copies,
+        stale_copies_stopped: w.stale_copies_stopped,
         ..Summary::default()
     };
     // Crash -> running again, for every VM a crash took down.

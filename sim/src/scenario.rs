@@ -113,6 +113,10 @@ pub struct ClusterSpec {
     /// can make it longer than the master waits for an answer.
     #[serde(default)]
     pub power_on_ms: Option<u64>,
+    /// The hypervisors start at boot what their host ran when it crashed (libvirt autostart left
+    /// on): copies fdm did not start, which the agents must end (`stale_copy_ended`).
+    #[serde(default)]
+    pub autostart: bool,
 }
 
 fn default_mem() -> u64 {
@@ -506,6 +510,7 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
                 .ok_or_else(|| invalid("cluster.power_on_ms", "too large"))?,
             None => SimParams::default().power_on_us,
         },
+        autostart: c.autostart,
         ..SimParams::default()
     };
     let mut faults = Vec::new();

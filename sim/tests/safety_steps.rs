@@ -115,6 +115,22 @@ const CASES: &[Case] = &[
         caught_by: "no_vm_on_two_hosts",
     },
     Case {
+        step: SafetyStep::StaleCopyCheck,
+        setup: Setup::Scenario {
+            file: "61-stale-copy-while-the-real-one-is-partitioned.toml",
+        },
+        seeds: 1..=5,
+        caught_by: "stale_copy_ended",
+    },
+    Case {
+        step: SafetyStep::DuplicateResolution,
+        setup: Setup::Scenario {
+            file: "62-stale-copy-its-host-cannot-check.toml",
+        },
+        seeds: 1..=5,
+        caught_by: "stale_copy_ended",
+    },
+    Case {
         step: SafetyStep::IsolationOwnerCheck,
         setup: Setup::Scenario {
             file: "07-whole-cluster-network-outage.toml",

@@ -225,6 +225,22 @@ pub enum Event {
     Adopted {
         vm: VmId,
     },
+    /// Found running at the agent's start while the cluster holds the VM elsewhere (`placed_on`,
+    /// or a start in flight to `placed_on`): a stale copy, powered off and undefined.
+    StaleCopyFound {
+        vm: VmId,
+        placed_on: HostId,
+    },
+    /// Master: the VM is reported running on `host` and on `kept`; `host`'s copy is told to stop.
+    DuplicateCopyStopSent {
+        vm: VmId,
+        host: HostId,
+        kept: HostId,
+    },
+    /// This host powers off its copy of the VM at the master's word: another host runs it.
+    StoppingStaleCopy {
+        vm: VmId,
+    },
     ConfigApplied {
         generation: u64,
     },
@@ -268,6 +284,9 @@ impl Event {
             | Event::NoCapacity { .. }
             | Event::AntiAffinityBroken { .. } => "restart",
             Event::PowerOnRefused { .. } | Event::PoweredOn { .. } | Event::Adopted { .. } => "vm",
+            Event::StaleCopyFound { .. }
+            | Event::DuplicateCopyStopSent { .. }
+            | Event::StoppingStaleCopy { .. } => "stale-copy",
             Event::OperatorStopSent { .. }
             | Event::OperatorStopDone { .. }
             | Event::StoppingForOperator { .. } => "operator",
@@ -293,7 +312,10 @@ impl Event {
             | Event::RestartLimitCleared { vm }
             | Event::NoCapacity { vm }
             | Event::PoweredOn { vm, .. }
-            | Event::Adopted { vm } => (None, Some(*vm)),
+            | Event::Adopted { vm }
+            | Event::StoppingStaleCopy { vm } => (None, Some(*vm)),
+            Event::StaleCopyFound { vm, placed_on } => (Some(*placed_on), Some(*vm)),
+            Event::DuplicateCopyStopSent { vm, host, .. } => (Some(*host), Some(*vm)),
             Event::RestartNeeded { vm, from, .. } => (*from, Some(*vm)),
             Event::RestartIssued { vm, target, .. } | Event::RestartFailed { vm, target, .. } => {
                 (Some(*target), Some(*vm))

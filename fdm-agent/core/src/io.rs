@@ -27,6 +27,12 @@ pub enum StopCause {
     /// The VM's home datastore was lost at this host for longer than `storage_loss_timeout_ms` and
     /// its `storage_loss_response` is power-off: the master restarts it where the storage is.
     StorageLoss,
+    /// A copy the cluster does not hold here: found running at the agent's start (a libvirt
+    /// autostart, an agent that died without its watchdog) while the protected list places the VM
+    /// on another host or a start of it elsewhere is in flight, or named by the master as the
+    /// second copy of a VM reported on two hosts. Powered off hard (it shares its disks with the
+    /// copy the cluster keeps) and its definition removed, so that no later boot brings it back.
+    StaleCopy,
 }
 
 /// A request to this host's hypervisor driver. Every action is answered by a

@@ -42,10 +42,15 @@ pub enum SafetyStep {
     /// Master: restart a dead host's VM only once the host's lease lapsed on the VM's own
     /// datastore (the dead verdict may rest on other datastores).
     HomeLeaseCheck,
+    /// Agent start: a VM found running is checked against its home datastore's protected list
+    /// before it is adopted (a stale copy is stopped).
+    StaleCopyCheck,
+    /// Master: a VM reported running on two hosts keeps one copy and the other is stopped.
+    DuplicateResolution,
 }
 
 impl SafetyStep {
-    pub const ALL: [SafetyStep; 13] = [
+    pub const ALL: [SafetyStep; 15] = [
         SafetyStep::LeaseWait,
         SafetyStep::SettleWait,
         SafetyStep::WriteAheadIntent,
@@ -59,6 +64,8 @@ impl SafetyStep {
         SafetyStep::OutageHold,
         SafetyStep::HoldMembership,
         SafetyStep::HomeLeaseCheck,
+        SafetyStep::StaleCopyCheck,
+        SafetyStep::DuplicateResolution,
     ];
 
     /// The knob's name on the simulator's command line (`--knob`).
@@ -77,6 +84,8 @@ impl SafetyStep {
             SafetyStep::OutageHold => "skip-outage-hold",
             SafetyStep::HoldMembership => "hold-without-every-host",
             SafetyStep::HomeLeaseCheck => "skip-home-lease-check",
+            SafetyStep::StaleCopyCheck => "skip-stale-copy-check",
+            SafetyStep::DuplicateResolution => "skip-duplicate-resolution",
         }
     }
 

@@ -69,16 +69,27 @@ pub enum Message {
     PowerOnResult(PowerOnResult),
     /// A master that steps down tells every host whom to follow.
     Yield { to: heartbeat_fs::HostId },
-    /// Master -> the host running a VM: an operator asked HA to stop it (`fdmctl vm stop`).
+    /// Master -> the host running a VM: an operator asked HA to stop it (`fdmctl vm stop`), or the
+    /// host's copy is the second one of a VM reported on two hosts.
     PowerOff(PowerOffCommand),
 }
 
-/// Master -> host: stop this VM for the operator (a clean shutdown, then power-off after the
-/// shutdown timeout). Stopping never starts a second copy, so no claim epoch is needed; the host
-/// takes it only from its current master.
+/// Master -> host: stop this VM. Stopping never starts a second copy, so no claim epoch is
+/// needed; the host takes it only from its current master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PowerOffCommand {
     pub vm: VmId,
+    pub reason: PowerOffReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PowerOffReason {
+    /// An operator asked (`fdmctl vm stop`): a clean shutdown, then power-off after the shutdown
+    /// timeout; the VM ends stopped by the user.
+    Operator,
+    /// The VM is reported running on two hosts and the master keeps the other copy: a hard
+    /// power-off, the definition removed (`StopCause::StaleCopy`).
+    StaleCopy,
 }
 
 /// Slave -> master: the VMs it runs, part `part` of `parts` of the report at `generation`.

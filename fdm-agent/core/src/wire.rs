@@ -6,7 +6,7 @@
 //! Layout, little-endian:
 //! ```text
 //! 0   4  magic "FDMw"
-//! 4   1  protocol version (2)
+//! 4   1  protocol version (4)
 //! 5   1  message kind
 //! 6   2  reserved, zero
 //! 8   8  cluster id
@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 pub const MAGIC: [u8; 4] = *b"FDMw";
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 pub const HEADER_LEN: usize = 50;
 pub const MAC_LEN: usize = 16;
 /// No IP fragmentation on any sane path: stay under 1200 bytes per datagram.

@@ -528,6 +528,22 @@ impl Driver for LibvirtDriver {
         self.listing().map(|(running, _)| running)
     }
 
+    fn discard(&self, vm: VmId) -> Result<(), DriverError> {
+        let name = self.name_of(vm)?;
+        match self.state_of(&name) {
+            Ok(s) if s.is_active() => Err(DriverError::Failed(format!(
+                "{vm}: domain {name} runs again; not undefined"
+            ))),
+            Ok(_) => self.undefine(&name),
+            // Gone already, or libvirt did not answer: nothing to undefine now, and a later start
+            // of the VM here undefines a stale definition first.
+            Err(e) => {
+                tracing::debug!(%vm, error = %e, "stale copy's domain not read; left for the next start");
+                Ok(())
+            }
+        }
+    }
+
     fn take_unsolicited(&self) -> Vec<Unsolicited> {
         let before: BTreeSet<VmId> = self.seen_running.lock().expect("seen").clone();
         // Libvirt unreachable: nothing is reported (a stop we cannot see is not a crash).

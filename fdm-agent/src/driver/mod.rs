@@ -57,4 +57,10 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// The VMs of the cluster with their definitions, so that a driver can map its own names back to
     /// VM ids when it lists what runs.
     fn set_known_vms(&self, _vms: &[(VmId, String)]) {}
+    /// Remove what could bring a stopped stale copy back (`StopCause::StaleCopy`): libvirt's
+    /// domain definition, whose autostart flag or a careless `virsh start` would start it again
+    /// while the VM runs elsewhere. Drivers that keep nothing between runs have nothing to do.
+    fn discard(&self, _vm: VmId) -> Result<(), DriverError> {
+        Ok(())
+    }
 }

@@ -13,7 +13,8 @@ pub mod status;
 mod udp;
 
 use crate::core::{
-    Agent, AgentSettings, HypervisorAction, HypervisorEvent, OperatorCommand, Output, Time,
+    Agent, AgentSettings, HypervisorAction, HypervisorEvent, OperatorCommand, Output, StopCause,
+    Time,
 };
 use crate::driver::{Driver, libvirt::LibvirtDriver, process::ProcessDriver};
 use anyhow::Context;
@@ -543,11 +544,19 @@ fn run_action(d: &dyn Driver, action: HypervisorAction) -> HypervisorEvent {
             vm,
             result: d.power_on(vm, &definition).map_err(|e| e.to_string()),
         },
-        HypervisorAction::PowerOff { op, vm, .. } => HypervisorEvent::PowerOffResult {
-            op,
-            vm,
-            result: d.power_off(vm).map_err(|e| e.to_string()),
-        },
+        HypervisorAction::PowerOff { op, vm, cause } => {
+            let result = d.power_off(vm).map_err(|e| e.to_string());
+            if result.is_ok()
+                && cause == StopCause::StaleCopy
+                && let Err(e) = d.discard(vm)
+            {
+                // The copy is off, which is what matters now; the definition is removed again
+                // before any later start of the VM here (the libvirt driver undefines a stale
+                // definition first).
+                tracing::warn!(%vm, error = %e, "stale copy stopped; removing its definition failed");
+            }
+            HypervisorEvent::PowerOffResult { op, vm, result }
+        }
         HypervisorAction::Shutdown {
             op, vm, timeout, ..
         } => HypervisorEvent::PowerOffResult {

@@ -8,6 +8,7 @@ pub mod no_vm_on_two_hosts;
 pub mod one_master_per_partition;
 pub mod operator_stop_respected;
 pub mod protected_never_forgotten;
+pub mod stale_copy_ended;
 pub mod time_advances;
 pub mod unprotected_vm_left_alone;
 

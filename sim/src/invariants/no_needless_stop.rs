@@ -10,6 +10,13 @@
 //! - a **storage-loss response** (an operator's `power-off` after `storage_loss_timeout_ms`) only
 //!   while the host really has no storage for the VM's datastore.
 //!
+//! - a **stale-copy stop** only while another copy runs, or a start of the VM elsewhere is in
+//!   flight (an intent naming another host), or the other copy stopped moments ago (the host
+//!   judged from a protected list read a moment earlier), or the records on the VM's datastore
+//!   place it on another host that holds it in its power-on list (a host that lost the datastore
+//!   cannot drop a VM it fenced from its list: the returning host cannot tell, stops its copy,
+//!   and the master restarts the VM, which the HA-downtime figure counts).
+//!
 //! Aborts (a start the master cancelled) stop a VM that had no business running and are not judged.
 //! A pause (the storage-loss response `pause`) is no stop: the VM keeps running at its host (the
 //! world keeps it in `running`), so it is not judged here; its VM-seconds are reported apart.
@@ -67,6 +74,37 @@ pub fn at_agent_stop(w: &World, host: HostId, vm: VmId, cause: StopCause) -> Opt
         }
         // An operator asked (`fdmctl vm stop`).
         StopCause::Abort | StopCause::Operator => None,
+        StopCause::StaleCopy => {
+            let elsewhere = w.where_runs(vm).iter().any(|&o| o != host);
+            let starting_elsewhere = matches!(
+                w.listed_restart_state(vm),
+                Some(heartbeat_fs::records::RestartState::Intent { target, .. }) if target != host
+            );
+            let recent = crate::invariants::stale_copy_ended::bound(w);
+            let just_stopped = w
+                .stops
+                .get(&vm)
+                .is_some_and(|&(at, h, _)| h != host && w.now.saturating_sub(at) <= recent);
+            let records_place_elsewhere = w.ds.get(&home).is_some_and(|d| {
+                d.protected_list()
+                    .and_then(|l| l.vms.iter().find(|e| e.vm == vm))
+                    .is_some_and(|e| {
+                        e.restart == heartbeat_fs::records::RestartState::Idle
+                            && e.desired == heartbeat_fs::records::DesiredPower::On
+                            && e.last_host.is_some_and(|h| {
+                                h != host
+                                    && d.power_on
+                                        .get(&h)
+                                        .is_some_and(|l| l.entries.iter().any(|x| x.vm == vm))
+                            })
+                    })
+            });
+            let justified =
+                elsewhere || starting_elsewhere || just_stopped || records_place_elsewhere;
+            (!justified).then(|| {
+                format!("{host} stopped {vm} as a stale copy although it ran nowhere else")
+            })
+        }
         // The operator's own rule: justified while the host really has no storage for the VM.
         // (or did until a moment ago: the host learns that storage is back from its next write).
         StopCause::StorageLoss => {

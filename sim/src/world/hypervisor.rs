@@ -28,6 +28,9 @@ impl World {
             }
             HypervisorAction::PowerOff { op, vm, cause }
             | HypervisorAction::Shutdown { op, vm, cause, .. } => {
+                if cause == StopCause::StaleCopy && self.is_outside_copy(h, vm) {
+                    self.stale_copies_stopped += 1;
+                }
                 if self.hosts[i].running.remove(&vm).is_some() {
                     // A paused VM stops like a running one (the fence of a paused VM).
                     self.unpause(i, vm);

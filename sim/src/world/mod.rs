@@ -71,6 +71,10 @@ pub struct SimParams {
     /// Per host clock-rate error, ppm (positive: runs fast).
     pub drift_ppm: BTreeMap<HostId, i64>,
     pub trace: bool,
+    /// The hypervisors start at boot every VM their host ran when it crashed, before the agent
+    /// runs (libvirt autostart left on by an operator): copies fdm did not start, which the agents
+    /// must end (`invariants::stale_copy_ended`).
+    pub autostart: bool,
 }
 
 impl Default for SimParams {
@@ -86,6 +90,7 @@ impl Default for SimParams {
             reboot_us: 20_000_000,
             drift_ppm: BTreeMap::new(),
             trace: false,
+            autostart: false,
         }
     }
 }
@@ -350,6 +355,8 @@ pub struct SimHost {
     torn_next: BTreeSet<DatastoreId>,
     /// Last time each datastore was faulty for this host (lost, hung, dead).
     pub ds_fault_at: BTreeMap<DatastoreId, Micros>,
+    /// What ran here when the host last crashed (started again at boot with `autostart`).
+    ran_at_crash: Vec<VmId>,
     timer_at: Option<Micros>,
     last_kick: Option<Micros>,
     watchdog_pending: bool,
@@ -446,6 +453,15 @@ pub struct World {
     pub crash_loops: BTreeMap<VmId, Micros>,
     /// Recent agent events (for violation reports).
     pub recent: std::collections::VecDeque<TraceLine>,
+    /// Copies the hypervisor started on its own (autostart at boot), by host and VM, with their
+    /// start time: not fdm's starts, so exempt from `no_vm_on_two_hosts`, and watched by
+    /// `stale_copy_ended` while they run (an entry whose copy has stopped is pruned).
+    pub outside: BTreeMap<(HostId, VmId), Micros>,
+    /// Outside copies already reported for running beside another copy too long.
+    pub outside_reported: BTreeSet<(HostId, VmId)>,
+    /// Outside copies that ran beside another copy, and the ones stopped by HA.
+    pub stale_copies: usize,
+    pub stale_copies_stopped: usize,
 }
 
 impl std::fmt::Debug for World {
@@ -494,6 +510,7 @@ impl World {
                 ds_busy_until: BTreeMap::new(),
                 torn_next: BTreeSet::new(),
                 ds_fault_at: BTreeMap::new(),
+                ran_at_crash: Vec::new(),
                 timer_at: None,
                 last_kick: None,
                 watchdog_pending: false,
@@ -544,6 +561,10 @@ impl World {
             stall_next_command: None,
             crash_loops: BTreeMap::new(),
             recent: std::collections::VecDeque::new(),
+            outside: BTreeMap::new(),
+            outside_reported: BTreeSet::new(),
+            stale_copies: 0,
+            stale_copies_stopped: 0,
         };
         for &(h, vm) in placement {
             if let Some(i) = w.idx(h) {
@@ -661,6 +682,7 @@ impl World {
         host.hung = false;
         host.held.clear();
         let vms: Vec<VmId> = host.running.keys().copied().collect();
+        host.ran_at_crash.clone_from(&vms);
         host.running.clear();
         for vm in &vms {
             self.unpause(i, *vm);
@@ -683,6 +705,20 @@ impl World {
         }
         self.hosts[i].powered = true;
         self.log(Some(h), "host booted".into());
+        if self.params.autostart {
+            for vm in std::mem::take(&mut self.hosts[i].ran_at_crash) {
+                self.hosts[i].running.insert(vm, self.now);
+                self.outside.insert((h, vm), self.now);
+                self.ha_down_since.remove(&vm);
+                if !self.where_runs(vm).iter().all(|&o| o == h) {
+                    self.stale_copies += 1;
+                }
+                self.log(
+                    Some(h),
+                    format!("{vm} autostarted by the hypervisor (not by fdm)"),
+                );
+            }
+        }
         self.start_agent(h);
     }
 
@@ -1287,6 +1323,33 @@ impl World {
             .collect()
     }
 
+    /// Whether `h`'s copy of `vm` is one the hypervisor started on its own and that still runs.
+    pub fn is_outside_copy(&self, h: HostId, vm: VmId) -> bool {
+        self.outside.get(&(h, vm)).is_some_and(|&at| {
+            self.idx(h).is_some_and(|i| {
+                self.hosts[i].powered && self.hosts[i].running.get(&vm) == Some(&at)
+            })
+        })
+    }
+
+    /// Prune outside copies that stopped, and check the rest (`stale_copy_ended`).
+    fn watch_outside_copies(&mut self) {
+        let gone: Vec<(HostId, VmId)> = self
+            .outside
+            .keys()
+            .copied()
+            .filter(|&(h, vm)| !self.is_outside_copy(h, vm))
+            .collect();
+        for k in gone {
+            self.outside.remove(&k);
+        }
+        use crate::invariants::stale_copy_ended;
+        for (key, detail) in stale_copy_ended::overdue(self) {
+            self.outside_reported.insert(key);
+            self.violate(stale_copy_ended::NAME, detail);
+        }
+    }
+
     /// Where a VM is paused now (by the storage-loss response; it runs there too).
     pub fn where_paused(&self, vm: VmId) -> Vec<HostId> {
         self.hosts
@@ -1365,6 +1428,9 @@ impl World {
             self.now = at;
             self.events_processed += 1;
             self.dispatch(ev);
+            if !self.outside.is_empty() {
+                self.watch_outside_copies();
+            }
         }
         self.now = self.now.max(end);
     }

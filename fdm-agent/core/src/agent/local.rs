@@ -4,7 +4,9 @@
 
 use super::super::events::{Event, Role};
 use super::super::io::{HypervisorAction, HypervisorEvent, Output, StopCause, VmRunState};
-use super::super::messages::{Message, PowerOffCommand, PowerOnCommand, PowerOnResult, VmStatus};
+use super::super::messages::{
+    Message, PowerOffCommand, PowerOffReason, PowerOnCommand, PowerOnResult, VmStatus,
+};
 use super::super::time::Time;
 use super::{Agent, DsPurpose, ElectionRound, RoleState, VmView};
 use heartbeat_fs::ops::{DsError, DsOp, DsReply};
@@ -169,6 +171,30 @@ pub(super) struct LocalVms {
     started_attempts: BTreeMap<VmId, u32>,
     /// Stop operations in flight: op -> (vm, cause).
     stops: BTreeMap<u64, (VmId, StopCause)>,
+    /// VMs found running at the agent's start, not yet checked against their home datastore's
+    /// protected list (`check_found_copies`): running here, reported, fenced like any other, but
+    /// kept out of our power-on lists until the check says the copy is the cluster's.
+    found: BTreeMap<VmId, FoundCopy>,
+}
+
+/// A VM found running at start, waiting for its check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct FoundCopy {
+    /// A read of the home datastore's protected list is out.
+    reading: bool,
+}
+
+/// What the protected list says of a VM found running here at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FoundVerdict {
+    /// A restart of it to `target` is in flight: the cluster is starting it elsewhere.
+    StartingOn { target: HostId },
+    /// The list places it on another host: stale if that host's power-on list still holds it
+    /// (a host lists a VM before it starts it and drops it once it stopped it, so a host whose
+    /// list lacks the VM does not run it: fenced, stopped, crashed since the list was written).
+    PlacedOn { host: HostId },
+    /// Nothing places it elsewhere: this copy is the cluster's (or the VM is not protected).
+    Ours,
 }
 
 impl LocalVms {
@@ -297,10 +323,13 @@ impl Agent {
 
     fn power_on_list(&self, d: DatastoreId) -> PowerOnList {
         let l = self.vms.lists.get(&d).cloned().unwrap_or_default();
+        // A copy found at start takes no lease before its check: listing it would tell a reader
+        // that this host holds a VM the cluster may hold elsewhere.
         let entries = self
             .vms
             .active_on(d)
             .into_iter()
+            .filter(|vm| !self.vms.found.contains_key(vm))
             .map(|vm| PowerOnEntry {
                 vm,
                 state: if self.vms.state(vm) == Some(VmRunState::Running) {
@@ -447,8 +476,21 @@ impl Agent {
         if self.vms.stops.values().any(|(v, _)| *v == command.vm) {
             return;
         }
-        self.emit(Event::StoppingForOperator { vm: command.vm });
-        self.stop_vm(command.vm, StopCause::Operator, IsolationResponse::Shutdown);
+        match command.reason {
+            PowerOffReason::Operator => {
+                self.emit(Event::StoppingForOperator { vm: command.vm });
+                self.stop_vm(command.vm, StopCause::Operator, IsolationResponse::Shutdown);
+            }
+            PowerOffReason::StaleCopy => {
+                self.vms.found.remove(&command.vm);
+                self.emit(Event::StoppingStaleCopy { vm: command.vm });
+                self.stop_vm(
+                    command.vm,
+                    StopCause::StaleCopy,
+                    IsolationResponse::PowerOff,
+                );
+            }
+        }
     }
 
     /// A master asks us to start a VM. Checked against the datastore before anything happens.
@@ -615,7 +657,10 @@ impl Agent {
         }
     }
 
-    /// The VMs the hypervisor runs at start: adopted, never restarted.
+    /// The VMs the hypervisor runs at start: never restarted, and adopted once their home
+    /// datastore's protected list shows that the cluster does not hold them elsewhere
+    /// (`check_found_copies`). Until then they run, are reported as running and are fenced like
+    /// any other, but take no lease.
     fn on_inventory(&mut self, op: u64, running: Vec<VmId>) {
         if self.vms.inventory_op != Some(op) {
             return;
@@ -623,13 +668,136 @@ impl Agent {
         self.vms.inventory_op = None;
         self.vms.inventoried = true;
         self.vms.generation += 1;
+        let check = !step_removed!(self, StaleCopyCheck);
         for vm in running {
             if !self.vms.is_active(vm) {
                 self.vms.set(vm, VmRunState::Running);
-                self.emit(Event::Adopted { vm });
+                if check {
+                    self.vms.found.insert(vm, FoundCopy::default());
+                } else {
+                    self.emit(Event::Adopted { vm });
+                }
                 self.local_vm_changed(vm);
             }
         }
+    }
+
+    /// Check the VMs found running at start against their home datastores' protected lists: one
+    /// read per datastore, retried at every evaluation while it fails (the VM keeps running
+    /// unlisted meanwhile: stopping it on no evidence could stop the only copy).
+    pub(super) fn check_found_copies(&mut self, now: Time) {
+        if self.vms.found.is_empty() {
+            return;
+        }
+        let Some(config) = self.vms.homes.clone() else {
+            return;
+        };
+        let mut reads: BTreeSet<DatastoreId> = BTreeSet::new();
+        let found: Vec<(VmId, FoundCopy)> = self.vms.found.iter().map(|(&v, &f)| (v, f)).collect();
+        for (vm, f) in found {
+            let still_here = self.vms.state(vm) == Some(VmRunState::Running);
+            match config.vm(vm).map(|c| c.home) {
+                _ if !still_here => {
+                    self.vms.found.remove(&vm);
+                }
+                // Not a cluster VM: nobody else holds it, and HA leaves it alone.
+                None => self.adopt_found(vm),
+                Some(d) if !f.reading => {
+                    reads.insert(d);
+                }
+                Some(_) => {}
+            }
+        }
+        for d in reads {
+            if !self.mounted.contains_key(&d) {
+                continue;
+            }
+            for (vm, f) in self.vms.found.iter_mut() {
+                if config.vm(*vm).is_some_and(|c| c.home == d) {
+                    f.reading = true;
+                }
+            }
+            self.ds_request(now, d, DsOp::ReadProtectedList, DsPurpose::FoundCopyRead);
+        }
+    }
+
+    pub(super) fn on_found_copy_read(&mut self, d: DatastoreId, result: Result<DsReply, DsError>) {
+        let waiting: Vec<VmId> = self
+            .vms
+            .found
+            .keys()
+            .copied()
+            .filter(|&vm| self.vms.home(vm) == Some(d))
+            .collect();
+        let list = match result {
+            Ok(DsReply::ProtectedList(list)) => list,
+            other => {
+                if let Err(e) = other {
+                    tracing::debug!(datastore = %d, error = %e, "protected list unreadable; found VMs checked again later");
+                }
+                for vm in waiting {
+                    if let Some(f) = self.vms.found.get_mut(&vm) {
+                        f.reading = false;
+                    }
+                }
+                return;
+            }
+        };
+        for vm in waiting {
+            let entry = list
+                .as_ref()
+                .and_then(|l| l.vms.iter().find(|e| e.vm == vm));
+            match found_verdict(self.settings.host, entry) {
+                FoundVerdict::Ours => self.adopt_found(vm),
+                FoundVerdict::StartingOn { target } => self.stop_stale_copy(vm, target),
+                FoundVerdict::PlacedOn { host } => {
+                    let op = DsOp::ReadPowerOnList { host };
+                    self.ds_request(self.now, d, op, DsPurpose::FoundCopyListRead { vm, host });
+                }
+            }
+        }
+    }
+
+    /// The power-on list of the host the protected list places a found VM on.
+    pub(super) fn on_found_copy_list_read(
+        &mut self,
+        vm: VmId,
+        host: HostId,
+        result: Result<DsReply, DsError>,
+    ) {
+        if !self.vms.found.contains_key(&vm) {
+            return;
+        }
+        match result {
+            Ok(DsReply::PowerOnList(list)) => {
+                let held = list.is_some_and(|l| l.entries.iter().any(|e| e.vm == vm));
+                if held {
+                    self.stop_stale_copy(vm, host);
+                } else {
+                    self.adopt_found(vm);
+                }
+            }
+            other => {
+                if let Err(e) = other {
+                    tracing::debug!(%vm, %host, error = %e, "power-on list unreadable; found VM checked again later");
+                }
+                if let Some(f) = self.vms.found.get_mut(&vm) {
+                    f.reading = false;
+                }
+            }
+        }
+    }
+
+    fn stop_stale_copy(&mut self, vm: VmId, placed_on: HostId) {
+        self.vms.found.remove(&vm);
+        self.emit(Event::StaleCopyFound { vm, placed_on });
+        self.stop_vm(vm, StopCause::StaleCopy, IsolationResponse::PowerOff);
+    }
+
+    fn adopt_found(&mut self, vm: VmId) {
+        self.vms.found.remove(&vm);
+        self.emit(Event::Adopted { vm });
+        self.local_vm_changed(vm);
     }
 
     fn on_power_on_done(&mut self, op: u64, vm: VmId, result: Result<(), String>) {
@@ -1214,5 +1382,27 @@ fn response_word(r: IsolationResponse) -> &'static str {
         IsolationResponse::PowerOff => "power-off",
         IsolationResponse::Shutdown => "shutdown",
         IsolationResponse::LeaveRunning => "leave-running",
+    }
+}
+
+/// The rule for a VM found running at start (`docs/safety.md`, "Returning hosts"): a stale copy
+/// when a restart of it to another host is in flight, or when its protected entry places it on
+/// another host (running there, no restart pending) whose power-on list still holds it; the
+/// cluster's own copy otherwise (never seen running, waiting for a restart that has not picked a
+/// target, last seen here, not protected).
+fn found_verdict(me: HostId, entry: Option<&heartbeat_fs::records::ProtectedVm>) -> FoundVerdict {
+    use heartbeat_fs::records::{DesiredPower, RestartState};
+    let Some(e) = entry else {
+        return FoundVerdict::Ours;
+    };
+    match e.restart {
+        RestartState::Intent { target, .. } if target != me => FoundVerdict::StartingOn { target },
+        RestartState::Idle => match e.last_host {
+            Some(h) if h != me && e.desired == DesiredPower::On => {
+                FoundVerdict::PlacedOn { host: h }
+            }
+            _ => FoundVerdict::Ours,
+        },
+        _ => FoundVerdict::Ours,
     }
 }

@@ -113,6 +113,13 @@ enum DsPurpose {
     },
     /// Isolated host: is a master holding this datastore's claim?
     OwnerRead,
+    /// The protected list, for the VMs found running at start (`check_found_copies`).
+    FoundCopyRead,
+    /// The power-on list of the host the protected list places a found VM on.
+    FoundCopyListRead {
+        vm: VmId,
+        host: HostId,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -909,6 +916,10 @@ impl Agent {
                 self.on_intent_checked(now, d, vm, attempt, result)
             }
             DsPurpose::OwnerRead => self.on_owner_read(now, d, result),
+            DsPurpose::FoundCopyRead => self.on_found_copy_read(d, result),
+            DsPurpose::FoundCopyListRead { vm, host } => {
+                self.on_found_copy_list_read(vm, host, result)
+            }
             DsPurpose::HeartbeatRead
             | DsPurpose::PowerOnListRead { .. }
             | DsPurpose::ClaimRead
@@ -1325,6 +1336,7 @@ impl Agent {
         if self.role() == Role::Candidate {
             self.evaluate_election(now);
         }
+        self.check_found_copies(now);
         self.evaluate_isolation(now);
         self.evaluate_storage_loss(now);
         self.evaluate_leases(now);

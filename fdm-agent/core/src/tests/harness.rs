@@ -80,6 +80,9 @@ pub struct Cluster {
     /// An on-path relay: every datagram `from -> to` is also delivered to `copy_to`, whatever the
     /// partitions say (an attacker, or a confused switch).
     pub relay: Vec<(HostId, HostId, HostId)>,
+    /// Copies a hypervisor started on its own (an autostart at boot, `autostart_at_boot`): not
+    /// fdm's starts, so `check_never_twice` lets them run beside another copy until they stop.
+    pub outside: BTreeSet<(HostId, VmId)>,
 }
 
 pub fn vm(id: u32, home: u32, priority: RestartPriority, response: IsolationResponse) -> VmConfig {
@@ -125,6 +128,7 @@ impl Cluster {
             duplicate_datagrams: false,
             reorder_datagrams: false,
             relay: Vec::new(),
+            outside: BTreeSet::new(),
         };
         for h in &config.hosts {
             c.hosts.insert(
@@ -191,6 +195,17 @@ impl Cluster {
                 incarnation: inc,
             });
         }
+    }
+
+    /// Power the host on with its hypervisor starting `vms` before the agent runs (libvirt
+    /// autostart), then start the agent.
+    pub fn boot_with_autostart(&mut self, h: HostId, vms: &[u32]) {
+        self.hosts.get_mut(&h).unwrap().powered = true;
+        for &vm in vms {
+            self.place(h, vm);
+            self.outside.insert((h, VmId(vm)));
+        }
+        self.start_agent(h);
     }
 
     pub fn boot_host(&mut self, h: HostId) {
@@ -572,6 +587,9 @@ impl Cluster {
                     self.drain(h);
                 }
             }
+            let hosts = &self.hosts;
+            self.outside
+                .retain(|(h, vm)| hosts.get(h).is_some_and(|s| s.running.contains(vm)));
             self.check_never_twice();
         }
     }
@@ -596,6 +614,9 @@ impl Cluster {
         let mut seen: BTreeMap<VmId, HostId> = BTreeMap::new();
         for (&h, s) in &self.hosts {
             for vm in &s.running {
+                if self.outside.contains(&(h, *vm)) {
+                    continue;
+                }
                 if let Some(o) = seen.insert(*vm, h) {
                     panic!("{vm} runs on {o} and {h} at {}", self.now);
                 }

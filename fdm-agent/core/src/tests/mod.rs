@@ -5,4 +5,5 @@ mod failover;
 mod harness;
 mod limits;
 mod random;
+mod returning;
 mod storage;

@@ -2,7 +2,7 @@
 //! commands that restart them, and what a power-on result or a silent target means.
 
 use super::*;
-use crate::messages::PowerOffCommand;
+use crate::messages::{PowerOffCommand, PowerOffReason};
 
 /// How often an operator's stop is resent to a host that still runs the VM (a clean shutdown can
 /// take a while; the host ignores a stop it is already carrying out).
@@ -78,7 +78,7 @@ impl MasterState {
             Some(DesiredPower::On) => return self.carry_out_start(ctx, d, e, events),
             None => {}
         }
-        if let Some(&h) = self.running_on(d, e.vm).first() {
+        if let Some(h) = self.resolve_duplicates(ctx, d, e) {
             return self.found_running(e, h);
         }
         if self.tracks.contains_key(&e.vm) || e.desired == DesiredPower::Off {
@@ -108,6 +108,52 @@ impl MasterState {
             None => self.never_seen_running(ctx, d, e, events),
             Some(h) => self.judge_last_host(ctx, (d, h), e, events),
         }
+    }
+
+    /// The host the VM lives on, if it runs anywhere. A VM reported running on two hosts that both
+    /// answer (a copy HA did not start: a libvirt autostart at a returning host's boot, an agent
+    /// that died without its watchdog while the VM was restarted elsewhere) keeps one copy: the
+    /// one a restart in flight targets, else the one the protected list places, else the lowest
+    /// host; the others are told to stop (resent while they run). Reports of hosts we do not hear
+    /// are not trusted for this: such a report may be stale, and the copy may be gone.
+    fn resolve_duplicates(
+        &mut self,
+        ctx: &ReconcileContext,
+        d: DatastoreId,
+        e: &ProtectedVm,
+    ) -> Option<HostId> {
+        let on = self.running_on(d, e.vm);
+        let first = *on.first()?;
+        let live: Vec<HostId> = on
+            .iter()
+            .copied()
+            .filter(|&h| h == ctx.me || self.verdict(h) == Some(Verdict::Alive))
+            .collect();
+        if live.len() < 2 || step_removed!(self, DuplicateResolution) {
+            self.stale_stop_sent.remove(&e.vm);
+            return Some(first);
+        }
+        let targeted = self.tracks.get(&e.vm).and_then(|tr| match tr.stage {
+            Stage::IntentWriting { target, .. }
+            | Stage::Issued { target, .. }
+            | Stage::Resume { target, .. } => Some(target),
+            _ => None,
+        });
+        let keep = targeted
+            .filter(|t| live.contains(t))
+            .or(e.last_host.filter(|h| live.contains(h)))
+            .unwrap_or(live[0]);
+        let due = self
+            .stale_stop_sent
+            .get(&e.vm)
+            .is_none_or(|&t| ctx.now.since(t) >= STOP_RESEND);
+        if due {
+            self.stale_stop_sent.insert(e.vm, ctx.now);
+            for h in live.into_iter().filter(|&h| h != keep) {
+                self.stale_stops.push((h, e.vm, keep));
+            }
+        }
+        Some(keep)
     }
 
     /// Running (or starting) on `h`: that is where it lives now.
@@ -547,6 +593,7 @@ impl Agent {
             }
         }
         let stops = std::mem::take(&mut m.stop_commands);
+        let stale = std::mem::take(&mut m.stale_stops);
         for e in events {
             if let Event::RestartLimitReached { .. } = e {
                 self.stats.restart_limits_reached += 1;
@@ -555,7 +602,13 @@ impl Agent {
         }
         for (host, vm) in stops {
             self.emit(Event::OperatorStopSent { vm, host });
-            self.send(host, &Message::PowerOff(PowerOffCommand { vm }));
+            let reason = PowerOffReason::Operator;
+            self.send(host, &Message::PowerOff(PowerOffCommand { vm, reason }));
+        }
+        for (host, vm, kept) in stale {
+            self.emit(Event::DuplicateCopyStopSent { vm, host, kept });
+            let reason = PowerOffReason::StaleCopy;
+            self.send(host, &Message::PowerOff(PowerOffCommand { vm, reason }));
         }
     }
 

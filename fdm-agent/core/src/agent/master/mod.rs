@@ -223,6 +223,10 @@ pub(super) struct MasterState {
     /// was last sent (resent while it still runs).
     stop_commands: Vec<(HostId, VmId)>,
     stop_sent: BTreeMap<VmId, Time>,
+    /// Second copies to stop (`resolve_duplicates`): host, VM, the host whose copy is kept.
+    stale_stops: Vec<(HostId, VmId, HostId)>,
+    /// When each VM's second copies were last told to stop (resent while they run).
+    stale_stop_sent: BTreeMap<VmId, Time>,
     reconcile_due: bool,
     last_reconcile: Time,
     /// A slave that has reached more datastores than us, and since when (for the handover).
@@ -255,6 +259,8 @@ impl MasterState {
             restart_logs: BTreeMap::new(),
             stop_commands: Vec::new(),
             stop_sent: BTreeMap::new(),
+            stale_stops: Vec::new(),
+            stale_stop_sent: BTreeMap::new(),
             reconcile_due: true,
             last_reconcile: now,
             better_since: None,
