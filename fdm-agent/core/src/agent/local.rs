@@ -172,8 +172,8 @@ pub(super) struct LocalVms {
     /// Stop operations in flight: op -> (vm, cause).
     stops: BTreeMap<u64, (VmId, StopCause)>,
     /// VMs found running at the agent's start, not yet checked against their home datastore's
-    /// protected list (`check_found_copies`): running here, reported, fenced like any other, but
-    /// kept out of our power-on lists until the check says the copy is the cluster's.
+    /// protected list (`check_found_copies`): running here, listed, reported and fenced like any
+    /// other, adopted or stopped once the check has spoken.
     found: BTreeMap<VmId, FoundCopy>,
 }
 
@@ -323,13 +323,12 @@ impl Agent {
 
     fn power_on_list(&self, d: DatastoreId) -> PowerOnList {
         let l = self.vms.lists.get(&d).cloned().unwrap_or_default();
-        // A copy found at start takes no lease before its check: listing it would tell a reader
-        // that this host holds a VM the cluster may hold elsewhere.
+        // A copy found at start is listed before its check too: the list says what runs here,
+        // and another returning host's check reads "not listed" as "not running there".
         let entries = self
             .vms
             .active_on(d)
             .into_iter()
-            .filter(|vm| !self.vms.found.contains_key(vm))
             .map(|vm| PowerOnEntry {
                 vm,
                 state: if self.vms.state(vm) == Some(VmRunState::Running) {
@@ -659,8 +658,8 @@ impl Agent {
 
     /// The VMs the hypervisor runs at start: never restarted, and adopted once their home
     /// datastore's protected list shows that the cluster does not hold them elsewhere
-    /// (`check_found_copies`). Until then they run, are reported as running and are fenced like
-    /// any other, but take no lease.
+    /// (`check_found_copies`). Until then they run, are listed, reported as running and fenced
+    /// like any other.
     fn on_inventory(&mut self, op: u64, running: Vec<VmId>) {
         if self.vms.inventory_op != Some(op) {
             return;
@@ -684,7 +683,7 @@ impl Agent {
 
     /// Check the VMs found running at start against their home datastores' protected lists: one
     /// read per datastore, retried at every evaluation while it fails (the VM keeps running
-    /// unlisted meanwhile: stopping it on no evidence could stop the only copy).
+    /// listed meanwhile: stopping it on no evidence could stop the only copy).
     pub(super) fn check_found_copies(&mut self, now: Time) {
         if self.vms.found.is_empty() {
             return;
