@@ -1,5 +1,6 @@
 //! Multi-host cases with real libvirt and QEMU (TCG): stops that users mean are respected, a paused
-//! domain is never taken for a stopped one, and a returning host never starts a stale copy.
+//! domain is never taken for a stopped one, a returning host never starts a stale copy, and a
+//! stale copy its libvirt starts at boot is stopped and undefined.
 //!
 //! The guest is a tiny multiboot kernel written below (about 2 KB, no disk): it halts, wakes on
 //! interrupts, and powers the machine off through the ACPI PM1a control register when a key
@@ -403,6 +404,209 @@ fn libvirt_returning_host_with_autostart_starts_no_second_copy() {
                 "watched_after_boot_without_copy",
                 NO_RESTART_WATCH.as_secs_f64(),
             ),
+        ],
+    );
+}
+
+/// Times `event` (a core event's name, as its JSON log line spells it) was logged for `vm` by any
+/// host.
+fn events_of(tb: &Testbed, event: &str, vm: u32) -> usize {
+    let needle = format!("{event} {{ vm: VmId({vm})");
+    tb.hosts
+        .iter()
+        .map(|h| {
+            std::fs::read_to_string(h.log())
+                .unwrap_or_default()
+                .matches(&needle)
+                .count()
+        })
+        .sum()
+}
+
+/// The domain names libvirt holds at `host`, running or not.
+fn defined(tb: &Testbed, host: u32) -> Vec<String> {
+    tb.host(host)
+        .virsh("list --all --name")
+        .map(|s| {
+            s.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn libvirt_returning_host_whose_libvirt_starts_a_stale_copy_stops_it() {
+    need_libvirt!();
+    let _serial = serial();
+    let mut tb = bed();
+    tb.start();
+    tb.wait_settled();
+    let [vm] = tb.host(2).vms()[..] else {
+        panic!("one domain on host2: {:?}", tb.placement());
+    };
+
+    // Host 2 dies; HA restarts its VM on host 1.
+    tb.kill_host(2);
+    let t1 = Instant::now();
+    let moved = tb.wait_moved_off(
+        &[vm],
+        &[2],
+        t1,
+        Duration::from_secs(40),
+        "host2's VM restarted on host1",
+    );
+    let on = tb.placement().get(&vm).cloned().unwrap_or_default();
+    let [kept] = on[..] else {
+        panic!("vm{vm} runs on {on:?}");
+    };
+
+    // Host 2 boots, and its libvirt starts the old domain before the agent runs. The agent turns
+    // autostart off on the domains it manages, so the flag is put back here, while the host is
+    // down, exactly as `virsh autostart` stores it (a link in the autostart directory of the
+    // host's /etc/libvirt/qemu, which survives the reboot): an operator set it by hand and the
+    // host died before the agent's next autostart check. Chosen over a `virsh start` after the
+    // boot because it is the real path (libvirtd starts the domain during its own start-up,
+    // before it answers any client, hence before any agent could act), and it is reliable here:
+    // libvirtd autostarts once per boot of its /run, which is a fresh tmpfs at every boot of the
+    // testbed's hosts; the wait below fails the case clearly if it ever did not.
+    let name = format!("fdmvm{vm}");
+    let qemu_etc = tb.host(2).dir.join("etc-libvirt").join("qemu");
+    assert!(
+        qemu_etc.join(format!("{name}.xml")).exists(),
+        "host2 kept no definition of {name} in {}",
+        qemu_etc.display()
+    );
+    std::fs::create_dir_all(qemu_etc.join("autostart")).expect("autostart dir");
+    std::os::unix::fs::symlink(
+        format!("/etc/libvirt/qemu/{name}.xml"),
+        qemu_etc.join("autostart").join(format!("{name}.xml")),
+    )
+    .expect("autostart link");
+    tb.boot_hypervisor(2);
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            domstate(&tb, 2, vm).starts_with("running") && tb.host(2).vms().contains(&vm)
+        }),
+        "host2's libvirt did not autostart {name}: {} (logs in {})",
+        domstate(&tb, 2, vm),
+        tb.root.display()
+    );
+    let mut both = vec![kept, 2];
+    both.sort();
+    assert_eq!(
+        tb.placement().get(&vm),
+        Some(&both),
+        "the stale copy and the restarted one both run before host2's agent starts"
+    );
+
+    // The agent starts: the stale copy must go, and with it its definition.
+    let t0 = Instant::now();
+    tb.start_agent(2);
+    let bound = Duration::from_secs(30);
+    let stopped = wait_until(bound, || {
+        (!tb.host(2).vms().contains(&vm)).then(|| t0.elapsed())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "host2's stale copy of vm{vm} still runs {bound:?} after its agent started: {} (logs in {})",
+            domstate(&tb, 2, vm),
+            tb.root.display()
+        )
+    });
+    let undefined = wait_until(bound, || {
+        (!defined(&tb, 2).contains(&name)).then(|| t0.elapsed())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "host2 still defines {name} {bound:?} after its agent started: {:?} (logs in {})",
+            defined(&tb, 2),
+            tb.root.display()
+        )
+    });
+    assert_eq!(
+        tb.placement().get(&vm),
+        Some(&vec![kept]),
+        "vm{vm} must run once, on host{kept} where HA restarted it"
+    );
+    // The only double run is the one made above, between the autostart and the stop.
+    let doubles = tb.take_doubles();
+    assert!(
+        doubles.iter().all(|d| d.vm == vm && d.hosts.contains(&2)),
+        "double runs other than the stale copy: {doubles:?}"
+    );
+
+    let log2 = std::fs::read_to_string(tb.host(2).log()).unwrap_or_default();
+    let master_logs: String = tb
+        .hosts
+        .iter()
+        .filter(|h| h.id != 2)
+        .map(|h| std::fs::read_to_string(h.log()).unwrap_or_default())
+        .collect();
+    // Either side may end it first (the agent's own check, or the master hearing the VM from
+    // two live hosts); a host ignores a stop of a VM it is already stopping.
+    let found = log2.contains("StaleCopyFound");
+    let sent = master_logs.contains("DuplicateCopyStopSent");
+    let stopping = log2.contains("StoppingStaleCopy");
+    assert!(
+        found || (sent && stopping),
+        "neither host2's StaleCopyFound nor the master's DuplicateCopyStopSent with host2's \
+         StoppingStaleCopy was logged (logs in {})",
+        tb.root.display()
+    );
+    println!(
+        "stale copy of vm{vm}: StaleCopyFound at host2 {found}, DuplicateCopyStopSent by the \
+         master {sent}, StoppingStaleCopy at host2 {stopping}"
+    );
+
+    // No restart follows: the same QEMU on the same host, no new restart or power-on of the VM.
+    let pid = tb
+        .host(kept)
+        .running()
+        .into_iter()
+        .find(|&(v, _)| v == vm)
+        .map(|(_, p)| p)
+        .expect("vm's QEMU on the host it was restarted to");
+    let (restarts, power_ons) = (
+        events_of(&tb, "RestartIssued", vm),
+        events_of(&tb, "PoweredOn", vm),
+    );
+    let changed = wait_until(NO_RESTART_WATCH, || {
+        let p = tb.placement();
+        let same = p.get(&vm) == Some(&vec![kept]) && tb.host(kept).running().contains(&(vm, pid));
+        (!same).then(|| format!("{p:?}"))
+    });
+    assert!(
+        changed.is_none(),
+        "vm{vm} moved or was restarted after the stale copy stopped: {changed:?} (logs in {})",
+        tb.root.display()
+    );
+    assert_eq!(
+        (
+            events_of(&tb, "RestartIssued", vm),
+            events_of(&tb, "PoweredOn", vm)
+        ),
+        (restarts, power_ons),
+        "restarts or power-ons of vm{vm} after the stale copy stopped (logs in {})",
+        tb.root.display()
+    );
+    assert!(
+        !defined(&tb, 2).contains(&name),
+        "{name} defined again at host2"
+    );
+    tb.assert_every_vm_once();
+    report(
+        "libvirt stale copy",
+        &[
+            ("restarted_elsewhere", moved.as_secs_f64()),
+            ("agent_start_to_stale_copy_stopped", stopped.as_secs_f64()),
+            (
+                "agent_start_to_stale_copy_undefined",
+                undefined.as_secs_f64(),
+            ),
+            ("watched_without_restart", NO_RESTART_WATCH.as_secs_f64()),
         ],
     );
 }
