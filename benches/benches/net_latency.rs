@@ -17,7 +17,7 @@
 //! wake-up adds a little on top of these numbers.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use fdm_agent::core::messages::{Message, SlaveHeartbeat};
+use fdm_agent::core::messages::{Handover, Message, SlaveHeartbeat};
 use fdm_agent::core::{Agent, AgentSettings, Role, Time, Timings, Verdict};
 use fdm_agent::wire::{Header, Key, seal};
 use fdm_benches::{Samples, iterations, md_percentiles, mono_ns};
@@ -116,7 +116,7 @@ fn master_agent(key: &Key) -> Agent {
     let mut agent = Agent::new(settings, Some(cluster_config()), now());
     // A hand-over from the sender is the shortest way to the master role without running an
     // election's worth of timers and datastore completions.
-    let y = seal_from_sender(key, YIELD_SEQ, &Message::Yield { to: RECEIVER });
+    let y = seal_from_sender(key, YIELD_SEQ, &Message::Yield(Handover { to: RECEIVER }));
     agent.handle_datagram(now(), &y);
     while agent.poll_output().is_some() {}
     assert_eq!(agent.role(), Role::Master, "receiver did not become master");

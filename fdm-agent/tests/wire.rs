@@ -4,8 +4,8 @@
 
 use fdm_agent::core::VmRunState;
 use fdm_agent::core::messages::{
-    MasterHeartbeat, Message, PowerOffCommand, PowerOffReason, PowerOnCommand, PowerOnResult,
-    SlaveHeartbeat, VM_REPORT_PART, VmReport, VmStatus,
+    CandidacyNotice, Handover, MasterHeartbeat, Message, PowerOffCommand, PowerOffReason,
+    PowerOnCommand, PowerOnResult, SlaveHeartbeat, VM_REPORT_PART, VmReport, VmStatus,
 };
 use fdm_agent::wire::*;
 use heartbeat_fs::{ClusterId, DatastoreId, Epoch, HostId, VmId};
@@ -46,10 +46,10 @@ fn hex(b: &[u8]) -> String {
 
 fn examples() -> Vec<Message> {
     vec![
-        Message::Candidacy {
+        Message::Candidacy(CandidacyNotice {
             reachable_datastores: 2,
             incumbent: false,
-        },
+        }),
         Message::MasterHeartbeat(MasterHeartbeat {
             round: 9,
             echo_seq: 77,
@@ -98,7 +98,7 @@ fn examples() -> Vec<Message> {
             stopped_by_operator: false,
             vm_generation: 7,
         }),
-        Message::Yield { to: HostId(4) },
+        Message::Yield(Handover { to: HostId(4) }),
         Message::PowerOff(PowerOffCommand {
             vm: VmId(4),
             reason: PowerOffReason::StaleCopy,

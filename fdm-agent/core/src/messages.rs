@@ -50,13 +50,24 @@ pub struct SlaveHeartbeat {
     pub config_generation: u64,
 }
 
+/// A host without a master stands for election: what the election compares it by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidacyNotice {
+    pub reachable_datastores: u32,
+    /// It is master already (an incumbent answering another candidate).
+    pub incumbent: bool,
+}
+
+/// A master that steps down hands the role over: `to` becomes master, everyone else follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    pub to: heartbeat_fs::HostId,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// A host without a master stands for election (sent to every configured host).
-    Candidacy {
-        reachable_datastores: u32,
-        incumbent: bool,
-    },
+    Candidacy(CandidacyNotice),
     /// Master -> every configured host, each heartbeat interval.
     MasterHeartbeat(MasterHeartbeat),
     /// Slave -> its master, each heartbeat interval.
@@ -68,7 +79,7 @@ pub enum Message {
     /// Target -> master: how that went.
     PowerOnResult(PowerOnResult),
     /// A master that steps down tells every host whom to follow.
-    Yield { to: heartbeat_fs::HostId },
+    Yield(Handover),
     /// Master -> the host running a VM: an operator asked HA to stop it (`fdmctl vm stop`), or the
     /// host's copy is the second one of a VM reported on two hosts.
     PowerOff(PowerOffCommand),
@@ -134,13 +145,13 @@ impl Message {
     /// The envelope's kind byte; pinned by golden tests, never reuse a number.
     pub fn kind(&self) -> u8 {
         match self {
-            Message::Candidacy { .. } => 1,
+            Message::Candidacy(_) => 1,
             Message::MasterHeartbeat(_) => 2,
             Message::SlaveHeartbeat(_) => 3,
             Message::VmReport(_) => 4,
             Message::PowerOn(_) => 5,
             Message::PowerOnResult { .. } => 6,
-            Message::Yield { .. } => 7,
+            Message::Yield(_) => 7,
             Message::PowerOff(_) => 8,
         }
     }

@@ -24,7 +24,9 @@ use super::cluster::ClusterView;
 use super::config::{AgentSettings, Timings, TimingsError};
 use super::events::{Event, Role, Verdict};
 use super::io::{HypervisorEvent, OperatorCommand, Output, Transmit, VmRunState};
-use super::messages::{MasterHeartbeat, Message, SlaveHeartbeat, VmReport};
+use super::messages::{
+    CandidacyNotice, Handover, MasterHeartbeat, Message, SlaveHeartbeat, VmReport,
+};
 use super::time::Time;
 use crate::wire::{self, DropCounters, Header, Key, Recipient, ReplayGuard};
 use election::Candidacy;
@@ -318,7 +320,7 @@ fn needs_bound_recipient(msg: &Message) -> bool {
         | Message::PowerOnResult(_)
         | Message::VmReport(_) => true,
         Message::MasterHeartbeat(hb) => hb.echo_seq != 0,
-        Message::Candidacy { .. } | Message::SlaveHeartbeat(_) | Message::Yield { .. } => false,
+        Message::Candidacy(_) | Message::SlaveHeartbeat(_) | Message::Yield(_) => false,
     }
 }
 
@@ -1026,10 +1028,10 @@ impl Agent {
 
     fn send_candidacy(&mut self, now: Time) {
         let c = self.my_candidacy(now);
-        let msg = Message::Candidacy {
+        let msg = Message::Candidacy(CandidacyNotice {
             reachable_datastores: c.reachable_datastores,
             incumbent: false,
-        };
+        });
         for h in self.other_hosts() {
             self.send(h, &msg);
         }
@@ -1114,10 +1116,10 @@ impl Agent {
             }
         }
         match msg {
-            Message::Candidacy {
+            Message::Candidacy(CandidacyNotice {
                 reachable_datastores,
                 incumbent,
-            } => {
+            }) => {
                 let c = Candidacy {
                     host: from,
                     reachable_datastores,
@@ -1160,7 +1162,7 @@ impl Agent {
                     self.master_on_power_on_result(now, from, result);
                 }
             }
-            Message::Yield { to } => {
+            Message::Yield(Handover { to }) => {
                 if to == self.settings.host {
                     if self.role() != Role::Master {
                         self.become_master(now, "previous master handed over");
@@ -1279,7 +1281,7 @@ impl Agent {
         self.master_release_claims(now);
         if let Some(to) = successor {
             for h in self.other_hosts() {
-                self.send(h, &Message::Yield { to });
+                self.send(h, &Message::Yield(Handover { to }));
             }
             if to != self.settings.host {
                 self.follow(now, to, reason);
