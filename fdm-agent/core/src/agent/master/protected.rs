@@ -136,8 +136,12 @@ impl Agent {
                 .unwrap_or_default();
             (std::cmp::Reverse(prio), *vm)
         });
-        let m = self.role.master_mut().expect("master");
-        let epoch = m.claims.get(&d).and_then(|c| c.held).map(|h| h.epoch);
+        let epoch = self
+            .role
+            .master()
+            .and_then(|m| m.claims.get(&d))
+            .and_then(|c| c.held)
+            .map(|h| h.epoch);
         let Some(epoch) = epoch else { return };
         for (vm, target, attempt) in ready {
             if let Some(t) = self.role.master_mut().and_then(|m| m.tracks.get_mut(&vm)) {
@@ -152,8 +156,6 @@ impl Agent {
     }
 
     pub(super) fn flush_protected(&mut self, now: Time) {
-        // A copy: ds_request below needs all of self.
-        let t = self.t.clone();
         let Some(m) = self.role.master_mut() else {
             return;
         };
@@ -178,7 +180,7 @@ impl Agent {
             if self
                 .role
                 .master()
-                .and_then(|m| m.held_valid(d, now, &t))
+                .and_then(|m| m.held_valid(d, now, &self.t))
                 .is_none()
             {
                 if let Some(pd) = self.role.master_mut().and_then(|m| m.protected.get_mut(&d)) {
