@@ -34,6 +34,15 @@ impl Daemon {
     }
 
     fn start(driver: &str, datastore: Option<&str>, extra: &str) -> Daemon {
+        Self::start_with_env(driver, datastore, extra, &[])
+    }
+
+    fn start_with_env(
+        driver: &str,
+        datastore: Option<&str>,
+        extra: &str,
+        env: &[(&str, &Path)],
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("secret"), "7e".repeat(32)).expect("secret");
         let ds = match datastore {
@@ -47,10 +56,20 @@ impl Daemon {
         let text = format!("{}{driver}", Self::config(dir.path(), extra, &ds));
         std::fs::write(dir.path().join("agent.toml"), text).expect("agent.toml");
         let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
-        let child = Command::new(EXE)
+        // systemd names the process its watchdog is for (WATCHDOG_PID): a shell that sets it to
+        // its own pid, then becomes the agent, does the same.
+        let mut cmd = if env.iter().any(|(k, _)| *k == "WATCHDOG_USEC") {
+            let mut c = Command::new("sh");
+            c.args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\"", EXE]);
+            c
+        } else {
+            Command::new(EXE)
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(dir.path().join("agent.toml"))
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -298,4 +317,98 @@ fn the_demo_fails_over_a_slave_and_a_master() {
             "{text}"
         );
     }
+}
+
+#[test]
+fn under_systemd_the_agent_says_ready_pings_the_watchdog_and_says_stopping() {
+    // systemd's side of `Type=notify` and `WatchdogSec`: a datagram socket in NOTIFY_SOCKET and
+    // the watchdog interval in WATCHDOG_USEC (here 400 ms: pings every 200 ms).
+    let sock_dir = tempfile::tempdir().expect("tempdir");
+    let path = sock_dir.path().join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let usec = Path::new("400000");
+    let mut d = Daemon::start_with_env(
+        PROCESS,
+        None,
+        "",
+        &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", usec)],
+    );
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = [0u8; 256];
+    let mut read_until = |seen: &mut Vec<String>, want: &dyn Fn(&[String]) -> bool| {
+        let end = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < end && !want(seen) {
+            if let Ok(n) = sock.recv(&mut buf) {
+                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        want(seen)
+    };
+    let pings = |s: &[String]| s.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(
+        read_until(&mut seen, &|s| s.iter().any(|m| m.contains("READY=1"))
+            && pings(s) >= 3),
+        "no READY=1 and watchdog pings: {seen:?}\n{}",
+        d.log()
+    );
+    assert!(
+        seen.iter().position(|m| m.contains("READY=1"))
+            < seen.iter().position(|m| m.contains("WATCHDOG=1")),
+        "ready before the first ping: {seen:?}"
+    );
+    d.signal(libc::SIGTERM);
+    assert!(
+        read_until(&mut seen, &|s| s.iter().any(|m| m.contains("STOPPING=1"))),
+        "no STOPPING=1 after SIGTERM: {seen:?}"
+    );
+    let mut child = d.child.take().expect("running");
+    let exit = wait_until(Duration::from_secs(5), || child.try_wait().unwrap())
+        .expect("no exit after SIGTERM");
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[test]
+fn the_shipped_systemd_units_verify() {
+    // `systemd-analyze verify` checks every directive and that the programs exist: the units are
+    // checked with /bin/true standing in for the binaries they install at /usr/bin.
+    let ok = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        println!("SKIPPED: systemd-analyze is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist");
+    let mut units = Vec::new();
+    for unit in ["fdm-agent.service", "fdm-shim.service"] {
+        let text = std::fs::read_to_string(dist.join(unit)).expect("unit");
+        for want in [
+            "Type=notify",
+            "NoNewPrivileges=yes",
+            "CapabilityBoundingSet=",
+            "Documentation=",
+        ] {
+            assert!(text.contains(want), "{unit} lacks {want}");
+        }
+        let text = text
+            .replace("/usr/bin/fdm-agent", "/bin/true")
+            .replace("/usr/bin/fdm-shim", "/bin/true");
+        let path = dir.path().join(unit);
+        std::fs::write(&path, text).expect("write unit");
+        units.push(path);
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
 }

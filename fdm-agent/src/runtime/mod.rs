@@ -10,6 +10,7 @@
 pub mod config;
 pub mod report;
 pub mod status;
+mod systemd;
 mod udp;
 
 use crate::core::{
@@ -354,6 +355,7 @@ pub async fn run(
             "this is a test build (fault knobs compiled in, all off); build for production with `cargo build --release -p fdm-agent`"
         );
     }
+    let mut systemd = systemd::Systemd::ready();
 
     loop {
         // Carry out everything the core asked for.
@@ -428,6 +430,7 @@ pub async fn run(
                 .collect();
             driver.set_known_vms(&vms);
         }
+        systemd.tick();
         if events_since_publish
             || last_publish.is_none_or(|t| t.elapsed() >= Duration::from_millis(200))
         {
@@ -479,10 +482,12 @@ pub async fn run(
             }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: handing over and stopping");
+                systemd.stopping();
                 agent.handle_command(now(), OperatorCommand::Shutdown);
                 shutting_down = Some(Instant::now());
             }
             _ = stopper, if shutting_down.is_none() => {
+                systemd.stopping();
                 agent.handle_command(now(), OperatorCommand::Shutdown);
                 shutting_down = Some(Instant::now());
                 stop = None;

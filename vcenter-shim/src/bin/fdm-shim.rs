@@ -63,6 +63,8 @@ async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // journald and log files get plain text; colour only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let token = cli::read_token(&args.token_file)?;
@@ -99,6 +101,10 @@ async fn main() -> Result<()> {
     let mut out = std::io::stdout();
     writeln!(out, "fdm-shim listening on http://{addr}")?;
     out.flush()?;
+    // systemd (`Type=notify`): the store is open, the datastores loaded, the API listening.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "systemd notification failed");
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await?;
@@ -127,4 +133,5 @@ async fn shutdown() {
         let _ = ctrl_c.await;
     }
     tracing::info!("shutting down");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
 }
