@@ -134,6 +134,18 @@ pub enum IsolationResponse {
     LeaveRunning,
 }
 
+/// The words the operator documentation uses (`power-off`, `shutdown`, `leave-running`), for
+/// events and logs; the API and `fdmctl` flags take the serde names.
+impl std::fmt::Display for IsolationResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IsolationResponse::PowerOff => "power-off",
+            IsolationResponse::Shutdown => "shutdown",
+            IsolationResponse::LeaveRunning => "leave-running",
+        })
+    }
+}
+
 /// What a host does with a VM whose home datastore it lost while the cluster's network is whole
 /// (a storage outage, not a host failure): see `docs/safety.md`, "Storage outages".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -1108,7 +1108,7 @@ impl Agent {
             self.isolation.responded.insert(vm);
             if self.paused() {
                 self.emit(Event::ActionSuppressed {
-                    what: format!("isolation response {} for {vm}", response_word(response)),
+                    what: format!("isolation response {response} for {vm}"),
                 });
                 continue;
             }
@@ -1373,14 +1373,6 @@ impl Agent {
         if !unsafe_to_kick {
             self.outputs.push_back(Output::KickWatchdog);
         }
-    }
-}
-
-fn response_word(r: IsolationResponse) -> &'static str {
-    match r {
-        IsolationResponse::PowerOff => "power-off",
-        IsolationResponse::Shutdown => "shutdown",
-        IsolationResponse::LeaveRunning => "leave-running",
     }
 }
 
