@@ -266,9 +266,13 @@ mod tests {
         ReportEvent {
             seq,
             unix_ms: 1000 + seq,
+            name: "verdict-changed".into(),
             kind: "verdict".into(),
             host: Some(HostId(2)),
             vm: None,
+            datastore: None,
+            verdict: Some("dead".into()),
+            reason: Some("no probe answer".into()),
             message: format!("event {seq}"),
         }
     }

@@ -535,9 +535,13 @@ fn event(seq: u64, kind: &str) -> ReportEvent {
     ReportEvent {
         seq,
         unix_ms: 1_700_000_000_000 + seq,
+        name: format!("{kind}-event"),
         kind: kind.into(),
         host: Some(HostId(2)),
         vm: Some(VmId(7)),
+        datastore: None,
+        verdict: None,
+        reason: None,
         message: format!("event number {seq}"),
     }
 }

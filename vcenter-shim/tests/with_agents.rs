@@ -350,7 +350,9 @@ fn agents_follow_the_shims_config_and_fail_over_while_it_is_down() {
                 .iter()
                 .any(|e| {
                     e["kind"] == "verdict"
-                        && e["message"].as_str().is_some_and(|m| m.contains("Dead"))
+                        && e["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("declared dead"))
                 })
                 .then_some(())
         })
