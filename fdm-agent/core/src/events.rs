@@ -502,7 +502,7 @@ pub(crate) fn count(n: u32, thing: &str) -> String {
 fn span(ms: u64) -> String {
     match ms {
         0..1_000 => format!("{ms} ms"),
-        1_000..120_000 if ms % 1_000 == 0 => format!("{} s", ms / 1_000),
+        1_000..120_000 if ms.is_multiple_of(1_000) => format!("{} s", ms / 1_000),
         1_000..120_000 => format!("{:.1} s", ms as f64 / 1_000.0),
         120_000..7_200_000 => format!("{} min", ms / 60_000),
         _ => format!("{} h", ms / 3_600_000),
