@@ -628,7 +628,13 @@ impl Agent {
                 });
                 self.fail_power_on(vm, p, format!("refused: {reason}"));
             }
-            Ok(other) => self.fail_power_on(vm, p, format!("unexpected datastore reply {other:?}")),
+            // Not a reply an intent check gives (a bug): reported to the master in words, as
+            // every failure reason reaches operators.
+            Ok(_) => self.fail_power_on(
+                vm,
+                p,
+                "unexpected datastore reply to the intent check".into(),
+            ),
             Err(e) => self.fail_power_on(vm, p, format!("intent check failed: {e}")),
         }
     }
