@@ -382,30 +382,15 @@ impl Drop for Cluster {
     }
 }
 
-/// `host 2: alive -> unreachable` from a logged `VerdictChanged` event, `role: master -> slave` from
-/// a `RoleChanged` one.
+/// A verdict or role change in the events' own words (`host-2 declared unreachable: ...`,
+/// `role changed from master to candidate: ...`), from a JSON log line, told apart by its `event`
+/// field.
 fn describe_change(line: &str) -> Option<String> {
-    let word = |after: &str| -> String {
-        line.split_once(after)
-            .map(|(_, r)| {
-                r.chars()
-                    .take_while(|c| c.is_ascii_alphanumeric())
-                    .collect::<String>()
-                    .to_lowercase()
-            })
-            .unwrap_or_default()
-    };
-    if line.contains("VerdictChanged") {
-        Some(format!(
-            "verdict on host {}: {} -> {}",
-            word("subject: HostId("),
-            word("from: "),
-            word("to: ")
-        ))
-    } else if line.contains("RoleChanged") {
-        Some(format!("role {} -> {}", word("from: "), word("to: ")))
-    } else {
-        None
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = &v["fields"];
+    match fields["event"].as_str()? {
+        "verdict-changed" | "role-changed" => fields["message"].as_str().map(str::to_string),
+        _ => None,
     }
 }
 

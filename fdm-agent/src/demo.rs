@@ -62,6 +62,24 @@ fn status(h: &Host) -> Option<serde_json::Value> {
         .and_then(|s| serde_json::from_str(&s).ok())
 }
 
+/// `items` in words, `a, b, c`, or `none`.
+fn words<T>(items: &[T], word: impl Fn(&T) -> String) -> String {
+    if items.is_empty() {
+        return "none".into();
+    }
+    items.iter().map(word).collect::<Vec<_>>().join(", ")
+}
+
+/// VM numbers as the events name them: `vm-1, vm-5`.
+fn vms(ids: &[u32]) -> String {
+    words(ids, |&v| VmId(v).to_string())
+}
+
+/// Host numbers as the events name them: `host-1, host-3`.
+fn hosts_of(ids: &[u32]) -> String {
+    words(ids, |&h| HostId(h).to_string())
+}
+
 struct Clock(Instant);
 impl Clock {
     fn say(&self, what: impl AsRef<str>) {
@@ -138,7 +156,8 @@ pub fn run(keep: bool, kill_master: bool) -> anyhow::Result<bool> {
         h.agent = Some(child);
     }
     clock.say(format!(
-        "started {HOSTS} agents on 127.0.0.1 ports {ports:?}"
+        "started {HOSTS} agents on 127.0.0.1 ports {}",
+        words(&ports, |p| p.to_string())
     ));
 
     let outcome = drive(&clock, &mut hosts, kill_master, &ledger);
@@ -217,11 +236,11 @@ fn drive(
     }) else {
         anyhow::bail!("no master with every host alive after 30 s (see the agents' logs)");
     };
-    clock.say(format!("host{master} is master; every host alive"));
+    clock.say(format!("{} is master; every host alive", HostId(master)));
     // Let the master take its datastore claims and settle (docs/timings.md).
     std::thread::sleep(Duration::from_secs(4));
     for (vm, on) in placement(hosts) {
-        clock.say(format!("vm{vm} runs on host{}", on[0]));
+        clock.say(format!("{} runs on {}", VmId(vm), HostId(on[0])));
     }
     let victim = if kill_master {
         master
@@ -231,7 +250,9 @@ fn drive(
     let lost: Vec<u32> = hosts[victim as usize - 1].running();
     println!();
     clock.say(format!(
-        "*** host{victim} dies: its agent and its VMs {lost:?} are killed ***"
+        "*** {} dies: its agent and its VMs {} are killed ***",
+        HostId(victim),
+        vms(&lost)
     ));
     let killed_at = Instant::now();
     hosts[victim as usize - 1].kill();
@@ -246,7 +267,7 @@ fn drive(
         if let Some((m, s)) = master_of(hosts) {
             if m != master && new_master.is_none() {
                 new_master = Some(m);
-                clock.say(format!("t+{since:.3}s host{m} is the new master"));
+                clock.say(format!("t+{since:.3}s {} is the new master", HostId(m)));
             }
             let verdict = s["hosts"]
                 .as_array()
@@ -255,18 +276,19 @@ fn drive(
             if dead_at.is_none() && verdict.as_ref().is_some_and(|v| v == "dead") {
                 dead_at = Some(since);
                 clock.say(format!(
-                    "t+{since:.3}s master host{m} declares host{victim} DEAD"
+                    "t+{since:.3}s master {} declares {} DEAD",
+                    HostId(m),
+                    HostId(victim)
                 ));
             }
-            for e in s["events"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.as_str())
-            {
-                if e.contains("RestartIssued") && !issued.contains_key(e) {
-                    issued.insert(e.to_string(), since);
-                    let what = e.split_once(' ').map_or(e, |(_, r)| r);
+            // The master's events as `fdm-agent status` shows them: told apart by name, narrated
+            // in their own words.
+            for e in s["events"].as_array().into_iter().flatten() {
+                let Some(what) = e["message"].as_str() else {
+                    continue;
+                };
+                if e["name"] == "restart-issued" && !issued.contains_key(what) {
+                    issued.insert(what.to_string(), since);
                     clock.say(format!("t+{since:.3}s {what}"));
                 }
             }
@@ -274,13 +296,18 @@ fn drive(
         for (vm, on) in placement(hosts) {
             if on.len() > 1 {
                 twice = true;
-                clock.say(format!("!!! vm{vm} runs on {on:?} at once"));
+                clock.say(format!(
+                    "!!! {} runs on {} at once",
+                    VmId(vm),
+                    hosts_of(&on)
+                ));
             }
             if lost.contains(&vm) && !back.contains_key(&vm) {
                 back.insert(vm, (on[0], since));
                 clock.say(format!(
-                    "t+{since:.3}s vm{vm} running again on host{}",
-                    on[0]
+                    "t+{since:.3}s {} running again on {}",
+                    VmId(vm),
+                    HostId(on[0])
                 ));
             }
         }
@@ -294,7 +321,11 @@ fn drive(
     }
     println!();
     println!("summary");
-    println!("  killed host             host{victim} (VMs {lost:?})");
+    println!(
+        "  killed host             {} (VMs {})",
+        HostId(victim),
+        vms(&lost)
+    );
     match dead_at {
         Some(t) => println!("  dead verdict after      {t:.3} s"),
         None => println!("  dead verdict            not seen"),
@@ -306,13 +337,7 @@ fn drive(
         println!("  all VMs running again   {t:.3} s");
     }
     for (vm, on) in placement(hosts) {
-        println!(
-            "  vm{vm:<3} on host{}",
-            on.iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",host")
-        );
+        println!("  {:<5} on {}", VmId(vm).to_string(), hosts_of(&on));
     }
     // A VM process writes its start record first thing; give the last ones a moment.
     std::thread::sleep(Duration::from_millis(300));

@@ -7,6 +7,8 @@ mod demo;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fdm_agent::runtime::config::{AgentConfig, ConfigError};
+use fdm_agent::runtime::report::wall_clock;
+use heartbeat_fs::records::ReportEvent;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -203,10 +205,12 @@ fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
             );
         }
     }
-    if let Some(ev) = v["events"].as_array() {
+    // The events as the master's report carries them: a wall-clock time and the event in words.
+    let events: Vec<ReportEvent> = serde_json::from_value(v["events"].clone()).unwrap_or_default();
+    if !events.is_empty() {
         println!("\nlast events:");
-        for e in ev {
-            println!("  {}", e.as_str().unwrap_or(""));
+        for e in &events {
+            println!("  {}  {}", wall_clock(e.unix_ms), e.message);
         }
     }
     Ok(())

@@ -39,6 +39,11 @@ pub const FORMAT_VERSION: u16 = 1;
 /// restart limit, the same-host wait and the storage-outage settings. A reader of another version
 /// ignores the record (postcard has no field tags, so decoding it anyway would misread it).
 pub const RECORD_FORMAT_VERSION: u16 = 2;
+/// Format version of the cluster report alone, which only the management plane reads, so that it
+/// can change without making agents ignore each other's lists and configurations. 3: each event
+/// carries its name, datastore, verdict and reason. Version 2 reports (older masters) still decode,
+/// without those fields.
+pub const REPORT_FORMAT_VERSION: u16 = 3;
 pub const HEARTBEAT_MAGIC: [u8; 8] = *b"FDMHBEAT";
 pub const CLAIM_MAGIC: [u8; 8] = *b"FDMCLAIM";
 pub const VARIABLE_MAGIC: [u8; 8] = *b"FDMVREC\0";
@@ -181,12 +186,16 @@ pub fn decode_claim(b: &[u8]) -> Result<DatastoreClaim, DecodeError> {
 }
 
 fn encode_variable<T: Serialize>(kind: u16, value: &T) -> Vec<u8> {
+    encode_variable_version(kind, RECORD_FORMAT_VERSION, value)
+}
+
+fn encode_variable_version<T: Serialize>(kind: u16, version: u16, value: &T) -> Vec<u8> {
     // postcard into a Vec cannot fail for these types (no maps with non-string keys, no
     // unsupported serde features); an error here is a programming error, not bad input.
     let body = postcard::to_stdvec(value).expect("records always serialize");
     let mut out = Vec::with_capacity(VARIABLE_HEADER + body.len());
     out.extend_from_slice(&VARIABLE_MAGIC);
-    out.extend_from_slice(&RECORD_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&kind.to_le_bytes());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     let mut h = crc32fast::Hasher::new();
@@ -198,6 +207,20 @@ fn encode_variable<T: Serialize>(kind: u16, value: &T) -> Vec<u8> {
 }
 
 fn decode_variable<T: DeserializeOwned>(kind: u16, b: &[u8]) -> Result<T, DecodeError> {
+    decode_body(open_variable(kind, &[RECORD_FORMAT_VERSION], b)?.1)
+}
+
+fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    postcard::from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// The checks every variable record passes (size, magic, one of the `versions` its reader knows,
+/// kind, length, CRC): its format version and body.
+fn open_variable<'b>(
+    kind: u16,
+    versions: &[u16],
+    b: &'b [u8],
+) -> Result<(u16, &'b [u8]), DecodeError> {
     if b.len() < VARIABLE_HEADER {
         if !b.is_empty() && b.iter().all(|&x| x == 0) {
             return Err(DecodeError::Zeroed);
@@ -220,7 +243,7 @@ fn decode_variable<T: DeserializeOwned>(kind: u16, b: &[u8]) -> Result<T, Decode
         return Err(DecodeError::BadMagic);
     }
     let version = u16_at(b, 8);
-    if version != RECORD_FORMAT_VERSION {
+    if !versions.contains(&version) {
         return Err(DecodeError::UnsupportedVersion(version));
     }
     let got = u16_at(b, 10);
@@ -253,7 +276,7 @@ fn decode_variable<T: DeserializeOwned>(kind: u16, b: &[u8]) -> Result<T, Decode
     if h.finalize() != u32_at(b, 16) {
         return Err(DecodeError::BadCrc);
     }
-    postcard::from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))
+    Ok((version, body))
 }
 
 pub fn encode_power_on_list(l: &PowerOnList) -> Vec<u8> {
@@ -275,8 +298,164 @@ pub fn decode_config(b: &[u8]) -> Result<ClusterConfig, DecodeError> {
     decode_variable(KIND_CONFIG, b)
 }
 pub fn encode_report(r: &ClusterReport) -> Vec<u8> {
-    encode_variable(KIND_REPORT, r)
+    encode_variable_version(KIND_REPORT, REPORT_FORMAT_VERSION, r)
 }
+/// A report of this format version, or of version 2 (an older master's, its events without the
+/// fields version 3 added).
 pub fn decode_report(b: &[u8]) -> Result<ClusterReport, DecodeError> {
-    decode_variable(KIND_REPORT, b)
+    match open_variable(KIND_REPORT, &[REPORT_FORMAT_VERSION, 2], b)? {
+        (REPORT_FORMAT_VERSION, body) => decode_body(body),
+        (_, body) => decode_body::<v2::ClusterReport>(body).map(ClusterReport::from),
+    }
+}
+
+/// The cluster report as format version 2 laid it out (`docs/formats.md`): the same fields but
+/// for the events'.
+mod v2 {
+    use crate::ids::{ClusterId, Epoch, HostId, VmId};
+    use crate::records::{ReportEvent as Current, ReportedHost, ReportedVm};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(super) struct ClusterReport {
+        cluster: ClusterId,
+        master: HostId,
+        master_incarnation: u64,
+        epoch: Epoch,
+        sequence: u64,
+        unix_ms: u64,
+        config_generation: u64,
+        ha_paused: bool,
+        hosts: Vec<ReportedHost>,
+        vms: Vec<ReportedVm>,
+        events: Vec<ReportEvent>,
+    }
+
+    #[derive(Deserialize)]
+    struct ReportEvent {
+        seq: u64,
+        unix_ms: u64,
+        kind: String,
+        host: Option<HostId>,
+        vm: Option<VmId>,
+        message: String,
+    }
+
+    impl From<ClusterReport> for super::ClusterReport {
+        fn from(r: ClusterReport) -> Self {
+            super::ClusterReport {
+                cluster: r.cluster,
+                master: r.master,
+                master_incarnation: r.master_incarnation,
+                epoch: r.epoch,
+                sequence: r.sequence,
+                unix_ms: r.unix_ms,
+                config_generation: r.config_generation,
+                ha_paused: r.ha_paused,
+                hosts: r.hosts,
+                vms: r.vms,
+                events: r
+                    .events
+                    .into_iter()
+                    .map(|e| Current {
+                        seq: e.seq,
+                        unix_ms: e.unix_ms,
+                        name: String::new(),
+                        kind: e.kind,
+                        host: e.host,
+                        vm: e.vm,
+                        datastore: None,
+                        verdict: None,
+                        reason: None,
+                        message: e.message,
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::*;
+        use crate::records::{ReportEvent, ReportedHost};
+        use serde::Serialize;
+
+        /// What an older master wrote, field for field.
+        #[derive(Serialize)]
+        struct OldReport {
+            cluster: ClusterId,
+            master: HostId,
+            master_incarnation: u64,
+            epoch: Epoch,
+            sequence: u64,
+            unix_ms: u64,
+            config_generation: u64,
+            ha_paused: bool,
+            hosts: Vec<ReportedHost>,
+            vms: Vec<crate::records::ReportedVm>,
+            events: Vec<OldEvent>,
+        }
+
+        #[derive(Serialize)]
+        struct OldEvent {
+            seq: u64,
+            unix_ms: u64,
+            kind: String,
+            host: Option<HostId>,
+            vm: Option<crate::ids::VmId>,
+            message: String,
+        }
+
+        #[test]
+        fn an_older_masters_report_still_decodes() {
+            let old = OldReport {
+                cluster: ClusterId(1),
+                master: HostId(2),
+                master_incarnation: 9,
+                epoch: Epoch(4),
+                sequence: 3,
+                unix_ms: 1_700_000_000_000,
+                config_generation: 5,
+                ha_paused: false,
+                hosts: vec![ReportedHost {
+                    host: HostId(3),
+                    verdict: "dead".into(),
+                    network_age_ms: None,
+                }],
+                vms: vec![],
+                events: vec![OldEvent {
+                    seq: 7,
+                    unix_ms: 1_700_000_000_001,
+                    kind: "verdict".into(),
+                    host: Some(HostId(3)),
+                    vm: None,
+                    message: "VerdictChanged { .. }".into(),
+                }],
+            };
+            let bytes = encode_variable_version(KIND_REPORT, 2, &old);
+            let r = decode_report(&bytes).expect("a version 2 report decodes");
+            assert_eq!((r.master, r.sequence, r.hosts.len()), (HostId(2), 3, 1));
+            assert_eq!(
+                r.events,
+                vec![ReportEvent {
+                    seq: 7,
+                    unix_ms: 1_700_000_000_001,
+                    name: String::new(),
+                    kind: "verdict".into(),
+                    host: Some(HostId(3)),
+                    vm: None,
+                    datastore: None,
+                    verdict: None,
+                    reason: None,
+                    message: "VerdictChanged { .. }".into(),
+                }]
+            );
+            // Any other version is refused, as for every record.
+            let bytes = encode_variable_version(KIND_REPORT, 1, &old);
+            assert_eq!(
+                decode_report(&bytes),
+                Err(DecodeError::UnsupportedVersion(1))
+            );
+        }
+    }
 }

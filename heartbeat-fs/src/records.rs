@@ -134,6 +134,18 @@ pub enum IsolationResponse {
     LeaveRunning,
 }
 
+/// The words the operator documentation uses (`power-off`, `shutdown`, `leave-running`), for
+/// events and logs; the API and `fdmctl` flags take the serde names.
+impl std::fmt::Display for IsolationResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IsolationResponse::PowerOff => "power-off",
+            IsolationResponse::Shutdown => "shutdown",
+            IsolationResponse::LeaveRunning => "leave-running",
+        })
+    }
+}
+
 /// What a host does with a VM whose home datastore it lost while the cluster's network is whole
 /// (a storage outage, not a host failure): see `docs/safety.md`, "Storage outages".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -485,12 +497,23 @@ pub enum LayoutError {
 pub struct ReportEvent {
     /// Strictly increases within one (master, incarnation); the management plane keys on all three.
     pub seq: u64,
-    /// Milliseconds since the Unix epoch on the master's clock (for display only; never compared).
+    /// Milliseconds since the Unix epoch on the master's clock (for display only; never compared);
+    /// 0 when the master could not read its clock.
     pub unix_ms: u64,
+    /// The event's own name, kebab-case: `verdict-changed`, `restart-issued`, ... (empty in a
+    /// report of format version 2, which did not carry it).
+    pub name: String,
     /// Short machine-readable kind: `verdict`, `restart`, `isolation`, `role`, `suppressed`, ...
     pub kind: String,
+    /// The host the event is about (a judged host, a restart's target), not the master.
     pub host: Option<HostId>,
     pub vm: Option<VmId>,
+    pub datastore: Option<DatastoreId>,
+    /// A verdict change's new verdict: `alive`, `unreachable`, `partitioned`, `isolated`, `dead`.
+    pub verdict: Option<String>,
+    /// Why, where the event says (a verdict's reason, an error).
+    pub reason: Option<String>,
+    /// The event in words, as the agent's logs and `fdm-agent status` show it.
     pub message: String,
 }
 

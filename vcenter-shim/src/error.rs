@@ -28,6 +28,9 @@ pub enum ShimError {
     GenerationExhausted(u64),
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The database's schema could not be brought to this version's (or is a newer shim's).
+    #[error("database schema: {0}")]
+    Schema(#[from] rusqlite_migration::Error),
     /// A row in the database does not decode: written by another version or edited by hand.
     #[error("database holds an unreadable {what}: {message}")]
     Corrupt { what: String, message: String },
@@ -59,7 +62,9 @@ impl ShimError {
             Self::Invalid { .. } => 400,
             Self::NotFound { .. } => 404,
             Self::Conflict { .. } | Self::Admission { .. } => 409,
-            Self::Db(_) | Self::Corrupt { .. } | Self::GenerationExhausted(_) => 500,
+            Self::Db(_) | Self::Schema(_) | Self::Corrupt { .. } | Self::GenerationExhausted(_) => {
+                500
+            }
         }
     }
 
@@ -79,7 +84,7 @@ impl ShimError {
                 Some((**report).clone()),
             ),
             Self::Db(e) => ("internal", None, format!("database: {e}"), None),
-            Self::Corrupt { .. } | Self::GenerationExhausted(_) => {
+            Self::Schema(_) | Self::Corrupt { .. } | Self::GenerationExhausted(_) => {
                 ("internal", None, self.to_string(), None)
             }
         };

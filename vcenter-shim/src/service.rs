@@ -7,13 +7,13 @@ use crate::admission::{self, AdmissionReport};
 use crate::dsio::{DatastoreIo, DsStatus, DsWriteResult};
 use crate::error::ShimError;
 use crate::model::{AdmissionMode, Inventory};
-use crate::store::{Store, StoredEvent};
+use crate::store::{Retention, Store, StoredEvent};
 use crate::validate;
 use heartbeat_fs::records::{ClusterReport, ReportedHost, ReportedVm};
 use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Answer to every successful write (a removal answers only this; other writes answer
 /// `model::WriteAnswer`, this and the object stored).
@@ -101,7 +101,14 @@ pub struct Shim {
     write_gate: tokio::sync::Mutex<()>,
     io: Arc<DatastoreIo>,
     report: Mutex<Option<CurrentReport>>,
-    event_retention: u64,
+    event_retention: Retention,
+}
+
+/// The shim's wall clock in milliseconds since the Unix epoch (0 before 1970: a broken clock).
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -149,7 +156,7 @@ impl Shim {
         mut store: Store,
         default_cluster: ClusterId,
         io: DatastoreIo,
-        event_retention: u64,
+        event_retention: Retention,
     ) -> Result<Self, ShimError> {
         let inv = store.load_inventory(default_cluster)?;
         Ok(Self {
@@ -266,38 +273,53 @@ impl Shim {
         lock(&self.store).events_since(since, limit)
     }
 
-    /// One poll: read every datastore's report, store new events, keep the newest report.
+    /// One poll: read every datastore's report, store the events never stored before, apply the
+    /// event retention, keep the newest report.
     pub async fn poll_reports(&self) {
         let inv = self.inventory();
         let reports = self
             .io
             .read_reports(inv.datastores.values().cloned().collect())
             .await;
-        for (ds, report) in reports {
+        let mut batches = Vec::new();
+        for (ds, report) in &reports {
             if report.cluster != inv.cluster {
                 tracing::warn!(datastore = %ds, cluster = %report.cluster, "report from another cluster ignored");
                 continue;
             }
             if !report.events.is_empty() {
-                let store = self.store.clone();
-                let (master, inc, events, keep) = (
+                batches.push((
+                    *ds,
                     report.master,
                     report.master_incarnation,
                     report.events.clone(),
-                    self.event_retention,
-                );
-                let r = tokio::task::spawn_blocking(move || {
-                    lock(&store).insert_events(master, inc, &events, keep)
-                })
-                .await;
-                match r {
-                    Ok(Ok(n)) if n > 0 => {
-                        tracing::debug!(datastore = %ds, new = n, "events stored")
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "storing events failed"),
-                    Err(e) => tracing::warn!(error = %e, "event task failed"),
+                ));
+            }
+        }
+        // Every poll prunes, also with no report to read (no master), so that age retention runs.
+        let store = self.store.clone();
+        let retention = self.event_retention;
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut store = lock(&store);
+            let now = unix_ms_now();
+            for (ds, master, inc, events) in batches {
+                match store.insert_events(master, inc, &events, now) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(datastore = %ds, new = n, "events stored"),
+                    Err(e) => tracing::warn!(error = %e, "storing events failed"),
                 }
+            }
+            if let Err(e) = store.prune_events(now, retention) {
+                tracing::warn!(error = %e, "deleting old events failed");
+            }
+        })
+        .await;
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "event task failed");
+        }
+        for (ds, report) in reports {
+            if report.cluster != inv.cluster {
+                continue;
             }
             let mut cur = lock(&self.report);
             let newer = match cur.as_ref() {

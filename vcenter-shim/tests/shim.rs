@@ -58,6 +58,11 @@ impl Drop for Server {
 impl Server {
     /// Start fdm-shim with datastore 2 reachable only through a `--datastore-root` override.
     fn start() -> Server {
+        Self::start_keeping(1000)
+    }
+
+    /// The same, keeping only the newest `events` events.
+    fn start_keeping(events: u64) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
@@ -74,7 +79,8 @@ impl Server {
             .arg("--datastore-root")
             .arg(format!("2={}", dir.path().join("ds2-real").display()))
             .args(["--poll-interval-ms", "100", "--retry-interval-ms", "200"])
-            .args(["--io-timeout-ms", "3000", "--event-retention", "1000"])
+            .args(["--io-timeout-ms", "3000", "--event-retention"])
+            .arg(events.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -535,9 +541,13 @@ fn event(seq: u64, kind: &str) -> ReportEvent {
     ReportEvent {
         seq,
         unix_ms: 1_700_000_000_000 + seq,
+        name: format!("{kind}-event"),
         kind: kind.into(),
         host: Some(HostId(2)),
         vm: Some(VmId(7)),
+        datastore: None,
+        verdict: None,
+        reason: None,
         message: format!("event number {seq}"),
     }
 }
@@ -661,6 +671,70 @@ fn events_are_stored_once_and_served_in_order() {
     assert_eq!(st["report"]["sequence"], 2);
 }
 
+/// Issue 16's bug through the server and `fdmctl events --follow`: each report carries more
+/// events than retention keeps, so retention deletes events the next report still carries; they
+/// must not come back (with new ids) for the API's pages or the follower.
+#[test]
+fn events_followed_across_retention_passes_are_never_seen_twice() {
+    let s = Server::start_keeping(3);
+    s.basic_inventory();
+    let dir = DatastoreDir::open(s.ds1()).unwrap();
+    let mut follower = Follower::start(&s);
+    let mut seen: Vec<(i64, u64)> = Vec::new();
+    for last in 1..=10u64 {
+        let events = (last.saturating_sub(7).max(1)..=last)
+            .map(|seq| event(seq, "restart"))
+            .collect();
+        dir.write_report(&report(last, events)).unwrap();
+        let since = seen.last().map_or(0, |(id, _)| *id);
+        let page = wait_until(Duration::from_secs(10), || {
+            let (_, v) = s.call("GET", &format!("/v1/events?since={since}"), None);
+            let page: Vec<(i64, u64)> = v
+                .as_array()?
+                .iter()
+                .map(|e| Some((e["id"].as_i64()?, e["seq"].as_u64()?)))
+                .collect::<Option<_>>()?;
+            page.iter().any(|(_, seq)| *seq == last).then_some(page)
+        })
+        .unwrap_or_else(|| panic!("event {last} not stored"));
+        seen.extend(page);
+        follower.wait_for_line(&format!("event number {last}"));
+        // Several polls read the same report (and prune) before the next one is written.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (_, left) = s.call("GET", "/v1/events", None);
+    assert_eq!(
+        left.as_array().unwrap().len(),
+        3,
+        "retention keeps 3: {left}"
+    );
+    // Every event once, in order, with ids that count them.
+    assert_eq!(
+        seen,
+        (1..=10).map(|n| (n as i64, n)).collect::<Vec<_>>(),
+        "an event was served twice or out of order"
+    );
+    // The follower polls once a second: give it two more rounds to (wrongly) print history again.
+    follower.drain(Duration::from_millis(2500));
+    let (_, later) = s.call("GET", "/v1/events?since=10", None);
+    assert_eq!(later, json!([]), "history stored again");
+    for n in 1..=10 {
+        let lines = follower
+            .seen
+            .iter()
+            .filter(|l| {
+                l.contains(&format!("event number {n}"))
+                    && !l.contains(&format!("event number {n}0"))
+            })
+            .count();
+        assert_eq!(
+            lines, 1,
+            "event {n} printed {lines} times: {:?}",
+            follower.seen
+        );
+    }
+}
+
 /// A running `fdmctl events --follow`, killed when the test ends, also when it fails.
 struct Follower {
     child: Child,
@@ -704,6 +778,19 @@ impl Follower {
                     self.seen
                 ),
             }
+        }
+    }
+}
+
+impl Follower {
+    /// Whatever else it prints within `time`.
+    fn drain(&mut self, time: Duration) {
+        let deadline = Instant::now() + time;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(line);
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The management plane with real agents: the inventory is declared through `fdm-shim`, reaches
 //! three `fdm-agent` processes through the datastores, a later change is picked up by them, and
 //! with the shim stopped they go on failing over VMs; the events of that failover reach the shim
-//! when it returns. Loopback only, no root.
+//! when it returns. Along the way, everything an operator reads (`fdmctl status` and `events`,
+//! `fdm-agent status`, the status page and the JSON it renders) is checked for Rust debug text.
+//! Loopback only, no root.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use fdm_agent::driver::process::running_vm_pids;
@@ -16,18 +18,27 @@ use std::time::Duration;
 const TOKEN: &str = "agents-test-token-42";
 const HOSTS: u32 = 3;
 
-/// The agent binary of the same build (built on demand when only this package's tests were built).
+/// The agent binary of the same build. Always brought up to date (a no-op when it is): cargo
+/// builds it for this package's tests only when it is missing, and a stale one from an earlier
+/// build would test old agent code.
 fn agent_exe() -> PathBuf {
     let shim = PathBuf::from(env!("CARGO_BIN_EXE_fdm-shim"));
     let exe = shim.with_file_name("fdm-agent");
-    if !exe.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-q", "-p", "fdm-agent", "--bin", "fdm-agent"])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "building fdm-agent failed");
+    let release = shim
+        .parent()
+        .and_then(|d| d.file_name())
+        .is_some_and(|d| d == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "-q", "-p", "fdm-agent", "--bin", "fdm-agent"]);
+    if release {
+        build.arg("--release");
     }
+    assert!(
+        build.status().is_ok_and(|s| s.success()),
+        "building fdm-agent failed"
+    );
+    assert!(exe.exists(), "no {} after building it", exe.display());
     exe
 }
 
@@ -97,6 +108,92 @@ impl Shim {
             .cloned()
             .or_else(|| v["events"].as_array().cloned())
             .unwrap_or_default()
+    }
+}
+
+impl Shim {
+    /// The body of an unauthenticated GET (the status page), as text.
+    fn page(&self, path: &str) -> String {
+        ureq::get(&format!("{}{path}", self.url))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .into_string()
+            .unwrap_or_default()
+    }
+
+    /// `fdmctl ARGS` against this shim: its standard output, which must be a success.
+    fn ctl(&self, root: &Path, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_fdmctl"))
+            .args(args)
+            .env("FDM_URL", &self.url)
+            .env("FDM_TOKEN_FILE", root.join("token"))
+            .output()
+            .expect("fdmctl");
+        assert!(
+            out.status.success(),
+            "fdmctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Rust `Debug` text of domain types, which must never reach an operator (issue 16).
+const DEBUG_TEXT: [&str; 6] = [
+    "HostId(",
+    "VmId(",
+    "DatastoreId(",
+    "Some(",
+    "Time(",
+    "Epoch(",
+];
+
+fn assert_no_debug_text(what: &str, text: &str) {
+    for mark in DEBUG_TEXT {
+        assert!(!text.contains(mark), "{what} shows {mark:?}:\n{text}");
+    }
+}
+
+/// Every view of the cluster an operator has through the shim: `fdmctl status` and `events` (text
+/// and JSON), the status page and the state and events it renders.
+fn check_shim_views(shim: &Shim, root: &Path) {
+    for args in [
+        &["status"][..],
+        &["events"],
+        &["--output", "json", "status"],
+        &["--output", "json", "events"],
+    ] {
+        assert_no_debug_text(&format!("fdmctl {args:?}"), &shim.ctl(root, args));
+    }
+    assert_no_debug_text("the status page", &shim.page("/"));
+    for path in ["/v1/state", "/v1/events"] {
+        let (code, v) = shim.call("GET", path, None);
+        assert_eq!(code, 200, "{path}: {v}");
+        assert_no_debug_text(path, &v.to_string());
+    }
+}
+
+/// `fdm-agent status`, in words and as JSON, of every agent still running.
+fn check_agent_views(agents: &Agents, exe: &Path) {
+    for (h, dir) in agents.dirs.iter().enumerate() {
+        if agents.children[h].is_none() {
+            continue;
+        }
+        for json in [false, true] {
+            let mut cmd = Command::new(exe);
+            cmd.args(["status", "--socket"]).arg(dir.join("agent.sock"));
+            if json {
+                cmd.arg("--json");
+            }
+            let out = cmd.output().expect("fdm-agent status");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "fdm-agent status on host {}: {text}",
+                h + 1
+            );
+            assert_no_debug_text(&format!("fdm-agent status of host {}", h + 1), &text);
+        }
     }
 }
 
@@ -309,6 +406,9 @@ fn agents_follow_the_shims_config_and_fail_over_while_it_is_down() {
         shim.events()
     );
 
+    check_shim_views(&shim, root);
+    check_agent_views(&agents, &exe);
+
     // 4. The shim goes away; a host dies; HA goes on with the last configuration.
     drop(shim);
     let victim = (1..=HOSTS as usize)
@@ -318,7 +418,11 @@ fn agents_follow_the_shims_config_and_fail_over_while_it_is_down() {
         - 1;
     let lost: Vec<u32> = placed_now(&agents, victim);
     agents.kill_host(victim);
+    // What the agents show while the restarts are under way (restart states, the master's
+    // events), to be checked for debug text below.
+    let mut during = Vec::new();
     let back = wait_until(Duration::from_secs(40), || {
+        during.extend((0..HOSTS as usize).filter_map(|h| agents.status(h)));
         let p = agents.placement();
         (1..=5u32)
             .all(|vm| p.get(&vm).is_some_and(|h| h.len() == 1 && h[0] != victim))
@@ -334,6 +438,10 @@ fn agents_follow_the_shims_config_and_fail_over_while_it_is_down() {
     for (vm, hosts) in &back {
         assert_eq!(hosts.len(), 1, "vm{vm} on {hosts:?}");
     }
+    for status in &during {
+        assert_no_debug_text("an agent's status during the failover", &status.to_string());
+    }
+    check_agent_views(&agents, &exe);
     let starts = std::fs::read_to_string(&ledger).unwrap_or_default();
     assert_eq!(
         starts.lines().count(),
@@ -344,19 +452,24 @@ fn agents_follow_the_shims_config_and_fail_over_while_it_is_down() {
 
     // 5. The shim returns and learns what happened while it was away.
     shim = Shim::start(root);
+    let dead = format!("host-{} declared dead", victim + 1);
     assert!(
         wait_until(Duration::from_secs(15), || {
             shim.events()
                 .iter()
                 .any(|e| {
-                    e["kind"] == "verdict"
-                        && e["message"].as_str().is_some_and(|m| m.contains("Dead"))
+                    e["name"] == "verdict-changed"
+                        && e["verdict"] == "dead"
+                        && e["host"] == victim + 1
+                        && e["message"].as_str().is_some_and(|m| m.contains(&dead))
                 })
                 .then_some(())
         })
         .is_some(),
-        "the dead verdict given while the shim was down is not in its events"
+        "the dead verdict given while the shim was down is not in its events: {:?}",
+        shim.events()
     );
+    check_shim_views(&shim, root);
     drop(shim);
 }
 

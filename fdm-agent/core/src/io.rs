@@ -80,6 +80,25 @@ pub enum VmRunState {
     StoppedByAgent,
 }
 
+impl VmRunState {
+    /// In words, as status, reports and logs show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            VmRunState::PoweringOn => "powering on",
+            VmRunState::Running => "running",
+            VmRunState::StoppedByUser => "stopped by user",
+            VmRunState::Crashed => "crashed",
+            VmRunState::StoppedByAgent => "stopped by agent",
+        }
+    }
+}
+
+impl std::fmt::Display for VmRunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HypervisorEvent {
     /// Answer to `PowerOn`.

@@ -28,7 +28,7 @@ mod tests;
 
 pub use agent::{Agent, AgentStats, HostView, StatusSnapshot, VmView};
 pub use config::{AgentSettings, Timings};
-pub use events::{Event, Role, Verdict};
+pub use events::{Event, EventFields, Role, Verdict};
 pub use io::{
     HypervisorAction, HypervisorEvent, OperatorCommand, Output, StopCause, Transmit, VmRunState,
 };

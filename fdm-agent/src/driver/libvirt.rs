@@ -592,7 +592,7 @@ impl Driver for LibvirtDriver {
             if !seen.remove(&vm) || stopping.remove(&vm) {
                 continue;
             }
-            tracing::info!(vm = %vm, domain = name, reason = reason, state = run_state_word(state), "domain stopped without the agent");
+            tracing::info!(vm = %vm, domain = name, reason = reason, state = state.name(), "domain stopped without the agent");
             out.push(Unsolicited { vm, state });
         }
         out
@@ -609,16 +609,6 @@ impl Driver for LibvirtDriver {
         // (this one runs on the agent's event loop and must not wait for virsh).
         *self.autostart_checked.lock().expect("autostart") = None;
         self.known.store(true, Ordering::Release);
-    }
-}
-
-fn run_state_word(s: VmRunState) -> &'static str {
-    match s {
-        VmRunState::StoppedByUser => "stopped by user",
-        VmRunState::Crashed => "crashed",
-        VmRunState::Running => "running",
-        VmRunState::PoweringOn => "powering on",
-        VmRunState::StoppedByAgent => "stopped by agent",
     }
 }
 

@@ -14,14 +14,15 @@ mod systemd;
 mod udp;
 
 use crate::core::{
-    Agent, AgentSettings, HypervisorAction, HypervisorEvent, OperatorCommand, Output, StopCause,
-    Time,
+    Agent, AgentSettings, Event, HypervisorAction, HypervisorEvent, OperatorCommand, Output,
+    StopCause, Time,
 };
 use crate::driver::{Driver, libvirt::LibvirtDriver, process::ProcessDriver};
 use anyhow::Context;
 use config::AgentConfig;
 use heartbeat_fs::fs::DatastoreExecutor;
 use heartbeat_fs::ops::DsCompletion;
+use heartbeat_fs::records::ReportEvent;
 use heartbeat_fs::{HostId, VmId};
 use std::collections::VecDeque;
 use std::io::Write;
@@ -49,7 +50,25 @@ enum Input {
 pub struct Shared {
     pub status: Option<serde_json::Value>,
     pub metrics: String,
-    pub events: VecDeque<String>,
+    /// The latest events as the master's report carries them, for `fdm-agent status`.
+    pub events: VecDeque<ReportEvent>,
+}
+
+/// One log line per event: its words as the message, its fields as their own keys (a JSON log's
+/// `fields.host`, a text log's `host=3`), so that tools filter without parsing the words.
+fn log_event(e: &Event) {
+    let f = e.fields();
+    tracing::info!(
+        target: "fdm::event",
+        event = f.name,
+        kind = f.kind,
+        host = f.host.map(|h| h.0),
+        vm = f.vm.map(|v| v.0),
+        datastore = f.datastore.map(|d| d.0),
+        verdict = f.verdict.map(|v| v.name()),
+        reason = f.reason,
+        "{e}"
+    );
 }
 
 /// The shared state, also after a thread panicked while holding it: what it holds is only ever
@@ -408,12 +427,10 @@ pub async fn run(
                 Output::KickWatchdog => watchdog.kick(),
                 Output::Event(e) => {
                     events_since_publish = true;
-                    reporter.record(&e);
-                    let line = format!("{e:?}");
-                    tracing::info!(target: "fdm::event", event = %line);
+                    log_event(&e);
+                    let reported = reporter.record(&e);
                     let mut s = lock(&shared);
-                    s.events
-                        .push_back(format!("{:.3} {line}", start.elapsed().as_secs_f64()));
+                    s.events.push_back(reported);
                     while s.events.len() > 200 {
                         s.events.pop_front();
                     }

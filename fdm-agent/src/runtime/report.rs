@@ -25,6 +25,40 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// An event's wall-clock time for people: RFC 3339 to the second, UTC (`2026-12-02T10:11:12Z`),
+/// as agents on different hosts and the shim print the same instant the same way; `-` when the
+/// clock was unreadable (0).
+pub fn wall_clock(unix_ms: u64) -> String {
+    use std::fmt::Write;
+    if unix_ms == 0 {
+        return "-".into();
+    }
+    // A stamp past what RFC 3339 can write (year 9999) comes from a broken clock: shown as it is,
+    // never a panic (humantime's Display fails there, and `to_string` would panic on that).
+    let mut out = String::new();
+    match UNIX_EPOCH.checked_add(Duration::from_millis(unix_ms)) {
+        Some(t) if write!(out, "{}", humantime::format_rfc3339_seconds(t)).is_ok() => out,
+        _ => format!("{unix_ms} ms after 1970"),
+    }
+}
+
+/// `e` as the management plane stores it: its rendering for people and its fields.
+pub fn report_event(seq: u64, unix_ms: u64, e: &Event) -> ReportEvent {
+    let f = e.fields();
+    ReportEvent {
+        seq,
+        unix_ms,
+        name: f.name.to_string(),
+        kind: f.kind.to_string(),
+        host: f.host,
+        vm: f.vm,
+        datastore: f.datastore,
+        verdict: f.verdict.map(|v| v.name().to_string()),
+        reason: f.reason.map(str::to_string),
+        message: e.to_string(),
+    }
+}
+
 #[derive(Debug)]
 pub struct Reporter {
     incarnation: u64,
@@ -75,23 +109,19 @@ impl Reporter {
         })
     }
 
-    pub fn record(&mut self, e: &Event) {
+    /// Keep `e` for the next reports. Returns it as reported (numbered, stamped with the wall
+    /// clock, in words and fields), which is also how `fdm-agent status` shows it.
+    pub fn record(&mut self, e: &Event) -> ReportEvent {
         if let Event::ClaimAcquired { epoch, .. } = e {
             self.epoch = self.epoch.max(*epoch);
         }
-        let (host, vm) = e.subject();
-        self.events.push_back(ReportEvent {
-            seq: self.next_event,
-            unix_ms: unix_ms(),
-            kind: e.kind().to_string(),
-            host,
-            vm,
-            message: format!("{e:?}"),
-        });
+        let reported = report_event(self.next_event, unix_ms(), e);
+        self.events.push_back(reported.clone());
         self.next_event += 1;
         while self.events.len() > EVENTS_KEPT {
             self.events.pop_front();
         }
+        reported
     }
 
     /// Write a report if this agent is master and the interval has passed.
@@ -129,7 +159,7 @@ impl Reporter {
                 .map(|v| ReportedVm {
                     vm: v.vm,
                     host: v.host,
-                    state: v.state.map(|s| format!("{s:?}").to_lowercase()),
+                    state: v.state.map(|s| s.name().to_string()),
                     restart: v.restart.clone(),
                 })
                 .collect(),
@@ -141,5 +171,61 @@ impl Reporter {
                 tracing::debug!("previous report still being written; skipped");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Verdict;
+    use heartbeat_fs::{HostId, VmId};
+
+    #[test]
+    fn a_reported_event_carries_its_words_and_its_fields() {
+        let e = Event::VerdictChanged {
+            subject: HostId(3),
+            from: Verdict::Unreachable,
+            to: Verdict::Dead,
+            reason: "no probe answer".into(),
+        };
+        let r = report_event(7, 1_700_000_000_000, &e);
+        assert_eq!(
+            r,
+            ReportEvent {
+                seq: 7,
+                unix_ms: 1_700_000_000_000,
+                name: "verdict-changed".into(),
+                kind: "verdict".into(),
+                host: Some(HostId(3)),
+                vm: None,
+                datastore: None,
+                verdict: Some("dead".into()),
+                reason: Some("no probe answer".into()),
+                message: "host-3 declared dead: no probe answer (was unreachable)".into(),
+            }
+        );
+        let r = report_event(
+            8,
+            0,
+            &Event::VmRestarted {
+                vm: VmId(4),
+                on: HostId(1),
+                attempt: 1,
+            },
+        );
+        assert_eq!((r.host, r.vm), (Some(HostId(1)), Some(VmId(4))));
+        assert_eq!(r.message, "vm-4 restarted on host-1 (attempt 1)");
+    }
+
+    #[test]
+    fn event_times_are_utc_to_the_second() {
+        assert_eq!(wall_clock(1_700_000_000_999), "2023-11-14T22:13:20Z");
+        assert_eq!(wall_clock(0), "-");
+        // A broken clock's stamp is shown, not a panic.
+        assert_eq!(wall_clock(u64::MAX), "18446744073709551615 ms after 1970");
+        assert_eq!(
+            wall_clock(300_000_000_000_000),
+            "300000000000000 ms after 1970"
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 use super::{Input, LoopStats, Shared, lock};
 use crate::core::{Agent, OperatorCommand, Role, StatusSnapshot, Verdict};
+use heartbeat_fs::records::ReportEvent;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixListener;
@@ -37,10 +38,10 @@ pub(super) fn publish(
     let vms: Vec<serde_json::Value> = st
         .vms
         .iter()
-        .map(|v| serde_json::json!({"vm": v.vm.0, "host": v.host.map(|h| h.0), "state": v.state.map(|s| format!("{s:?}")), "restart": v.restart, "failed": v.failed}))
+        .map(|v| serde_json::json!({"vm": v.vm.0, "host": v.host.map(|h| h.0), "state": v.state.map(|s| s.name()), "restart": v.restart, "failed": v.failed}))
         .collect();
     let mut s = lock(shared);
-    let events: Vec<String> = s.events.iter().rev().take(20).rev().cloned().collect();
+    let events: Vec<&ReportEvent> = s.events.iter().rev().take(20).rev().collect();
     s.status = Some(serde_json::json!({
         "host": st.host.0, "role": role_name(st.role), "master": st.master.map(|m| m.0),
         "config_generation": st.config_generation, "hosts": hosts, "vms": vms, "events": events,

@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 use vcenter_shim::cli;
 use vcenter_shim::dsio::DatastoreIo;
 use vcenter_shim::service::Shim;
-use vcenter_shim::store::Store;
+use vcenter_shim::store::{Retention, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +38,9 @@ struct Args {
     /// Events kept in the database; older ones are dropped.
     #[arg(long, default_value_t = 10_000)]
     event_retention: u64,
+    /// Days an event is kept after the shim received it; 0 keeps events whatever their age.
+    #[arg(long, default_value_t = 30)]
+    event_retention_days: u64,
     /// Cluster id written into the config when the database is created; an existing database keeps
     /// its own.
     #[arg(long, default_value_t = 1)]
@@ -81,7 +84,11 @@ async fn main() -> Result<()> {
         store,
         ClusterId(args.cluster_id),
         io,
-        args.event_retention,
+        Retention {
+            max_events: args.event_retention,
+            max_age: (args.event_retention_days > 0)
+                .then(|| Duration::from_secs(args.event_retention_days.saturating_mul(86_400))),
+        },
     )?);
     shim.start().await?;
     shim.spawn_background(

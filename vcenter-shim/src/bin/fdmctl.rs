@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use fdm_agent::runtime::report::wall_clock;
 use heartbeat_fs::records::{
     AdmissionPolicy, HaSettings, IsolationResponse, RestartPolicy, RestartPriority,
     StorageLossResponse,
@@ -534,10 +535,17 @@ fn write_text(outcome: &WriteOutcome, what: &str) -> Vec<String> {
         .collect()
 }
 
+/// An event for people: its id (what `--since` takes), when it happened (UTC), the master that
+/// reported it and its number there, its kind and the event in words.
 fn event_line(e: &StoredEvent) -> String {
     format!(
-        "{:>6}  {} #{:<5} {:<10} {}",
-        e.id, e.master, e.seq, e.kind, e.message
+        "{:>6}  {}  {} #{:<5} {:<10} {}",
+        e.id,
+        wall_clock(e.unix_ms),
+        e.master,
+        e.seq,
+        e.kind,
+        e.message
     )
 }
 

@@ -744,7 +744,7 @@ impl Agent {
                 tr.reported_waiting = true;
             }
             self.emit(Event::ActionSuppressed {
-                what: format!("restart of {vm} (HA paused)"),
+                what: format!("restart of {vm}"),
             });
         }
     }

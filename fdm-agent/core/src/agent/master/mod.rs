@@ -3,7 +3,7 @@
 
 use super::super::cluster::ClusterView;
 use super::super::config::Timings;
-use super::super::events::{Event, Role, Verdict};
+use super::super::events::{Event, Role, Verdict, count};
 use super::super::io::{Output, VmRunState};
 use super::super::messages::{
     MasterHeartbeat, Message, PowerOnCommand, PowerOnResult, SlaveHeartbeat, VmReport, VmStatus,
@@ -470,13 +470,13 @@ impl MasterState {
     }
 }
 
-/// A restart under way, in words for status and reports.
+/// A restart under way, in words for status and reports (`fdm-agent status`, `fdmctl status`).
 fn describe_track(t: &RestartTrack) -> String {
     let from = t.from.map(|h| format!(" from {h}")).unwrap_or_default();
     match t.stage {
         Stage::Waiting => format!(
-            "waiting to restart{from} ({} attempt(s) so far)",
-            t.attempts
+            "waiting to restart{from} ({} so far)",
+            count(t.attempts, "attempt")
         ),
         Stage::Resume { target, attempt } => {
             format!("resuming attempt {attempt} on {target}{from}")
@@ -495,17 +495,18 @@ fn describe_entry(e: &ProtectedVm) -> String {
     match e.restart {
         RestartState::Idle => "idle".to_string(),
         RestartState::Pending { attempts } => {
-            format!("pending ({attempts} attempt(s) so far)")
+            format!("pending ({} so far)", count(attempts, "attempt"))
         }
         RestartState::Intent {
             target, attempt, ..
         } => format!("restarting on {target} (attempt {attempt})"),
         RestartState::Failed { attempts } => {
-            format!("{attempts} attempt(s) failed, retrying later")
+            format!("{} failed, retrying later", count(attempts, "attempt"))
         }
-        RestartState::LimitReached { restarts } => {
-            format!("failed: restart limit ({restarts} restarts); fdmctl vm clear")
-        }
+        RestartState::LimitReached { restarts } => format!(
+            "failed: restart limit ({}); fdmctl vm clear",
+            count(restarts, "restart")
+        ),
     }
 }
 
@@ -864,5 +865,72 @@ impl Agent {
                 attempt,
             }),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fdm-agent status` and `fdmctl status` show these: plain words, no Rust debug text.
+    #[test]
+    fn restart_states_read_in_words() {
+        let mut t = RestartTrack::waiting(DatastoreId(1), Time::ZERO, Some(HostId(1)), None);
+        let mut texts = vec![describe_track(&t)];
+        for stage in [
+            Stage::Resume {
+                target: HostId(2),
+                attempt: 1,
+            },
+            Stage::IntentWriting {
+                target: HostId(2),
+                attempt: 1,
+                generation: 9,
+            },
+            Stage::Issued {
+                target: HostId(2),
+                attempt: 1,
+                sent_at: Time::ZERO,
+            },
+        ] {
+            t.stage = stage;
+            texts.push(describe_track(&t));
+        }
+        assert_eq!(
+            texts[0],
+            "waiting to restart from host-1 (0 attempts so far)"
+        );
+        assert_eq!(texts[3], "restarting on host-2 from host-1 (attempt 1)");
+        t.from = None;
+        texts.push(describe_track(&t));
+        for restart in [
+            RestartState::Idle,
+            RestartState::Pending { attempts: 1 },
+            RestartState::Intent {
+                target: HostId(2),
+                epoch: Epoch(3),
+                attempt: 2,
+            },
+            RestartState::Failed { attempts: 3 },
+            RestartState::LimitReached { restarts: 3 },
+        ] {
+            let e = ProtectedVm {
+                vm: VmId(4),
+                home: DatastoreId(1),
+                last_host: Some(HostId(1)),
+                desired: heartbeat_fs::records::DesiredPower::On,
+                settings: Default::default(),
+                restart,
+                recent_restarts: Vec::new(),
+                pending_power: None,
+            };
+            texts.push(describe_entry(&e));
+        }
+        assert!(texts.contains(&"pending (1 attempt so far)".to_string()));
+        for text in &texts {
+            for mark in ["Id(", "Some(", "None", "Time(", "Epoch(", "{", "(s)"] {
+                assert!(!text.contains(mark), "{text:?} shows {mark:?}");
+            }
+        }
     }
 }
