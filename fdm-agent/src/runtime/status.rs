@@ -85,7 +85,7 @@ pub(super) fn publish(
     }
     m.push_str(&format!(
         "# TYPE fdm_restarts_issued_total counter\nfdm_restarts_issued_total {}\n",
-        stats.restarts_issued
+        stats.restarts.issued
     ));
     // Failed VMs (at their restart limit) as the master sees them: 0 on a non-master, which
     // knows no protected list.
