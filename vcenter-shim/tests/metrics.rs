@@ -601,6 +601,11 @@ fn both_endpoints_parse_strictly_and_count_placements_apart_from_restarts() {
     });
     assert_eq!(value(&restarted, "fdm_restarts_issued_total"), Some(1.0));
     assert_eq!(value(&restarted, "fdm_placements_issued_total"), Some(1.0));
+    // Each timed from the decision to the VM running.
+    for kind in ["restart", "placement"] {
+        let count = format!("fdm_restart_duration_seconds_count{{kind=\"{kind}\"}}");
+        assert_eq!(value(&restarted, &count), Some(1.0), "{restarted}");
+    }
 
     // The shim has read the master's report: its events are stored.
     assert!(
@@ -642,6 +647,8 @@ fn both_endpoints_parse_strictly_and_count_placements_apart_from_restarts() {
         ("fdm_heartbeat_age_seconds", "gauge"),
         ("fdm_datastore_call_duration_seconds", "histogram"),
         ("fdm_datastore_up", "gauge"),
+        ("fdm_host_failure_detection_seconds", "histogram"),
+        ("fdm_restart_duration_seconds", "histogram"),
         ("fdm_restarts_issued", "counter"),
         ("fdm_placements_issued", "counter"),
         ("fdm_restart_outcomes", "counter"),

@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use heartbeat_fs::ops::{DsCompletion, DsError, DsOp, DsRequest, RequestId};
+use heartbeat_fs::{HostId, VmId};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
@@ -107,7 +108,29 @@ struct BuildLabels {
     fault_knobs: bool,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
 type HistogramFamily = Family<DsCallLabels, Histogram, fn() -> Histogram>;
+
+/// Seconds from a host's last heartbeat to its dead verdict: the defaults take a few seconds
+/// (the verdict after 1.5 s, then the datastore leases must run out); longer means slow storage
+/// or long leases.
+const DETECTION_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0,
+];
+
+/// Seconds from a restart's decision to the VM running: a VM's boot time, retries after the
+/// configured delays, a wait for capacity.
+const RESTART_BUCKETS: [f64; 11] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+fn restart_histogram() -> Histogram {
+    Histogram::new(RESTART_BUCKETS)
+}
 
 fn ds_call_histogram() -> Histogram {
     Histogram::new(DS_CALL_BUCKETS)
@@ -123,6 +146,11 @@ pub struct Metrics {
     ds_failed: Family<DsErrorLabels, Counter>,
     ds_up: Family<DatastoreLabels, Gauge>,
     verdict_transitions: Family<TransitionLabels, Counter>,
+    detection: Histogram,
+    restart_duration: Family<KindLabels, Histogram, fn() -> Histogram>,
+    /// VMs whose restart (or first placement) was decided and that do not run yet: when, and
+    /// whether it is a restart.
+    restarts_pending: Mutex<HashMap<VmId, (Instant, bool)>>,
 }
 
 fn count<T>(it: impl Iterator<Item = T>) -> u64 {
@@ -179,6 +207,23 @@ impl Metrics {
             "Changes of this master's verdict on a host, by host and verdicts before and after",
             verdict_transitions.clone(),
         );
+        let detection = Histogram::new(DETECTION_BUCKETS);
+        registry.register_with_unit(
+            "fdm_host_failure_detection",
+            "For each host this master declared dead: the time from the last network heartbeat it heard from the host to the verdict (the failure itself came at most one heartbeat interval after that heartbeat)",
+            Unit::Seconds,
+            detection.clone(),
+        );
+        let restart_duration =
+            Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                restart_histogram as fn() -> Histogram,
+            );
+        registry.register_with_unit(
+            "fdm_restart_duration",
+            "From this master's decision to restart (or first place) a VM to the target's answer that it runs, by kind (restart or placement)",
+            Unit::Seconds,
+            restart_duration.clone(),
+        );
         Metrics {
             registry,
             view,
@@ -186,6 +231,9 @@ impl Metrics {
             ds_failed,
             ds_up,
             verdict_transitions,
+            detection,
+            restart_duration,
+            restarts_pending: Mutex::new(HashMap::new()),
         }
     }
 
@@ -198,6 +246,8 @@ impl Metrics {
     /// status).
     pub(super) fn publish_from(&self, agent: &Agent, st: &StatusSnapshot, l: &super::LoopStats) {
         let config = agent.config();
+        // A VM removed from the configuration while its restart was pending will never answer.
+        lock(&self.restarts_pending).retain(|vm, _| config.vm(*vm).is_some());
         self.publish(View {
             role: Some(st.role),
             hosts: st.hosts.clone(),
@@ -221,18 +271,63 @@ impl Metrics {
 
     /// An event out of the core: the ones that move a live metric.
     pub(super) fn event(&self, e: &Event) {
-        if let Event::VerdictChanged {
-            subject, from, to, ..
-        } = e
-        {
-            self.verdict_transitions
-                .get_or_create(&TransitionLabels {
-                    host: subject.0,
-                    from: from.name(),
-                    to: to.name(),
-                })
-                .inc();
+        self.event_at(e, Instant::now());
+    }
+
+    fn event_at(&self, e: &Event, now: Instant) {
+        match e {
+            Event::VerdictChanged {
+                subject, from, to, ..
+            } => {
+                self.verdict_transitions
+                    .get_or_create(&TransitionLabels {
+                        host: subject.0,
+                        from: from.name(),
+                        to: to.name(),
+                    })
+                    .inc();
+                if *to == Verdict::Dead
+                    && let Some(age) = self.network_age_now(*subject, now)
+                {
+                    self.detection.observe(age);
+                }
+            }
+            Event::RestartNeeded { vm, from, .. } => {
+                // The first decision counts: a restart retried keeps its start.
+                lock(&self.restarts_pending)
+                    .entry(*vm)
+                    .or_insert((now, from.is_some()));
+            }
+            Event::VmRestarted { vm, .. } => {
+                if let Some((t0, restart)) = lock(&self.restarts_pending).remove(vm) {
+                    let kind = if restart { "restart" } else { "placement" };
+                    self.restart_duration
+                        .get_or_create(&KindLabels { kind })
+                        .observe(now.saturating_duration_since(t0).as_secs_f64());
+                }
+            }
+            // Over without the VM running again: nothing to time. A VM that gave up waits for
+            // capacity and stays pending: when it does run, the whole wait was the restart's.
+            Event::RestartEndedByOperator { vm, .. }
+            | Event::RestartLimitReached { vm, .. }
+            | Event::OperatorStopDone { vm } => {
+                lock(&self.restarts_pending).remove(vm);
+            }
+            // A new master does not know the old one's decisions; and this one's are void.
+            Event::RoleChanged {
+                from: Role::Master, ..
+            } => lock(&self.restarts_pending).clear(),
+            _ => {}
         }
+    }
+
+    /// Seconds since this master last heard `host` on the network, now: its age in the last
+    /// copy plus the time since (nothing was heard in between, or the verdict would not be dead).
+    fn network_age_now(&self, host: HostId, now: Instant) -> Option<f64> {
+        let v = lock(&self.view);
+        let age = v.hosts.iter().find(|h| h.host == host)?.net_age?;
+        let since = now.saturating_duration_since(v.at?).as_secs_f64();
+        Some(age + since)
     }
 
     /// A datastore call answered, `took` after it was submitted (`None`: it was never timed).
@@ -735,8 +830,8 @@ async fn healthz(State(m): State<Arc<Metrics>>) -> Response {
 mod tests {
     use super::*;
     use crate::core::HostView;
+    use heartbeat_fs::DatastoreId;
     use heartbeat_fs::ops::DsReply;
-    use heartbeat_fs::{DatastoreId, HostId};
 
     /// `fdm_datastore_up` as the text format shows it, by datastore.
     fn datastores_up(m: &Metrics) -> Vec<(DatastoreId, i64)> {
@@ -918,5 +1013,57 @@ mod tests {
         let late = t0 + FORGET_CALL + Duration::from_secs(1);
         timer.submitted(&request(9999, 1, DsOp::ReadClaim), late);
         assert_eq!(timer.started.len(), 1);
+    }
+
+    #[test]
+    fn detection_and_restart_times_come_from_the_events() {
+        let m = Metrics::new();
+        let t0 = Instant::now();
+        m.publish(View {
+            hosts: vec![HostView {
+                host: HostId(2),
+                verdict: Verdict::Unreachable,
+                net_age: Some(4.0),
+                ds_age: Vec::new(),
+            }],
+            at: Some(t0),
+            ..View::default()
+        });
+        m.event_at(
+            &Event::VerdictChanged {
+                subject: HostId(2),
+                from: Verdict::Unreachable,
+                to: Verdict::Dead,
+                reason: String::new(),
+            },
+            t0 + Duration::from_secs(3),
+        );
+        let vm = VmId(7);
+        let needed = Event::RestartNeeded {
+            vm,
+            from: Some(HostId(2)),
+            reason: String::new(),
+        };
+        m.event_at(&needed, t0);
+        // A retry's second decision does not move the start.
+        m.event_at(&needed, t0 + Duration::from_secs(5));
+        m.event_at(
+            &Event::VmRestarted {
+                vm,
+                on: HostId(1),
+                attempt: 2,
+            },
+            t0 + Duration::from_secs(12),
+        );
+        let text = m.encode(false).unwrap();
+        assert!(
+            text.contains("fdm_host_failure_detection_seconds_sum 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fdm_restart_duration_seconds_sum{kind=\"restart\"} 12"),
+            "{text}"
+        );
+        assert!(lock(&m.restarts_pending).is_empty());
     }
 }
