@@ -694,6 +694,30 @@ fn both_endpoints_parse_strictly_and_count_placements_apart_from_restarts() {
     ] {
         assert!(shim_families.contains_key(family), "shim family {family}");
     }
+    // The docs list exactly what the endpoints export (some series need an event first).
+    let documented = documented_metrics();
+    let exported: BTreeSet<String> = agent_families
+        .keys()
+        .chain(shim_families.keys())
+        .cloned()
+        .collect();
+    for family in &exported {
+        assert!(
+            documented.contains(family),
+            "{family} is exported but docs/operations.md or docs/shim.md does not list it"
+        );
+    }
+    // A verdict change and a failed datastore call do not happen in this cluster of one.
+    let conditional = [
+        "fdm_host_verdict_transitions_total",
+        "fdm_datastore_ops_failed_total",
+    ];
+    for name in &documented {
+        assert!(
+            exported.contains(name) || conditional.contains(&name.as_str()),
+            "{name} is documented but neither endpoint exports it"
+        );
+    }
     assert_eq!(
         value(&shim_text, "fdm_shim_vms{protected=\"true\"}"),
         Some(1.0)
@@ -750,4 +774,158 @@ fn both_endpoints_parse_strictly_and_count_placements_apart_from_restarts() {
     assert_eq!(status("POST", format!("{shim}/metrics"), true), 405);
     assert_eq!(status("POST", format!("{shim}/healthz"), false), 405);
     assert_eq!(status("PUT", format!("{shim}/readyz"), false), 405);
+}
+
+// ---- dist/monitoring and the docs ----------------------------------------------------------
+
+fn repo_file(path: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The metrics the docs' tables list: the first cell of each row that names an `fdm_` metric.
+fn documented_metrics() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for doc in ["docs/operations.md", "docs/shim.md"] {
+        for line in repo_file(doc).lines() {
+            if let Some(rest) = line.strip_prefix("| `fdm_")
+                && let Some((name, _)) = rest.split_once('`')
+            {
+                names.insert(format!("fdm_{name}"));
+            }
+        }
+    }
+    names
+}
+
+/// Every `fdm_...` word in `text`.
+fn metric_names_in(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("fdm_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `name` is a documented metric, or a histogram's `_bucket`, `_sum` or `_count` series of one.
+fn is_documented(name: &str, documented: &BTreeSet<String>) -> bool {
+    documented.contains(name)
+        || ["_bucket", "_sum", "_count"]
+            .iter()
+            .any(|s| name.strip_suffix(s).is_some_and(|f| documented.contains(f)))
+}
+
+/// The dashboard's PromQL by panel title, Grafana's variables set to what a recording rule holds.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let dash: Value =
+        serde_json::from_str(&repo_file("dist/monitoring/grafana-dashboard.json")).expect("JSON");
+    let mut ids = BTreeSet::new();
+    let mut out = Vec::new();
+    for p in dash["panels"].as_array().expect("panels") {
+        let id = p["id"].as_u64().expect("a panel id");
+        assert!(ids.insert(id), "panel id {id} twice");
+        assert!(
+            p["gridPos"]["w"].as_u64().is_some(),
+            "panel {id} has a place"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        let title = p["title"].as_str().expect("a title").to_string();
+        assert_eq!(
+            p["datasource"]["uid"], "${datasource}",
+            "{title}: the data source picked on import"
+        );
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            assert!(!expr.trim().is_empty(), "{title}: an empty query");
+            let expr = expr
+                .replace("$__rate_interval", "5m")
+                .replace("$__range", "1h");
+            out.push((title.clone(), expr));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_metric_the_rules_and_the_dashboard_use_is_documented() {
+    let documented = documented_metrics();
+    assert!(documented.len() > 40, "the metric tables: {documented:?}");
+    let rules = repo_file("dist/monitoring/fdm-alerts.yml");
+    let queries: String = dashboard_queries()
+        .into_iter()
+        .map(|(_, q)| q + "\n")
+        .collect();
+    for (what, text) in [("fdm-alerts.yml", &rules), ("the dashboard", &queries)] {
+        let used = metric_names_in(text);
+        assert!(!used.is_empty(), "{what} names no metric");
+        for name in used {
+            assert!(
+                is_documented(&name, &documented),
+                "{what} uses {name}, which docs/operations.md and docs/shim.md do not list"
+            );
+        }
+    }
+    // The alerts the issue asked for are all there.
+    for alert in [
+        "FdmHostDead",
+        "FdmVmFailed",
+        "FdmDatastoreLost",
+        "FdmHaPaused",
+        "FdmAgentConfigRejected",
+    ] {
+        assert!(rules.contains(&format!("alert: {alert}\n")), "{alert}");
+    }
+}
+
+/// `promtool ARGS` in `dir`: whether it succeeded and what it said; `None` when it is not
+/// installed.
+fn promtool(args: &[&str], dir: &Path) -> Option<(bool, String)> {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .ok()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), text))
+}
+
+#[test]
+fn the_alert_rules_the_scrape_jobs_and_the_dashboard_queries_pass_promtool() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/monitoring");
+    let Some((ok, out)) = promtool(&["check", "rules", "fdm-alerts.yml"], &dir) else {
+        println!(
+            "skipping promtool on dist/monitoring: promtool is not installed (Debian's `prometheus`; scripts/install-test-deps.sh installs it)"
+        );
+        return;
+    };
+    assert!(ok, "promtool check rules: {out}");
+    // Each alert fires for the outage it is about, and not before its `for`.
+    let (ok, out) = promtool(&["test", "rules", "fdm-alerts.test.yml"], &dir).expect("promtool");
+    assert!(ok, "promtool test rules: {out}");
+    let (ok, out) = promtool(
+        &["check", "config", "--syntax-only", "prometheus-scrape.yml"],
+        &dir,
+    )
+    .expect("promtool");
+    assert!(ok, "promtool check config: {out}");
+    // The dashboard's queries, parsed by Prometheus as recording rules.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, (title, expr)) in dashboard_queries().into_iter().enumerate() {
+        let expr = serde_json::to_string(&expr).expect("a string");
+        let title = serde_json::to_string(&title).expect("a string");
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {expr}\n        labels: {{panel: {title}}}\n"
+        ));
+    }
+    std::fs::write(tmp.path().join("dashboard.yml"), &rules).expect("write");
+    let (ok, out) = promtool(&["check", "rules", "dashboard.yml"], tmp.path()).expect("promtool");
+    assert!(ok, "the dashboard's queries: {out}\n{rules}");
 }
