@@ -1066,4 +1066,23 @@ mod tests {
         );
         assert!(lock(&m.restarts_pending).is_empty());
     }
+
+    #[test]
+    fn health_follows_the_event_loop() {
+        let m = Metrics::new();
+        assert!(!m.loop_alive(), "nothing published yet");
+        m.publish(View {
+            at: Some(Instant::now()),
+            ..View::default()
+        });
+        assert!(m.loop_alive());
+        // A copy older than the stall limit: the loop is stuck.
+        if let Some(old) = Instant::now().checked_sub(LOOP_STALL + Duration::from_secs(1)) {
+            m.publish(View {
+                at: Some(old),
+                ..View::default()
+            });
+            assert!(!m.loop_alive());
+        }
+    }
 }
