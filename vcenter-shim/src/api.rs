@@ -1,11 +1,13 @@
 //! The HTTP API of `fdm-shim`: versioned JSON routes under `/v1/` behind a bearer token, and the
-//! public status page at `/`.
+//! public status page at `/`; `/metrics` (token) and `/healthz`, `/readyz` (none) are in
+//! `metrics`.
 //!
 //! Bodies are parsed by hand (not with axum's `Json` extractor) so that every malformed request gets
 //! the same JSON error shape naming the offending field. `PUT` merges the given top-level fields into
 //! the stored object, so `fdmctl vm set 3 --priority High` sends only what changes.
 
 use crate::error::{ErrorBody, ErrorDetail, ShimError};
+use crate::metrics::ShimMetrics;
 use crate::model::{
     AdmissionMode, DatastoreSpec, HaView, HostSpec, Inventory, MaintenanceAction,
     MaintenanceRequest, Stored, VmSpec, WriteAnswer,
@@ -97,7 +99,12 @@ fn written(status: StatusCode, (stored, outcome): (impl Into<Stored>, WriteOutco
 }
 
 pub fn router(shim: Arc<Shim>, token: String) -> Router {
+    let metrics = Arc::new(ShimMetrics::new(shim.clone()));
+    let health = crate::metrics::health_routes(shim.clone());
     let api = Arc::new(Api { shim, token });
+    // Metrics are a read of the cluster's state like `/v1/state`: the same token rules.
+    let scraped = crate::metrics::scrape_routes(metrics.clone())
+        .route_layer(middleware::from_fn_with_state(api.clone(), auth));
     let v1 = Router::new()
         .route("/v1/config", get(get_config))
         .route("/v1/config/ha", get(get_ha).put(put_ha))
@@ -116,6 +123,23 @@ pub fn router(shim: Arc<Shim>, token: String) -> Router {
         .route("/", get(status_page))
         .merge(v1)
         .with_state(api)
+        .merge(scraped)
+        .merge(health)
+        .fallback(no_route)
+        .layer(middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::count_requests,
+        ))
+}
+
+/// A path no route serves: the API's error shape, naming the path. (A known path with another
+/// method is axum's 405 with an `Allow` header.)
+async fn no_route(req: Request) -> Response {
+    ApiError(ShimError::not_found(
+        "path",
+        format!("no route {} {}", req.method(), req.uri().path()),
+    ))
+    .into_response()
 }
 
 /// Compare without an early exit so the time taken does not reveal how much of a guess was right.

@@ -42,6 +42,11 @@ pub struct DsStatus {
     write_busy: bool,
     #[serde(skip)]
     read_busy: bool,
+    /// Config writes and report reads that failed since the shim started (for `/metrics`).
+    #[serde(skip)]
+    write_failures: u64,
+    #[serde(skip)]
+    read_failures: u64,
 }
 
 impl DsStatus {
@@ -54,7 +59,19 @@ impl DsStatus {
             read_error: None,
             write_busy: false,
             read_busy: false,
+            write_failures: 0,
+            read_failures: 0,
         }
+    }
+
+    /// Config writes to this datastore that failed since the shim started.
+    pub fn write_failures(&self) -> u64 {
+        self.write_failures
+    }
+
+    /// Report reads from this datastore that failed since the shim started.
+    pub fn read_failures(&self) -> u64 {
+        self.read_failures
     }
 }
 
@@ -214,7 +231,10 @@ impl DatastoreIo {
                             st.written_generation = st.written_generation.max(generation);
                             st.write_error = None;
                         }
-                        Err(e) => st.write_error = Some(e.clone()),
+                        Err(e) => {
+                            st.write_error = Some(e.clone());
+                            st.write_failures = st.write_failures.saturating_add(1);
+                        }
                     }
                 }
             }
@@ -295,6 +315,9 @@ impl DatastoreIo {
             if let Some(st) = status.get_mut(&id) {
                 st.read_busy = false;
                 st.read_error = r.as_ref().err().cloned();
+                if r.is_err() {
+                    st.read_failures = st.read_failures.saturating_add(1);
+                }
             }
             r
         });

@@ -269,6 +269,11 @@ impl Shim {
         Ok((changed, outcome))
     }
 
+    /// Events in the database now; an answer at all says the database works (`/readyz`).
+    pub fn events_stored(&self) -> Result<u64, ShimError> {
+        lock(&self.store).event_count()
+    }
+
     pub fn events_since(&self, since: i64, limit: u32) -> Result<Vec<StoredEvent>, ShimError> {
         lock(&self.store).events_since(since, limit)
     }

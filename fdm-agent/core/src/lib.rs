@@ -26,7 +26,7 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use agent::{Agent, AgentStats, HostView, StatusSnapshot, VmView};
+pub use agent::{Agent, AgentStats, HostView, StartStats, StatusSnapshot, VmView};
 pub use config::{AgentSettings, Timings};
 pub use events::{Event, EventFields, Role, Verdict};
 pub use io::{

@@ -8,6 +8,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod config;
+pub mod metrics;
 pub mod report;
 pub mod status;
 mod systemd;
@@ -35,7 +36,9 @@ use tokio::sync::mpsc;
 /// Inputs that arrive from helper threads and tasks.
 #[derive(Debug)]
 enum Input {
-    Ds(DsCompletion),
+    /// A datastore call's answer, and when it came off the executor (its duration for the
+    /// metrics ends there, not when the loop gets to it).
+    Ds(DsCompletion, Instant),
     Hv(HypervisorEvent),
     Isolation(bool),
     Probe(HostId, bool),
@@ -45,11 +48,10 @@ enum Input {
     Reloaded(Box<Result<AgentConfig, config::ConfigError>>),
 }
 
-/// What `fdm-agent status` and `/metrics` read.
+/// What `fdm-agent status` reads.
 #[derive(Debug, Default)]
 pub struct Shared {
     pub status: Option<serde_json::Value>,
-    pub metrics: String,
     /// The latest events as the master's report carries them, for `fdm-agent status`.
     pub events: VecDeque<ReportEvent>,
 }
@@ -79,7 +81,7 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The event loop's own counters, for `/metrics`: how the receive path and the timers fare.
+/// The event loop's own counters, for the metrics: how the receive path and the timers fare.
 #[derive(Debug, Default)]
 struct LoopStats {
     /// UDP receive buffer the kernel granted, bytes as it counts them.
@@ -321,7 +323,7 @@ pub async fn run(
             .name("fdm-ds-bridge".into())
             .spawn(move || {
                 while let Ok(c) = completions.recv() {
-                    if tx.send(Input::Ds(c)).is_err() {
+                    if tx.send(Input::Ds(c, Instant::now())).is_err() {
                         break;
                     }
                 }
@@ -355,8 +357,12 @@ pub async fn run(
     if let Some(path) = cfg.file.status_socket.clone() {
         status::serve_status(path, shared.clone(), tx.clone())?;
     }
+    let metrics = Arc::new(metrics::Metrics::new());
+    let mut ds_timer = metrics::DsTimer::default();
     if let Some(addr) = cfg.metrics {
-        status::serve_metrics(addr, shared.clone()).await?;
+        metrics::serve(addr, metrics.clone())
+            .await
+            .with_context(|| format!("metrics endpoint {addr}"))?;
     }
     let mut watchdog = watchdog(&cfg.file.watchdog)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -389,7 +395,10 @@ pub async fn run(
                         let _ = socket.try_send_to(&t.payload, addr);
                     }
                 }
-                Output::Datastore(req) => executor.submit(req),
+                Output::Datastore(req) => {
+                    ds_timer.submitted(&req, Instant::now());
+                    executor.submit(req);
+                }
                 Output::Hypervisor(action) => {
                     let (tx, d) = (tx.clone(), driver.clone());
                     tokio::task::spawn_blocking(move || {
@@ -428,6 +437,7 @@ pub async fn run(
                 Output::Event(e) => {
                     events_since_publish = true;
                     log_event(&e);
+                    metrics.event(&e);
                     let reported = reporter.record(&e);
                     let mut s = lock(&shared);
                     s.events.push_back(reported);
@@ -455,7 +465,8 @@ pub async fn run(
             events_since_publish = false;
             loop_stats.kernel_drops.refresh(&socket);
             let snapshot = agent.status(now());
-            status::publish(&agent, &snapshot, &shared, &loop_stats);
+            status::publish(&snapshot, &shared);
+            metrics.publish_from(&agent, &snapshot, &loop_stats);
             reporter.tick(&agent, &snapshot);
         }
         if let Some(t0) = shutting_down
@@ -484,7 +495,10 @@ pub async fn run(
             Some(input) = rx.recv() => {
                 let t = now();
                 match input {
-                    Input::Ds(c) => agent.handle_datastore(t, c),
+                    Input::Ds(c, arrived) => {
+                        ds_timer.completed(&metrics, &c, arrived);
+                        agent.handle_datastore(t, c);
+                    }
                     Input::Hv(e) => agent.handle_hypervisor(t, e),
                     Input::Isolation(r) => agent.handle_isolation_check(t, r),
                     Input::Probe(h, a) => agent.handle_probe(t, h, a),

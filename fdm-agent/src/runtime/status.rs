@@ -1,14 +1,13 @@
-//! The local status socket (`fdm-agent status`, maintenance commands) and the Prometheus endpoint.
+//! The local status socket (`fdm-agent status`, maintenance commands). The metrics endpoint is
+//! `metrics`.
 
-use super::{Input, LoopStats, Shared, lock};
-use crate::core::{Agent, OperatorCommand, Role, StatusSnapshot, Verdict};
+use super::{Input, Shared, lock};
+use crate::core::{OperatorCommand, Role, StatusSnapshot};
 use heartbeat_fs::records::ReportEvent;
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 
 fn role_name(r: Role) -> String {
@@ -18,13 +17,8 @@ fn role_name(r: Role) -> String {
     }
 }
 
-/// Refresh what the status socket and `/metrics` serve.
-pub(super) fn publish(
-    agent: &Agent,
-    st: &StatusSnapshot,
-    shared: &Mutex<Shared>,
-    loop_stats: &LoopStats,
-) {
+/// Refresh what the status socket serves.
+pub(super) fn publish(st: &StatusSnapshot, shared: &Mutex<Shared>) {
     let hosts: Vec<serde_json::Value> = st
         .hosts
         .iter()
@@ -46,117 +40,6 @@ pub(super) fn publish(
         "host": st.host.0, "role": role_name(st.role), "master": st.master.map(|m| m.0),
         "config_generation": st.config_generation, "hosts": hosts, "vms": vms, "events": events,
     }));
-    let stats = agent.stats();
-    let mut m = String::new();
-    let role = ["starting", "candidate", "slave", "master", "isolated"];
-    m.push_str("# TYPE fdm_role gauge\n");
-    for r in role {
-        m.push_str(&format!(
-            "fdm_role{{role=\"{r}\"}} {}\n",
-            u8::from(st.role.name() == r)
-        ));
-    }
-    m.push_str("# TYPE fdm_host_verdict gauge\n");
-    for h in &st.hosts {
-        for v in [
-            Verdict::Alive,
-            Verdict::Unreachable,
-            Verdict::Partitioned,
-            Verdict::Isolated,
-            Verdict::Dead,
-        ] {
-            m.push_str(&format!(
-                "fdm_host_verdict{{host=\"{}\",verdict=\"{}\"}} {}\n",
-                h.host.0,
-                v.name(),
-                u8::from(h.verdict == v)
-            ));
-        }
-        if let Some(a) = h.net_age {
-            m.push_str(&format!(
-                "fdm_heartbeat_age_seconds{{host=\"{}\",channel=\"network\"}} {a:.3}\n",
-                h.host.0
-            ));
-        }
-        for (d, a) in &h.ds_age {
-            if let Some(a) = a {
-                m.push_str(&format!("fdm_heartbeat_age_seconds{{host=\"{}\",channel=\"datastore\",datastore=\"{}\"}} {a:.3}\n", h.host.0, d.0));
-            }
-        }
-    }
-    m.push_str(&format!(
-        "# TYPE fdm_restarts_issued_total counter\nfdm_restarts_issued_total {}\n",
-        stats.restarts_issued
-    ));
-    // Failed VMs (at their restart limit) as the master sees them: 0 on a non-master, which
-    // knows no protected list.
-    m.push_str(&format!(
-        "# TYPE fdm_vms_failed gauge\nfdm_vms_failed {}\n",
-        st.vms.iter().filter(|v| v.failed).count()
-    ));
-    m.push_str(&format!(
-        "# TYPE fdm_restart_limits_reached_total counter\nfdm_restart_limits_reached_total {}\n",
-        stats.restart_limits_reached
-    ));
-    m.push_str(&format!(
-        "# TYPE fdm_datagrams_sent_total counter\nfdm_datagrams_sent_total {}\n",
-        stats.datagrams_sent
-    ));
-    m.push_str(&format!(
-        "# TYPE fdm_datagrams_received_total counter\nfdm_datagrams_received_total {}\n",
-        stats.datagrams_received
-    ));
-    m.push_str("# TYPE fdm_datagrams_dropped_total counter\n");
-    let mut drops: Vec<_> = stats.drops.by_reason.iter().collect();
-    drops.sort_by_key(|(k, _)| format!("{k:?}"));
-    for (reason, n) in drops {
-        m.push_str(&format!(
-            "fdm_datagrams_dropped_total{{reason=\"{reason:?}\"}} {n}\n"
-        ));
-    }
-    m.push_str(&format!(
-        "fdm_datagrams_dropped_total{{reason=\"UnknownSender\"}} {}\n",
-        stats.unknown_sender
-    ));
-    // The receive path under load: what the kernel granted and dropped (the agent did not keep up),
-    // turns that had more datagrams queued than one turn handles, and how late the timers ran.
-    m.push_str(&format!(
-        "# TYPE fdm_udp_receive_buffer_bytes gauge\nfdm_udp_receive_buffer_bytes {}\n",
-        loop_stats.receive_buffer
-    ));
-    m.push_str(&format!(
-        "# TYPE fdm_udp_kernel_drops_total counter\nfdm_udp_kernel_drops_total {}\n",
-        loop_stats.kernel_drops.total
-    ));
-    m.push_str(&format!(
-        "# TYPE fdm_udp_full_receive_turns_total counter\nfdm_udp_full_receive_turns_total {}\n",
-        loop_stats.full_receive_turns
-    ));
-    m.push_str(&format!(
-        "# TYPE fdm_udp_receive_errors_total counter\nfdm_udp_receive_errors_total {}\n",
-        loop_stats.receive_errors
-    ));
-    m.push_str(&format!(
-        "# TYPE fdm_timers_late_total counter\nfdm_timers_late_total {}\n",
-        loop_stats.late_timers
-    ));
-    m.push_str(&format!(
-        "# TYPE fdm_timer_latest_seconds gauge\nfdm_timer_latest_seconds {:.6}\n",
-        loop_stats.latest_timer.as_secs_f64()
-    ));
-    m.push_str(&format!(
-        "# TYPE fdm_datastore_ops_failed_total counter\nfdm_datastore_ops_failed_total {}\n",
-        stats.ds_ops_failed
-    ));
-    m.push_str(&format!(
-        "# TYPE fdm_config_rejected_total counter\nfdm_config_rejected_total {}\n",
-        stats.configs_rejected
-    ));
-    m.push_str(&format!(
-        "# TYPE fdm_config_generation gauge\nfdm_config_generation {}\n",
-        st.config_generation
-    ));
-    s.metrics = m;
 }
 
 /// Line protocol on a unix socket: `status` -> one JSON line; `maintenance on|off` -> `ok`.
@@ -199,31 +82,6 @@ pub(super) fn serve_status(
                 let _ = writeln!(w, "{reply}");
             }
         })?;
-    Ok(())
-}
-
-pub(super) async fn serve_metrics(
-    addr: SocketAddr,
-    shared: Arc<Mutex<Shared>>,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                continue;
-            };
-            let body = lock(&shared).metrics.clone();
-            tokio::spawn(async move {
-                let mut req = [0u8; 1024];
-                let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut req).await;
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
     Ok(())
 }
 

@@ -49,11 +49,34 @@ pub struct AgentStats {
     pub unknown_sender: u64,
     pub ds_ops_issued: u64,
     pub ds_ops_failed: u64,
-    pub restarts_issued: u64,
+    /// This agent as master: VMs lost from a host (a crash, a dead host, an isolation response)
+    /// brought back. These are the restarts HA exists for.
+    pub restarts: StartStats,
+    /// This agent as master: first placements, VMs started that ran nowhere before (protected
+    /// but never seen running, or started by an operator through HA). Counted apart so that a
+    /// new inventory does not read as a wave of failures.
+    pub placements: StartStats,
     /// VMs this agent, as master, declared failed at their restart limit.
     pub restart_limits_reached: u64,
     /// Cluster configurations read from a datastore and refused (their timings are invalid).
     pub configs_rejected: u64,
+}
+
+/// One kind of VM start as the master drives it: the commands it sent and how each ended.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StartStats {
+    /// Power-on commands sent, each attempt one (a retry on another host counts again).
+    pub issued: u64,
+    /// The target answered that the VM runs.
+    pub succeeded: u64,
+    /// The target answered that it could not start the VM (each failed attempt one).
+    pub failed: u64,
+    /// Every retry was used; the VM waits for capacity or a configuration change.
+    pub gave_up: u64,
+    /// No host could take the VM when it was due (once per wait).
+    pub no_capacity: u64,
+    /// The VM started and was stopped on purpose before the master saw it through.
+    pub ended_by_operator: u64,
 }
 
 /// The master's view of one host, for status and reports.

@@ -113,6 +113,12 @@ fn no_room_waits_then_is_placed_when_a_host_returns() {
             .iter()
             .any(|(_, _, e)| matches!(e, Event::NoCapacity { vm } if *vm == VmId(2)))
     );
+    let master = c.masters()[0];
+    assert_eq!(
+        c.agent(master.0).stats().restarts.no_capacity,
+        1,
+        "once per wait"
+    );
     c.boot_host(HostId(2));
     c.run_until(Duration::from_secs(30), |c| {
         c.where_runs(2) == vec![HostId(2)]
@@ -154,6 +160,13 @@ fn failed_power_on_is_retried_on_the_schedule_then_elsewhere() {
     }
     c.run_until(Duration::from_secs(120), |c| c.where_runs(1).len() == 1)
         .expect("eventually restarted");
+    c.run_secs(3.0);
+    // Every failed attempt counted as a failed restart, and the one that worked as a success.
+    let master = c.masters()[0];
+    let r = &c.agent(master.0).stats().restarts;
+    assert_eq!(r.failed, failed.len() as u64, "{r:?}");
+    assert_eq!(r.succeeded, 1, "{r:?}");
+    assert!(r.issued >= r.failed + r.succeeded, "{r:?}");
 }
 
 #[test]

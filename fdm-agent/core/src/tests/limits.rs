@@ -112,6 +112,10 @@ fn a_crash_loop_is_restarted_up_to_its_limit_then_failed() {
     );
     assert_eq!(limit_events(&c), vec![(3, 3_600_000)], "one event");
     assert_eq!(c.agent(1).stats().restart_limits_reached, 1);
+    // Three crashes brought back, each a restart; the VM already ran, so no first placement.
+    let stats = c.agent(1).stats();
+    assert_eq!((stats.restarts.issued, stats.restarts.succeeded), (3, 3));
+    assert_eq!(stats.placements, crate::StartStats::default());
     let view = c.agent(1).status(c.now);
     let v = view.vms.iter().find(|v| v.vm == VmId(VM)).expect("listed");
     assert!(v.failed && v.restart.starts_with("failed"), "{}", v.restart);
@@ -222,4 +226,25 @@ fn an_operators_clear_restarts_a_failed_vm_once() {
     c.run_secs(20.0);
     assert!(c.where_runs(VM).is_empty(), "failed again");
     assert_eq!(limit_events(&c).len(), 2);
+}
+
+#[test]
+fn a_first_placement_is_not_counted_as_a_restart() {
+    // The VM is protected and runs nowhere: the master starts it once, a first placement.
+    let mut c = Cluster::new(cluster(3, 1, 0));
+    c.run_until(Duration::from_secs(30), |c| c.where_runs(VM).len() == 1)
+        .expect("placed");
+    c.run_secs(3.0);
+    let master = c.masters()[0];
+    let stats = c.agent(master.0).stats();
+    assert_eq!(
+        (stats.placements.issued, stats.placements.succeeded),
+        (1, 1)
+    );
+    assert_eq!(stats.restarts, crate::StartStats::default());
+    // Then it crashes: bringing it back is a restart.
+    crash_and_restart(&mut c);
+    let stats = c.agent(master.0).stats();
+    assert_eq!((stats.restarts.issued, stats.restarts.succeeded), (1, 1));
+    assert_eq!(stats.placements.issued, 1);
 }

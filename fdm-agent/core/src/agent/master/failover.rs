@@ -662,6 +662,16 @@ impl Agent {
                 DesiredPower::On
             };
             m.restart_ended(vm, tr.home, from, desired);
+            let stats = if tr.is_restart() {
+                &mut self.stats.restarts
+            } else {
+                &mut self.stats.placements
+            };
+            if r.stopped_by_operator {
+                stats.ended_by_operator += 1;
+            } else {
+                stats.succeeded += 1;
+            }
             self.emit(if r.stopped_by_operator {
                 Event::RestartEndedByOperator { vm, on: from }
             } else {
@@ -674,6 +684,15 @@ impl Agent {
             return;
         }
         let (attempts, gave_up) = m.restart_failed(vm, from, &retry, now);
+        let stats = if tr.is_restart() {
+            &mut self.stats.restarts
+        } else {
+            &mut self.stats.placements
+        };
+        stats.failed += 1;
+        if gave_up {
+            stats.gave_up += 1;
+        }
         self.emit(Event::RestartFailed {
             vm,
             target: from,
@@ -717,6 +736,10 @@ impl Agent {
         let early_commands = m.write_intents(&plan, now, t, &mut events);
         m.note_waiting(&plan, &mut events);
         for e in events {
+            if let Event::NoCapacity { vm } = e {
+                // Its track is still waiting: it says whether this is a restart.
+                self.start_stats(vm).no_capacity += 1;
+            }
             self.emit(e);
         }
         for (vm, target, d, epoch, attempt) in early_commands {

@@ -188,6 +188,12 @@ struct RestartTrack {
 }
 
 impl RestartTrack {
+    /// A VM lost from a host (`from`), not one that never ran: the metrics count the two apart.
+    /// A previous master's intent keeps the host its list last saw the VM on.
+    fn is_restart(&self) -> bool {
+        self.from.is_some()
+    }
+
     /// A restart just decided on, waiting for placement from `next_try`.
     fn waiting(
         home: DatastoreId,
@@ -828,6 +834,21 @@ impl Agent {
         }
     }
 
+    /// The counters `vm`'s start belongs to: a restart when its track names a host it was lost
+    /// from, a first placement otherwise.
+    pub(super) fn start_stats(&mut self, vm: VmId) -> &mut crate::StartStats {
+        let restart = self
+            .role
+            .master()
+            .and_then(|m| m.tracks.get(&vm))
+            .is_some_and(RestartTrack::is_restart);
+        if restart {
+            &mut self.stats.restarts
+        } else {
+            &mut self.stats.placements
+        }
+    }
+
     /// Send a restart's command (its intent is durable, unless a knob removed that step).
     fn issue_power_on(
         &mut self,
@@ -849,7 +870,7 @@ impl Agent {
                 )),
             "a power-on command for {vm} on {target} (attempt {attempt}, {epoch}) without its intent under a held claim"
         );
-        self.stats.restarts_issued += 1;
+        self.start_stats(vm).issued += 1;
         self.emit(Event::RestartIssued {
             vm,
             target,
