@@ -10,6 +10,7 @@
 pub mod config;
 pub mod report;
 pub mod status;
+pub mod status_view;
 mod systemd;
 mod udp;
 

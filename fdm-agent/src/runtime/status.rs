@@ -1,8 +1,8 @@
 //! The local status socket (`fdm-agent status`, maintenance commands) and the Prometheus endpoint.
 
+use super::status_view::AgentStatus;
 use super::{Input, LoopStats, Shared, lock};
-use crate::core::{Agent, OperatorCommand, Role, StatusSnapshot, Verdict};
-use heartbeat_fs::records::ReportEvent;
+use crate::core::{Agent, OperatorCommand, StatusSnapshot, Verdict};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixListener;
@@ -11,13 +11,6 @@ use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 
-fn role_name(r: Role) -> String {
-    match r {
-        Role::Slave { master } => format!("slave of {master}"),
-        r => r.name().to_string(),
-    }
-}
-
 /// Refresh what the status socket and `/metrics` serve.
 pub(super) fn publish(
     agent: &Agent,
@@ -25,27 +18,9 @@ pub(super) fn publish(
     shared: &Mutex<Shared>,
     loop_stats: &LoopStats,
 ) {
-    let hosts: Vec<serde_json::Value> = st
-        .hosts
-        .iter()
-        .map(|h| {
-            serde_json::json!({
-                "host": h.host.0, "verdict": h.verdict.name(), "net_age_s": h.net_age,
-                "ds_age_s": h.ds_age.iter().map(|(d, a)| serde_json::json!({"datastore": d.0, "age_s": a})).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    let vms: Vec<serde_json::Value> = st
-        .vms
-        .iter()
-        .map(|v| serde_json::json!({"vm": v.vm.0, "host": v.host.map(|h| h.0), "state": v.state.map(|s| s.name()), "restart": v.restart, "failed": v.failed}))
-        .collect();
     let mut s = lock(shared);
-    let events: Vec<&ReportEvent> = s.events.iter().rev().take(20).rev().collect();
-    s.status = Some(serde_json::json!({
-        "host": st.host.0, "role": role_name(st.role), "master": st.master.map(|m| m.0),
-        "config_generation": st.config_generation, "hosts": hosts, "vms": vms, "events": events,
-    }));
+    let events = s.events.iter().rev().take(20).rev();
+    s.status = serde_json::to_value(AgentStatus::new(st, events)).ok();
     let stats = agent.stats();
     let mut m = String::new();
     let role = ["starting", "candidate", "slave", "master", "isolated"];
