@@ -74,8 +74,9 @@ enum Command {
         #[arg(long, hide = true)]
         json: bool,
     },
-    /// Start a local 4-host cluster (loopback UDP, temporary datastores, process VMs), kill a host,
-    /// and narrate the failover with measured timings. Needs no root.
+    /// Run a local 4-host cluster, kill a host and narrate the failover with measured timings.
+    ///
+    /// Loopback UDP, temporary datastores, process VMs; needs no root.
     Demo {
         /// Keep the temporary directory (logs, datastores) for inspection.
         #[arg(long)]
@@ -208,4 +209,55 @@ fn status(socket: &std::path::Path, output: OutputFormat) -> anyhow::Result<()> 
         format!("the agent's status is not what this fdm-agent reads (another version?): {raw}")
     })?;
     print_lines(status.text())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_and_flag_has_help() {
+        fn check(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" {
+                    assert!(arg.get_help().is_some(), "{path} {id} has no help");
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                assert!(sub.get_about().is_some(), "{path} has no help");
+                check(sub, &path);
+            }
+        }
+        Cli::command().debug_assert();
+        check(&Cli::command(), "fdm-agent");
+    }
+
+    #[test]
+    fn status_takes_output_and_the_old_json_flag() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("fdm-agent").chain(args.iter().copied()))
+                .map(|c| c.command)
+        };
+        let Ok(Command::Status { output, json, .. }) = parse(&["status", "--output", "json"])
+        else {
+            panic!("status --output json parses");
+        };
+        assert_eq!((output, json), (OutputFormat::Json, false));
+        let Ok(Command::Status { output, json, .. }) = parse(&["status", "--json"]) else {
+            panic!("status --json parses");
+        };
+        assert_eq!((output, json), (OutputFormat::Text, true));
+        let help = Cli::command()
+            .find_subcommand_mut("status")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains("--output") && !help.contains("--json"),
+            "{help}"
+        );
+    }
 }
