@@ -80,10 +80,19 @@ fn hosts_of(ids: &[u32]) -> String {
     words(ids, |&h| HostId(h).to_string())
 }
 
+/// A line of the narration on standard output. Unlike `println!` it does not panic when the reader
+/// went away (`fdm-agent demo | head`): the demo then runs on silently and still cleans up.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        // The narration is not the outcome: the exit status says whether the failover worked.
+        let _ = fdm_agent::cli::print_line(format_args!($($arg)*));
+    }};
+}
+
 struct Clock(Instant);
 impl Clock {
     fn say(&self, what: impl AsRef<str>) {
-        println!(
+        out!(
             "[{:>7.3}s] {}",
             self.0.elapsed().as_secs_f64(),
             what.as_ref()
@@ -95,7 +104,7 @@ pub fn run(keep: bool, kill_master: bool) -> anyhow::Result<bool> {
     let tmp = tempfile::Builder::new().prefix("fdm-demo-").tempdir()?;
     let root = tmp.path().to_path_buf();
     let clock = Clock(Instant::now());
-    println!(
+    out!(
         "fdm demo: {HOSTS} hosts, 2 shared datastores, {VMS} protected VMs, in {}",
         root.display()
     );
@@ -166,7 +175,7 @@ pub fn run(keep: bool, kill_master: bool) -> anyhow::Result<bool> {
     }
     if keep {
         let kept = tmp.keep();
-        println!("kept {} (agent logs in host*/agent.log)", kept.display());
+        out!("kept {} (agent logs in host*/agent.log)", kept.display());
     }
     outcome
 }
@@ -248,7 +257,7 @@ fn drive(
         (1..=HOSTS).rev().find(|&h| h != master).expect("4 hosts")
     };
     let lost: Vec<u32> = hosts[victim as usize - 1].running();
-    println!();
+    out!("");
     clock.say(format!(
         "*** {} dies: its agent and its VMs {} are killed ***",
         HostId(victim),
@@ -319,30 +328,30 @@ fn drive(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    println!();
-    println!("summary");
-    println!(
+    out!("");
+    out!("summary");
+    out!(
         "  killed host             {} (VMs {})",
         HostId(victim),
         vms(&lost)
     );
     match dead_at {
-        Some(t) => println!("  dead verdict after      {t:.3} s"),
-        None => println!("  dead verdict            not seen"),
+        Some(t) => out!("  dead verdict after      {t:.3} s"),
+        None => out!("  dead verdict            not seen"),
     }
     if let Some(t) = issued.values().copied().reduce(f64::min) {
-        println!("  first restart issued    {t:.3} s");
+        out!("  first restart issued    {t:.3} s");
     }
     if let Some(t) = back.values().map(|(_, t)| *t).reduce(f64::max) {
-        println!("  all VMs running again   {t:.3} s");
+        out!("  all VMs running again   {t:.3} s");
     }
     for (vm, on) in placement(hosts) {
-        println!("  {:<5} on {}", VmId(vm).to_string(), hosts_of(&on));
+        out!("  {:<5} on {}", VmId(vm).to_string(), hosts_of(&on));
     }
     // A VM process writes its start record first thing; give the last ones a moment.
     std::thread::sleep(Duration::from_millis(300));
     let starts = std::fs::read_to_string(ledger).unwrap_or_default();
-    println!(
+    out!(
         "  VM start records        {} ({} initial + restarts)",
         starts.lines().count(),
         VMS
@@ -352,7 +361,7 @@ fn drive(
         .iter()
         .all(|vm| now_placed.get(vm).is_some_and(|on| on.len() == 1));
     let ok = back.len() == lost.len() && all_back && !twice && !lost.is_empty();
-    println!(
+    out!(
         "  result                  {}",
         if ok {
             "every lost VM runs again, exactly once"

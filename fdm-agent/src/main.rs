@@ -1,14 +1,17 @@
 //! The `fdm-agent` binary: run the agent, check its configuration, ask a running agent for its status,
 //! or run the local demo cluster.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+// Standard output through `fdm_agent::cli`, which ends quietly on a closed pipe where `println!`
+// panics.
+#![warn(clippy::print_stdout)]
 
 mod demo;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fdm_agent::cli::{LogFormat, OutputFormat, finish, print_line, print_lines};
 use fdm_agent::runtime::config::{AgentConfig, ConfigError};
-use fdm_agent::runtime::report::wall_clock;
-use heartbeat_fs::records::ReportEvent;
+use fdm_agent::runtime::status_view::AgentStatus;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -32,9 +35,15 @@ const VERSION: &str = if fdm_agent::core::FAULT_KNOBS_COMPILED {
     about = "fdm: high availability for VMs on hosts with shared datastores"
 )]
 struct Cli {
-    /// Log format: `text` or `json`.
-    #[arg(long, global = true, default_value = "text", env = "FDM_LOG_FORMAT")]
-    log_format: String,
+    /// How log lines (on standard error) are written.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "FDM_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,11 +52,13 @@ struct Cli {
 enum Command {
     /// Run the agent (until SIGTERM: a master hands its role over first).
     Run {
+        /// The agent's configuration file (docs/operations.md).
         #[arg(long, default_value = "/etc/fdm/agent.toml")]
         config: PathBuf,
     },
     /// Check a configuration file and report every error with its field.
     CheckConfig {
+        /// The configuration file to check.
         #[arg(long, default_value = "/etc/fdm/agent.toml")]
         config: PathBuf,
     },
@@ -56,12 +67,16 @@ enum Command {
         /// The agent's status socket (`status_socket` in its configuration).
         #[arg(long, default_value = "/run/fdm/agent.sock")]
         socket: PathBuf,
-        /// Print the raw JSON.
-        #[arg(long)]
+        /// Print aligned text for people or the agent's JSON for tools.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+        /// The same as `--output json` (kept for scripts written before `--output`).
+        #[arg(long, hide = true)]
         json: bool,
     },
-    /// Start a local 4-host cluster (loopback UDP, temporary datastores, process VMs), kill a host,
-    /// and narrate the failover with measured timings. Needs no root.
+    /// Run a local 4-host cluster, kill a host and narrate the failover with measured timings.
+    ///
+    /// Loopback UDP, temporary datastores, process VMs; needs no root.
     Demo {
         /// Keep the temporary directory (logs, datastores) for inspection.
         #[arg(long)]
@@ -72,7 +87,7 @@ enum Command {
     },
 }
 
-fn init_logs(format: &str, default_level: &str) {
+fn init_logs(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let b = tracing_subscriber::fmt()
@@ -80,10 +95,9 @@ fn init_logs(format: &str, default_level: &str) {
         .with_writer(std::io::stderr)
         // journald and log files get plain text; colours only on a terminal.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
     }
 }
 
@@ -91,7 +105,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {
-            init_logs(&cli.log_format, "info");
+            init_logs(cli.log_format, "info");
             let cfg = match AgentConfig::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -117,44 +131,23 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { config } => match AgentConfig::load(&config) {
-            Ok(c) => {
-                for w in &c.warnings {
-                    println!("{}: warning: {}: {}", config.display(), w.field, w.reason);
-                }
-                println!(
-                    "{}: ok (host {}, {} datastores{})",
-                    config.display(),
-                    c.host.0,
-                    c.datastores.len(),
-                    if c.warnings.is_empty() {
-                        ""
-                    } else {
-                        ", with warnings"
-                    }
-                );
-                ExitCode::SUCCESS
+        Command::CheckConfig { config } => {
+            let (lines, code) = check_config(&config);
+            match print_lines(lines) {
+                Ok(()) => code,
+                Err(e) => finish(Err(e), "fdm-agent", 1),
             }
-            Err(ConfigError::Invalid(problems)) => {
-                for p in problems {
-                    println!("{}: {}: {}", config.display(), p.field, p.reason);
-                }
-                ExitCode::from(2)
-            }
-            Err(e) => {
-                println!("{e}");
-                ExitCode::from(2)
-            }
-        },
-        Command::Status { socket, json } => match status(&socket, json) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("fdm-agent: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        }
+        Command::Status {
+            socket,
+            output,
+            json,
+        } => {
+            let output = if json { OutputFormat::Json } else { output };
+            finish(status(&socket, output), "fdm-agent", 1)
+        }
         Command::Demo { keep, kill_master } => {
-            init_logs(&cli.log_format, "warn");
+            init_logs(cli.log_format, "warn");
             match demo::run(keep, kill_master) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
@@ -167,51 +160,104 @@ fn main() -> ExitCode {
     }
 }
 
-fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
+/// What `check-config` prints, and its exit status: 0 for a valid file, 2 for an invalid one.
+fn check_config(config: &std::path::Path) -> (Vec<String>, ExitCode) {
+    let file = config.display();
+    match AgentConfig::load(config) {
+        Ok(c) => {
+            let mut lines: Vec<String> = c
+                .warnings
+                .iter()
+                .map(|w| format!("{file}: warning: {}: {}", w.field, w.reason))
+                .collect();
+            lines.push(format!(
+                "{file}: ok ({}, {} datastores{})",
+                c.host,
+                c.datastores.len(),
+                if c.warnings.is_empty() {
+                    ""
+                } else {
+                    ", with warnings"
+                }
+            ));
+            (lines, ExitCode::SUCCESS)
+        }
+        Err(ConfigError::Invalid(problems)) => (
+            problems
+                .iter()
+                .map(|p| format!("{file}: {}: {}", p.field, p.reason))
+                .collect(),
+            ExitCode::from(2),
+        ),
+        Err(e) => (vec![e.to_string()], ExitCode::from(2)),
+    }
+}
+
+fn status(socket: &std::path::Path, output: OutputFormat) -> anyhow::Result<()> {
     let raw = fdm_agent::runtime::status::query(socket, "status")
         .with_context(|| format!("is an agent running? cannot reach {}", socket.display()))?;
-    if json {
-        println!("{raw}");
-        return Ok(());
+    if output == OutputFormat::Json {
+        return print_line(raw);
     }
-    let v: serde_json::Value = serde_json::from_str(&raw)?;
-    println!(
-        "host {}  role {}  master {}  config generation {}",
-        v["host"],
-        v["role"].as_str().unwrap_or("?"),
-        v["master"],
-        v["config_generation"]
-    );
-    if let Some(hosts) = v["hosts"].as_array().filter(|h| !h.is_empty()) {
-        println!("\nHOST  VERDICT       NET AGE");
-        for h in hosts {
-            println!(
-                "{:<5} {:<13} {}",
-                h["host"],
-                h["verdict"].as_str().unwrap_or("?"),
-                h["net_age_s"]
-            );
+    if raw == "{}" {
+        anyhow::bail!(
+            "the agent at {} has no status yet: it is starting",
+            socket.display()
+        );
+    }
+    let status: AgentStatus = serde_json::from_str(&raw).with_context(|| {
+        format!("the agent's status is not what this fdm-agent reads (another version?): {raw}")
+    })?;
+    print_lines(status.text())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_and_flag_has_help() {
+        fn check(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" {
+                    assert!(arg.get_help().is_some(), "{path} {id} has no help");
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                assert!(sub.get_about().is_some(), "{path} has no help");
+                check(sub, &path);
+            }
         }
+        Cli::command().debug_assert();
+        check(&Cli::command(), "fdm-agent");
     }
-    if let Some(vms) = v["vms"].as_array().filter(|v| !v.is_empty()) {
-        println!("\nVM    HOST  STATE     RESTART");
-        for vm in vms {
-            println!(
-                "{:<5} {:<5} {:<9} {}",
-                vm["vm"],
-                vm["host"],
-                vm["state"].as_str().unwrap_or("-"),
-                vm["restart"].as_str().unwrap_or("")
-            );
-        }
+
+    #[test]
+    fn status_takes_output_and_the_old_json_flag() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("fdm-agent").chain(args.iter().copied()))
+                .map(|c| c.command)
+        };
+        let Ok(Command::Status { output, json, .. }) = parse(&["status", "--output", "json"])
+        else {
+            panic!("status --output json parses");
+        };
+        assert_eq!((output, json), (OutputFormat::Json, false));
+        let Ok(Command::Status { output, json, .. }) = parse(&["status", "--json"]) else {
+            panic!("status --json parses");
+        };
+        assert_eq!((output, json), (OutputFormat::Text, true));
+        let help = Cli::command()
+            .find_subcommand_mut("status")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains("--output") && !help.contains("--json"),
+            "{help}"
+        );
     }
-    // The events as the master's report carries them: a wall-clock time and the event in words.
-    let events: Vec<ReportEvent> = serde_json::from_value(v["events"].clone()).unwrap_or_default();
-    if !events.is_empty() {
-        println!("\nlast events:");
-        for e in &events {
-            println!("  {}  {}", wall_clock(e.unix_ms), e.message);
-        }
-    }
-    Ok(())
 }

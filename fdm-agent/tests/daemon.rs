@@ -428,3 +428,144 @@ fn the_shipped_systemd_units_verify() {
         "systemd-analyze verify: {stderr}"
     );
 }
+
+/// `fdm-agent ARGS` with its standard output a pipe whose reader is already gone, as under
+/// `fdm-agent status | head -1` once `head` has its line: (exit status, standard error).
+fn into_closed_pipe(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(EXE)
+        .args(args)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("fdm-agent");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let d = Daemon::start(PROCESS, None, "");
+    d.status().expect("the agent answers");
+    let socket = d.dir.path().join("agent.sock");
+    let socket = socket.to_str().unwrap();
+    let config = d.dir.path().join("agent.toml");
+    let config = config.to_str().unwrap();
+    for args in [
+        &["status", "--socket", socket][..],
+        &["status", "--socket", socket, "--output", "json"],
+        &["status", "--socket", socket, "--json"],
+        &["check-config", "--config", config],
+        &["--help"],
+        &["status", "--help"],
+    ] {
+        let (status, err) = into_closed_pipe(args);
+        assert!(status.success(), "fdm-agent {args:?}: {status}: {err}");
+        assert!(err.is_empty(), "fdm-agent {args:?} wrote to stderr: {err}");
+    }
+    // As an operator types it: the first line, and no complaint.
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            "set -o pipefail; \"$0\" status --socket \"$1\" | head -1",
+        ])
+        .args([EXE, socket])
+        .output()
+        .expect("bash");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.is_empty(), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "agent on           host-1\n"
+    );
+}
+
+#[test]
+fn status_is_aligned_words_or_the_agents_json() {
+    let d = Daemon::start(PROCESS, None, "");
+    d.status().expect("the agent answers");
+    let socket = d.dir.path().join("agent.sock");
+    let run = |args: &[&str]| {
+        let out = Command::new(EXE)
+            .arg("status")
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .expect("fdm-agent status");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The only agent of its cluster becomes its master.
+    assert!(
+        wait_until(Duration::from_secs(15), || run(&[])
+            .contains("role               master")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        run(&[])
+    );
+    let text = run(&[]);
+    assert!(text.starts_with("agent on           host-1\n"), "{text}");
+    assert!(
+        text.lines().any(|l| l.split_whitespace().eq([
+            "HOST",
+            "VERDICT",
+            "NETWORK",
+            "HB",
+            "DATASTORE",
+            "HB"
+        ])),
+        "{text}"
+    );
+    assert!(text.contains("TIME (UTC)"), "{text}");
+    for raw in ["null", "Some(", "HostId(", "0.0000"] {
+        assert!(!text.contains(raw), "{raw:?} in:\n{text}");
+    }
+    // `--output json` and the old `--json` print the agent's JSON, one line.
+    for args in [&["--output", "json"][..], &["--json"]] {
+        let json = run(args);
+        assert_eq!(json.lines().count(), 1, "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(v["host"], 1);
+        let _: fdm_agent::runtime::status_view::AgentStatus =
+            serde_json::from_value(v).expect("the status type reads it");
+    }
+    let out = Command::new(EXE)
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .args(["--output", "yaml"])
+        .output()
+        .expect("fdm-agent status");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("[possible values: text, json]"), "{err}");
+}
+
+#[test]
+fn an_unknown_log_format_is_refused_naming_the_accepted_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    for (args, env) in [
+        (&["--log-format", "xml", "run", "--config"][..], None),
+        (&["run", "--log-format", "xml", "--config"], None),
+        (&["run", "--config"], Some("xml")),
+    ] {
+        let mut cmd = Command::new(EXE);
+        cmd.args(args).arg(&config);
+        if let Some(v) = env {
+            cmd.env("FDM_LOG_FORMAT", v);
+        }
+        let out = cmd.output().expect("fdm-agent");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("invalid value 'xml' for '--log-format <LOG_FORMAT>'")
+                && err.contains("[possible values: text, json]"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -411,7 +411,7 @@ fn writes_are_validated_and_errors_name_the_field() {
     let (ok, _, err) = s.ctl(&["vm", "set", "1", "--restart-policy", "Sometimes"]);
     assert!(
         !ok && err.contains("'--restart-policy <RESTART_POLICY>'")
-            && err.contains("expected one of `Always`, `HostFailureOnly`, `Never`"),
+            && err.contains("[possible values: Always, HostFailureOnly, Never]"),
         "{err}"
     );
     // Removing a VM another depends on is refused; the dependent first works.
@@ -669,6 +669,135 @@ fn events_are_stored_once_and_served_in_order() {
     std::thread::sleep(Duration::from_millis(400));
     let (_, st) = s.call("GET", "/v1/state", None);
     assert_eq!(st["report"]["sequence"], 2);
+}
+
+/// `fdmctl ARGS` against `s` with its standard output a pipe whose reader is already gone, as under
+/// `fdmctl events | head -1` once `head` has its line: (exit status, standard error).
+fn ctl_into_closed_pipe(s: &Server, args: &[&str]) -> (std::process::ExitStatus, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = s
+        .ctl_command(args)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `events --follow` too must notice at its first line, not run on.
+    let status = wait_until(Duration::from_secs(10), || child.try_wait().ok().flatten())
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("fdmctl {args:?} still runs with its output closed")
+        });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
+#[test]
+fn fdmctl_into_a_closed_pipe_ends_quietly() {
+    let s = Server::start();
+    s.basic_inventory();
+    s.ctl_ok(&["vm", "add", "--id", "7", "--name", "web", "--home", "1"]);
+    DatastoreDir::open(s.ds1())
+        .unwrap()
+        .write_report(&report(1, vec![event(1, "role"), event(2, "verdict")]))
+        .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        let (_, v) = s.call("GET", "/v1/events", None);
+        (v.as_array()?.len() == 2).then_some(())
+    })
+    .expect("timed out waiting for the events");
+    for args in [
+        &["events"][..],
+        &["events", "--follow"],
+        &["--output", "json", "events"],
+        &["status"],
+        &["status", "--output", "json"],
+        &["vm", "list"],
+        &["vm", "show", "7"],
+        &["host", "list"],
+        &["datastore", "list"],
+        &["config", "show"],
+        &["admission"],
+        &["ha", "resume"],
+        &["--help"],
+        &["vm", "add", "--help"],
+    ] {
+        let (status, err) = ctl_into_closed_pipe(&s, args);
+        assert!(status.success(), "fdmctl {args:?}: {status}: {err}");
+        assert!(err.is_empty(), "fdmctl {args:?} wrote to stderr: {err}");
+    }
+    // As an operator types it: the first line, and no complaint.
+    let out = Command::new("bash")
+        .args(["-c", "set -o pipefail; \"$0\" events | head -1"])
+        .arg(env!("CARGO_BIN_EXE_fdmctl"))
+        .env("FDM_URL", &s.url)
+        .env("FDM_TOKEN_FILE", &s.token_file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.is_empty(), "{err}");
+    let first = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(first.lines().count(), 1, "{first}");
+    assert!(first.contains("event number 1"), "{first}");
+    // A failure is still one: an error on stderr and status 1, also with stdout closed.
+    let (status, err) = ctl_into_closed_pipe(&s, &["vm", "show", "99"]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.starts_with("error: ") && err.contains("404"), "{err}");
+}
+
+/// `fdmctl status` gives ages in words and the report's wall-clock time.
+#[test]
+fn status_ages_are_in_words() {
+    let s = Server::start();
+    s.basic_inventory();
+    DatastoreDir::open(s.ds1())
+        .unwrap()
+        .write_report(&report(1, vec![]))
+        .unwrap();
+    let status = wait_until(Duration::from_secs(10), || {
+        let status = s.ctl_ok(&["status"]);
+        status.contains("report seq 1").then_some(status)
+    })
+    .expect("the report reaches fdmctl status");
+    // The report's time is the master's clock: 1_700_000_001_000 ms.
+    assert!(
+        status.contains("report seq 1 from ds-1 written 2023-11-14T22:13:21Z, read "),
+        "{status}"
+    );
+    assert!(!status.contains(" ms ago"), "{status}");
+    let rows: Vec<Vec<&str>> = status
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let header = rows
+        .iter()
+        .position(|r| r.first() == Some(&"HOST"))
+        .expect("a host table");
+    assert_eq!(
+        rows[header],
+        [
+            "HOST",
+            "NAME",
+            "VERDICT",
+            "NETWORK",
+            "HB",
+            "MAINTENANCE",
+            "MASTER"
+        ],
+        "{status}"
+    );
+    // host-1's last network heartbeat was 10 ms old; host-2 has none.
+    assert_eq!(
+        rows[header + 1],
+        ["host-1", "esx1", "alive", "0.0", "s", "no", "*"],
+        "{status}"
+    );
+    assert_eq!(
+        rows[header + 2],
+        ["host-2", "esx2", "dead", "-", "no"],
+        "{status}"
+    );
 }
 
 /// Issue 16's bug through the server and `fdmctl events --follow`: each report carries more

@@ -11,6 +11,7 @@ pub mod config;
 pub mod metrics;
 pub mod report;
 pub mod status;
+pub mod status_view;
 mod systemd;
 mod udp;
 

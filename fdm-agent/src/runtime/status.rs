@@ -1,45 +1,20 @@
 //! The local status socket (`fdm-agent status`, maintenance commands). The metrics endpoint is
 //! `metrics`.
 
+use super::status_view::AgentStatus;
 use super::{Input, Shared, lock};
-use crate::core::{OperatorCommand, Role, StatusSnapshot};
-use heartbeat_fs::records::ReportEvent;
+use crate::core::{OperatorCommand, StatusSnapshot};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::UnboundedSender;
 
-fn role_name(r: Role) -> String {
-    match r {
-        Role::Slave { master } => format!("slave of {master}"),
-        r => r.name().to_string(),
-    }
-}
-
-/// Refresh what the status socket serves.
+/// Refresh what the status socket serves (the metrics endpoint is `metrics`).
 pub(super) fn publish(st: &StatusSnapshot, shared: &Mutex<Shared>) {
-    let hosts: Vec<serde_json::Value> = st
-        .hosts
-        .iter()
-        .map(|h| {
-            serde_json::json!({
-                "host": h.host.0, "verdict": h.verdict.name(), "net_age_s": h.net_age,
-                "ds_age_s": h.ds_age.iter().map(|(d, a)| serde_json::json!({"datastore": d.0, "age_s": a})).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    let vms: Vec<serde_json::Value> = st
-        .vms
-        .iter()
-        .map(|v| serde_json::json!({"vm": v.vm.0, "host": v.host.map(|h| h.0), "state": v.state.map(|s| s.name()), "restart": v.restart, "failed": v.failed}))
-        .collect();
     let mut s = lock(shared);
-    let events: Vec<&ReportEvent> = s.events.iter().rev().take(20).rev().collect();
-    s.status = Some(serde_json::json!({
-        "host": st.host.0, "role": role_name(st.role), "master": st.master.map(|m| m.0),
-        "config_generation": st.config_generation, "hosts": hosts, "vms": vms, "events": events,
-    }));
+    let events = s.events.iter().rev().take(20).rev();
+    s.status = serde_json::to_value(AgentStatus::new(st, events)).ok();
 }
 
 /// Line protocol on a unix socket: `status` -> one JSON line; `maintenance on|off` -> `ok`.

@@ -1,7 +1,11 @@
 //! `fdmctl`: the operator's command line for `fdm-shim`. See `docs/shim.md`.
+// Standard output through `fdm_agent::cli`, which ends quietly on a closed pipe where `println!`
+// panics.
+#![warn(clippy::print_stdout)]
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use fdm_agent::cli::{OutputFormat, Table, finish, human_age, key_values, print_line, print_lines};
 use fdm_agent::runtime::report::wall_clock;
 use heartbeat_fs::records::{
     AdmissionPolicy, HaSettings, IsolationResponse, RestartPolicy, RestartPriority,
@@ -9,13 +13,13 @@ use heartbeat_fs::records::{
 };
 use heartbeat_fs::{DatastoreId, HostId, VmId};
 use serde::Serialize;
-use serde::de::{DeserializeOwned, IntoDeserializer};
 use std::collections::BTreeMap;
 use std::num::ParseIntError;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 use vcenter_shim::admission::{AdmissionReport, ResourceNumbers};
-use vcenter_shim::cli;
+use vcenter_shim::cli::{self, Word};
 use vcenter_shim::client::Client;
 use vcenter_shim::model::{
     DatastoreSpec, HaView, HostSpec, MaintenanceAction, MountSpec, VmSpec, WriteAnswer,
@@ -41,56 +45,59 @@ struct Cli {
     /// File holding the API bearer token.
     #[arg(long, env = "FDM_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
-    output: Output,
+    /// Print aligned text for people or the API's JSON for tools.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text, global = true)]
+    output: OutputFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Hosts, VMs (with where each stands in the restart pipeline: `failed: ...` for a VM left
-    /// down at its restart limit), the master and whether HA is paused.
+    /// The cluster now: the master and its last report, hosts, VMs and whether HA is paused.
+    ///
+    /// Hosts with the master's verdict and the age of their last network heartbeat; VMs with
+    /// where each runs and where it stands in the restart pipeline (`failed: ...` for a VM left
+    /// down at its restart limit).
     Status,
-    /// The master's events, oldest first.
+    /// The master's events, oldest first, with their ids and UTC times.
     Events {
         /// Only events with an id above this.
         #[arg(long, default_value_t = 0)]
         since: i64,
-        /// Keep printing new events as they arrive.
+        /// Keep printing new events as they arrive (polling every second).
         #[arg(long)]
         follow: bool,
     },
     /// Whether the cluster can restart every protected VM after the tolerated failures.
     Admission,
-    /// VMs: list, show, add, set, rm, and clear a VM failed at its restart limit.
+    /// VMs: list, show, add, set, rm; clear, stop and start through HA.
     #[command(subcommand)]
     Vm(VmCmd),
+    /// Hosts: list, add, rm, and maintenance mode.
     #[command(subcommand)]
     Host(HostCmd),
+    /// Datastores: list, add (with the hosts that mount them), rm.
     #[command(subcommand)]
     Datastore(DsCmd),
+    /// The cluster's HA settings: show, set.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Pause or resume HA for the whole cluster.
     #[command(subcommand)]
     Ha(HaCmd),
 }
 
-/// The VM flags given, named and typed as `VmSpec`'s fields, so that they serialise straight into
-/// a request body: `vm set` sends only what changes, `vm add` fills in the rest with `VmSpec`'s own
-/// defaults.
+// The VM flags given, named and typed as `VmSpec`'s fields, so that they serialise straight into
+// a request body: `vm set` sends only what changes, `vm add` fills in the rest with `VmSpec`'s own
+// defaults. (A `//` comment: clap would show a doc comment here in the commands' help.)
 #[derive(Debug, clap::Args, Serialize)]
 struct VmFields {
+    /// The VM's name, unique in the inventory (`vm clear`, `stop` and `start` take it too).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
-    /// Home datastore id.
+    /// Its home datastore's id: the one holding its disks and its lease.
     #[arg(long, value_parser = id(DatastoreId))]
     #[serde(skip_serializing_if = "Option::is_none")]
     home: Option<DatastoreId>,
@@ -98,36 +105,42 @@ struct VmFields {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     definition: Option<String>,
+    /// CPU reserved for it, in MHz (admission control and placement).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     cpu_mhz: Option<u32>,
+    /// Memory reserved for it, in MB (admission control and placement).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     memory_mb: Option<u64>,
-    /// Disabled, Lowest, Low, Medium, High, Highest.
-    #[arg(long, value_parser = parse_word::<RestartPriority>)]
+    /// Its restart priority: higher ones are restarted first.
+    #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    priority: Option<RestartPriority>,
-    /// PowerOff, Shutdown, LeaveRunning.
-    #[arg(long, value_parser = parse_word::<IsolationResponse>)]
+    priority: Option<Word<RestartPriority>>,
+    /// What its host does with it once isolated (default: the cluster's
+    /// default_isolation_response).
+    #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    isolation_response: Option<IsolationResponse>,
-    /// Always, HostFailureOnly, Never.
-    #[arg(long, value_parser = parse_word::<RestartPolicy>)]
+    isolation_response: Option<Word<IsolationResponse>>,
+    /// When the master restarts it.
+    #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    restart_policy: Option<RestartPolicy>,
-    /// Keep, Pause, PowerOff: what its host does once it could not write the VM's home datastore
-    /// for the cluster's storage_loss_timeout_ms (docs/operations.md).
-    #[arg(long, value_parser = parse_word::<StorageLossResponse>)]
+    restart_policy: Option<Word<RestartPolicy>>,
+    /// What its host does once it could not write the VM's home datastore for the cluster's
+    /// storage_loss_timeout_ms (default: the cluster's default_storage_loss_response;
+    /// docs/operations.md).
+    #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    storage_loss_response: Option<StorageLossResponse>,
+    storage_loss_response: Option<Word<StorageLossResponse>>,
     /// Comma-separated VM ids this VM starts after.
     #[arg(long, value_delimiter = ',', value_parser = id(VmId))]
     #[serde(skip_serializing_if = "Option::is_none")]
     depends_on: Option<Vec<VmId>>,
+    /// VMs of one group are restarted on different hosts where possible.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     anti_affinity_group: Option<String>,
+    /// Whether HA restarts it (true, the default for a new VM) or only lists it (false).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     protected: Option<bool>,
@@ -200,43 +213,52 @@ enum VmCmd {
     List,
     /// One VM, a field a line (with its definition).
     Show {
+        /// The VM's id.
         #[arg(value_parser = id(VmId))]
         id: VmId,
     },
     /// Add a VM (`--name` and `--home` needed; the other fields take the API's defaults).
     Add {
+        /// The new VM's id (a number, unique in the inventory).
         #[arg(long, value_parser = id(VmId))]
         id: VmId,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "VM fields")]
         fields: VmFields,
     },
     /// Change the fields given of a VM; the others keep their values.
     Set {
+        /// The VM's id.
         #[arg(value_parser = id(VmId))]
         id: VmId,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "VM fields")]
         fields: VmFields,
     },
     /// Remove a VM (refused while another VM depends on it).
     Rm {
+        /// The VM's id.
         #[arg(value_parser = id(VmId))]
         id: VmId,
     },
-    /// Clear a VM that HA left failed at its restart limit (it crashed again after its allowed
-    /// restarts within the window): the master forgets its counted restarts and restarts it if it
-    /// is down. A clear is acted on once; a VM that keeps crashing fails again at its limit.
+    /// Clear a VM that HA left failed at its restart limit.
+    ///
+    /// The VM crashed again after its allowed restarts within the window: the master forgets its
+    /// counted restarts and restarts it if it is down. A clear is acted on once; a VM that keeps
+    /// crashing fails again at its limit.
     Clear {
         /// The VM's id or name.
         vm: String,
     },
-    /// Stop a VM through HA: the master has the host running it shut it down (power-off after the
-    /// shutdown timeout), and HA keeps it stopped, whatever its host does, until `fdmctl vm start`.
+    /// Stop a VM through HA and keep it stopped until `fdmctl vm start`.
+    ///
+    /// The master has the host running it shut it down (power-off after the shutdown timeout),
+    /// and HA keeps it stopped, whatever its host does, until `fdmctl vm start`.
     Stop {
         /// The VM's id or name.
         vm: String,
     },
-    /// Start a VM through HA, on a host with room (also after its guest or an operator stopped
-    /// it): HA protects it again from then on.
+    /// Start a VM through HA, on a host with room; HA protects it again from then on.
+    ///
+    /// Also after its guest or an operator stopped it at the hypervisor.
     Start {
         /// The VM's id or name.
         vm: String,
@@ -245,28 +267,39 @@ enum VmCmd {
 
 #[derive(Debug, Subcommand)]
 enum HostCmd {
+    /// Every host of the inventory, as a table.
     List,
+    /// Add a host (its agent reads the new configuration from the datastores).
     Add {
+        /// The new host's id: the `host_id` of its agent's configuration.
         #[arg(long, value_parser = id(HostId))]
         id: HostId,
+        /// The host's name, for people.
         #[arg(long)]
         name: String,
-        /// ip:port of the agent's heartbeat socket.
+        /// ip:port of the agent's heartbeat socket (its `bind`).
         #[arg(long)]
         address: String,
+        /// CPU capacity in MHz (admission control and placement).
         #[arg(long, default_value_t = 0)]
         cpu_mhz: u32,
+        /// Memory capacity in MB (admission control and placement).
         #[arg(long, default_value_t = 0)]
         memory_mb: u64,
     },
+    /// Remove a host (refused while it mounts a datastore or is a failover host).
     Rm {
+        /// The host's id.
         #[arg(value_parser = id(HostId))]
         id: HostId,
     },
+    /// Put a host in maintenance or take it out: in maintenance it receives no restarts and
+    /// counts no capacity.
     Maintenance {
-        /// enter or exit.
-        #[arg(value_parser = parse_word::<MaintenanceAction>)]
-        action: MaintenanceAction,
+        /// Enter or exit maintenance.
+        #[arg(value_enum)]
+        action: Word<MaintenanceAction>,
+        /// The host's id.
         #[arg(value_parser = id(HostId))]
         id: HostId,
     },
@@ -274,17 +307,23 @@ enum HostCmd {
 
 #[derive(Debug, Subcommand)]
 enum DsCmd {
+    /// Every datastore of the inventory with the hosts that mount it, as a table.
     List,
+    /// Add a datastore and the hosts that mount it.
     Add {
+        /// The new datastore's id: the `id` of its `[[datastores]]` in the agents' configuration.
         #[arg(long, value_parser = id(DatastoreId))]
         id: DatastoreId,
+        /// The datastore's name, for people.
         #[arg(long)]
         name: String,
         /// HOST_ID=PATH, repeatable: a host that mounts it and where.
         #[arg(long = "mount", value_parser = mount)]
         mounts: Vec<MountSpec>,
     },
+    /// Remove a datastore (refused while a VM has it as its home).
     Rm {
+        /// The datastore's id.
         #[arg(value_parser = id(DatastoreId))]
         id: DatastoreId,
     },
@@ -292,16 +331,44 @@ enum DsCmd {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCmd {
-    /// The cluster HA settings (and the shim's admission_mode).
+    /// The cluster's HA settings (and the shim's admission_mode), a setting a line.
     Show,
-    /// Set one HA setting; VALUE is JSON when it parses as JSON, else a string.
-    Set { key: String, value: String },
+    /// Set one HA setting.
+    Set {
+        /// The setting, as `config show` names it.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(HA_KEYS))]
+        key: String,
+        /// Its value: JSON when it parses as JSON (a number, a list, an object), else a string.
+        value: String,
+    },
 }
+
+/// The settings `config set` takes: `HaView`'s fields (a test checks that they are all of them).
+const HA_KEYS: [&str; 16] = [
+    "paused",
+    "timings_ms",
+    "isolation_addresses",
+    "default_isolation_response",
+    "restart_retry_ms",
+    "same_host_restart_attempts",
+    "same_host_restart_wait_ms",
+    "restart_limit",
+    "default_storage_loss_response",
+    "storage_loss_timeout_ms",
+    "failover_hosts",
+    "admission",
+    "orchestrated_wait_ms",
+    "max_concurrent_power_ons_per_host",
+    "failback",
+    "admission_mode",
+];
 
 #[derive(Debug, Subcommand)]
 enum HaCmd {
-    /// Agents keep heartbeating and reporting but take no restart, isolation or fence action.
+    /// Pause HA: agents keep heartbeating and reporting but take no restart, isolation or fence
+    /// action.
     Pause,
+    /// Resume HA after a pause.
     Resume,
 }
 
@@ -331,14 +398,7 @@ fn mount(s: &str) -> Result<MountSpec, String> {
     })
 }
 
-/// A flag's word as the API's enum value (`High`, `HostFailureOnly`, `enter`): the words the API
-/// takes are the only ones accepted, and a wrong one is refused naming the right ones.
-fn parse_word<T: DeserializeOwned>(s: &str) -> Result<T, String> {
-    T::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(s))
-        .map_err(|e| e.to_string())
-}
-
-/// The API's word for an enum value without data, the one `parse_word` reads back.
+/// The API's word for an enum value without data, the one its flag takes (`cli::Word`).
 fn word<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v)
         .ok()
@@ -371,13 +431,10 @@ impl Ctl {
     /// An answer as JSON, or as the lines `text` makes of it.
     fn show<T: Serialize>(&self, answer: &T, text: impl Fn(&T) -> Vec<String>) -> Result<()> {
         if self.json_out {
-            println!("{}", serde_json::to_string_pretty(answer)?);
+            print_line(serde_json::to_string_pretty(answer)?)
         } else {
-            for line in text(answer) {
-                println!("{line}");
-            }
+            print_lines(text(answer))
         }
-        Ok(())
     }
 
     /// Prints a write's answer; `what` is the text-mode summary of it.
@@ -399,9 +456,9 @@ impl Ctl {
             for e in &page {
                 since = since.max(e.id);
                 if self.json_out {
-                    println!("{}", serde_json::to_string(e)?);
+                    print_line(serde_json::to_string(e)?)?;
                 } else {
-                    println!("{}", event_line(e));
+                    print_line(event_line(e))?;
                 }
             }
             // The server caps a page, so only an empty one says everything has been printed.
@@ -417,19 +474,16 @@ impl Ctl {
     }
 }
 
-fn main() {
-    let cli = Cli::parse();
-    if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+fn main() -> ExitCode {
+    // A closed standard output (`fdmctl events | head -1`) ends the command quietly with status 0.
+    finish(run(Cli::parse()), "error", 1)
 }
 
 fn run(cli: Cli) -> Result<()> {
     let token = cli.token_file.as_deref().map(cli::read_token).transpose()?;
     let ctl = Ctl {
         client: Client::new(&cli.url, token),
-        json_out: cli.output == Output::Json,
+        json_out: cli.output == OutputFormat::Json,
     };
     let c = &ctl.client;
     match cli.cmd {
@@ -489,7 +543,10 @@ fn run(cli: Cli) -> Result<()> {
                 ctl.wrote_object(&c.add_host(&host)?, &format!("{id} added"))
             }
             HostCmd::Rm { id } => ctl.removed(&c.remove_host(id)?, id),
-            HostCmd::Maintenance { action, id } => {
+            HostCmd::Maintenance {
+                action: Word(action),
+                id,
+            } => {
                 let answer = c.maintenance(id, action)?;
                 ctl.wrote_object(&answer, &format!("{id} maintenance {}", word(&action)))
             }
@@ -567,93 +624,90 @@ fn joined<T>(list: &[T], item: impl Fn(&T) -> String) -> String {
     }
 }
 
-/// A table column: its header and how a row's cell is rendered.
-type Column<T> = (&'static str, fn(&T) -> String);
+/// A table column: its header, whether its cells align right (numbers) and how a row's cell is
+/// rendered.
+type Column<T> = (&'static str, Align, fn(&T) -> String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+use Align::{Left, Right};
 
 const HOST_COLUMNS: &[Column<HostSpec>] = &[
-    ("HOST", |h| h.id.to_string()),
-    ("NAME", |h| h.name.clone()),
-    ("ADDRESS", |h| h.address.clone()),
-    ("CPU_MHZ", |h| h.cpu_mhz.to_string()),
-    ("MEMORY_MB", |h| h.memory_mb.to_string()),
-    ("MAINTENANCE", |h| yes_no(h.maintenance)),
+    ("HOST", Left, |h| h.id.to_string()),
+    ("NAME", Left, |h| h.name.clone()),
+    ("ADDRESS", Left, |h| h.address.clone()),
+    ("CPU_MHZ", Right, |h| h.cpu_mhz.to_string()),
+    ("MEMORY_MB", Right, |h| h.memory_mb.to_string()),
+    ("MAINTENANCE", Left, |h| yes_no(h.maintenance)),
 ];
 
 const DATASTORE_COLUMNS: &[Column<DatastoreSpec>] = &[
-    ("DATASTORE", |d| d.id.to_string()),
-    ("NAME", |d| d.name.clone()),
-    ("MOUNTS", |d| {
+    ("DATASTORE", Left, |d| d.id.to_string()),
+    ("NAME", Left, |d| d.name.clone()),
+    ("MOUNTS", Left, |d| {
         joined(&d.mounts, |m| format!("{}:{}", m.host, m.path))
     }),
 ];
 
 const VM_COLUMNS: &[Column<VmSpec>] = &[
-    ("VM", |v| v.id.to_string()),
-    ("NAME", |v| v.name.clone()),
-    ("HOME", |v| v.home.to_string()),
-    ("CPU_MHZ", |v| v.cpu_mhz.to_string()),
-    ("MEMORY_MB", |v| v.memory_mb.to_string()),
-    ("PRIORITY", |v| word(&v.priority)),
-    ("RESTART_POLICY", |v| word(&v.restart_policy)),
+    ("VM", Left, |v| v.id.to_string()),
+    ("NAME", Left, |v| v.name.clone()),
+    ("HOME", Left, |v| v.home.to_string()),
+    ("CPU_MHZ", Right, |v| v.cpu_mhz.to_string()),
+    ("MEMORY_MB", Right, |v| v.memory_mb.to_string()),
+    ("PRIORITY", Left, |v| word(&v.priority)),
+    ("RESTART_POLICY", Left, |v| word(&v.restart_policy)),
     // Absent means the VM follows the cluster's default, which can change under it.
-    ("ISOLATION_RESPONSE", |v| match &v.isolation_response {
-        None => "cluster default".into(),
-        Some(r) => word(r),
+    ("ISOLATION_RESPONSE", Left, |v| {
+        match &v.isolation_response {
+            None => "cluster default".into(),
+            Some(r) => word(r),
+        }
     }),
-    ("PROTECTED", |v| yes_no(v.protected)),
-    ("DEPENDS_ON", |v| joined(&v.depends_on, VmId::to_string)),
-    ("ANTI_AFFINITY_GROUP", |v| {
+    ("PROTECTED", Left, |v| yes_no(v.protected)),
+    ("DEPENDS_ON", Left, |v| {
+        joined(&v.depends_on, VmId::to_string)
+    }),
+    ("ANTI_AFFINITY_GROUP", Left, |v| {
         or_dash(v.anti_affinity_group.as_ref())
     }),
 ];
 
-/// `rows` under `columns`, each column as wide as its widest cell, so that long names and mount
-/// paths neither get cut nor push the rest out of line.
+/// `rows` under `columns` (`fdm_agent::cli::Table`: each column as wide as its widest cell, so
+/// that long names and mount paths neither get cut nor push the rest out of line).
 fn table<T>(columns: &[Column<T>], rows: &[T]) -> Vec<String> {
-    let header = columns.iter().map(|(h, _)| h.to_string()).collect();
-    let cells = |row| columns.iter().map(|(_, cell)| cell(row)).collect();
-    let lines: Vec<Vec<String>> = std::iter::once(header)
-        .chain(rows.iter().map(cells))
-        .collect();
-    let widths: Vec<usize> = (0..columns.len())
-        .map(|i| {
-            lines
-                .iter()
-                .map(|l| l[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    lines
-        .iter()
-        .map(|line| {
-            let text: String = line
-                .iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}  "))
-                .collect();
-            // Trimmed rather than leaving the last column unpadded, because an empty last cell
-            // (no MASTER mark) would still leave the padding of the one before it.
-            text.trim_end().to_string()
-        })
-        .collect()
+    let mut t = Table::new(columns.iter().map(|(h, _, _)| *h));
+    for (i, (_, align, _)) in columns.iter().enumerate() {
+        if *align == Right {
+            t = t.align_right(i);
+        }
+    }
+    for row in rows {
+        t.row(columns.iter().map(|(_, _, cell)| cell(row)));
+    }
+    t.lines()
 }
 
 /// One VM, a field a line: the list's columns plus the definition, too long for a table.
 fn vm_text(v: &VmSpec) -> Vec<String> {
-    let mut lines: Vec<String> = VM_COLUMNS
+    let mut fields: Vec<(String, String)> = VM_COLUMNS
         .iter()
-        .map(|(header, cell)| format!("{:<20} {}", header.to_lowercase(), cell(v)))
+        .map(|(header, _, cell)| (header.to_lowercase(), cell(v)))
         .collect();
     // Not a column of `vm list` (rarely set, and the table is wide already).
     let storage_loss = match &v.storage_loss_response {
         None => "cluster default".into(),
         Some(r) => word(r),
     };
-    lines.push(format!("{:<20} {storage_loss}", "storage_loss_response"));
+    fields.push(("storage_loss_response".into(), storage_loss));
     if v.definition.is_empty() {
-        lines.push(format!("{:<20} -", "definition"));
-    } else {
+        fields.push(("definition".into(), "-".into()));
+    }
+    let mut lines = key_values(fields);
+    if !v.definition.is_empty() {
         lines.push("definition:".into());
         lines.extend(v.definition.lines().map(|line| format!("  {line}")));
     }
@@ -661,20 +715,27 @@ fn vm_text(v: &VmSpec) -> Vec<String> {
 }
 
 const STATUS_HOST_COLUMNS: &[Column<HostState>] = &[
-    ("HOST", |h| h.id.to_string()),
-    ("NAME", |h| h.name.clone()),
-    ("VERDICT", |h| or_dash(h.verdict.as_ref())),
-    ("MAINTENANCE", |h| yes_no(h.maintenance)),
-    ("MASTER", |h| if h.is_master { "*" } else { "" }.into()),
+    ("HOST", Left, |h| h.id.to_string()),
+    ("NAME", Left, |h| h.name.clone()),
+    ("VERDICT", Left, |h| or_dash(h.verdict.as_ref())),
+    // The age of the last network heartbeat the master reported for it.
+    ("NETWORK HB", Right, |h| {
+        h.network_age_ms
+            .map_or_else(|| "-".into(), |ms| human_age(Duration::from_millis(ms)))
+    }),
+    ("MAINTENANCE", Left, |h| yes_no(h.maintenance)),
+    ("MASTER", Left, |h| {
+        if h.is_master { "*" } else { "" }.into()
+    }),
 ];
 
 const STATUS_VM_COLUMNS: &[Column<VmState>] = &[
-    ("VM", |v| v.id.to_string()),
-    ("NAME", |v| v.name.clone()),
-    ("PROTECTED", |v| yes_no(v.protected)),
-    ("HOST", |v| or_dash(v.host)),
-    ("STATE", |v| or_dash(v.state.as_ref())),
-    ("RESTART", |v| or_dash(v.restart.as_ref())),
+    ("VM", Left, |v| v.id.to_string()),
+    ("NAME", Left, |v| v.name.clone()),
+    ("PROTECTED", Left, |v| yes_no(v.protected)),
+    ("HOST", Left, |v| or_dash(v.host)),
+    ("STATE", Left, |v| or_dash(v.state.as_ref())),
+    ("RESTART", Left, |v| or_dash(v.restart.as_ref())),
 ];
 
 fn status_text(s: &ClusterState) -> Vec<String> {
@@ -689,13 +750,14 @@ fn status_text(s: &ClusterState) -> Vec<String> {
     ));
     lines.push(match &s.report {
         Some(r) => format!(
-            "master {} (incarnation {}, epoch {}), report seq {} from {}, {} ms ago, agents on config generation {}{}",
+            "master {} (incarnation {}, epoch {}), report seq {} from {} written {}, read {} ago, agents on config generation {}{}",
             r.master,
             r.master_incarnation,
             r.epoch,
             r.sequence,
             r.datastore,
-            r.age_ms,
+            wall_clock(r.unix_ms),
+            human_age(Duration::from_millis(r.age_ms)),
             r.config_generation,
             if r.ha_paused {
                 " (master reports HA paused)"
@@ -802,11 +864,7 @@ fn ha_text(view: &HaView) -> Vec<String> {
         ("failback", yes_no(*failback)),
         ("admission_mode", word(admission_mode)),
     ];
-    let width = settings.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    settings
-        .iter()
-        .map(|(k, v)| format!("{k:<width$}  {v}"))
-        .collect()
+    key_values(settings)
 }
 
 fn admission_text(a: &AdmissionReport) -> Vec<String> {
@@ -817,12 +875,21 @@ fn admission_text(a: &AdmissionReport) -> Vec<String> {
     } else {
         "VIOLATED: the cluster cannot restart every protected VM"
     };
-    let resource = |label: &str, r: &ResourceNumbers| {
-        format!(
-            "{label:<10} capacity {:>10}  failover reserve {:>10}  available {:>10}  demand {:>10}",
-            r.capacity, r.reserved_for_failover, r.available, r.demand
-        )
-    };
+    let mut resources = Table::new(["", "CAPACITY", "FAILOVER RESERVE", "AVAILABLE", "DEMAND"])
+        .align_right(1)
+        .align_right(2)
+        .align_right(3)
+        .align_right(4);
+    for (label, r) in [("cpu MHz", &a.cpu_mhz), ("memory MB", &a.memory_mb)] {
+        let r: &ResourceNumbers = r;
+        resources.row([
+            label.to_string(),
+            r.capacity.to_string(),
+            r.reserved_for_failover.to_string(),
+            r.available.to_string(),
+            r.demand.to_string(),
+        ]);
+    }
     let mut lines = vec![
         format!("admission control: {verdict}"),
         format!("policy: {}", policy_text(&a.policy)),
@@ -831,9 +898,9 @@ fn admission_text(a: &AdmissionReport) -> Vec<String> {
             "hosts considered: {}, protected VMs: {}",
             a.hosts_considered, a.protected_vms
         ),
-        resource("cpu MHz", &a.cpu_mhz),
-        resource("memory MB", &a.memory_mb),
+        String::new(),
     ];
+    lines.extend(resources.lines());
     lines.extend(a.problems.iter().map(|p| format!("problem: {p}")));
     lines
 }
@@ -848,39 +915,81 @@ mod tests {
     }
 
     #[test]
-    fn flag_words_are_the_api_words_and_read_back() {
-        fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(all: &[T]) {
-            for v in all {
-                let w = word(v);
-                assert_eq!(serde_json::to_string(v).unwrap(), format!("\"{w}\""));
-                assert_eq!(parse_word::<T>(&w).as_ref(), Ok(v));
+    fn flag_words_are_the_api_words_and_wrong_ones_are_refused_naming_them() {
+        let e = parse(&["vm", "set", "3", "--priority", "Urgent"]).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("invalid value 'Urgent' for '--priority <PRIORITY>'")
+                && e.contains("[possible values: Disabled, Lowest, Low, Medium, High, Highest]"),
+            "{e}"
+        );
+        let e = parse(&["host", "maintenance", "leave", "2"]).unwrap_err();
+        assert!(
+            e.to_string().contains("[possible values: enter, exit]"),
+            "{e}"
+        );
+        let Ok(Cmd::Host(HostCmd::Maintenance { action, .. })) =
+            parse(&["host", "maintenance", "exit", "2"])
+        else {
+            panic!("host maintenance parses");
+        };
+        assert_eq!(action, Word(MaintenanceAction::Exit));
+        assert_eq!(word(&MaintenanceAction::Enter), "enter");
+        assert_eq!(word(&RestartPolicy::HostFailureOnly), "HostFailureOnly");
+        assert!(parse(&["config", "set", "paused", "true"]).is_ok());
+        let e = parse(&["config", "set", "pasued", "true"]).unwrap_err();
+        assert!(e.to_string().contains("[possible values: paused,"), "{e}");
+    }
+
+    #[test]
+    fn config_set_takes_every_setting_config_show_names() {
+        let view = HaView {
+            ha: HaSettings::default(),
+            admission_mode: Default::default(),
+        };
+        let json = serde_json::to_value(&view).unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut taken = HA_KEYS.to_vec();
+        keys.sort_unstable();
+        taken.sort_unstable();
+        assert_eq!(taken, keys);
+    }
+
+    #[test]
+    fn every_command_and_flag_has_help() {
+        fn check(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "{path} {id} has no help");
+            }
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                assert!(sub.get_about().is_some(), "{path} has no help");
+                check(sub, &path);
             }
         }
-        use RestartPriority::*;
-        check(&[Disabled, Lowest, Low, Medium, High, Highest]);
-        check(&[
-            IsolationResponse::PowerOff,
-            IsolationResponse::Shutdown,
-            IsolationResponse::LeaveRunning,
-        ]);
-        check(&[
-            RestartPolicy::Always,
-            RestartPolicy::HostFailureOnly,
-            RestartPolicy::Never,
-        ]);
-        check(&[MaintenanceAction::Enter, MaintenanceAction::Exit]);
-        assert_eq!(word(&MaintenanceAction::Enter), "enter");
-        assert_eq!(
-            parse_word::<RestartPolicy>("Sometimes"),
-            Err(
-                "unknown variant `Sometimes`, expected one of `Always`, `HostFailureOnly`, `Never`"
-                    .into()
-            )
-        );
-        let e = parse(&["vm", "set", "3", "--priority", "Urgent"]).unwrap_err();
-        assert!(e.to_string().contains("'--priority <PRIORITY>'"), "{e}");
-        let e = parse(&["host", "maintenance", "leave", "2"]).unwrap_err();
-        assert!(e.to_string().contains("expected `enter` or `exit`"), "{e}");
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        check(&cmd, "fdmctl");
+        // The help of `vm add` is its own, not a comment of the code.
+        let help = cmd
+            .find_subcommand("vm")
+            .and_then(|vm| vm.find_subcommand("add"))
+            .unwrap()
+            .clone()
+            .render_long_help()
+            .to_string();
+        assert!(help.starts_with("Add a VM"), "{help}");
+        assert!(!help.contains("serialise"), "{help}");
     }
 
     #[test]
