@@ -249,7 +249,7 @@ fn unauthorized_requests_are_refused() {
     assert_eq!(v["error"]["code"], "unauthorized");
     // Nothing was created by the refused write.
     assert_eq!(s.call("GET", "/v1/hosts", None), (200, json!([])));
-    // The token in the query works too (the status page uses it).
+    // The token in the query works too, for reads (the status page sends the header).
     assert_eq!(
         s.request("GET", &format!("/v1/state?token={TOKEN}"), None, None)
             .0,
@@ -1579,7 +1579,7 @@ fn writes_need_the_token_in_the_header() {
     let (_, ha) = s.call("GET", "/v1/config/ha", None);
     assert_eq!(ha["paused"], false);
 
-    // Reads still take the token from the query, for the status page link.
+    // Reads still take the token from the query, for a quick curl.
     for path in ["/v1/state", "/v1/hosts", "/v1/config/ha", "/v1/events"] {
         let (code, v) = s.request("GET", &format!("{path}?{q}"), None, None);
         assert_eq!(code, 200, "GET {path}?token=: {v}");
