@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Installs what the tests need when it is missing (apt packages for
-# network namespaces and libvirt; only as root, otherwise the multi-host tests skip and say why).
+# network namespaces, libvirt and Chromium; only as root, otherwise the multi-host tests and the
+# status-page browser test skip and say why). Screenshots the tests take are listed at the end.
 #
 #   scripts/test.sh            # everything CI runs
 #   FDM_QUICK=1 scripts/test.sh  # skip the installs and the bounded sweep
@@ -50,6 +51,13 @@ if [ -z "${FDM_QUICK:-}" ]; then
   # Release agents on loopback; fails if any verdict or role changes under the flood.
   step "forged-datagram flood at a release master (50 000/s for 20 s: no verdict may change)"
   cargo bench -q -p fdm-benches --bench flood -- --check
+fi
+
+artefacts="${CARGO_TARGET_DIR:-target}/test-artefacts"
+if compgen -G "$artefacts/*" >/dev/null; then
+  echo
+  echo "test artefacts (screenshots of the status page, ...):"
+  ls -1 "$artefacts"/*
 fi
 
 echo

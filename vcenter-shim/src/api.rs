@@ -159,7 +159,8 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Reads may carry the token in the query, for the status page link (`/?token=...`). Writes must
+/// Reads may also carry the token in the query (`?token=...`, taken as written, not
+/// percent-decoded; the status page sends the header, which works for every token). Writes must
 /// carry it in the `Authorization` header: a URL with a token ends up in browser history, proxy
 /// logs and shell history, and a link must never be able to change the cluster.
 async fn auth(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
@@ -194,8 +195,24 @@ async fn auth(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response
     resp
 }
 
-async fn status_page() -> Html<&'static str> {
-    Html(STATUS_PAGE)
+/// The page holds no data (it asks for the token and fetches the JSON itself), so it is served
+/// without auth. Its policy allows nothing but itself: no external script, style, image or
+/// connection, no framing by another site, no referrer.
+async fn status_page() -> impl IntoResponse {
+    (
+        [
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+            ),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Html(STATUS_PAGE),
+    )
 }
 
 // ---- request parsing -------------------------------------------------------------------------

@@ -1,19 +1,26 @@
-//! Datastore IO for the shim: publishing the cluster config and reading the master's report.
+//! Datastore IO for the shim: publishing the cluster config and reading the master's report, the
+//! claim record and the hosts' heartbeat records (for the status page: who holds each datastore,
+//! whose heartbeats still advance there).
 //!
 //! Every call runs on the blocking pool under a timeout, and at most one write and one read per
 //! datastore are in flight: a hung mount (NFS server gone) costs one stuck thread, never an API call
 //! that waits forever or a pile of threads. A failed or timed-out write is retried in the background
 //! until the datastore holds the newest generation.
+// The shim is an IO process: it stamps what it reads with the real clock.
+#![allow(clippy::disallowed_methods)]
 
-use crate::model::DatastoreSpec;
-use heartbeat_fs::DatastoreId;
+use crate::model::{DatastoreSpec, MountSpec};
 use heartbeat_fs::fs::DatastoreDir;
-use heartbeat_fs::records::{ClusterConfig, ClusterReport};
+use heartbeat_fs::ops::DsError;
+use heartbeat_fs::records::{
+    ClusterConfig, ClusterReport, DatastoreClaim, HeartbeatRecord, HostFlags,
+};
+use heartbeat_fs::{DatastoreId, HostId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
@@ -32,12 +39,22 @@ pub struct DsWriteResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DsStatus {
     pub datastore: DatastoreId,
+    /// Its name and who mounts it where, from the inventory (empty for a datastore the inventory
+    /// no longer has, and in answers of shims before these fields).
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
     /// Where the shim last reached it.
     pub path: Option<String>,
     /// Highest config generation known to be on it (0: none yet).
     pub written_generation: u64,
     pub write_error: Option<String>,
     pub read_error: Option<String>,
+    /// The claim record on it as the shim last read it: the master that holds the datastore.
+    /// `None` before the shim has read one (no master ever claimed it, or unreadable).
+    #[serde(default)]
+    pub claim: Option<ClaimState>,
     #[serde(skip)]
     write_busy: bool,
     #[serde(skip)]
@@ -49,14 +66,138 @@ pub struct DsStatus {
     read_failures: u64,
 }
 
+/// A datastore's claim record as the shim reads it. The lease is judged the way agents judge it:
+/// by watching `renewal` advance on the reader's own clock, never by a timestamp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimState {
+    /// The master holding it; `None` when nobody does (never claimed, or released).
+    pub owner: Option<HostId>,
+    pub owner_incarnation: u64,
+    pub epoch: u64,
+    /// The holder stepped down cleanly.
+    pub released: bool,
+    /// Bumped by every renewal.
+    pub renewal: u64,
+    /// Milliseconds since the shim saw the record change (a renewal, a new owner), or since it
+    /// first read it when `since_first_read`. The shim reads every poll interval, so the record
+    /// may have changed up to one interval earlier.
+    pub age_ms: u64,
+    /// The shim has not seen the record change since it first read it: the real age is longer.
+    pub since_first_read: bool,
+}
+
+/// A host's heartbeat record on one datastore as the shim reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatState {
+    pub datastore: DatastoreId,
+    /// Milliseconds since the shim saw the record advance (a new sequence or incarnation), or since
+    /// it first read it when `since_first_read`; up to one poll interval late, like `ClaimState`'s.
+    pub age_ms: u64,
+    /// The shim has not seen the record advance since it first read it: the real age is longer.
+    pub since_first_read: bool,
+}
+
+/// What a host last wrote about itself in a heartbeat record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatSelf {
+    pub datastore: DatastoreId,
+    pub record: HeartbeatRecord,
+    pub age: Duration,
+}
+
+/// A value read from a datastore, with when the shim last saw it change.
+#[derive(Debug, Clone)]
+struct Watched<T> {
+    value: T,
+    since: Instant,
+    since_first_read: bool,
+}
+
+impl<T> Watched<T> {
+    /// Keep `value` as read now; `same` says whether it is the value already kept, unchanged.
+    fn update(slot: &mut Option<Self>, value: T, now: Instant, same: impl Fn(&T, &T) -> bool) {
+        match slot {
+            Some(w) if same(&w.value, &value) => w.value = value,
+            Some(w) => {
+                *w = Watched {
+                    value,
+                    since: now,
+                    since_first_read: false,
+                }
+            }
+            None => {
+                *slot = Some(Watched {
+                    value,
+                    since: now,
+                    since_first_read: true,
+                })
+            }
+        }
+    }
+
+    fn age_ms(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// What the shim has seen of one datastore's claim and heartbeat records.
+#[derive(Debug, Default)]
+struct Observed {
+    claim: Option<Watched<DatastoreClaim>>,
+    heartbeats: BTreeMap<HostId, Watched<HeartbeatRecord>>,
+}
+
+/// What one read of a datastore found.
+#[derive(Debug)]
+struct DsRead {
+    report: Option<ClusterReport>,
+    /// `None` when the claim sector was torn (a write in progress): what was seen before stands.
+    claim: Option<Option<DatastoreClaim>>,
+    heartbeats: Vec<HeartbeatRecord>,
+    /// Hosts whose heartbeat sector was torn in this read: what was seen before stands.
+    torn: Vec<HostId>,
+}
+
+/// A host's own heartbeat flags in words.
+pub fn flag_words(flags: HostFlags) -> Vec<String> {
+    [
+        (HostFlags::MASTER, "master"),
+        (HostFlags::ISOLATED, "isolated"),
+        (HostFlags::SHUTTING_DOWN, "shutting down"),
+        (HostFlags::MAINTENANCE, "maintenance"),
+        (HostFlags::FENCED, "fenced"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| flags.contains(*bit))
+    .map(|(_, word)| word.to_string())
+    .collect()
+}
+
+/// The role a host's own heartbeat record says it has, in the agent's words (`master`,
+/// `isolated`, `slave of host-1`, `candidate`).
+pub fn role_words(record: &HeartbeatRecord) -> String {
+    if record.flags.contains(HostFlags::MASTER) {
+        "master".into()
+    } else if record.flags.contains(HostFlags::ISOLATED) {
+        "isolated".into()
+    } else if record.master.is_none() {
+        "candidate".into()
+    } else {
+        format!("slave of {}", record.master)
+    }
+}
+
 impl DsStatus {
     fn new(datastore: DatastoreId) -> Self {
         Self {
             datastore,
             path: None,
+            name: String::new(),
+            mounts: Vec::new(),
             written_generation: 0,
             write_error: None,
             read_error: None,
+            claim: None,
             write_busy: false,
             read_busy: false,
             write_failures: 0,
@@ -81,6 +222,7 @@ pub struct DatastoreIo {
     timeout: Duration,
     desired: Mutex<Option<Arc<ClusterConfig>>>,
     status: Mutex<BTreeMap<DatastoreId, DsStatus>>,
+    observed: Mutex<BTreeMap<DatastoreId, Observed>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -111,6 +253,36 @@ fn candidates(
     }
 }
 
+/// Read a datastore's report, claim and heartbeat records. Blocking. A torn claim or heartbeat
+/// sector (a write in progress) is left out of this read; a missing claim is no claim.
+fn read_all(dir: &DatastoreDir) -> Result<DsRead, String> {
+    let report = dir.read_report().map_err(|e| e.to_string())?;
+    let claim = match dir.read_claim() {
+        Ok(c) => Some(c),
+        Err(DsError::Corrupt(_)) => None,
+        Err(e) => return Err(format!("claim: {e}")),
+    };
+    let mut heartbeats = Vec::new();
+    let mut torn = Vec::new();
+    for slot in dir
+        .read_heartbeats()
+        .map_err(|e| format!("heartbeats: {e}"))?
+    {
+        match slot.record {
+            // A record is its file's only if it names that file's host.
+            Ok(r) if r.host == slot.host => heartbeats.push(r),
+            Ok(_) => {}
+            Err(_) => torn.push(slot.host),
+        }
+    }
+    Ok(DsRead {
+        report,
+        claim,
+        heartbeats,
+        torn,
+    })
+}
+
 /// Open the first candidate that is a mounted directory. Blocking.
 fn open_first(cands: &[PathBuf]) -> Result<(PathBuf, DatastoreDir), String> {
     let mut errors = Vec::new();
@@ -134,6 +306,7 @@ impl DatastoreIo {
             timeout,
             desired: Mutex::new(None),
             status: Mutex::new(BTreeMap::new()),
+            observed: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -141,8 +314,91 @@ impl DatastoreIo {
         &self.overrides
     }
 
+    /// Every datastore's IO status, with its claim as last read.
     pub fn status(&self) -> Vec<DsStatus> {
-        lock(&self.status).values().cloned().collect()
+        let observed = lock(&self.observed);
+        lock(&self.status)
+            .values()
+            .map(|st| {
+                let mut st = st.clone();
+                st.claim = observed
+                    .get(&st.datastore)
+                    .and_then(|o| o.claim.as_ref())
+                    .map(|w| ClaimState {
+                        owner: (!w.value.owner.is_none()).then_some(w.value.owner),
+                        owner_incarnation: w.value.owner_incarnation,
+                        epoch: w.value.epoch.0,
+                        released: w.value.released,
+                        renewal: w.value.renewal,
+                        age_ms: w.age_ms(),
+                        since_first_read: w.since_first_read,
+                    });
+                st
+            })
+            .collect()
+    }
+
+    /// Per host, its heartbeat record on every datastore the shim read one from, by datastore.
+    pub fn heartbeats(&self) -> BTreeMap<HostId, Vec<HeartbeatState>> {
+        let mut out: BTreeMap<HostId, Vec<HeartbeatState>> = BTreeMap::new();
+        for (ds, o) in lock(&self.observed).iter() {
+            for (host, w) in &o.heartbeats {
+                out.entry(*host).or_default().push(HeartbeatState {
+                    datastore: *ds,
+                    age_ms: w.age_ms(),
+                    since_first_read: w.since_first_read,
+                });
+            }
+        }
+        out
+    }
+
+    /// Per host, its freshest heartbeat record: what it last said about itself (role, flags).
+    pub fn latest_heartbeats(&self) -> BTreeMap<HostId, HeartbeatSelf> {
+        let mut out: BTreeMap<HostId, HeartbeatSelf> = BTreeMap::new();
+        for (ds, o) in lock(&self.observed).iter() {
+            for (host, w) in &o.heartbeats {
+                let age = w.since.elapsed();
+                if out.get(host).is_none_or(|h| age < h.age) {
+                    out.insert(
+                        *host,
+                        HeartbeatSelf {
+                            datastore: *ds,
+                            record: w.value,
+                            age,
+                        },
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Keep what a read found: a claim or heartbeat that changed restarts its age.
+    fn observe(&self, id: DatastoreId, read: &DsRead, now: Instant) {
+        let mut observed = lock(&self.observed);
+        let o = observed.entry(id).or_default();
+        match read.claim {
+            Some(Some(c)) => Watched::update(&mut o.claim, c, now, |a, b| a == b),
+            Some(None) => o.claim = None,
+            None => {}
+        }
+        let mut seen = BTreeMap::new();
+        for host in &read.torn {
+            if let Some(w) = o.heartbeats.remove(host) {
+                seen.insert(*host, w);
+            }
+        }
+        for r in &read.heartbeats {
+            let mut slot = o.heartbeats.remove(&r.host);
+            Watched::update(&mut slot, *r, now, |a, b| {
+                (a.incarnation, a.sequence) == (b.incarnation, b.sequence)
+            });
+            if let Some(w) = slot {
+                seen.insert(r.host, w);
+            }
+        }
+        o.heartbeats = seen;
     }
 
     fn mount_paths(d: &DatastoreSpec) -> Vec<String> {
@@ -164,8 +420,18 @@ impl DatastoreIo {
             *desired = Some(cfg.clone());
             let mut status = lock(&self.status);
             status.retain(|id, _| cfg.datastore(*id).is_some());
+            lock(&self.observed).retain(|id, _| cfg.datastore(*id).is_some());
             for d in &cfg.datastores {
-                status.entry(d.id).or_insert_with(|| DsStatus::new(d.id));
+                let st = status.entry(d.id).or_insert_with(|| DsStatus::new(d.id));
+                st.name = d.name.clone();
+                st.mounts = d
+                    .mounts
+                    .iter()
+                    .map(|m| MountSpec {
+                        host: m.host,
+                        path: m.path.clone(),
+                    })
+                    .collect();
             }
         }
         let mut set = JoinSet::new();
@@ -283,7 +549,8 @@ impl DatastoreIo {
         set.join_all().await;
     }
 
-    /// Read the report from every datastore in `datastores` that answers in time.
+    /// Read the report from every datastore in `datastores` that answers in time (and with it the
+    /// claim and the heartbeat records, kept for `status` and `heartbeats`).
     pub async fn read_reports(
         self: &Arc<Self>,
         datastores: Vec<DatastoreSpec>,
@@ -309,8 +576,10 @@ impl DatastoreIo {
         let cands = candidates(&self.overrides, id, &Self::mount_paths(d));
         let me = self.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let r = open_first(&cands)
-                .and_then(|(_, dir)| dir.read_report().map_err(|e| e.to_string()));
+            let r = open_first(&cands).and_then(|(_, dir)| read_all(&dir));
+            if let Ok(read) = &r {
+                me.observe(id, read, Instant::now());
+            }
             let mut status = lock(&me.status);
             if let Some(st) = status.get_mut(&id) {
                 st.read_busy = false;
@@ -319,7 +588,7 @@ impl DatastoreIo {
                     st.read_failures = st.read_failures.saturating_add(1);
                 }
             }
-            r
+            r.map(|read| read.report)
         });
         match tokio::time::timeout(self.timeout, task).await {
             Ok(Ok(Ok(Some(report)))) => Some((id, report)),
@@ -363,5 +632,117 @@ impl DatastoreIo {
             });
         }
         set.join_all().await.into_iter().max().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heartbeat_fs::{ClusterId, Epoch};
+
+    fn beat(host: u32, sequence: u64, flags: HostFlags, master: u32) -> HeartbeatRecord {
+        HeartbeatRecord {
+            cluster: ClusterId(1),
+            host: HostId(host),
+            incarnation: 9,
+            sequence,
+            flags,
+            power_on_generation: 0,
+            master: HostId(master),
+        }
+    }
+
+    fn claim(renewal: u64) -> DatastoreClaim {
+        DatastoreClaim {
+            cluster: ClusterId(1),
+            datastore: DatastoreId(1),
+            owner: HostId(1),
+            owner_incarnation: 9,
+            epoch: Epoch(2),
+            renewal,
+            released: false,
+        }
+    }
+
+    fn read(
+        claim: Option<Option<DatastoreClaim>>,
+        beats: &[HeartbeatRecord],
+        torn: &[u32],
+    ) -> DsRead {
+        DsRead {
+            report: None,
+            claim,
+            heartbeats: beats.to_vec(),
+            torn: torn.iter().map(|h| HostId(*h)).collect(),
+        }
+    }
+
+    #[test]
+    fn ages_count_from_the_last_change_seen_and_a_torn_read_changes_nothing() {
+        let io = DatastoreIo::new(BTreeMap::new(), Duration::from_secs(1));
+        lock(&io.status).insert(DatastoreId(1), DsStatus::new(DatastoreId(1)));
+        let t0 = Instant::now() - Duration::from_secs(10);
+        let none = HostFlags::default();
+        io.observe(
+            DatastoreId(1),
+            &read(
+                Some(Some(claim(1))),
+                &[beat(1, 1, none, 1), beat(2, 1, none, 1)],
+                &[],
+            ),
+            t0,
+        );
+        let hb = io.heartbeats();
+        assert!(hb[&HostId(1)][0].since_first_read && hb[&HostId(1)][0].age_ms >= 10_000);
+        // Host 1 beats and the claim is renewed 8 s later; host 2's sector is torn in that read.
+        io.observe(
+            DatastoreId(1),
+            &read(Some(Some(claim(2))), &[beat(1, 2, none, 1)], &[2]),
+            t0 + Duration::from_secs(8),
+        );
+        let hb = io.heartbeats();
+        let h1 = &hb[&HostId(1)][0];
+        assert!(
+            !h1.since_first_read && (2_000..10_000).contains(&h1.age_ms),
+            "{h1:?}"
+        );
+        let h2 = &hb[&HostId(2)][0];
+        assert!(h2.since_first_read && h2.age_ms >= 10_000, "{h2:?}");
+        let c = io.status()[0].claim.clone().expect("claim");
+        assert_eq!((c.owner, c.epoch, c.renewal), (Some(HostId(1)), 2, 2));
+        assert!(!c.since_first_read && c.age_ms < 10_000);
+        // A torn claim keeps what was seen; a host whose file is gone is forgotten.
+        io.observe(
+            DatastoreId(1),
+            &read(None, &[beat(1, 2, none, 1)], &[]),
+            Instant::now(),
+        );
+        assert_eq!(io.status()[0].claim.as_ref().map(|c| c.renewal), Some(2));
+        assert!(!io.heartbeats().contains_key(&HostId(2)));
+        // An unchanged record keeps its age.
+        let before = io.heartbeats()[&HostId(1)][0].age_ms;
+        assert!(before >= 2_000, "{before}");
+    }
+
+    #[test]
+    fn roles_in_the_agents_words() {
+        let f = HostFlags::default();
+        assert_eq!(
+            role_words(&beat(1, 1, f.with(HostFlags::MASTER, true), 1)),
+            "master"
+        );
+        assert_eq!(role_words(&beat(2, 1, f, 1)), "slave of host-1");
+        assert_eq!(
+            role_words(&beat(2, 1, f.with(HostFlags::ISOLATED, true), 0)),
+            "isolated"
+        );
+        assert_eq!(role_words(&beat(2, 1, f, 0)), "candidate");
+        assert_eq!(
+            flag_words(
+                f.with(HostFlags::SHUTTING_DOWN, true)
+                    .with(HostFlags::FENCED, true)
+            ),
+            ["shutting down", "fenced"]
+        );
     }
 }

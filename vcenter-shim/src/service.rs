@@ -4,14 +4,17 @@
 #![allow(clippy::disallowed_methods)]
 
 use crate::admission::{self, AdmissionReport};
-use crate::dsio::{DatastoreIo, DsStatus, DsWriteResult};
+use crate::dsio::{self, DatastoreIo, DsStatus, DsWriteResult, HeartbeatState};
 use crate::error::ShimError;
 use crate::model::{AdmissionMode, Inventory};
 use crate::store::{Retention, Store, StoredEvent};
 use crate::validate;
-use heartbeat_fs::records::{ClusterReport, ReportedHost, ReportedVm};
+use fdm_agent::core::Timings;
+use fdm_agent::runtime::report::REPORT_INTERVAL;
+use heartbeat_fs::records::{ClusterReport, ReportedHost, ReportedVm, RestartPriority};
 use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -57,6 +60,11 @@ pub struct ReportSummary {
     pub datastore: DatastoreId,
     /// Milliseconds since the shim last read a new report.
     pub age_ms: u64,
+    /// Beyond this `age_ms` the report is stale: its master has missed several reports (it is
+    /// gone, or cannot write to any datastore the shim reads). Three report intervals plus two of
+    /// the shim's poll intervals.
+    #[serde(default)]
+    pub stale_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,8 +74,21 @@ pub struct HostState {
     pub maintenance: bool,
     /// The master's verdict; `None` when no report mentions the host.
     pub verdict: Option<String>,
+    /// Milliseconds since the master last heard the host's network heartbeat (from its report).
     pub network_age_ms: Option<u64>,
     pub is_master: bool,
+    /// The role the host's own freshest datastore heartbeat states (`master`, `slave of host-1`,
+    /// `isolated`, `candidate`); a dead host's is the last it wrote. `None` when the shim has read
+    /// no heartbeat of it.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// The other flags of that heartbeat, in words (`shutting down`, `maintenance`, `fenced`, ...).
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// Its heartbeat record on each datastore the shim reads, with how long ago the shim saw it
+    /// advance.
+    #[serde(default)]
+    pub datastore_heartbeats: Vec<HeartbeatState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,14 +100,28 @@ pub struct VmState {
     pub host: Option<HostId>,
     pub state: Option<String>,
     pub restart: Option<String>,
+    /// Its restart priority, from the inventory.
+    #[serde(default)]
+    pub priority: RestartPriority,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterState {
     pub cluster: ClusterId,
+    /// The shim's clock when it answered, in milliseconds since the Unix epoch: what the ages in
+    /// this answer count back from.
+    #[serde(default)]
+    pub unix_ms: u64,
     pub config_generation: u64,
     pub paused: bool,
     pub admission_mode: AdmissionMode,
+    /// The datastore heartbeat lease and the claim lease of the cluster's timings (the agents'
+    /// defaults with `timings_ms` on top): a heartbeat or claim that has not advanced for longer
+    /// has lapsed in the agents' eyes.
+    #[serde(default)]
+    pub ds_lease_ms: u64,
+    #[serde(default)]
+    pub claim_lease_ms: u64,
     pub report: Option<ReportSummary>,
     pub hosts: Vec<HostState>,
     pub vms: Vec<VmState>,
@@ -102,6 +137,14 @@ pub struct Shim {
     io: Arc<DatastoreIo>,
     report: Mutex<Option<CurrentReport>>,
     event_retention: Retention,
+    /// `ReportSummary::stale_after_ms`, set from the poll interval by `spawn_background`.
+    report_stale_after_ms: AtomicU64,
+}
+
+/// When a report is stale, given how often the shim reads the datastores.
+fn stale_after(poll_every: Duration) -> u64 {
+    let d = REPORT_INTERVAL * 3 + poll_every * 2;
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The shim's wall clock in milliseconds since the Unix epoch (0 before 1970: a broken clock).
@@ -166,6 +209,7 @@ impl Shim {
             io: Arc::new(io),
             report: Mutex::new(None),
             event_retention,
+            report_stale_after_ms: AtomicU64::new(stale_after(Duration::from_secs(1))),
         })
     }
 
@@ -357,11 +401,27 @@ impl Shim {
         let reported_vm = |id: VmId| -> Option<&ReportedVm> {
             report.and_then(|r| r.vms.iter().find(|v| v.vm == id))
         };
+        let timings = Timings::default()
+            .with_overrides(&inv.ha.timings_ms)
+            .unwrap_or_default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut heartbeats = self.io.heartbeats();
+        let own = self.io.latest_heartbeats();
+        let mut datastores = self.io.status();
+        for d in &mut datastores {
+            if let Some(spec) = inv.datastores.get(&d.datastore) {
+                d.name.clone_from(&spec.name);
+                d.mounts.clone_from(&spec.mounts);
+            }
+        }
         ClusterState {
             cluster: inv.cluster,
+            unix_ms: unix_ms_now(),
             config_generation: inv.generation,
             paused: inv.ha.paused,
             admission_mode: inv.admission_mode,
+            ds_lease_ms: ms(timings.ds_lease),
+            claim_lease_ms: ms(timings.claim_lease),
             report: cur.as_ref().map(|c| ReportSummary {
                 master: c.report.master,
                 master_incarnation: c.report.master_incarnation,
@@ -372,12 +432,14 @@ impl Shim {
                 ha_paused: c.report.ha_paused,
                 datastore: c.datastore,
                 age_ms: u64::try_from(c.received.elapsed().as_millis()).unwrap_or(u64::MAX),
+                stale_after_ms: self.report_stale_after_ms.load(Ordering::Relaxed),
             }),
             hosts: inv
                 .hosts
                 .values()
                 .map(|h| {
                     let r = reported_host(h.id);
+                    let me = own.get(&h.id);
                     HostState {
                         id: h.id,
                         name: h.name.clone(),
@@ -385,6 +447,16 @@ impl Shim {
                         verdict: r.map(|r| r.verdict.clone()),
                         network_age_ms: r.and_then(|r| r.network_age_ms),
                         is_master: report.is_some_and(|r| r.master == h.id),
+                        role: me.map(|m| dsio::role_words(&m.record)),
+                        flags: me
+                            .map(|m| {
+                                dsio::flag_words(m.record.flags)
+                                    .into_iter()
+                                    .filter(|w| w != "master" && w != "isolated")
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                        datastore_heartbeats: heartbeats.remove(&h.id).unwrap_or_default(),
                     }
                 })
                 .collect(),
@@ -401,15 +473,18 @@ impl Shim {
                         host: r.and_then(|r| r.host),
                         state: r.and_then(|r| r.state.clone()),
                         restart: r.map(|r| r.restart.clone()),
+                        priority: v.priority,
                     }
                 })
                 .collect(),
-            datastores: self.io.status(),
+            datastores,
         }
     }
 
     /// Background loops: report polling and write retries, until the runtime stops.
     pub fn spawn_background(self: &Arc<Self>, poll_every: Duration, retry_every: Duration) {
+        self.report_stale_after_ms
+            .store(stale_after(poll_every), Ordering::Relaxed);
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(poll_every);
