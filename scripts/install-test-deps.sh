@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the multi-host tests need when it is missing: network namespaces and bridge filtering
 # (iproute2, nftables), ICMP for the isolation check (iputils-ping), per-host datastore views (fuse3,
-# bindfs), and libvirt with QEMU for the real-VM case. Needs root; safe to run again.
+# bindfs), libvirt with QEMU for the real-VM case, and jq for scripts/lab.sh's checks of
+# `fdmctl --output json`. Needs root; safe to run again.
 set -euo pipefail
 
 need=()
@@ -13,6 +14,7 @@ have bindfs || need+=(bindfs fuse3)
 have virsh || need+=(libvirt-clients)
 have libvirtd || [ -x /usr/sbin/libvirtd ] || need+=(libvirt-daemon libvirt-daemon-driver-qemu)
 have qemu-system-x86_64 || need+=(qemu-system-x86)
+have jq || need+=(jq)
 
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
