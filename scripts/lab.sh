@@ -323,8 +323,7 @@ wait_for 20 "host2's VMs but vm5 powered off there and running elsewhere" each_v
 measured "host2 link down -> its VMs running elsewhere" "$T"
 STARTS=$((STARTS + $(words "$LOST") - 1))
 wait_for 10 "fdmctl: host2 isolated" verdict_is 2 isolated
-# (Not shim_agrees here: while host2 is isolated, the master still shows the VMs host2 powered off
-# as running there, docs/lab.md says so.)
+wait_for 10 "fdmctl shows every VM where it runs" shim_agrees
 fdm-agent status --socket "$LAB/h2/agent.sock"
 fdmctl status
 fdmctl events --since "$SINCE"
