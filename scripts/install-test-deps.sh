@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the multi-host tests need when it is missing: network namespaces and bridge filtering
 # (iproute2, nftables), ICMP for the isolation check (iputils-ping), per-host datastore views (fuse3,
-# bindfs), libvirt with QEMU for the real-VM case, headless Chromium for the status-page test, and
-# for the metrics tests promtool (Debian's `prometheus` package: `promtool check rules` on dist/,
-# `promtool check metrics` on the scrapes) and the Prometheus project's reference exposition
-# parsers (`python3-prometheus-client`, for Debian's /usr/bin/python3). Needs root; safe to run again.
+# bindfs), libvirt with QEMU for the real-VM case, headless Chromium for the status-page test, jq
+# for scripts/lab.sh's checks of `fdmctl --output json`, and for the metrics tests promtool
+# (Debian's `prometheus` package: `promtool check rules` on dist/, `promtool check metrics` on the
+# scrapes) and the Prometheus project's reference exposition parsers (`python3-prometheus-client`,
+# for Debian's /usr/bin/python3). Needs root; safe to run again.
 set -euo pipefail
 
 need=()
@@ -20,6 +21,7 @@ have promtool || need+=(prometheus)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null ||
   need+=(python3-prometheus-client)
 have chromium || have chromium-browser || need+=(chromium)
+have jq || need+=(jq)
 
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"

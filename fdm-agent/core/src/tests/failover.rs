@@ -339,6 +339,44 @@ fn isolated_hosts_powered_off_vms_restart_and_left_running_ones_stay() {
     assert_eq!(c.agent(3).role(), Role::Isolated);
 }
 
+/// What the master shows (status socket, report, `fdmctl status`) for a VM the isolation response
+/// stopped and HA restarted elsewhere: where it runs now, not the isolated host, whose last report
+/// still lists it (scripts/lab.sh saw host-2 shown while the VM ran on host3).
+#[test]
+fn master_shows_an_isolated_hosts_restarted_vm_where_it_runs() {
+    let vms = vec![
+        vm(1, 1, RestartPriority::Medium, IsolationResponse::PowerOff),
+        vm(2, 1, RestartPriority::Medium, IsolationResponse::PowerOff),
+        vm(3, 1, RestartPriority::Medium, IsolationResponse::PowerOff),
+    ];
+    let mut c = Cluster::new(config(3, &[&[1, 2, 3]], vms));
+    // Host 1 (the master) fuller than host 3, so that the restart goes above the isolated host's
+    // id: the view used to show the lowest host of those that ever reported the VM.
+    c.place(HostId(2), 1);
+    c.place(HostId(1), 2);
+    c.place(HostId(1), 3);
+    settle(&mut c);
+    c.hosts.get_mut(&HostId(2)).unwrap().network_up = false;
+    c.run_until(Duration::from_secs(30), |c| {
+        c.where_runs(1).len() == 1 && c.where_runs(1) != vec![HostId(2)]
+    })
+    .expect("vm1 powered off by isolation and restarted elsewhere");
+    c.run_secs(2.0);
+    let on = c.where_runs(1);
+    assert_eq!(c.verdict(1, 2), Some(Verdict::Isolated));
+    let view = c.agent(1).status(c.now);
+    let shown = view
+        .vms
+        .iter()
+        .find(|v| v.vm == VmId(1))
+        .expect("vm1 shown");
+    assert_eq!(
+        (shown.host, shown.state),
+        (Some(on[0]), Some(crate::VmRunState::Running)),
+        "vm1 runs on {on:?}"
+    );
+}
+
 #[test]
 fn master_loses_claim_stops_restarting() {
     // The master's own storage fails: it cannot renew its claim and must stop acting on it, while

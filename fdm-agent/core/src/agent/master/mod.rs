@@ -448,13 +448,13 @@ impl MasterState {
 
     pub(super) fn vm_views(&self) -> Vec<VmView> {
         let mut out = Vec::new();
-        for pd in self.protected.values() {
+        for (&d, pd) in &self.protected {
             for e in &pd.list.vms {
-                let host = self
-                    .running
-                    .get(&e.vm)
-                    .and_then(|s| s.iter().next().copied())
-                    .or(e.last_host);
+                // Where the evidence says it runs, as failover judges it: not on a dead host, nor
+                // on an isolated one whose power-on list says its isolation response stopped it
+                // (that host's last report, from before the isolation, still lists it).
+                let on = self.running_on(d, e.vm);
+                let host = on.first().copied().or(e.last_host);
                 let restart = match self.tracks.get(&e.vm) {
                     Some(t) => describe_track(t),
                     None => describe_entry(e),
@@ -462,11 +462,7 @@ impl MasterState {
                 out.push(VmView {
                     vm: e.vm,
                     host,
-                    state: self
-                        .running
-                        .get(&e.vm)
-                        .filter(|s| !s.is_empty())
-                        .map(|_| VmRunState::Running),
+                    state: (!on.is_empty()).then_some(VmRunState::Running),
                     restart,
                     failed: matches!(e.restart, RestartState::LimitReached { .. }),
                 });
