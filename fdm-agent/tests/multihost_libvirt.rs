@@ -202,7 +202,7 @@ fn libvirt_guest_poweroff_is_not_restarted() {
     );
     let off = t0.elapsed();
     let reported = wait_until(Duration::from_secs(10), || {
-        (status_state(&tb, host, vm).as_deref() == Some("StoppedByUser")).then(|| t0.elapsed())
+        (status_state(&tb, host, vm).as_deref() == Some("stopped by user")).then(|| t0.elapsed())
     })
     .unwrap_or_else(|| {
         panic!(
@@ -298,12 +298,12 @@ fn libvirt_suspended_domain_is_not_restarted_and_stays_on_its_host() {
     assert_eq!(domstate(&tb, host, vm), "paused (user)");
     assert_eq!(
         status_state(&tb, master, vm).as_deref(),
-        Some("Running"),
+        Some("running"),
         "the master must see the paused VM as running"
     );
     assert_eq!(
         status_state(&tb, host, vm).as_deref(),
-        Some("Running"),
+        Some("running"),
         "its host must report the paused VM as running"
     );
     assert!(!desired_off(&tb, vm), "a paused VM is not off");
@@ -410,14 +410,17 @@ fn libvirt_returning_host_with_autostart_starts_no_second_copy() {
 
 /// Times `event` (a core event's name, as its JSON log line spells it) was logged for `vm` by any
 /// host.
+/// How many times the agents logged event `event` (its name, as JSON logs carry it in `event`)
+/// about `vm`.
 fn events_of(tb: &Testbed, event: &str, vm: u32) -> usize {
-    let needle = format!("{event} {{ vm: VmId({vm})");
     tb.hosts
         .iter()
         .map(|h| {
             std::fs::read_to_string(h.log())
                 .unwrap_or_default()
-                .matches(&needle)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|j| j["fields"]["event"] == event && j["fields"]["vm"] == vm)
                 .count()
         })
         .sum()
@@ -547,9 +550,9 @@ fn libvirt_returning_host_whose_libvirt_starts_a_stale_copy_stops_it() {
         .collect();
     // Either side may end it first (the agent's own check, or the master hearing the VM from
     // two live hosts); a host ignores a stop of a VM it is already stopping.
-    let found = log2.contains("StaleCopyFound");
-    let sent = master_logs.contains("DuplicateCopyStopSent");
-    let stopping = log2.contains("StoppingStaleCopy");
+    let found = log2.contains("\"event\":\"stale-copy-found\"");
+    let sent = master_logs.contains("\"event\":\"duplicate-copy-stop-sent\"");
+    let stopping = log2.contains("\"event\":\"stopping-stale-copy\"");
     assert!(
         found || (sent && stopping),
         "neither host2's StaleCopyFound nor the master's DuplicateCopyStopSent with host2's \
@@ -570,8 +573,8 @@ fn libvirt_returning_host_whose_libvirt_starts_a_stale_copy_stops_it() {
         .map(|(_, p)| p)
         .expect("vm's QEMU on the host it was restarted to");
     let (restarts, power_ons) = (
-        events_of(&tb, "RestartIssued", vm),
-        events_of(&tb, "PoweredOn", vm),
+        events_of(&tb, "restart-issued", vm),
+        events_of(&tb, "powered-on", vm),
     );
     let changed = wait_until(NO_RESTART_WATCH, || {
         let p = tb.placement();
@@ -585,8 +588,8 @@ fn libvirt_returning_host_whose_libvirt_starts_a_stale_copy_stops_it() {
     );
     assert_eq!(
         (
-            events_of(&tb, "RestartIssued", vm),
-            events_of(&tb, "PoweredOn", vm)
+            events_of(&tb, "restart-issued", vm),
+            events_of(&tb, "powered-on", vm)
         ),
         (restarts, power_ons),
         "restarts or power-ons of vm{vm} after the stale copy stopped (logs in {})",

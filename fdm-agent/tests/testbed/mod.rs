@@ -677,7 +677,7 @@ impl Testbed {
             let reported = s["vms"]
                 .as_array()?
                 .iter()
-                .filter(|v| v["state"].as_str() == Some("Running"))
+                .filter(|v| v["state"].as_str() == Some("running"))
                 .count();
             (alive >= expect && reported == vms).then_some(m)
         });
