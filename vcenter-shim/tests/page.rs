@@ -9,6 +9,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod browser;
+mod shim_process;
 
 use browser::{Browser, artefact_dir, find_chromium};
 use fdm_agent::core::{Event, Role, Verdict};
@@ -21,9 +22,8 @@ use heartbeat_fs::records::{
 };
 use heartbeat_fs::{ClusterId, DatastoreId, Epoch, HostId, VmId};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use shim_process::Shim;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -42,63 +42,10 @@ const DEBUG_TEXT: [&str; 6] = [
     "Epoch(",
 ];
 
-struct Shim {
-    child: Child,
-    url: String,
-}
-
 impl Shim {
-    fn start(root: &Path) -> Shim {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fdm-shim"))
-            .args(["--listen", "127.0.0.1:0", "--cluster-id", "1"])
-            .arg("--db")
-            .arg(root.join("shim.db"))
-            .arg("--token-file")
-            .arg(root.join("token"))
-            .args(["--poll-interval-ms", "200"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("fdm-shim");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("first line");
-        let url = line
-            .trim()
-            .strip_prefix("fdm-shim listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Shim { child, url }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let req = ureq::request(method, &format!("{}{path}", self.url))
-            .set("Authorization", &format!("Bearer {TOKEN}"));
-        let resp = match body {
-            Some(b) => req.send_string(&b.to_string()),
-            None => req.call(),
-        };
-        let r = match resp {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path}: {e}"),
-        };
-        let code = r.status();
-        let text = r.into_string().unwrap_or_default();
-        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
     fn ok(&self, method: &str, path: &str, body: Value) {
         let (code, v) = self.call(method, path, Some(body));
         assert!((200..300).contains(&code), "{method} {path}: {code} {v}");
-    }
-}
-
-impl Drop for Shim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -320,7 +267,7 @@ fn the_status_page_shows_a_dead_host_and_its_restart_and_says_when_it_is_stale()
     }
 
     // The inventory, through the API.
-    let shim = Shim::start(root);
+    let shim = Shim::start(root, 1, TOKEN);
     for h in 1..=3u32 {
         shim.ok(
             "POST",

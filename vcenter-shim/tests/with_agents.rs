@@ -8,12 +8,13 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod browser;
+mod shim_process;
 
 use fdm_agent::driver::process::running_vm_pids;
 use fdm_agent::runtime::status::query;
 use fdm_agent::wait::wait_until;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
+use shim_process::Shim;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -53,53 +54,7 @@ fn free_port() -> u16 {
         .expect("port")
 }
 
-struct Shim {
-    child: Child,
-    url: String,
-}
-
 impl Shim {
-    fn start(root: &Path) -> Shim {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fdm-shim"))
-            .args(["--listen", "127.0.0.1:0", "--cluster-id", "9"])
-            .arg("--db")
-            .arg(root.join("shim.db"))
-            .arg("--token-file")
-            .arg(root.join("token"))
-            .args(["--poll-interval-ms", "200"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("fdm-shim");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("first line");
-        let url = line
-            .trim()
-            .strip_prefix("fdm-shim listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Shim { child, url }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let req = ureq::request(method, &format!("{}{path}", self.url))
-            .set("Authorization", &format!("Bearer {TOKEN}"));
-        let resp = match body {
-            Some(b) => req.send_string(&b.to_string()),
-            None => req.call(),
-        };
-        let r = match resp {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path}: {e}"),
-        };
-        let code = r.status();
-        let text = r.into_string().unwrap_or_default();
-        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
     fn ok(&self, method: &str, path: &str, body: Value) -> Value {
         let (code, v) = self.call(method, path, Some(body));
         assert!((200..300).contains(&code), "{method} {path}: {code} {v}");
@@ -201,13 +156,6 @@ fn check_agent_views(agents: &Agents, exe: &Path) {
     }
 }
 
-impl Drop for Shim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Agents {
     children: Vec<Option<Child>>,
     dirs: Vec<PathBuf>,
@@ -283,7 +231,7 @@ fn agents_follow_the_shims_config_and_fail_over_while_it_is_down() {
     let ports: Vec<u16> = (0..HOSTS).map(|_| free_port()).collect();
 
     // 1. The inventory, declared through the API.
-    let mut shim = Shim::start(root);
+    let mut shim = Shim::start(root, 9, TOKEN);
     for h in 1..=HOSTS {
         shim.ok(
             "POST",
@@ -455,7 +403,7 @@ fn agents_follow_the_shims_config_and_fail_over_while_it_is_down() {
     let _ = placed;
 
     // 5. The shim returns and learns what happened while it was away.
-    shim = Shim::start(root);
+    shim = Shim::start(root, 9, TOKEN);
     let dead = format!("host-{} declared dead", victim + 1);
     assert!(
         wait_until(Duration::from_secs(15), || {
