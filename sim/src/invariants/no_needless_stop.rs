@@ -80,7 +80,10 @@ pub fn at_agent_stop(w: &World, host: HostId, vm: VmId, cause: StopCause) -> Opt
                 w.listed_restart_state(vm),
                 Some(heartbeat_fs::records::RestartState::Intent { target, .. }) if target != host
             );
-            let recent = crate::invariants::stale_copy_ended::bound(w);
+            // The agent judges from a protected-list read at most an evaluation and a datastore
+            // call old (twice, for scheduling).
+            let recent =
+                (us(t.evaluate_interval()) + us(t.datastore_call_deadline)).saturating_mul(2);
             let just_stopped = w
                 .stops
                 .get(&vm)

@@ -114,8 +114,9 @@ impl MasterState {
     /// answer (a copy HA did not start: a libvirt autostart at a returning host's boot, an agent
     /// that died without its watchdog while the VM was restarted elsewhere) keeps one copy: the
     /// one a restart in flight targets, else the one the protected list places, else the lowest
-    /// host; the others are told to stop (resent while they run). Reports of hosts we do not hear
-    /// are not trusted for this: such a report may be stale, and the copy may be gone.
+    /// host; the others are told to stop (resent while they run). Reports of hosts we do not hear,
+    /// or whose newest report has not arrived yet, are not trusted for this: such a report may be
+    /// stale, and the copy may be gone.
     fn resolve_duplicates(
         &mut self,
         ctx: &ReconcileContext,
@@ -128,6 +129,16 @@ impl MasterState {
             .iter()
             .copied()
             .filter(|&h| h == ctx.me || self.verdict(h) == Some(Verdict::Alive))
+            // Only reports the host says are current: a host back from isolation is heard (alive)
+            // before its new report arrives, and its old one still shows the VMs its isolation
+            // response powered off (the lab caught the master stopping the real copy for that).
+            .filter(|&h| {
+                h == ctx.me
+                    || self
+                        .peers
+                        .get(&h)
+                        .is_some_and(|p| p.vm_gen_have == Some(p.vm_gen_reported))
+            })
             .collect();
         if live.len() < 2 || step_removed!(self, DuplicateResolution) {
             self.stale_stop_sent.remove(&e.vm);
