@@ -312,7 +312,7 @@ impl Agent {
             if let Some(l) = self.vms.lists.get_mut(&d) {
                 l.in_flight = Some(generation);
             }
-            self.ds_request(
+            self.out.ds_request(
                 now,
                 d,
                 DsOp::WritePowerOnList(list),
@@ -412,7 +412,8 @@ impl Agent {
         if let Some(pp) = self.vms.pending.get_mut(&vm) {
             pp.stage = PowerOnStage::Starting { op };
         }
-        self.outputs
+        self.out
+            .outputs
             .push_back(Output::Hypervisor(HypervisorAction::PowerOn {
                 op,
                 vm,
@@ -525,7 +526,8 @@ impl Agent {
             target: self.settings.host,
             attempt,
         };
-        self.ds_request(now, datastore, op, DsPurpose::CheckIntent { vm, attempt });
+        self.out
+            .ds_request(now, datastore, op, DsPurpose::CheckIntent { vm, attempt });
     }
 
     /// A command this host already acted on (masters resend until they hear back): answered from
@@ -722,7 +724,8 @@ impl Agent {
                     f.reading = true;
                 }
             }
-            self.ds_request(now, d, DsOp::ReadProtectedList, DsPurpose::FoundCopyRead);
+            self.out
+                .ds_request(now, d, DsOp::ReadProtectedList, DsPurpose::FoundCopyRead);
         }
     }
 
@@ -757,7 +760,8 @@ impl Agent {
                 FoundVerdict::StartingOn { target } => self.stop_stale_copy(vm, target),
                 FoundVerdict::PlacedOn { host } => {
                     let op = DsOp::ReadPowerOnList { host };
-                    self.ds_request(self.now, d, op, DsPurpose::FoundCopyListRead { vm, host });
+                    self.out
+                        .ds_request(self.now, d, op, DsPurpose::FoundCopyListRead { vm, host });
                 }
             }
         }
@@ -951,7 +955,7 @@ impl Agent {
             },
             _ => HypervisorAction::PowerOff { op, vm, cause },
         };
-        self.outputs.push_back(Output::Hypervisor(action));
+        self.out.outputs.push_back(Output::Hypervisor(action));
     }
 
     // ----- isolation -----------------------------------------------------------------------------
@@ -968,7 +972,7 @@ impl Agent {
         if (silent || self.role() == Role::Isolated) && check_due && !self.isolation.checking {
             self.isolation.checking = true;
             self.isolation.last_check = Some(now);
-            self.outputs.push_back(Output::CheckIsolation);
+            self.out.outputs.push_back(Output::CheckIsolation);
         }
         if self.role() != Role::Isolated {
             return;
@@ -998,7 +1002,8 @@ impl Agent {
             .collect();
         for d in homes {
             if !self.has_inflight(d, |p| matches!(p, DsPurpose::OwnerRead)) {
-                self.ds_request(now, d, DsOp::ReadClaim, DsPurpose::OwnerRead);
+                self.out
+                    .ds_request(now, d, DsOp::ReadClaim, DsPurpose::OwnerRead);
             }
         }
     }
@@ -1193,7 +1198,8 @@ impl Agent {
             lapsed: false,
             resume_failures: 0,
         });
-        self.outputs
+        self.out
+            .outputs
             .push_back(Output::Hypervisor(HypervisorAction::Pause { op, vm }));
     }
 
@@ -1250,7 +1256,8 @@ impl Agent {
             let op = self.op();
             if let Some(p) = self.vms.vms.get_mut(&vm).and_then(|v| v.pause.as_mut()) {
                 p.stage = PauseStage::Resuming { op };
-                self.outputs
+                self.out
+                    .outputs
                     .push_back(Output::Hypervisor(HypervisorAction::Resume { op, vm }));
             }
         }
@@ -1377,7 +1384,7 @@ impl Agent {
             }
         }
         if !unsafe_to_kick {
-            self.outputs.push_back(Output::KickWatchdog);
+            self.out.outputs.push_back(Output::KickWatchdog);
         }
     }
 }

@@ -17,24 +17,27 @@ macro_rules! step_removed {
     }};
 }
 
+mod ctx;
 mod local;
 mod master;
+mod outbox;
 
 use super::cluster::ClusterView;
 use super::config::{AgentSettings, Timings, TimingsError};
 use super::events::{Event, Role, Verdict};
-use super::io::{HypervisorEvent, OperatorCommand, Output, Transmit, VmRunState};
+use super::io::{HypervisorEvent, OperatorCommand, Output, VmRunState};
 use super::messages::{
     CandidacyNotice, Handover, MasterHeartbeat, Message, SlaveHeartbeat, VmReport,
 };
 use super::time::Time;
-use crate::wire::{self, DropCounters, Header, Key, Recipient, ReplayGuard};
+use crate::wire::{self, DropCounters, Key, Recipient};
 use election::Candidacy;
-use heartbeat_fs::ops::{DsCompletion, DsError, DsOp, DsReply, DsRequest, RequestId};
+use heartbeat_fs::ops::{DsCompletion, DsError, DsOp, DsReply, RequestId};
 use heartbeat_fs::records::{ClusterConfig, HeartbeatRecord, HostFlags};
 use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
 use local::LocalVms;
 use master::MasterState;
+use outbox::Outbox;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -297,20 +300,11 @@ struct Deadlines {
 pub struct Agent {
     settings: AgentSettings,
     t: Timings,
-    key: Key,
     config: Arc<ClusterView>,
     role: RoleState,
     started_at: Time,
     now: Time,
-    outputs: VecDeque<Output>,
-    /// Messages this host sends to itself (the master is also a host that can be a restart target).
-    loopback: VecDeque<Message>,
-    stats: AgentStats,
-    wire_seq: u64,
-    replay: ReplayGuard,
-    next_request: RequestId,
-    next_op: u64,
-    inflight: BTreeMap<RequestId, Inflight>,
+    out: Outbox,
     deadlines: Deadlines,
     mounted: BTreeMap<DatastoreId, MountedDs>,
     /// Our recent `SlaveHeartbeat`s, for the network lease: sequence, echo token, send time.
@@ -345,6 +339,20 @@ fn needs_bound_recipient(msg: &Message) -> bool {
         Message::MasterHeartbeat(hb) => hb.echo_seq != 0,
         Message::Candidacy(_) | Message::SlaveHeartbeat(_) | Message::Yield(_) => false,
     }
+}
+
+/// Datastores whose last heartbeat write (by this host) succeeded and started within the lease.
+fn reachable_datastores(
+    mounted: &BTreeMap<DatastoreId, MountedDs>,
+    t: &Timings,
+    now: Time,
+) -> Vec<DatastoreId> {
+    let lease = t.shrink(t.ds_lease);
+    mounted
+        .iter()
+        .filter(|(_, m)| m.last_ok_write_start.is_some_and(|t| now.since(t) < lease) && !m.failing)
+        .map(|(&d, _)| d)
+        .collect()
 }
 
 /// Generation 0: older than any configuration a datastore holds, so the first one read replaces it.
@@ -392,21 +400,13 @@ impl Agent {
                 ds_read: now,
                 claim_renew: now,
             },
+            out: Outbox::new(settings.host, settings.cluster, settings.incarnation, key),
             settings,
             t,
-            key,
             config,
             role: RoleState::Starting,
             started_at: now,
             now,
-            outputs: VecDeque::new(),
-            loopback: VecDeque::new(),
-            stats: AgentStats::default(),
-            wire_seq: 0,
-            replay: ReplayGuard::new(),
-            next_request: 1,
-            next_op: 1,
-            inflight: BTreeMap::new(),
             mounted,
             hb_sent: VecDeque::new(),
             hb_seq: 0,
@@ -425,7 +425,7 @@ impl Agent {
         };
         agent.vms.rebuild_homes(&agent.config);
         if let Some(e) = refused {
-            agent.stats.configs_rejected += 1;
+            agent.out.stats.configs_rejected += 1;
             agent.emit(Event::ConfigRejected {
                 generation: agent.config.generation,
                 reason: e.to_string(),
@@ -451,7 +451,8 @@ impl Agent {
         // Adopt whatever runs already (agent restart, upgrade): never restart it.
         let op = self.op();
         self.inventory_requested = true;
-        self.outputs
+        self.out
+            .outputs
             .push_back(Output::Hypervisor(super::io::HypervisorAction::List { op }));
         self.vms.inventory_op = Some(op);
         self.write_ds_heartbeats(now);
@@ -462,42 +463,45 @@ impl Agent {
 
     pub fn handle_datagram(&mut self, now: Time, payload: &[u8]) {
         self.enter(now);
-        self.stats.datagrams_received += 1;
+        self.out.stats.datagrams_received += 1;
         let me = Recipient {
             host: self.settings.host,
             incarnation: self.settings.incarnation,
         };
-        let (header, body) = match wire::open(&self.key, self.settings.cluster, me, payload) {
+        let (header, body) = match wire::open(&self.out.key, self.settings.cluster, me, payload) {
             Ok(x) => x,
             Err(e) => {
-                self.stats.drops.count(e);
+                self.out.stats.drops.count(e);
                 return;
             }
         };
         if header.sender == self.settings.host || self.config.host(header.sender).is_none() {
-            self.stats.unknown_sender += 1;
+            self.out.stats.unknown_sender += 1;
             return;
         }
         let msg: Message = match postcard::from_bytes(body) {
             Ok(m) => m,
             Err(_) => {
-                self.stats.drops.count(wire::WireError::MalformedBody);
+                self.out.stats.drops.count(wire::WireError::MalformedBody);
                 return;
             }
         };
         if msg.kind() != header.kind {
-            self.stats.drops.count(wire::WireError::MalformedBody);
+            self.out.stats.drops.count(wire::WireError::MalformedBody);
             return;
         }
         // A message that acts on this agent's state must name this incarnation: its sender has
         // heard us, and a copy meant for an earlier incarnation of us is not for us.
         if needs_bound_recipient(&msg) && header.recipient_incarnation != me.incarnation {
-            self.stats.drops.count(wire::WireError::UnboundRecipient);
+            self.out
+                .stats
+                .drops
+                .count(wire::WireError::UnboundRecipient);
             return;
         }
         // Replay is checked last so that garbage cannot advance a sender's window.
-        if let Err(e) = self.replay.check(&header) {
-            self.stats.drops.count(e);
+        if let Err(e) = self.out.replay.check(&header) {
+            self.out.stats.drops.count(e);
             return;
         }
         self.on_message(now, header.sender, header.incarnation, msg);
@@ -506,12 +510,12 @@ impl Agent {
 
     pub fn handle_datastore(&mut self, now: Time, completion: DsCompletion) {
         self.enter(now);
-        let Some(inflight) = self.inflight.remove(&completion.id) else {
+        let Some(inflight) = self.out.inflight.remove(&completion.id) else {
             // Unknown or already abandoned request: nothing to learn from it.
             return;
         };
         if completion.result.is_err() {
-            self.stats.ds_ops_failed += 1;
+            self.out.stats.ds_ops_failed += 1;
         }
         self.on_ds_completion(now, inflight, completion.result);
         self.after_input(now);
@@ -586,7 +590,7 @@ impl Agent {
             }
             if now >= self.deadlines.claim_renew {
                 self.deadlines.claim_renew = now + self.t.claim_renew_interval;
-                self.master_renew_claims(now);
+                self.as_master(|m, cx| m.renew_claims(cx, now));
             }
         }
         if now >= self.deadlines.evaluate {
@@ -597,7 +601,7 @@ impl Agent {
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        self.out.outputs.pop_front()
     }
 
     /// The earliest time `handle_timeout` must be called.
@@ -632,7 +636,7 @@ impl Agent {
         self.settings.host
     }
     pub fn stats(&self) -> &AgentStats {
-        &self.stats
+        &self.out.stats
     }
     pub fn timings(&self) -> &Timings {
         &self.t
@@ -686,40 +690,15 @@ impl Agent {
     }
 
     fn emit(&mut self, e: Event) {
-        self.outputs.push_back(Output::Event(e));
+        self.out.emit(e);
     }
 
     fn op(&mut self) -> u64 {
-        let op = self.next_op;
-        self.next_op += 1;
-        op
+        self.out.op()
     }
 
     fn paused(&self) -> bool {
         self.config.ha.paused
-    }
-
-    fn ds_request(
-        &mut self,
-        now: Time,
-        datastore: DatastoreId,
-        op: DsOp,
-        purpose: DsPurpose,
-    ) -> RequestId {
-        let id = self.next_request;
-        self.next_request += 1;
-        self.stats.ds_ops_issued += 1;
-        self.inflight.insert(
-            id,
-            Inflight {
-                datastore,
-                purpose,
-                issued: now,
-            },
-        );
-        self.outputs
-            .push_back(Output::Datastore(DsRequest { id, datastore, op }));
-        id
     }
 
     /// The driver answers every request by its deadline; one that did not (a driver bug, a lost
@@ -728,6 +707,7 @@ impl Agent {
     fn abandon_unanswered_requests(&mut self, now: Time) {
         let limit = self.t.datastore_call_deadline.saturating_mul(2);
         let mut late: Vec<RequestId> = self
+            .out
             .inflight
             .iter()
             .filter(|(_, f)| now.since(f.issued) > limit)
@@ -735,52 +715,19 @@ impl Agent {
             .collect();
         late.sort_unstable();
         for id in late {
-            if let Some(f) = self.inflight.remove(&id) {
-                self.stats.ds_ops_failed += 1;
+            if let Some(f) = self.out.inflight.remove(&id) {
+                self.out.stats.ds_ops_failed += 1;
                 self.on_ds_completion(now, f, Err(heartbeat_fs::ops::DsError::Timeout));
             }
         }
     }
 
-    /// Whether a request of this kind is in flight for the datastore.
-    fn has_inflight(&mut self, ds: DatastoreId, pred: impl Fn(&DsPurpose) -> bool) -> bool {
-        self.inflight
-            .values()
-            .any(|f| f.datastore == ds && pred(&f.purpose))
+    fn has_inflight(&self, ds: DatastoreId, pred: impl Fn(&DsPurpose) -> bool) -> bool {
+        self.out.has_inflight(ds, pred)
     }
 
     fn send(&mut self, to: HostId, msg: &Message) {
-        if to == self.settings.host {
-            self.loopback.push_back(msg.clone());
-            return;
-        }
-        let body = match postcard::to_stdvec(msg) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "message does not encode");
-                return;
-            }
-        };
-        self.wire_seq += 1;
-        let header = Header {
-            kind: msg.kind(),
-            cluster: self.settings.cluster,
-            sender: self.settings.host,
-            incarnation: self.settings.incarnation,
-            recipient: to,
-            recipient_incarnation: self.replay.incarnation_of(to).unwrap_or(0),
-            sequence: self.wire_seq,
-        };
-        match wire::seal(&self.key, &header, &body) {
-            Ok(payload) => {
-                self.stats.datagrams_sent += 1;
-                self.outputs
-                    .push_back(Output::Transmit(Transmit { to, payload }));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, kind = msg.kind(), "message too large for a datagram")
-            }
-        }
+        self.out.send(to, msg);
     }
 
     fn other_hosts(&self) -> Vec<HostId> {
@@ -796,7 +743,7 @@ impl Agent {
     fn after_input(&mut self, now: Time) {
         // Messages to ourselves are handled after the input that produced them, never recursively.
         let mut guard = 0;
-        while let Some(msg) = self.loopback.pop_front() {
+        while let Some(msg) = self.out.loopback.pop_front() {
             let me = self.settings.host;
             self.on_message(now, me, self.settings.incarnation, msg);
             guard += 1;
@@ -825,14 +772,7 @@ impl Agent {
 
     /// Datastores this host wrote its heartbeat to within the lease time.
     fn reachable_datastores(&self, now: Time) -> Vec<DatastoreId> {
-        let lease = self.t.shrink(self.t.ds_lease);
-        self.mounted
-            .iter()
-            .filter(|(_, m)| {
-                m.last_ok_write_start.is_some_and(|t| now.since(t) < lease) && !m.failing
-            })
-            .map(|(&d, _)| d)
-            .collect()
+        reachable_datastores(&self.mounted, &self.t, now)
     }
 
     fn host_flags(&self) -> HostFlags {
@@ -864,7 +804,7 @@ impl Agent {
                 power_on_generation,
                 master,
             };
-            self.ds_request(
+            self.out.ds_request(
                 now,
                 d,
                 DsOp::WriteHeartbeat(record),
@@ -885,7 +825,7 @@ impl Agent {
             && !self.has_inflight(d, |p| matches!(p, DsPurpose::ConfigRead))
         {
             let newer_than = self.config_seen();
-            self.ds_request(
+            self.out.ds_request(
                 now,
                 d,
                 DsOp::ReadConfig { newer_than },
@@ -977,7 +917,7 @@ impl Agent {
             Ok(t) => self.t = t,
             Err(reason) => {
                 self.config_refused = cfg.generation;
-                self.stats.configs_rejected += 1;
+                self.out.stats.configs_rejected += 1;
                 self.emit(Event::ConfigRejected {
                     generation: cfg.generation,
                     reason,
@@ -1074,9 +1014,11 @@ impl Agent {
             }
             Role::Slave { master } => {
                 self.hb_seq += 1;
-                let token =
-                    self.key
-                        .echo_token(self.settings.host, self.settings.incarnation, self.hb_seq);
+                let token = self.out.key.echo_token(
+                    self.settings.host,
+                    self.settings.incarnation,
+                    self.hb_seq,
+                );
                 self.hb_sent.push_back((self.hb_seq, token, now));
                 while self.hb_sent.len() > 64 {
                     self.hb_sent.pop_front();
@@ -1301,7 +1243,7 @@ impl Agent {
         }
         // The master's state goes with the role, when follow or become_candidate replaces it; in
         // between only Yields are sent.
-        self.master_release_claims(now);
+        self.as_master(|m, cx| m.release_claims(cx, now));
         if let Some(to) = successor {
             for h in self.other_hosts() {
                 self.send(h, &Message::Yield(Handover { to }));

@@ -33,82 +33,67 @@ impl MasterState {
     }
 }
 
-impl Agent {
-    pub(in crate::agent) fn master_renew_claims(&mut self, now: Time) {
-        let held: Vec<(DatastoreId, HeldClaim)> = self
-            .role
-            .master()
-            .map(|m| {
-                m.claims
-                    .iter()
-                    .filter_map(|(&d, c)| c.held.map(|h| (d, h)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for (d, h) in held {
-            if self.has_inflight(d, |p| matches!(p, DsPurpose::ClaimWrite(_))) {
-                continue;
-            }
-            let record = DatastoreClaim {
-                cluster: self.settings.cluster,
-                datastore: d,
-                owner: self.settings.host,
-                owner_incarnation: self.settings.incarnation,
-                epoch: h.epoch,
-                renewal: h.renewal + 1,
-                released: false,
-            };
-            self.ds_request(
-                now,
-                d,
-                DsOp::WriteClaim {
-                    record,
-                    mode: ClaimWrite::Renew,
-                },
-                DsPurpose::ClaimWrite(ClaimWriteSent {
-                    started: now,
-                    mode: ClaimWriteKind::Renew,
-                    record,
-                }),
-            );
+impl MasterState {
+    fn held_claims(&self) -> Vec<(DatastoreId, HeldClaim)> {
+        self.claims
+            .iter()
+            .filter_map(|(&d, c)| c.held.map(|h| (d, h)))
+            .collect()
+    }
+
+    /// Our claim record on `d` at `epoch`, `renewal`: only the renewal and the released flag
+    /// differ between acquiring, renewing and releasing.
+    fn our_claim(cx: &Ctx<'_>, d: DatastoreId, epoch: Epoch, renewal: u64) -> DatastoreClaim {
+        DatastoreClaim {
+            cluster: cx.settings.cluster,
+            datastore: d,
+            owner: cx.settings.host,
+            owner_incarnation: cx.settings.incarnation,
+            epoch,
+            renewal,
+            released: false,
         }
     }
 
-    pub(in crate::agent) fn master_release_claims(&mut self, now: Time) {
-        let held: Vec<(DatastoreId, HeldClaim)> = self
-            .role
-            .master()
-            .map(|m| {
-                m.claims
-                    .iter()
-                    .filter_map(|(&d, c)| c.held.map(|h| (d, h)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for (d, h) in held {
+    fn write_claim(cx: &mut Ctx<'_>, now: Time, record: DatastoreClaim, mode: ClaimWrite) {
+        let kind = match mode {
+            ClaimWrite::Acquire { .. } => ClaimWriteKind::Acquire,
+            ClaimWrite::Renew => ClaimWriteKind::Renew,
+            ClaimWrite::Release => ClaimWriteKind::Release,
+        };
+        cx.out.ds_request(
+            now,
+            record.datastore,
+            DsOp::WriteClaim { record, mode },
+            DsPurpose::ClaimWrite(ClaimWriteSent {
+                started: now,
+                mode: kind,
+                record,
+            }),
+        );
+    }
+
+    pub(in crate::agent) fn renew_claims(&mut self, cx: &mut Ctx<'_>, now: Time) {
+        for (d, h) in self.held_claims() {
+            if cx
+                .out
+                .has_inflight(d, |p| matches!(p, DsPurpose::ClaimWrite(_)))
+            {
+                continue;
+            }
+            let record = Self::our_claim(cx, d, h.epoch, h.renewal + 1);
+            Self::write_claim(cx, now, record, ClaimWrite::Renew);
+        }
+    }
+
+    pub(in crate::agent) fn release_claims(&mut self, cx: &mut Ctx<'_>, now: Time) {
+        for (d, h) in self.held_claims() {
             let record = DatastoreClaim {
-                cluster: self.settings.cluster,
-                datastore: d,
-                owner: self.settings.host,
-                owner_incarnation: self.settings.incarnation,
-                epoch: h.epoch,
-                renewal: h.renewal + 1,
                 released: true,
+                ..Self::our_claim(cx, d, h.epoch, h.renewal + 1)
             };
-            self.ds_request(
-                now,
-                d,
-                DsOp::WriteClaim {
-                    record,
-                    mode: ClaimWrite::Release,
-                },
-                DsPurpose::ClaimWrite(ClaimWriteSent {
-                    started: now,
-                    mode: ClaimWriteKind::Release,
-                    record,
-                }),
-            );
-            self.emit(Event::ClaimLost {
+            Self::write_claim(cx, now, record, ClaimWrite::Release);
+            cx.out.emit(Event::ClaimLost {
                 datastore: d,
                 epoch: h.epoch,
                 reason: "stepping down".into(),
@@ -116,65 +101,43 @@ impl Agent {
         }
     }
 
-    pub(super) fn try_acquire(
-        &mut self,
+    fn try_acquire(
+        cx: &mut Ctx<'_>,
         now: Time,
         d: DatastoreId,
         current: Option<DatastoreClaim>,
         lapsed: bool,
     ) {
-        if self.role() != Role::Master || self.shutting_down {
+        if cx.shutting_down {
             return;
         }
         let epoch = Epoch(current.map_or(0, |c| c.epoch.0) + 1);
-        let record = DatastoreClaim {
-            cluster: self.settings.cluster,
-            datastore: d,
-            owner: self.settings.host,
-            owner_incarnation: self.settings.incarnation,
-            epoch,
-            renewal: 0,
-            released: false,
+        let record = Self::our_claim(cx, d, epoch, 0);
+        let mode = ClaimWrite::Acquire {
+            expect: current,
+            lapsed,
         };
-        self.ds_request(
-            now,
-            d,
-            DsOp::WriteClaim {
-                record,
-                mode: ClaimWrite::Acquire {
-                    expect: current,
-                    lapsed,
-                },
-            },
-            DsPurpose::ClaimWrite(ClaimWriteSent {
-                started: now,
-                mode: ClaimWriteKind::Acquire,
-                record,
-            }),
-        );
+        Self::write_claim(cx, now, record, mode);
     }
 
     pub(super) fn on_claim_read(
         &mut self,
+        cx: &mut Ctx<'_>,
         now: Time,
         issued: Time,
         d: DatastoreId,
         current: Option<DatastoreClaim>,
     ) {
-        let me = self.settings.host;
-        let lease = self.t.stretch(self.t.claim_lease);
-        let Some(m) = self.role.master_mut() else {
-            return;
-        };
-        let c = m.claims.entry(d).or_default();
+        let me = cx.settings.host;
+        let lease = cx.t.stretch(cx.t.claim_lease);
+        let c = self.claims.entry(d).or_default();
         if c.held.is_some() {
             return;
         }
         let same = c.seen.map(|s| (s.owner, s.epoch, s.renewal, s.released))
             == current.map(|s| (s.owner, s.epoch, s.renewal, s.released));
         if !same || !c.read_once {
-            c.seen = current;
-            c.seen_since = Some(now);
+            c.note_seen(current, now);
             c.read_once = true;
         }
         // From when the record was surely there (the reply of the first read that showed it) to
@@ -187,12 +150,13 @@ impl Agent {
             Some(_) => lapsed,
         };
         if acquirable {
-            self.try_acquire(now, d, current, lapsed);
+            Self::try_acquire(cx, now, d, current, lapsed);
         }
     }
 
     pub(super) fn on_claim_written(
         &mut self,
+        cx: &mut Ctx<'_>,
         now: Time,
         d: DatastoreId,
         sent: ClaimWriteSent,
@@ -205,36 +169,26 @@ impl Agent {
         } = sent;
         match (mode, result) {
             (ClaimWriteKind::Acquire, Ok(_)) => {
-                let Some(m) = self.role.master_mut() else {
-                    return;
-                };
-                let c = m.claims.entry(d).or_default();
+                let c = self.claims.entry(d).or_default();
                 c.held = Some(HeldClaim {
                     epoch: record.epoch,
                     renewal: record.renewal,
                     last_renew_start: started,
                     acquired_at: started,
                 });
-                self.emit(Event::ClaimAcquired {
+                cx.out.emit(Event::ClaimAcquired {
                     datastore: d,
                     epoch: record.epoch,
                 });
-                self.ds_request(now, d, DsOp::ReadProtectedList, DsPurpose::ProtectedRead);
+                cx.out
+                    .ds_request(now, d, DsOp::ReadProtectedList, DsPurpose::ProtectedRead);
             }
             (ClaimWriteKind::Acquire, Err(DsError::ClaimMismatch { current })) => {
-                let Some(m) = self.role.master_mut() else {
-                    return;
-                };
-                let c = m.claims.entry(d).or_default();
-                c.seen = current;
-                c.seen_since = Some(now);
+                self.claims.entry(d).or_default().note_seen(current, now);
             }
             (ClaimWriteKind::Acquire, Err(_)) => {}
             (ClaimWriteKind::Renew, Ok(_)) => {
-                let Some(m) = self.role.master_mut() else {
-                    return;
-                };
-                if let Some(h) = m.claims.get_mut(&d).and_then(|c| c.held.as_mut())
+                if let Some(h) = self.claims.get_mut(&d).and_then(|c| c.held.as_mut())
                     && h.epoch == record.epoch
                 {
                     h.renewal = h.renewal.max(record.renewal);
@@ -244,13 +198,8 @@ impl Agent {
                 }
             }
             (ClaimWriteKind::Renew, Err(DsError::ClaimMismatch { current })) => {
-                self.lose_claim(d, "another master holds it now");
-                let Some(m) = self.role.master_mut() else {
-                    return;
-                };
-                let c = m.claims.entry(d).or_default();
-                c.seen = current;
-                c.seen_since = Some(now);
+                self.lose_claim(cx, d, "another master holds it now");
+                self.claims.entry(d).or_default().note_seen(current, now);
             }
             (ClaimWriteKind::Renew, Err(_)) => {
                 // Keep trying: the claim is lost by time in master_evaluate if this goes on.
@@ -259,38 +208,35 @@ impl Agent {
         }
     }
 
-    pub(super) fn lose_claim(&mut self, d: DatastoreId, reason: &str) {
+    pub(super) fn lose_claim(&mut self, cx: &mut Ctx<'_>, d: DatastoreId, reason: &str) {
         if step_removed!(self, DropOnClaimLoss) {
             return;
         }
-        let Some(m) = self.role.master_mut() else {
-            return;
-        };
-        let Some(c) = m.claims.get_mut(&d) else {
+        let Some(c) = self.claims.get_mut(&d) else {
             return;
         };
         let Some(h) = c.held.take() else { return };
         c.seen = None;
         c.seen_since = None;
         c.read_once = false;
-        if let Some(pd) = m.protected.get_mut(&d) {
+        if let Some(pd) = self.protected.get_mut(&d) {
             pd.loaded = false;
         }
         // Stop issuing at once; in-flight commands fail the target's intent check or complete under
         // the intent already written.
-        let vms: Vec<VmId> = m
-            .tracks
-            .iter()
-            .filter(|(_, t)| t.home == d)
-            .map(|(&vm, _)| vm)
-            .collect();
-        for vm in vms {
-            m.tracks.remove(&vm);
-        }
-        self.emit(Event::ClaimLost {
+        self.tracks.retain(|_, t| t.home != d);
+        cx.out.emit(Event::ClaimLost {
             datastore: d,
             epoch: h.epoch,
             reason: reason.to_string(),
         });
+    }
+}
+
+impl ClaimTrack {
+    /// The record now reads as `current`, and has since `now` as far as we know.
+    fn note_seen(&mut self, current: Option<DatastoreClaim>, now: Time) {
+        self.seen = current;
+        self.seen_since = Some(now);
     }
 }

@@ -9,7 +9,7 @@ use crate::messages::{PowerOffCommand, PowerOffReason};
 const STOP_RESEND: Duration = Duration::from_secs(5);
 
 /// What `reconcile` needs of the agent besides the master's state, gathered once per pass.
-pub(super) struct ReconcileContext {
+pub(super) struct ReconcileContext<'a> {
     now: Time,
     me: HostId,
     /// The first restart delay (ms).
@@ -17,7 +17,7 @@ pub(super) struct ReconcileContext {
     same_host_attempts: u32,
     /// The wait before each same-host restart after the first (ms).
     same_host_wait: u64,
-    config: Arc<ClusterView>,
+    config: &'a ClusterView,
     /// This host's own VMs, as its hypervisor last reported them.
     local: BTreeMap<VmId, VmRunState>,
 }
@@ -61,7 +61,7 @@ impl MasterState {
     /// One protected-list entry: the entry as it must now read, if it changes.
     pub(super) fn reconcile_entry(
         &mut self,
-        ctx: &ReconcileContext,
+        ctx: &ReconcileContext<'_>,
         d: DatastoreId,
         e: &ProtectedVm,
         events: &mut Vec<Event>,
@@ -119,7 +119,7 @@ impl MasterState {
     /// stale, and the copy may be gone.
     fn resolve_duplicates(
         &mut self,
-        ctx: &ReconcileContext,
+        ctx: &ReconcileContext<'_>,
         d: DatastoreId,
         e: &ProtectedVm,
     ) -> Option<HostId> {
@@ -189,7 +189,7 @@ impl MasterState {
     /// (resent while it runs), and the request done once it runs nowhere.
     fn carry_out_stop(
         &mut self,
-        ctx: &ReconcileContext,
+        ctx: &ReconcileContext<'_>,
         d: DatastoreId,
         e: &ProtectedVm,
         events: &mut Vec<Event>,
@@ -222,7 +222,7 @@ impl MasterState {
     /// keeps it off; it is restarted like a VM running nowhere, and the request is done once it runs.
     fn carry_out_start(
         &mut self,
-        ctx: &ReconcileContext,
+        ctx: &ReconcileContext<'_>,
         d: DatastoreId,
         e: &ProtectedVm,
         events: &mut Vec<Event>,
@@ -262,7 +262,7 @@ impl MasterState {
     /// that it does not run it.
     pub(super) fn never_seen_running(
         &mut self,
-        ctx: &ReconcileContext,
+        ctx: &ReconcileContext<'_>,
         d: DatastoreId,
         e: &ProtectedVm,
         events: &mut Vec<Event>,
@@ -300,7 +300,7 @@ impl MasterState {
     /// report say to do.
     pub(super) fn judge_last_host(
         &mut self,
-        ctx: &ReconcileContext,
+        ctx: &ReconcileContext<'_>,
         (d, h): (DatastoreId, HostId),
         e: &ProtectedVm,
         events: &mut Vec<Event>,
@@ -365,7 +365,7 @@ impl MasterState {
     /// run of host failures must not end up failed.
     pub(super) fn restart_after_crash(
         &mut self,
-        ctx: &ReconcileContext,
+        ctx: &ReconcileContext<'_>,
         (d, h): (DatastoreId, HostId),
         vm: VmId,
     ) -> Result<RestartTrack, (u32, u64)> {
@@ -397,7 +397,7 @@ impl MasterState {
 
     /// Forget restarts that left their window; a list whose counts changed is written again so
     /// that the ages on disk stay close to the truth for the next master.
-    pub(super) fn prune_restart_logs(&mut self, ctx: &ReconcileContext) {
+    pub(super) fn prune_restart_logs(&mut self, ctx: &ReconcileContext<'_>) {
         let mut changed: BTreeSet<VmId> = BTreeSet::new();
         for (vm, log) in self.restart_logs.iter_mut() {
             let limit = restart_limit_of(ctx, *vm);
@@ -415,7 +415,7 @@ impl MasterState {
 }
 
 /// The VM's restart limit: its own, else the cluster's.
-fn restart_limit_of(ctx: &ReconcileContext, vm: VmId) -> RestartLimit {
+fn restart_limit_of(ctx: &ReconcileContext<'_>, vm: VmId) -> RestartLimit {
     ctx.config
         .vm(vm)
         .and_then(|c| c.ha.restart_limit)
@@ -462,26 +462,26 @@ impl Agent {
         if self.hand_over_to_better_connected(now) {
             return;
         }
-        self.expire_claims(now);
-        self.update_verdicts(now);
-        self.load_missing_lists(now);
-        let due = {
-            let Some(m) = self.role.master_mut() else {
-                return;
-            };
-            m.reconcile_due || now.since(m.last_reconcile) >= Duration::from_secs(2)
+        let Some(due) = self.as_master(|m, cx| {
+            m.expire_claims(cx, now);
+            m.update_verdicts(cx, now);
+            m.load_missing_lists(cx, now);
+            m.take_reconcile_due(now)
+        }) else {
+            return;
         };
         if due {
-            let Some(m) = self.role.master_mut() else {
-                return;
-            };
-            m.reconcile_due = false;
-            m.last_reconcile = now;
-            self.reconcile(now);
+            let local: BTreeMap<VmId, VmRunState> = self
+                .vms
+                .statuses()
+                .into_iter()
+                .map(|s| (s.vm, s.state))
+                .collect();
+            self.as_master(|m, cx| m.reconcile(cx, now, local));
         }
-        self.follow_up_restarts(now);
+        self.as_master(|m, cx| m.follow_up_restarts(cx, now));
         self.schedule_restarts(now);
-        self.flush_protected(now);
+        self.as_master(|m, cx| m.flush_protected(cx, now));
     }
 
     /// The election ranks hosts by the datastores they reach, but only when there is no master; a
@@ -490,152 +490,13 @@ impl Agent {
     /// reached strictly more datastores for `better_master_handover`, hand over to the best one.
     pub(super) fn hand_over_to_better_connected(&mut self, now: Time) -> bool {
         let mine = self.reachable_datastores(now).len() as u32;
-        let wait = self.t.better_master_handover;
-        let me = self.settings.host;
-        let Some(m) = self.role.master_mut() else {
+        let Some(Some(best)) = self.as_master(|m, cx| m.better_connected_successor(cx, now, mine))
+        else {
             return false;
         };
-        let best = m.best_successor(me).filter(|h| {
-            m.peers
-                .get(h)
-                .is_some_and(|p| p.reachable.len() as u32 > mine)
-        });
-        let Some(best) = best else {
-            m.better_since = None;
-            return false;
-        };
-        let since = match m.better_since {
-            Some((h, t)) if h == best => t,
-            _ => {
-                m.better_since = Some((best, now));
-                now
-            }
-        };
-        if now.since(since) < wait {
-            return false;
-        }
         self.emit(Event::Yielded { to: best });
         self.step_down(now, Some(best), "a slave reaches more datastores");
         true
-    }
-
-    pub(super) fn expire_claims(&mut self, now: Time) {
-        let t = &self.t;
-        let expired: Vec<DatastoreId> = self
-            .role
-            .master()
-            .map(|m| {
-                m.claims
-                    .iter()
-                    .filter(|(d, c)| c.held.is_some() && m.held_valid(**d, now, t).is_none())
-                    .map(|(&d, _)| d)
-                    .collect()
-            })
-            .unwrap_or_default();
-        for d in expired {
-            self.lose_claim(d, "could not renew within the lease");
-        }
-    }
-
-    pub(super) fn load_missing_lists(&mut self, now: Time) {
-        let need: Vec<DatastoreId> = self
-            .role
-            .master()
-            .map(|m| {
-                m.claims
-                    .iter()
-                    .filter(|(d, c)| {
-                        c.held.is_some() && m.protected.get(d).is_none_or(|p| !p.loaded)
-                    })
-                    .map(|(&d, _)| d)
-                    .collect()
-            })
-            .unwrap_or_default();
-        for d in need {
-            if !self.has_inflight(d, |p| matches!(p, DsPurpose::ProtectedRead)) {
-                self.ds_request(now, d, DsOp::ReadProtectedList, DsPurpose::ProtectedRead);
-            }
-        }
-    }
-
-    /// Decide, for every protected VM, whether it must be restarted, and open a restart track.
-    pub(super) fn reconcile(&mut self, now: Time) {
-        let t = &self.t;
-        let local: BTreeMap<VmId, VmRunState> = self
-            .vms
-            .statuses()
-            .into_iter()
-            .map(|s| (s.vm, s.state))
-            .collect();
-        let ctx = ReconcileContext {
-            now,
-            me: self.settings.host,
-            retry0: self
-                .config
-                .ha
-                .restart_retry_ms
-                .first()
-                .copied()
-                .unwrap_or(0),
-            same_host_attempts: self.config.ha.same_host_restart_attempts,
-            same_host_wait: self.config.ha.same_host_restart_wait_ms,
-            config: self.config.clone(),
-            local,
-        };
-        let mut events = Vec::new();
-        let Some(m) = self.role.master_mut() else {
-            return;
-        };
-        m.note_own_vms(ctx.me, &ctx.local);
-        m.prune_restart_logs(&ctx);
-        let ds_list: Vec<DatastoreId> = m.protected.keys().copied().collect();
-        for d in ds_list {
-            if m.settled(d, now, t).is_none() || !m.protected[&d].loaded {
-                continue;
-            }
-            let n = m.protected[&d].list.vms.len();
-            for i in 0..n {
-                let e = m.protected[&d].list.vms[i].clone();
-                if let Some(ne) = m.reconcile_entry(&ctx, d, &e, &mut events) {
-                    let pd = m.protected.get_mut(&d).expect("listed");
-                    pd.list.vms[i] = ne;
-                    pd.dirty = true;
-                }
-            }
-        }
-        let stops = std::mem::take(&mut m.stop_commands);
-        let stale = std::mem::take(&mut m.stale_stops);
-        for e in events {
-            if let Event::RestartLimitReached { .. } = e {
-                self.stats.restart_limits_reached += 1;
-            }
-            self.emit(e);
-        }
-        for (host, vm) in stops {
-            self.emit(Event::OperatorStopSent { vm, host });
-            let reason = PowerOffReason::Operator;
-            self.send(host, &Message::PowerOff(PowerOffCommand { vm, reason }));
-        }
-        for (host, vm, kept) in stale {
-            self.emit(Event::DuplicateCopyStopSent { vm, host, kept });
-            let reason = PowerOffReason::StaleCopy;
-            self.send(host, &Message::PowerOff(PowerOffCommand { vm, reason }));
-        }
-    }
-
-    /// Power-on commands that went unanswered, targets that died, intents of a previous master.
-    pub(super) fn follow_up_restarts(&mut self, now: Time) {
-        let t = &self.t;
-        let Some(m) = self.role.master_mut() else {
-            return;
-        };
-        let f = m.follow_ups(now, t);
-        let sends = m.resend_power_ons(f.resend, now, t);
-        m.restamp_intents(f.restamp, now, t);
-        m.abandon_targets(f.abandon, now);
-        for (target, msg) in sends {
-            self.send(target, &msg);
-        }
     }
 
     pub(in crate::agent) fn master_on_power_on_result(
@@ -644,14 +505,163 @@ impl Agent {
         from: HostId,
         r: PowerOnResult,
     ) {
-        let retry = self.config.ha.restart_retry_ms.clone();
-        let Some(m) = self.role.master_mut() else {
+        self.as_master(|m, cx| m.on_power_on_result(cx, now, from, r));
+    }
+
+    /// Place the restarts that are due, write their intents.
+    pub(super) fn schedule_restarts(&mut self, now: Time) {
+        if self.paused() {
+            self.as_master(|m, cx| m.report_paused_restarts(cx));
             return;
-        };
-        if r.running {
-            m.note_started(from, r.vm, r.vm_generation);
         }
-        let Some(tr) = m.tracks.get(&r.vm).cloned() else {
+        let me_as_target = TargetSelf {
+            host: self.settings.host,
+            reachable: self.reachable_datastores(now).into_iter().collect(),
+            maintenance: self.maintenance || self.shutting_down,
+        };
+        self.as_master(|m, cx| m.schedule_restarts(cx, now, &me_as_target));
+    }
+}
+
+impl MasterState {
+    /// Whether a reconcile pass is due (asked for, or two seconds since the last); taking it
+    /// starts the next wait.
+    fn take_reconcile_due(&mut self, now: Time) -> bool {
+        let due = self.reconcile_due || now.since(self.last_reconcile) >= Duration::from_secs(2);
+        if due {
+            self.reconcile_due = false;
+            self.last_reconcile = now;
+        }
+        due
+    }
+
+    /// The slave to hand over to, once one has reached more datastores than we do (`mine`) for
+    /// `better_master_handover`.
+    fn better_connected_successor(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        now: Time,
+        mine: u32,
+    ) -> Option<HostId> {
+        let best = self.best_successor(cx.settings.host).filter(|h| {
+            self.peers
+                .get(h)
+                .is_some_and(|p| p.reachable.len() as u32 > mine)
+        });
+        let Some(best) = best else {
+            self.better_since = None;
+            return None;
+        };
+        let since = match self.better_since {
+            Some((h, t)) if h == best => t,
+            _ => {
+                self.better_since = Some((best, now));
+                now
+            }
+        };
+        (now.since(since) >= cx.t.better_master_handover).then_some(best)
+    }
+
+    fn expire_claims(&mut self, cx: &mut Ctx<'_>, now: Time) {
+        let expired: Vec<DatastoreId> = self
+            .claims
+            .iter()
+            .filter(|(d, c)| c.held.is_some() && self.held_valid(**d, now, cx.t).is_none())
+            .map(|(&d, _)| d)
+            .collect();
+        for d in expired {
+            self.lose_claim(cx, d, "could not renew within the lease");
+        }
+    }
+
+    fn load_missing_lists(&mut self, cx: &mut Ctx<'_>, now: Time) {
+        let need = self
+            .claims
+            .iter()
+            .filter(|(d, c)| c.held.is_some() && self.protected.get(d).is_none_or(|p| !p.loaded))
+            .map(|(&d, _)| d);
+        for d in need {
+            if !cx
+                .out
+                .has_inflight(d, |p| matches!(p, DsPurpose::ProtectedRead))
+            {
+                cx.out
+                    .ds_request(now, d, DsOp::ReadProtectedList, DsPurpose::ProtectedRead);
+            }
+        }
+    }
+
+    /// Decide, for every protected VM, whether it must be restarted, and open a restart track.
+    /// `local`: the master's own VMs as its hypervisor last reported them.
+    fn reconcile(&mut self, cx: &mut Ctx<'_>, now: Time, local: BTreeMap<VmId, VmRunState>) {
+        let t = cx.t;
+        let ha = &cx.config.ha;
+        let ctx = ReconcileContext {
+            now,
+            me: cx.settings.host,
+            retry0: ha.restart_retry_ms.first().copied().unwrap_or(0),
+            same_host_attempts: ha.same_host_restart_attempts,
+            same_host_wait: ha.same_host_restart_wait_ms,
+            config: cx.config,
+            local,
+        };
+        let mut events = Vec::new();
+        self.note_own_vms(ctx.me, &ctx.local);
+        self.prune_restart_logs(&ctx);
+        let ds_list: Vec<DatastoreId> = self.protected.keys().copied().collect();
+        for d in ds_list {
+            if self.settled(d, now, t).is_none() || !self.protected[&d].loaded {
+                continue;
+            }
+            let n = self.protected[&d].list.vms.len();
+            for i in 0..n {
+                let e = self.protected[&d].list.vms[i].clone();
+                if let Some(ne) = self.reconcile_entry(&ctx, d, &e, &mut events) {
+                    let pd = self.protected.get_mut(&d).expect("listed");
+                    pd.list.vms[i] = ne;
+                    pd.dirty = true;
+                }
+            }
+        }
+        let stops = std::mem::take(&mut self.stop_commands);
+        let stale = std::mem::take(&mut self.stale_stops);
+        for e in events {
+            if let Event::RestartLimitReached { .. } = e {
+                cx.out.stats.restart_limits_reached += 1;
+            }
+            cx.out.emit(e);
+        }
+        for (host, vm) in stops {
+            cx.out.emit(Event::OperatorStopSent { vm, host });
+            let reason = PowerOffReason::Operator;
+            cx.out
+                .send(host, &Message::PowerOff(PowerOffCommand { vm, reason }));
+        }
+        for (host, vm, kept) in stale {
+            cx.out.emit(Event::DuplicateCopyStopSent { vm, host, kept });
+            let reason = PowerOffReason::StaleCopy;
+            cx.out
+                .send(host, &Message::PowerOff(PowerOffCommand { vm, reason }));
+        }
+    }
+
+    /// Power-on commands that went unanswered, targets that died, intents of a previous master.
+    fn follow_up_restarts(&mut self, cx: &mut Ctx<'_>, now: Time) {
+        let t = cx.t;
+        let f = self.follow_ups(now, t);
+        let sends = self.resend_power_ons(f.resend, now, t);
+        self.restamp_intents(f.restamp, now, t);
+        self.abandon_targets(f.abandon, now);
+        for (target, msg) in sends {
+            cx.out.send(target, &msg);
+        }
+    }
+
+    fn on_power_on_result(&mut self, cx: &mut Ctx<'_>, now: Time, from: HostId, r: PowerOnResult) {
+        if r.running {
+            self.note_started(from, r.vm, r.vm_generation);
+        }
+        let Some(tr) = self.tracks.get(&r.vm).cloned() else {
             return;
         };
         let Stage::Issued {
@@ -664,6 +674,11 @@ impl Agent {
             return;
         }
         let (vm, attempt) = (r.vm, r.attempt);
+        let stats = if tr.is_restart() {
+            &mut cx.out.stats.restarts
+        } else {
+            &mut cx.out.stats.placements
+        };
         if r.stopped_by_operator || r.running {
             // Done: running there, or started and then stopped on purpose (not a failure to retry
             // elsewhere).
@@ -672,18 +687,13 @@ impl Agent {
             } else {
                 DesiredPower::On
             };
-            m.restart_ended(vm, tr.home, from, desired);
-            let stats = if tr.is_restart() {
-                &mut self.stats.restarts
-            } else {
-                &mut self.stats.placements
-            };
+            self.restart_ended(vm, tr.home, from, desired);
             if r.stopped_by_operator {
                 stats.ended_by_operator += 1;
             } else {
                 stats.succeeded += 1;
             }
-            self.emit(if r.stopped_by_operator {
+            cx.out.emit(if r.stopped_by_operator {
                 Event::RestartEndedByOperator { vm, on: from }
             } else {
                 Event::VmRestarted {
@@ -694,93 +704,67 @@ impl Agent {
             });
             return;
         }
-        let (attempts, gave_up) = m.restart_failed(vm, from, &retry, now);
-        let stats = if tr.is_restart() {
-            &mut self.stats.restarts
-        } else {
-            &mut self.stats.placements
-        };
+        let (attempts, gave_up) =
+            self.restart_failed(vm, from, &cx.config.ha.restart_retry_ms, now);
         stats.failed += 1;
         if gave_up {
             stats.gave_up += 1;
         }
-        self.emit(Event::RestartFailed {
+        cx.out.emit(Event::RestartFailed {
             vm,
             target: from,
             attempt,
             error: r.error.unwrap_or_else(|| "unknown error".into()),
         });
         if gave_up {
-            self.emit(Event::RestartGaveUp { vm, attempts });
+            cx.out.emit(Event::RestartGaveUp { vm, attempts });
         }
     }
 
-    /// Place the restarts that are due, write their intents.
-    pub(super) fn schedule_restarts(&mut self, now: Time) {
-        if self.paused() {
-            self.report_paused_restarts();
-            return;
+    /// HA is paused: say once per waiting restart that it does not happen.
+    fn report_paused_restarts(&mut self, cx: &mut Ctx<'_>) {
+        for (&vm, tr) in self.tracks.iter_mut() {
+            if tr.stage == Stage::Waiting && !tr.reported_waiting {
+                tr.reported_waiting = true;
+                cx.out.emit(Event::ActionSuppressed {
+                    what: format!("restart of {vm}"),
+                });
+            }
         }
-        let t = &self.t;
-        let me = self.settings.host;
-        let me_as_target = TargetSelf {
-            host: me,
-            reachable: self.reachable_datastores(now).into_iter().collect(),
-            maintenance: self.maintenance || self.shutting_down,
-        };
-        let config = self.config.clone();
-        let Some(m) = self.role.master_mut() else {
-            return;
-        };
-        let due = m.due_restarts(now, t);
+    }
+}
+
+impl MasterState {
+    /// Place the restarts that are due and write their intents; the commands whose intents are
+    /// already durable go out at once.
+    fn schedule_restarts(&mut self, cx: &mut Ctx<'_>, now: Time, me_as_target: &TargetSelf) {
+        let (t, config) = (cx.t, cx.config);
+        let due = self.due_restarts(now, t);
         if due.is_empty() {
             return;
         }
         let plan = placement::plan_restarts(&PlanInput {
-            hosts: m.restart_candidates(&config, &me_as_target),
-            requests: m.restart_requests(&config, &due),
-            running: m.running_vms(),
+            hosts: self.restart_candidates(config, me_as_target),
+            requests: self.restart_requests(config, &due),
+            running: self.running_vms(),
             max_concurrent_per_host: config.ha.max_concurrent_power_ons_per_host.max(1),
-            hold_below: m.hold_below(&config, now),
+            hold_below: self.hold_below(config, now),
         });
         let mut events = Vec::new();
-        let early_commands = m.write_intents(&plan, now, t, &mut events);
-        m.note_waiting(&plan, &mut events);
+        let early_commands = self.write_intents(&plan, now, t, &mut events);
+        self.note_waiting(&plan, &mut events);
         for e in events {
             if let Event::NoCapacity { vm } = e {
                 // Its track is still waiting: it says whether this is a restart.
-                self.start_stats(vm).no_capacity += 1;
+                self.start_stats(&mut cx.out.stats, vm).no_capacity += 1;
             }
-            self.emit(e);
+            cx.out.emit(e);
         }
         for (vm, target, d, epoch, attempt) in early_commands {
-            self.issue_power_on(vm, target, d, epoch, attempt);
+            self.issue_power_on(cx, vm, target, d, epoch, attempt);
         }
         // Generations above assume one write per pass: flush now so they line up.
-        self.flush_protected(now);
-    }
-
-    /// HA is paused: say once per waiting restart that it does not happen.
-    pub(super) fn report_paused_restarts(&mut self) {
-        let pending: Vec<VmId> = self
-            .role
-            .master()
-            .map(|m| {
-                m.tracks
-                    .iter()
-                    .filter(|(_, t)| t.stage == Stage::Waiting && !t.reported_waiting)
-                    .map(|(&v, _)| v)
-                    .collect()
-            })
-            .unwrap_or_default();
-        for vm in pending {
-            if let Some(tr) = self.role.master_mut().and_then(|m| m.tracks.get_mut(&vm)) {
-                tr.reported_waiting = true;
-            }
-            self.emit(Event::ActionSuppressed {
-                what: format!("restart of {vm}"),
-            });
-        }
+        self.flush_protected(cx, now);
     }
 }
 

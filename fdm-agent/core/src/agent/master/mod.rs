@@ -3,7 +3,7 @@
 
 use super::super::cluster::ClusterView;
 use super::super::config::Timings;
-use super::super::events::{Event, Role, Verdict, count};
+use super::super::events::{Event, Verdict, count};
 use super::super::io::{Output, VmRunState};
 use super::super::messages::{
     MasterHeartbeat, Message, PowerOnCommand, PowerOnResult, SlaveHeartbeat, VmReport, VmStatus,
@@ -12,6 +12,7 @@ use super::super::placement::{
     self, HostCandidate, PlanInput, RestartPlan, RestartRequest, WaitReason,
 };
 use super::super::time::Time;
+use super::ctx::Ctx;
 use super::{Agent, DsPurpose, HostView, VmView};
 use heartbeat_fs::ops::{ClaimWrite, DsError, DsOp, DsReply};
 use heartbeat_fs::records::{
@@ -20,7 +21,6 @@ use heartbeat_fs::records::{
 };
 use heartbeat_fs::{DatastoreId, Epoch, HostId, VmId};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 mod claims;
@@ -307,11 +307,10 @@ impl MasterState {
             if !pd.loaded {
                 continue;
             }
-            let wanted: Vec<heartbeat_fs::records::VmConfig> = config
+            let wanted: Vec<&heartbeat_fs::records::VmConfig> = config
                 .vms
                 .iter()
                 .filter(|v| v.home == *d && v.protected)
-                .cloned()
                 .collect();
             cleared.extend(sync_protected_with_config(pd, &wanted));
         }
@@ -515,31 +514,11 @@ fn describe_entry(e: &ProtectedVm) -> String {
 impl Agent {
     // ----- network -------------------------------------------------------------------------------
 
-    /// One heartbeat round to every host. The round's `covers_all` is decided once, here: it
-    /// needs every host's echo, and a cluster of thousands cannot check that per datagram.
+    /// One heartbeat round to every host (see `MasterState::send_heartbeats`).
     pub(super) fn master_send_heartbeats(&mut self, now: Time) {
-        let hosts: Vec<HostId> = self.config.hosts.iter().map(|h| h.id).collect();
-        let Some(m) = self.role.master_mut() else {
+        let Some(whole) = self.as_master(|m, cx| m.send_heartbeats(cx, now)) else {
             return;
         };
-        m.rounds.next(now);
-        let proved = m.whole_membership(now, &hosts, &self.t) || step_removed!(m, HoldMembership);
-        let whole = proved && !step_removed!(m, OutageHold);
-        // What the hold adds: datastores covered without a claim we could renew (a storage
-        // outage). Only changes of that set are news for operators.
-        let held: BTreeSet<DatastoreId> = if whole {
-            self.config
-                .datastores
-                .iter()
-                .map(|d| d.id)
-                .filter(|&d| m.held_valid(d, now, &self.t).is_none())
-                .collect()
-        } else {
-            BTreeSet::new()
-        };
-        let started: Vec<DatastoreId> = held.difference(&m.outage_held).copied().collect();
-        let ended: Vec<DatastoreId> = m.outage_held.difference(&held).copied().collect();
-        m.outage_held = held;
         if whole {
             // Our own VMs are held like everyone's: a lease granted to ourselves at `now`.
             let until = now + self.t.shrink(self.t.net_lease);
@@ -548,44 +527,131 @@ impl Agent {
                 *e = (*e).max(until);
             }
         }
+    }
+
+    /// A heartbeat outside the rounds (to a host that has no master): it never covers all.
+    pub(super) fn master_send_heartbeat_to(&mut self, now: Time, to: HostId) {
+        self.as_master(|m, cx| m.send_heartbeat(cx, now, to, false));
+    }
+
+    /// A slave heartbeat (the message's fields, from `(host, incarnation)`).
+    pub(super) fn master_on_slave_heartbeat(
+        &mut self,
+        now: Time,
+        from: (HostId, u64),
+        hb: SlaveHeartbeat,
+    ) {
+        self.as_master(|m, cx| m.on_slave_heartbeat(cx, now, from, hb));
+    }
+
+    // ----- datastores ----------------------------------------------------------------------------
+
+    pub(super) fn master_read_datastores(&mut self, now: Time) {
+        self.as_master(|m, cx| m.read_datastores(cx, now));
+    }
+
+    /// `issued`: when the request left; the datastore's state it reports was read somewhere between
+    /// then and `now`.
+    pub(super) fn master_ds_completion(
+        &mut self,
+        now: Time,
+        issued: Time,
+        d: DatastoreId,
+        purpose: DsPurpose,
+        result: Result<DsReply, DsError>,
+    ) {
+        let Some(judge_now) = self.as_master(|m, cx| match (purpose, result) {
+            (DsPurpose::HeartbeatRead, Ok(DsReply::Heartbeats(slots))) => {
+                m.on_heartbeats_read(cx, now, issued, d, slots);
+                // Judge at once: a death this read confirms should not wait for the next tick.
+                true
+            }
+            (DsPurpose::ClaimRead, Ok(DsReply::Claim(current))) => {
+                m.on_claim_read(cx, now, issued, d, current);
+                false
+            }
+            (DsPurpose::ClaimWrite(sent), result) => {
+                m.on_claim_written(cx, now, d, sent, result);
+                false
+            }
+            (DsPurpose::ProtectedRead, Ok(DsReply::ProtectedList(list))) => {
+                m.on_protected_read(cx, now, d, list);
+                false
+            }
+            (DsPurpose::ProtectedRead, Err(_)) => {
+                // Retried by the next evaluation while the list is not loaded.
+                false
+            }
+            (DsPurpose::ProtectedWrite { generation }, result) => {
+                m.on_protected_written(cx, now, d, generation, result);
+                false
+            }
+            (DsPurpose::PowerOnListRead { host }, Ok(DsReply::PowerOnList(list))) => {
+                m.on_power_on_list_read(d, host, list);
+                false
+            }
+            _ => false,
+        }) else {
+            return;
+        };
+        if judge_now {
+            self.master_evaluate(now);
+        }
+    }
+}
+
+impl MasterState {
+    /// One heartbeat round to every host. The round's `covers_all` is decided once, here: it
+    /// needs every host's echo, and a cluster of thousands cannot check that per datagram.
+    /// Returns it: when it covers all, the master's own VMs are held too.
+    fn send_heartbeats(&mut self, cx: &mut Ctx<'_>, now: Time) -> bool {
+        let hosts: Vec<HostId> = cx.config.hosts.iter().map(|h| h.id).collect();
+        self.rounds.next(now);
+        let proved =
+            self.whole_membership(now, &hosts, cx.t) || step_removed!(self, HoldMembership);
+        let whole = proved && !step_removed!(self, OutageHold);
+        // What the hold adds: datastores covered without a claim we could renew (a storage
+        // outage). Only changes of that set are news for operators.
+        let held: BTreeSet<DatastoreId> = if whole {
+            cx.config
+                .datastores
+                .iter()
+                .map(|d| d.id)
+                .filter(|&d| self.held_valid(d, now, cx.t).is_none())
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        let started: Vec<DatastoreId> = held.difference(&self.outage_held).copied().collect();
+        let ended: Vec<DatastoreId> = self.outage_held.difference(&held).copied().collect();
+        self.outage_held = held;
         for datastore in started {
-            self.emit(Event::StorageOutageHold {
+            cx.out.emit(Event::StorageOutageHold {
                 datastore,
                 holding: true,
             });
         }
         for datastore in ended {
-            self.emit(Event::StorageOutageHold {
+            cx.out.emit(Event::StorageOutageHold {
                 datastore,
                 holding: false,
             });
         }
-        for h in self.other_hosts() {
-            self.send_master_heartbeat(now, h, whole);
+        for h in hosts.into_iter().filter(|&h| h != cx.settings.host) {
+            self.send_heartbeat(cx, now, h, whole);
         }
+        whole
     }
 
-    /// A heartbeat outside the rounds (to a host that has no master): it never covers all.
-    pub(super) fn master_send_heartbeat_to(&mut self, now: Time, to: HostId) {
-        self.send_master_heartbeat(now, to, false);
-    }
-
-    fn send_master_heartbeat(&mut self, now: Time, to: HostId, covers_all: bool) {
-        let t = &self.t;
-        let reachable_datastores = self.reachable_datastores(now).len() as u32;
-        let config_generation = self.config.generation;
-        let Some(m) = self.role.master_mut() else {
-            return;
-        };
-        let claims: Vec<(DatastoreId, Epoch)> = m
+    fn send_heartbeat(&mut self, cx: &mut Ctx<'_>, now: Time, to: HostId, covers_all: bool) {
+        let t = cx.t;
+        let reachable_datastores = cx.reachable_datastores(now).len() as u32;
+        let claims: Vec<(DatastoreId, Epoch)> = self
             .claims
             .keys()
-            .copied()
-            .collect::<Vec<_>>()
-            .into_iter()
-            .filter_map(|d| m.held_valid(d, now, t).map(|e| (d, e)))
+            .filter_map(|&d| self.held_valid(d, now, t).map(|e| (d, e)))
             .collect();
-        let p = m.peers.entry(to).or_default();
+        let p = self.peers.entry(to).or_default();
         // Echo only a heartbeat heard recently: an old echo would grant nothing anyway.
         let (echo_seq, echo_token) = if p
             .last_net
@@ -596,7 +662,7 @@ impl Agent {
             (0, 0)
         };
         let want_vm_report = p.vm_gen_have != Some(p.vm_gen_reported) && p.last_net.is_some();
-        let round = m.rounds.current(now);
+        let round = self.rounds.current(now);
         let msg = Message::MasterHeartbeat(MasterHeartbeat {
             round,
             covers_all,
@@ -605,14 +671,14 @@ impl Agent {
             reachable_datastores,
             claims,
             want_vm_report,
-            config_generation,
+            config_generation: cx.config.generation,
         });
-        self.send(to, &msg);
+        cx.out.send(to, &msg);
     }
 
-    /// A slave heartbeat (the message's fields, from `(host, incarnation)`).
-    pub(super) fn master_on_slave_heartbeat(
+    fn on_slave_heartbeat(
         &mut self,
+        cx: &mut Ctx<'_>,
         now: Time,
         (from, incarnation): (HostId, u64),
         hb: SlaveHeartbeat,
@@ -626,10 +692,7 @@ impl Agent {
             maintenance,
             config_generation: _,
         } = hb;
-        let Some(m) = self.role.master_mut() else {
-            return;
-        };
-        let p = m.peers.entry(from).or_default();
+        let p = self.peers.entry(from).or_default();
         if !p.note_incarnation(incarnation) {
             return;
         }
@@ -648,15 +711,12 @@ impl Agent {
             p.vm_gen_reported = vm_generation;
         }
         if p.verdict != Some(Verdict::Alive) {
-            self.set_verdict(from, Verdict::Alive, "network heartbeat received");
+            self.set_verdict(cx, from, Verdict::Alive, "network heartbeat received");
         }
     }
 
-    fn set_verdict(&mut self, host: HostId, to: Verdict, reason: &str) {
-        let Some(m) = self.role.master_mut() else {
-            return;
-        };
-        let Some(p) = m.peers.get_mut(&host) else {
+    fn set_verdict(&mut self, cx: &mut Ctx<'_>, host: HostId, to: Verdict, reason: &str) {
+        let Some(p) = self.peers.get_mut(&host) else {
             return;
         };
         let from = p.verdict.unwrap_or(Verdict::Unreachable);
@@ -667,16 +727,15 @@ impl Agent {
         p.verdict = Some(to);
         if to == Verdict::Dead {
             // What a dead host reported running is not running any more.
-            let vms: Vec<VmId> = p.vms.keys().copied().collect();
-            for vm in vms {
-                if let Some(s) = m.running.get_mut(&vm) {
+            for vm in p.vms.keys() {
+                if let Some(s) = self.running.get_mut(vm) {
                     s.remove(&host);
                 }
             }
         }
-        m.reconcile_due = true;
+        self.reconcile_due = true;
         if !(first && to == Verdict::Unreachable) {
-            self.emit(Event::VerdictChanged {
+            cx.out.emit(Event::VerdictChanged {
                 subject: host,
                 from,
                 to,
@@ -685,40 +744,28 @@ impl Agent {
         }
     }
 
-    // ----- datastores ----------------------------------------------------------------------------
-
-    pub(super) fn master_read_datastores(&mut self, now: Time) {
-        let ds: Vec<DatastoreId> = self.mounted.keys().copied().collect();
-        for d in ds {
-            if !self.has_inflight(d, |p| matches!(p, DsPurpose::HeartbeatRead)) {
-                self.ds_request(now, d, DsOp::ReadHeartbeats, DsPurpose::HeartbeatRead);
+    fn read_datastores(&mut self, cx: &mut Ctx<'_>, now: Time) {
+        for &d in cx.mounted.keys() {
+            let out = &mut *cx.out;
+            if !out.has_inflight(d, |p| matches!(p, DsPurpose::HeartbeatRead)) {
+                out.ds_request(now, d, DsOp::ReadHeartbeats, DsPurpose::HeartbeatRead);
             }
-            let held = self
-                .role
-                .master()
-                .and_then(|m| m.claims.get(&d))
-                .is_some_and(|c| c.held.is_some());
+            let held = self.claims.get(&d).is_some_and(|c| c.held.is_some());
             if !held
-                && !self.has_inflight(d, |p| {
+                && !out.has_inflight(d, |p| {
                     matches!(p, DsPurpose::ClaimRead | DsPurpose::ClaimWrite(_))
                 })
             {
-                self.ds_request(now, d, DsOp::ReadClaim, DsPurpose::ClaimRead);
+                out.ds_request(now, d, DsOp::ReadClaim, DsPurpose::ClaimRead);
             }
-            let wanted: Vec<HostId> = self
-                .role
-                .master()
-                .map(|m| {
-                    m.peers
-                        .iter()
-                        .filter(|(_, p)| p.lists_wanted.contains(&d))
-                        .map(|(&h, _)| h)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let wanted = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.lists_wanted.contains(&d))
+                .map(|(&h, _)| h);
             for host in wanted {
-                if !self.has_inflight(d, |p| *p == DsPurpose::PowerOnListRead { host }) {
-                    self.ds_request(
+                if !out.has_inflight(d, |p| *p == DsPurpose::PowerOnListRead { host }) {
+                    out.ds_request(
                         now,
                         d,
                         DsOp::ReadPowerOnList { host },
@@ -729,78 +776,37 @@ impl Agent {
         }
     }
 
-    /// `issued`: when the request left; the datastore's state it reports was read somewhere between
-    /// then and `now`.
-    pub(super) fn master_ds_completion(
-        &mut self,
-        now: Time,
-        issued: Time,
-        d: DatastoreId,
-        purpose: DsPurpose,
-        result: Result<DsReply, DsError>,
-    ) {
-        if self.role.master().is_none() {
-            return;
-        }
-        match (purpose, result) {
-            (DsPurpose::HeartbeatRead, Ok(DsReply::Heartbeats(slots))) => {
-                self.on_heartbeats_read(now, issued, d, slots);
-                // Judge at once: a death this read confirms should not wait for the next tick.
-                self.master_evaluate(now);
-            }
-            (DsPurpose::ClaimRead, Ok(DsReply::Claim(current))) => {
-                self.on_claim_read(now, issued, d, current)
-            }
-            (DsPurpose::ClaimWrite(sent), result) => self.on_claim_written(now, d, sent, result),
-            (DsPurpose::ProtectedRead, Ok(DsReply::ProtectedList(list))) => {
-                self.on_protected_read(now, d, list)
-            }
-            (DsPurpose::ProtectedRead, Err(_)) => {
-                // Retried by the next evaluation while the list is not loaded.
-            }
-            (DsPurpose::ProtectedWrite { generation }, result) => {
-                self.on_protected_written(now, d, generation, result)
-            }
-            (DsPurpose::PowerOnListRead { host }, Ok(DsReply::PowerOnList(list))) => {
-                let Some(m) = self.role.master_mut() else {
-                    return;
-                };
-                if let Some(p) = m.peers.get_mut(&host) {
-                    p.lists_wanted.remove(&d);
-                    match list {
-                        Some(l) if l.host == host => {
-                            p.power_on_lists.insert(d, l);
-                        }
-                        _ => {
-                            p.power_on_lists.remove(&d);
-                        }
-                    }
-                    m.reconcile_due = true;
+    fn on_power_on_list_read(&mut self, d: DatastoreId, host: HostId, list: Option<PowerOnList>) {
+        if let Some(p) = self.peers.get_mut(&host) {
+            p.lists_wanted.remove(&d);
+            match list {
+                Some(l) if l.host == host => {
+                    p.power_on_lists.insert(d, l);
+                }
+                _ => {
+                    p.power_on_lists.remove(&d);
                 }
             }
-            _ => {}
+            self.reconcile_due = true;
         }
     }
 
     fn on_heartbeats_read(
         &mut self,
+        cx: &mut Ctx<'_>,
         now: Time,
         issued: Time,
         d: DatastoreId,
         slots: Vec<heartbeat_fs::ops::HeartbeatSlot>,
     ) {
-        let cluster = self.settings.cluster;
-        let mounts: Vec<HostId> = self.config.hosts_of(d).to_vec();
-        let Some(m) = self.role.master_mut() else {
-            return;
-        };
-        m.ds_read_ok.insert(d, now);
+        let cluster = cx.settings.cluster;
+        self.ds_read_ok.insert(d, now);
         let mut seen: BTreeSet<HostId> = BTreeSet::new();
         for slot in slots {
-            if slot.host == m.me {
+            if slot.host == self.me {
                 continue;
             }
-            let Some(p) = m.peers.get_mut(&slot.host) else {
+            let Some(p) = self.peers.get_mut(&slot.host) else {
                 continue;
             };
             seen.insert(slot.host);
@@ -820,34 +826,20 @@ impl Agent {
             observe(p, d, (issued, now), seen_now);
         }
         // A host that mounts the datastore but never wrote there: a clean read of "nothing".
-        for h in mounts {
-            if h == m.me || seen.contains(&h) {
+        for &h in cx.config.hosts_of(d) {
+            if h == self.me || seen.contains(&h) {
                 continue;
             }
-            if let Some(p) = m.peers.get_mut(&h) {
+            if let Some(p) = self.peers.get_mut(&h) {
                 observe(p, d, (issued, now), HeartbeatSeen::default());
             }
-        }
-    }
-
-    /// The counters `vm`'s start belongs to: a restart when its track names a host it was lost
-    /// from, a first placement otherwise.
-    pub(super) fn start_stats(&mut self, vm: VmId) -> &mut crate::StartStats {
-        let restart = self
-            .role
-            .master()
-            .and_then(|m| m.tracks.get(&vm))
-            .is_some_and(RestartTrack::is_restart);
-        if restart {
-            &mut self.stats.restarts
-        } else {
-            &mut self.stats.placements
         }
     }
 
     /// Send a restart's command (its intent is durable, unless a knob removed that step).
     fn issue_power_on(
         &mut self,
+        cx: &mut Ctx<'_>,
         vm: VmId,
         target: HostId,
         d: DatastoreId,
@@ -858,22 +850,17 @@ impl Agent {
         // protected list records, under the claim it names.
         debug_assert!(
             step_removed!(self, WriteAheadIntent)
-                || self.role.master().is_some_and(|m| m.intent_recorded(
-                    vm,
-                    (target, attempt),
-                    d,
-                    epoch
-                )),
+                || self.intent_recorded(vm, (target, attempt), d, epoch),
             "a power-on command for {vm} on {target} (attempt {attempt}, {epoch}) without its intent under a held claim"
         );
-        self.start_stats(vm).issued += 1;
-        self.emit(Event::RestartIssued {
+        self.start_stats(&mut cx.out.stats, vm).issued += 1;
+        cx.out.emit(Event::RestartIssued {
             vm,
             target,
             epoch,
             attempt,
         });
-        self.send(
+        cx.out.send(
             target,
             &Message::PowerOn(PowerOnCommand {
                 vm,
@@ -882,6 +869,20 @@ impl Agent {
                 attempt,
             }),
         );
+    }
+
+    /// The counters `vm`'s start belongs to: a restart when its track names a host it was lost
+    /// from, a first placement otherwise.
+    fn start_stats<'s>(
+        &self,
+        stats: &'s mut crate::AgentStats,
+        vm: VmId,
+    ) -> &'s mut crate::StartStats {
+        if self.tracks.get(&vm).is_some_and(RestartTrack::is_restart) {
+            &mut stats.restarts
+        } else {
+            &mut stats.placements
+        }
     }
 }
 

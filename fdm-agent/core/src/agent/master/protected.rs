@@ -3,26 +3,17 @@
 
 use super::*;
 
-impl Agent {
+impl MasterState {
     pub(super) fn on_protected_read(
         &mut self,
+        cx: &mut Ctx<'_>,
         now: Time,
         d: DatastoreId,
         list: Option<ProtectedVmList>,
     ) {
-        let me = self.settings.host;
-        let cluster = self.settings.cluster;
-        let config_vms: Vec<heartbeat_fs::records::VmConfig> = self
-            .config
-            .vms
-            .iter()
-            .filter(|v| v.home == d && v.protected)
-            .cloned()
-            .collect();
-        let Some(m) = self.role.master_mut() else {
-            return;
-        };
-        let Some(epoch) = m.claims.get(&d).and_then(|c| c.held).map(|h| h.epoch) else {
+        let me = cx.settings.host;
+        let cluster = cx.settings.cluster;
+        let Some(epoch) = self.claims.get(&d).and_then(|c| c.held).map(|h| h.epoch) else {
             return;
         };
         let mut list = list
@@ -44,7 +35,7 @@ impl Agent {
                 target, attempt, ..
             } = e.restart
             {
-                m.tracks.insert(
+                self.tracks.insert(
                     e.vm,
                     RestartTrack {
                         home: d,
@@ -60,7 +51,7 @@ impl Agent {
             }
         }
         let generation = list.generation;
-        m.protected.insert(
+        self.protected.insert(
             d,
             ProtectedDs {
                 list,
@@ -70,34 +61,38 @@ impl Agent {
                 durable: generation,
             },
         );
-        let pd = m.protected.get_mut(&d).expect("inserted");
+        let pd = self.protected.get_mut(&d).expect("inserted");
+        let config_vms: Vec<&heartbeat_fs::records::VmConfig> = cx
+            .config
+            .vms
+            .iter()
+            .filter(|v| v.home == d && v.protected)
+            .collect();
         let cleared = sync_protected_with_config(pd, &config_vms);
         for e in &pd.list.vms {
             if !e.recent_restarts.is_empty() {
                 let log = RestartLog::from_record(now, &e.recent_restarts);
-                m.restart_logs.insert(e.vm, log);
+                self.restart_logs.insert(e.vm, log);
             }
         }
-        m.reconcile_due = true;
+        self.reconcile_due = true;
         for vm in &cleared {
-            m.restart_logs.remove(vm);
+            self.restart_logs.remove(vm);
         }
         for vm in cleared {
-            self.emit(Event::RestartLimitCleared { vm });
+            cx.out.emit(Event::RestartLimitCleared { vm });
         }
     }
 
     pub(super) fn on_protected_written(
         &mut self,
+        cx: &mut Ctx<'_>,
         now: Time,
         d: DatastoreId,
         generation: u64,
         result: Result<DsReply, DsError>,
     ) {
-        let Some(m) = self.role.master_mut() else {
-            return;
-        };
-        let Some(pd) = m.protected.get_mut(&d) else {
+        let Some(pd) = self.protected.get_mut(&d) else {
             return;
         };
         pd.write_in_flight = None;
@@ -106,7 +101,7 @@ impl Agent {
                 pd.durable = pd.durable.max(generation);
             }
             Err(DsError::ClaimMismatch { .. }) => {
-                self.lose_claim(d, "protected list write found another claim");
+                self.lose_claim(cx, d, "protected list write found another claim");
                 return;
             }
             Err(_) => {
@@ -115,7 +110,7 @@ impl Agent {
             }
         }
         // Intents now on disk: their commands may go out.
-        let mut ready: Vec<(VmId, HostId, u32)> = m
+        let mut ready: Vec<(VmId, HostId, u32)> = self
             .tracks
             .iter()
             .filter_map(|(&vm, t)| match t.stage {
@@ -129,38 +124,27 @@ impl Agent {
             .collect();
         // Commands go out in placement order: priority first, then VM id.
         ready.sort_by_key(|(vm, _, _)| {
-            let prio = self
-                .config
-                .vm(*vm)
-                .map(|c| c.ha.priority)
-                .unwrap_or_default();
+            let prio = cx.config.vm(*vm).map(|c| c.ha.priority).unwrap_or_default();
             (std::cmp::Reverse(prio), *vm)
         });
-        let epoch = self
-            .role
-            .master()
-            .and_then(|m| m.claims.get(&d))
-            .and_then(|c| c.held)
-            .map(|h| h.epoch);
-        let Some(epoch) = epoch else { return };
+        let Some(epoch) = self.claims.get(&d).and_then(|c| c.held).map(|h| h.epoch) else {
+            return;
+        };
         for (vm, target, attempt) in ready {
-            if let Some(t) = self.role.master_mut().and_then(|m| m.tracks.get_mut(&vm)) {
+            if let Some(t) = self.tracks.get_mut(&vm) {
                 t.stage = Stage::Issued {
                     target,
                     attempt,
                     sent_at: now,
                 };
             }
-            self.issue_power_on(vm, target, d, epoch, attempt);
+            self.issue_power_on(cx, vm, target, d, epoch, attempt);
         }
     }
 
-    pub(super) fn flush_protected(&mut self, now: Time) {
-        let Some(m) = self.role.master_mut() else {
-            return;
-        };
+    pub(super) fn flush_protected(&mut self, cx: &mut Ctx<'_>, now: Time) {
         let mut writes = Vec::new();
-        for (&d, pd) in m.protected.iter_mut() {
+        for (&d, pd) in self.protected.iter_mut() {
             if !pd.loaded || !pd.dirty || pd.write_in_flight.is_some() {
                 continue;
             }
@@ -168,7 +152,7 @@ impl Agent {
             pd.list.generation += 1;
             pd.write_in_flight = Some(pd.list.generation);
             for e in pd.list.vms.iter_mut() {
-                e.recent_restarts = m
+                e.recent_restarts = self
                     .restart_logs
                     .get(&e.vm)
                     .map(|log| log.to_record(now))
@@ -177,20 +161,15 @@ impl Agent {
             writes.push((d, pd.list.clone()));
         }
         for (d, list) in writes {
-            if self
-                .role
-                .master()
-                .and_then(|m| m.held_valid(d, now, &self.t))
-                .is_none()
-            {
-                if let Some(pd) = self.role.master_mut().and_then(|m| m.protected.get_mut(&d)) {
+            if self.held_valid(d, now, cx.t).is_none() {
+                if let Some(pd) = self.protected.get_mut(&d) {
                     pd.write_in_flight = None;
                     pd.dirty = true;
                 }
                 continue;
             }
             let generation = list.generation;
-            self.ds_request(
+            cx.out.ds_request(
                 now,
                 d,
                 DsOp::WriteProtectedList(list),
@@ -206,10 +185,10 @@ impl Agent {
 /// Returns the VMs cleared.
 pub(super) fn sync_protected_with_config(
     pd: &mut ProtectedDs,
-    config_vms: &[heartbeat_fs::records::VmConfig],
+    config_vms: &[&heartbeat_fs::records::VmConfig],
 ) -> Vec<VmId> {
     let wanted: BTreeMap<VmId, &heartbeat_fs::records::VmConfig> =
-        config_vms.iter().map(|v| (v.id, v)).collect();
+        config_vms.iter().map(|v| (v.id, *v)).collect();
     pd.list.vms.retain(|e| wanted.contains_key(&e.vm));
     let mut cleared = Vec::new();
     for e in pd.list.vms.iter_mut() {

@@ -247,32 +247,27 @@ pub(super) fn probe_verdict(p: &Peer, now: Time) -> (Verdict, &'static str) {
     }
 }
 
-impl Agent {
-    pub(super) fn update_verdicts(&mut self, now: Time) {
-        let t = &self.t;
+impl MasterState {
+    pub(super) fn update_verdicts(&mut self, cx: &mut Ctx<'_>, now: Time) {
+        let t = cx.t;
         let skip_lease_wait = step_removed!(self, LeaseWait);
-        let mounted: BTreeSet<DatastoreId> = self.mounted.keys().copied().collect();
+        let mounted: BTreeSet<DatastoreId> = cx.mounted.keys().copied().collect();
         let read_fresh = t
             .ds_read_interval
             .saturating_mul(4)
             .saturating_add(t.datastore_call_deadline);
         let mut changes: Vec<(HostId, Verdict, &'static str)> = Vec::new();
-        let mut probes: Vec<HostId> = Vec::new();
-        let config = &self.config;
-        let Some(m) = self.role.master_mut() else {
-            return;
-        };
         let ctx = VerdictContext {
             now,
             t,
             skip_lease_wait,
-            config,
+            config: cx.config,
             mounted: &mounted,
-            ds_read_ok: &m.ds_read_ok,
+            ds_read_ok: &self.ds_read_ok,
             read_fresh,
-            master_since: m.since,
+            master_since: self.since,
         };
-        for (&h, p) in m.peers.iter_mut() {
+        for (&h, p) in self.peers.iter_mut() {
             let (v, why) = judge(h, p, &ctx);
             // Probe a silent host early and keep the answer fresh, so that the probe never delays
             // a dead verdict once the leases have run out.
@@ -282,7 +277,7 @@ impl Agent {
                 .is_none_or(|t0| now.since(t0) >= t.host_unreachable_after / 2);
             if v != Verdict::Alive && silent && stale && !p.probe_in_flight {
                 p.probe_in_flight = true;
-                probes.push(h);
+                cx.out.outputs.push_back(Output::Probe { host: h });
             }
             if p.verdict != Some(v) {
                 changes.push((h, v, why));
@@ -297,11 +292,8 @@ impl Agent {
                 }
             }
         }
-        for h in probes {
-            self.outputs.push_back(Output::Probe { host: h });
-        }
         for (h, v, why) in changes {
-            self.set_verdict(h, v, why);
+            self.set_verdict(cx, h, v, why);
         }
     }
 }
