@@ -10,6 +10,9 @@
 //! processes, environment reads and the OS-seeded `HashMap`/`HashSet`; forbidden here, so that no
 //! module can allow them back.
 #![forbid(clippy::disallowed_methods, clippy::disallowed_types)]
+// A function longer than a screen or with more than six parameters says why, in an `allow` with
+// its reason, where it is.
+#![warn(clippy::too_many_lines, clippy::too_many_arguments)]
 
 mod agent;
 pub mod cluster;

@@ -4,10 +4,10 @@
 
 use crate::{
     Agent, AgentSettings, Event, HypervisorAction, HypervisorEvent, Output, Role, Time, Timings,
-    Verdict,
+    Transmit, Verdict,
 };
 use heartbeat_fs::mem::{Caller, MemDatastore};
-use heartbeat_fs::ops::{DsCompletion, DsError, IoKind};
+use heartbeat_fs::ops::{DsCompletion, DsError, DsRequest, IoKind};
 use heartbeat_fs::records::*;
 use heartbeat_fs::{ClusterId, DatastoreId, HostId, VmId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -316,144 +316,10 @@ impl Cluster {
     fn handle_output(&mut self, h: HostId, inc: u64, out: Output) {
         let at = self.now + Duration::from_millis(1);
         match out {
-            Output::Transmit(t) => {
-                for &(_, _, copy_to) in self
-                    .relay
-                    .iter()
-                    .filter(|(f, to, _)| *f == h && *to == t.to)
-                {
-                    let copy = Pending::Datagram {
-                        to: copy_to,
-                        from: h,
-                        payload: t.payload.clone(),
-                    };
-                    self.queue.push_back((at, copy));
-                }
-                if self.linked(h, t.to) {
-                    let p = Pending::Datagram {
-                        to: t.to,
-                        from: h,
-                        payload: t.payload,
-                    };
-                    if self.duplicate_datagrams
-                        && let Pending::Datagram { to, from, payload } = &p
-                    {
-                        let copy = Pending::Datagram {
-                            to: *to,
-                            from: *from,
-                            payload: payload.clone(),
-                        };
-                        self.queue.push_back((at, copy));
-                    }
-                    if self.reorder_datagrams {
-                        self.queue.push_back((at + Duration::from_millis(7), p));
-                    } else {
-                        self.queue.push_back((at, p));
-                    }
-                }
-            }
-            Output::Datastore(req) => {
-                let lost = self.hosts[&h].ds_lost.contains(&req.datastore);
-                let result = if lost {
-                    Err(DsError::Io {
-                        kind: IoKind::Io,
-                        message: "EIO".into(),
-                    })
-                } else {
-                    match self.ds.get_mut(&req.datastore) {
-                        Some(d) => d.execute(
-                            Caller {
-                                host: h,
-                                incarnation: inc,
-                            },
-                            req.op,
-                        ),
-                        None => Err(DsError::NotMounted(req.datastore)),
-                    }
-                };
-                let completion = DsCompletion {
-                    id: req.id,
-                    datastore: req.datastore,
-                    result,
-                };
-                self.queue.push_back((
-                    at,
-                    Pending::Ds {
-                        host: h,
-                        incarnation: inc,
-                        completion,
-                    },
-                ));
-            }
+            Output::Transmit(t) => self.transmit(h, t, at),
+            Output::Datastore(req) => self.execute_ds(h, inc, req, at),
             Output::Hypervisor(a) => {
-                let hs = self.hosts.get_mut(&h).unwrap();
-                let event = match a {
-                    HypervisorAction::PowerOn { op, vm, .. } => {
-                        if hs.power_on_fails {
-                            HypervisorEvent::PowerOnResult {
-                                op,
-                                vm,
-                                result: Err("boot failed".into()),
-                            }
-                        } else {
-                            let elsewhere: Vec<HostId> = self
-                                .where_runs(vm.0)
-                                .into_iter()
-                                .filter(|&o| o != h)
-                                .collect();
-                            assert!(
-                                elsewhere.is_empty(),
-                                "{vm} powered on at {h} while running on {elsewhere:?} at {}",
-                                self.now
-                            );
-                            let hs = self.hosts.get_mut(&h).unwrap();
-                            hs.running.insert(vm);
-                            self.power_ons.push((self.now, h, vm));
-                            HypervisorEvent::PowerOnResult {
-                                op,
-                                vm,
-                                result: Ok(()),
-                            }
-                        }
-                    }
-                    HypervisorAction::PowerOff { op, vm, .. }
-                    | HypervisorAction::Shutdown { op, vm, .. } => {
-                        hs.running.remove(&vm);
-                        hs.paused.remove(&vm);
-                        HypervisorEvent::PowerOffResult {
-                            op,
-                            vm,
-                            result: Ok(()),
-                        }
-                    }
-                    // Like the real drivers: pausing a paused VM and resuming a running one
-                    // succeed, neither works on a VM that is not running.
-                    HypervisorAction::Pause { op, vm } => {
-                        let result = if hs.running.contains(&vm) {
-                            hs.paused.insert(vm);
-                            Ok(())
-                        } else {
-                            Err(format!("{vm} is not running"))
-                        };
-                        HypervisorEvent::PauseResult { op, vm, result }
-                    }
-                    HypervisorAction::Resume { op, vm } => {
-                        let result = if hs.running.contains(&vm) {
-                            hs.paused.remove(&vm);
-                            Ok(())
-                        } else {
-                            Err(format!("{vm} is not running"))
-                        };
-                        HypervisorEvent::ResumeResult { op, vm, result }
-                    }
-                    HypervisorAction::List { op } => {
-                        // Filled in at delivery: the hypervisor answers with what runs then.
-                        HypervisorEvent::Inventory {
-                            op,
-                            running: Vec::new(),
-                        }
-                    }
-                };
+                let event = self.hypervisor_answer(h, a);
                 self.queue.push_back((
                     at + Duration::from_millis(49),
                     Pending::Hv {
@@ -492,6 +358,151 @@ impl Cluster {
             Output::Event(e) => {
                 let now = self.now;
                 self.hosts.get_mut(&h).unwrap().events.push((now, e));
+            }
+        }
+    }
+
+    /// A datagram from `h`: relayed copies, then the datagram itself if the hosts are linked.
+    fn transmit(&mut self, h: HostId, t: Transmit, at: Time) {
+        for &(_, _, copy_to) in self
+            .relay
+            .iter()
+            .filter(|(f, to, _)| *f == h && *to == t.to)
+        {
+            let copy = Pending::Datagram {
+                to: copy_to,
+                from: h,
+                payload: t.payload.clone(),
+            };
+            self.queue.push_back((at, copy));
+        }
+        if self.linked(h, t.to) {
+            let p = Pending::Datagram {
+                to: t.to,
+                from: h,
+                payload: t.payload,
+            };
+            if self.duplicate_datagrams
+                && let Pending::Datagram { to, from, payload } = &p
+            {
+                let copy = Pending::Datagram {
+                    to: *to,
+                    from: *from,
+                    payload: payload.clone(),
+                };
+                self.queue.push_back((at, copy));
+            }
+            if self.reorder_datagrams {
+                self.queue.push_back((at + Duration::from_millis(7), p));
+            } else {
+                self.queue.push_back((at, p));
+            }
+        }
+    }
+
+    /// A datastore request of `h`, answered by the shared in-memory datastore unless `h` lost it.
+    fn execute_ds(&mut self, h: HostId, inc: u64, req: DsRequest, at: Time) {
+        let lost = self.hosts[&h].ds_lost.contains(&req.datastore);
+        let result = if lost {
+            Err(DsError::Io {
+                kind: IoKind::Io,
+                message: "EIO".into(),
+            })
+        } else {
+            match self.ds.get_mut(&req.datastore) {
+                Some(d) => d.execute(
+                    Caller {
+                        host: h,
+                        incarnation: inc,
+                    },
+                    req.op,
+                ),
+                None => Err(DsError::NotMounted(req.datastore)),
+            }
+        };
+        let completion = DsCompletion {
+            id: req.id,
+            datastore: req.datastore,
+            result,
+        };
+        self.queue.push_back((
+            at,
+            Pending::Ds {
+                host: h,
+                incarnation: inc,
+                completion,
+            },
+        ));
+    }
+
+    /// What `h`'s hypervisor answers to `a` (an inventory is filled in at delivery).
+    fn hypervisor_answer(&mut self, h: HostId, a: HypervisorAction) -> HypervisorEvent {
+        let hs = self.hosts.get_mut(&h).unwrap();
+        match a {
+            HypervisorAction::PowerOn { op, vm, .. } => {
+                if hs.power_on_fails {
+                    HypervisorEvent::PowerOnResult {
+                        op,
+                        vm,
+                        result: Err("boot failed".into()),
+                    }
+                } else {
+                    let elsewhere: Vec<HostId> = self
+                        .where_runs(vm.0)
+                        .into_iter()
+                        .filter(|&o| o != h)
+                        .collect();
+                    assert!(
+                        elsewhere.is_empty(),
+                        "{vm} powered on at {h} while running on {elsewhere:?} at {}",
+                        self.now
+                    );
+                    let hs = self.hosts.get_mut(&h).unwrap();
+                    hs.running.insert(vm);
+                    self.power_ons.push((self.now, h, vm));
+                    HypervisorEvent::PowerOnResult {
+                        op,
+                        vm,
+                        result: Ok(()),
+                    }
+                }
+            }
+            HypervisorAction::PowerOff { op, vm, .. }
+            | HypervisorAction::Shutdown { op, vm, .. } => {
+                hs.running.remove(&vm);
+                hs.paused.remove(&vm);
+                HypervisorEvent::PowerOffResult {
+                    op,
+                    vm,
+                    result: Ok(()),
+                }
+            }
+            // Like the real drivers: pausing a paused VM and resuming a running one
+            // succeed, neither works on a VM that is not running.
+            HypervisorAction::Pause { op, vm } => {
+                let result = if hs.running.contains(&vm) {
+                    hs.paused.insert(vm);
+                    Ok(())
+                } else {
+                    Err(format!("{vm} is not running"))
+                };
+                HypervisorEvent::PauseResult { op, vm, result }
+            }
+            HypervisorAction::Resume { op, vm } => {
+                let result = if hs.running.contains(&vm) {
+                    hs.paused.remove(&vm);
+                    Ok(())
+                } else {
+                    Err(format!("{vm} is not running"))
+                };
+                HypervisorEvent::ResumeResult { op, vm, result }
+            }
+            HypervisorAction::List { op } => {
+                // Filled in at delivery: the hypervisor answers with what runs then.
+                HypervisorEvent::Inventory {
+                    op,
+                    running: Vec::new(),
+                }
             }
         }
     }

@@ -761,7 +761,7 @@ impl MasterState {
             cx.out.emit(e);
         }
         for (vm, target, d, epoch, attempt) in early_commands {
-            self.issue_power_on(cx, vm, target, d, epoch, attempt);
+            self.issue_power_on(cx, target, power_on_command(vm, d, epoch, attempt));
         }
         // Generations above assume one write per pass: flush now so they line up.
         self.flush_protected(cx, now);

@@ -34,6 +34,16 @@ mod verdict;
 use limit::RestartLog;
 use verdict::*;
 
+/// The command that starts `vm` under the claim on its home datastore `d` at `epoch`.
+fn power_on_command(vm: VmId, d: DatastoreId, epoch: Epoch, attempt: u32) -> PowerOnCommand {
+    PowerOnCommand {
+        vm,
+        datastore: d,
+        epoch,
+        attempt,
+    }
+}
+
 /// How old a liveness-probe answer may be and still count.
 const PROBE_REFRESH: Duration = Duration::from_millis(1_000);
 
@@ -836,21 +846,15 @@ impl MasterState {
         }
     }
 
-    /// Send a restart's command (its intent is durable, unless a knob removed that step).
-    fn issue_power_on(
-        &mut self,
-        cx: &mut Ctx<'_>,
-        vm: VmId,
-        target: HostId,
-        d: DatastoreId,
-        epoch: Epoch,
-        attempt: u32,
-    ) {
+    /// Send a restart's command to `target` (its intent is durable, unless a knob removed that
+    /// step).
+    fn issue_power_on(&mut self, cx: &mut Ctx<'_>, target: HostId, command: PowerOnCommand) {
+        let (vm, epoch, attempt) = (command.vm, command.epoch, command.attempt);
         // Write-ahead (docs/safety.md): a command goes out only for the intent its datastore's
         // protected list records, under the claim it names.
         debug_assert!(
             step_removed!(self, WriteAheadIntent)
-                || self.intent_recorded(vm, (target, attempt), d, epoch),
+                || self.intent_recorded(vm, (target, attempt), command.datastore, epoch),
             "a power-on command for {vm} on {target} (attempt {attempt}, {epoch}) without its intent under a held claim"
         );
         self.start_stats(&mut cx.out.stats, vm).issued += 1;
@@ -860,15 +864,7 @@ impl MasterState {
             epoch,
             attempt,
         });
-        cx.out.send(
-            target,
-            &Message::PowerOn(PowerOnCommand {
-                vm,
-                datastore: d,
-                epoch,
-                attempt,
-            }),
-        );
+        cx.out.send(target, &Message::PowerOn(command));
     }
 
     /// The counters `vm`'s start belongs to: a restart when its track names a host it was lost

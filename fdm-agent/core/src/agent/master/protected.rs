@@ -138,7 +138,7 @@ impl MasterState {
                     sent_at: now,
                 };
             }
-            self.issue_power_on(cx, vm, target, d, epoch, attempt);
+            self.issue_power_on(cx, target, power_on_command(vm, d, epoch, attempt));
         }
     }
 
