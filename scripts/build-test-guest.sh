@@ -45,9 +45,8 @@ cp "$work/kernel/boot/vmlinuz-$kver" "$out/vmlinuz.new"
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,run,tmp,etc,lib/modules,usr/sbin}
 cp /bin/busybox "$root/bin/busybox"
-for app in sh mount mkdir sleep touch rm dd cat echo insmod pidof kill ls test sync poweroff; do
-  ln -s busybox "$root/bin/$app"
-done
+# The shell for init; init links the other applets (ps, pidof, kill, ...) at boot.
+ln -s busybox "$root/bin/sh"
 
 # qemu-ga and exactly the libraries it loads, at the paths the dynamic loader looks in.
 cp /usr/sbin/qemu-ga "$root/usr/sbin/qemu-ga"
@@ -86,6 +85,7 @@ echo "modules loaded at boot:$loads"
 
 cat > "$root/init" <<INIT
 #!/bin/sh
+/bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
