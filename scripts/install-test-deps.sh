@@ -5,7 +5,9 @@
 # for scripts/lab.sh's checks of `fdmctl --output json`, and for the metrics tests promtool
 # (Debian's `prometheus` package: `promtool check rules` on dist/, `promtool check metrics` on the
 # scrapes) and the Prometheus project's reference exposition parsers (`python3-prometheus-client`,
-# for Debian's /usr/bin/python3). Needs root; safe to run again.
+# for Debian's /usr/bin/python3), and for the guest-agent test's tiny guest (scripts/build-test-guest.sh)
+# busybox-static, qemu-guest-agent (its qemu-ga goes into the guest's initramfs), cpio and kmod; that
+# script fetches the Debian cloud kernel itself with `apt-get download`. Needs root; safe to run again.
 set -euo pipefail
 
 need=()
@@ -22,6 +24,10 @@ have promtool || need+=(prometheus)
   need+=(python3-prometheus-client)
 have chromium || have chromium-browser || need+=(chromium)
 have jq || need+=(jq)
+[ -x /bin/busybox ] || need+=(busybox-static)
+[ -x /usr/sbin/qemu-ga ] || need+=(qemu-guest-agent)
+have cpio || need+=(cpio)
+have depmod || [ -x /usr/sbin/depmod ] || need+=(kmod)
 
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
