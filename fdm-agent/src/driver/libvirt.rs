@@ -753,7 +753,7 @@ impl LibvirtDriver {
                     command: format!("virsh qemu-agent-command {name} guest-exec"),
                     output: ret.to_string(),
                 })?,
-            Err(f) => return Ok(self.exec_failure(&name, f)?),
+            Err(f) => return self.exec_failure(&name, f),
         };
         let status = serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}});
         // Short pauses first: a `pidof` or `test -e` exits within milliseconds.
@@ -766,7 +766,7 @@ impl LibvirtDriver {
             }
             let ret = match self.agent_command(&name, &status, left)? {
                 Ok(ret) => ret,
-                Err(f) => return Ok(self.exec_failure(&name, f)?),
+                Err(f) => return self.exec_failure(&name, f),
             };
             match parse_exec_status(&ret).map_err(|why| DriverError::Unexpected {
                 command: format!("virsh qemu-agent-command {name} guest-exec-status"),
